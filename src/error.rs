@@ -1,0 +1,80 @@
+//! The one error type of the `autopath` library: every variant says which file or which input is at fault.
+
+use std::path::{Path, PathBuf};
+
+/// What is wrong with a NIfTI file. Kept apart from the path so that tests and callers can match the
+/// reason while users read `path: reason`.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum VolumeError {
+    #[error("not a NIfTI-1 file (bad magic {0:?}; expected \"n+1\" or \"ni1\")")]
+    BadMagic([u8; 4]),
+    #[error("header says sizeof_hdr = {0}, NIfTI-1 requires 348")]
+    BadHeaderSize(i32),
+    #[error("file ends inside the {what}: expected {expected} bytes, found {found}")]
+    Truncated { what: &'static str, expected: u64, found: u64 },
+    #[error("gzip stream is corrupt or truncated: {0}")]
+    Gzip(String),
+    #[error("header field dim = {dims:?} is not a 3D image (or 4D with one time point)")]
+    NotThreeD { dims: Vec<u16> },
+    #[error("header field dim = {dims:?} has a zero extent")]
+    ZeroExtent { dims: Vec<u16> },
+    #[error("header claims {voxels} voxels ({dims:?}), over the limit of {limit}; raise --max-voxels if this is real")]
+    TooManyVoxels { dims: Vec<u16>, voxels: u64, limit: u64 },
+    #[error("unsupported datatype code {0} (supported: uint8, int16, uint16, int32, float32, float64)")]
+    UnsupportedDatatype(i16),
+    #[error("header field bitpix = {bitpix} does not match datatype {datatype} ({expected} bits)")]
+    BitpixMismatch { datatype: i16, bitpix: i16, expected: i16 },
+    #[error("header field vox_offset = {0} is invalid (must be a whole number >= 352 in a .nii file)")]
+    BadVoxOffset(f32),
+    #[error("header field pixdim = {0:?} has a non-finite or non-positive spacing")]
+    BadPixdim([f32; 3]),
+    #[error("header field {field} is not finite")]
+    NonFiniteField { field: &'static str },
+    #[error("{count} voxels are NaN or infinite (first at index {first})")]
+    NonFiniteVoxels { count: usize, first: usize },
+    #[error("separate .hdr/.img pairs are not supported; convert to a single .nii or .nii.gz")]
+    HeaderPair,
+}
+
+/// Errors of the `autopath` library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: {kind}", path.display())]
+    Volume { path: PathBuf, kind: VolumeError },
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("dataset {}: {reason}", root.display())]
+    Dataset { root: PathBuf, reason: String },
+    #[error("invalid {what}: {reason}")]
+    InvalidArgument { what: &'static str, reason: String },
+    #[error("ONNX Runtime: {0}")]
+    OnnxRuntime(String),
+}
+
+/// Result with the library's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Attaches a path to an I/O error.
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        Error::Io { path: path.as_ref().to_path_buf(), source }
+    }
+
+    /// A volume error located at a file.
+    pub fn volume(path: impl AsRef<Path>, kind: VolumeError) -> Self {
+        Error::Volume { path: path.as_ref().to_path_buf(), kind }
+    }
+
+    /// A bad argument, with the reason.
+    pub fn invalid(what: &'static str, reason: impl Into<String>) -> Self {
+        Error::InvalidArgument { what, reason: reason.into() }
+    }
+
+    /// The reason a volume was refused, when that is what went wrong.
+    pub fn volume_kind(&self) -> Option<&VolumeError> {
+        match self {
+            Error::Volume { kind, .. } => Some(kind),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! AutoPath: image-specific 3D segmentation. A policy network picks, per volume, which residual blocks
+//! of a 3D DeepLab V3 to run; the runtime executes only those.
+//!
+//! This crate holds everything that does not need Candle (volumes, datasets, preprocessing, sliding
+//! windows, synthetic data, the ONNX Runtime side), so the deployable `autopath-run` links no training
+//! stack. Training and compiling live in `autopath-models` / `autopath-export`, behind the `train`
+//! feature.
+#![warn(clippy::unwrap_used)]
+
+pub mod atomic;
+pub mod cli;
+pub mod dataset;
+pub mod error;
+pub mod onnxruntime;
+pub mod preprocess;
+pub mod synth;
+pub mod volume;
+pub mod window;
+
+pub use error::{Error, Result, VolumeError};

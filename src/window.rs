@@ -1,0 +1,167 @@
+//! Sliding-window tiling: where tiles go, how overlapping tile predictions are blended, and the
+//! accumulator that stitches them into a whole-volume prediction with memory bounded by the volume.
+
+use ndarray::{s, Array3, Array4, ArrayView3, ArrayView4};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// How overlapping tiles are weighted.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Blend {
+    /// Every voxel of a tile counts the same.
+    Constant,
+    /// Gaussian centred on the tile, sigma = `sigma_scale` × tile size per axis (nnU-Net uses 1/8):
+    /// tile borders, where the network sees least context, count least.
+    Gaussian { sigma_scale: f32 },
+}
+
+impl Default for Blend {
+    fn default() -> Self {
+        Blend::Gaussian { sigma_scale: 0.125 }
+    }
+}
+
+/// Sliding-window settings; recorded in bundles.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct WindowConfig {
+    /// Tile size `[D, H, W]`.
+    pub patch: [usize; 3],
+    /// Fraction of a tile shared with its neighbour, in `[0, 1)`.
+    pub overlap: f32,
+    pub blend: Blend,
+}
+
+impl WindowConfig {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<()> {
+        if self.patch.contains(&0) {
+            return Err(Error::invalid("patch size", format!("{:?} has a zero extent", self.patch)));
+        }
+        if !(0.0..1.0).contains(&self.overlap) {
+            return Err(Error::invalid("overlap", format!("{} is not in [0, 1)", self.overlap)));
+        }
+        if let Blend::Gaussian { sigma_scale } = self.blend {
+            if !(sigma_scale.is_finite() && sigma_scale > 0.0) {
+                return Err(Error::invalid("blend", format!("sigma scale {sigma_scale} must be positive")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Tile start positions along one axis: evenly spaced from 0 to `size - patch`, with at most
+    /// `patch × (1 − overlap)` between starts. An axis shorter than the patch gets one tile at 0 (the
+    /// volume is padded to the patch, see [`pad_to_patch`]).
+    pub fn starts(&self, size: usize, patch: usize) -> Vec<usize> {
+        if size <= patch {
+            return vec![0];
+        }
+        let step = ((patch as f32) * (1.0 - self.overlap)).max(1.0);
+        let span = (size - patch) as f32;
+        let n = (span / step).ceil() as usize + 1;
+        (0..n).map(|i| ((span * i as f32) / (n - 1) as f32).round() as usize).collect()
+    }
+
+    /// All tile origins for a volume of `shape` (after padding), in raster order.
+    pub fn tiles(&self, shape: [usize; 3]) -> Vec<[usize; 3]> {
+        let [sd, sh, sw] = [0, 1, 2].map(|a| self.starts(shape[a], self.patch[a]));
+        let mut out = Vec::with_capacity(sd.len() * sh.len() * sw.len());
+        for &d in &sd {
+            for &h in &sh {
+                for &w in &sw {
+                    out.push([d, h, w]);
+                }
+            }
+        }
+        out
+    }
+
+    /// Per-voxel weight of a tile's prediction.
+    pub fn weights(&self) -> Array3<f32> {
+        match self.blend {
+            Blend::Constant => Array3::ones(self.patch),
+            Blend::Gaussian { sigma_scale } => {
+                let axis = |n: usize| -> Vec<f32> {
+                    let c = (n as f32 - 1.0) / 2.0;
+                    let sigma = (n as f32 * sigma_scale).max(1e-3);
+                    (0..n).map(|i| (-((i as f32 - c).powi(2)) / (2.0 * sigma * sigma)).exp()).collect()
+                };
+                let (a, b, c) = (axis(self.patch[0]), axis(self.patch[1]), axis(self.patch[2]));
+                let mut w = Array3::from_shape_fn(self.patch, |(z, y, x)| a[z] * b[y] * c[x]);
+                let max = w.iter().copied().fold(0.0, f32::max);
+                // Normalise, and keep a floor so no voxel is left with zero weight (nnU-Net does the same).
+                let floor = w.iter().copied().filter(|v| *v > 0.0).fold(f32::INFINITY, f32::min) / max;
+                w.mapv_inplace(|v| (v / max).max(floor).max(1e-6));
+                w
+            }
+        }
+    }
+}
+
+/// Pads a volume at the far end of each axis up to at least `patch`, with `value`. Returns it unchanged
+/// (no copy) when it is large enough.
+pub fn pad_to_patch(data: Array3<f32>, patch: [usize; 3], value: f32) -> Array3<f32> {
+    let shape: [usize; 3] = data.dim().into();
+    if (0..3).all(|a| shape[a] >= patch[a]) {
+        return data;
+    }
+    let padded: [usize; 3] = std::array::from_fn(|a| shape[a].max(patch[a]));
+    let mut out = Array3::from_elem(padded, value);
+    out.slice_mut(s![..shape[0], ..shape[1], ..shape[2]]).assign(&data);
+    out
+}
+
+/// Copies the tile at `origin` out of a (padded) volume.
+pub fn extract(volume: &ArrayView3<f32>, origin: [usize; 3], patch: [usize; 3]) -> Array3<f32> {
+    volume
+        .slice(s![origin[0]..origin[0] + patch[0], origin[1]..origin[1] + patch[1], origin[2]..origin[2] + patch[2]])
+        .to_owned()
+}
+
+/// Weighted sum of tile predictions over a whole (padded) volume; memory is one volume per channel,
+/// whatever the number of tiles.
+#[derive(Debug)]
+pub struct Accumulator {
+    sum: Array4<f32>,
+    weight: Array3<f32>,
+    tile_weight: Array3<f32>,
+    patch: [usize; 3],
+}
+
+impl Accumulator {
+    /// An empty accumulator for `channels` outputs over a volume of `shape`.
+    pub fn new(channels: usize, shape: [usize; 3], config: &WindowConfig) -> Self {
+        Accumulator {
+            sum: Array4::zeros([channels, shape[0], shape[1], shape[2]]),
+            weight: Array3::zeros(shape),
+            tile_weight: config.weights(),
+            patch: config.patch,
+        }
+    }
+
+    /// Adds one tile's prediction `[C, d, h, w]` at `origin`.
+    pub fn add(&mut self, origin: [usize; 3], prediction: ArrayView4<f32>) {
+        let [d, h, w] = self.patch;
+        let region = s![origin[0]..origin[0] + d, origin[1]..origin[1] + h, origin[2]..origin[2] + w];
+        for (c, pred) in prediction.outer_iter().enumerate() {
+            let mut acc = self.sum.index_axis_mut(ndarray::Axis(0), c);
+            let mut acc = acc.slice_mut(region);
+            ndarray::Zip::from(&mut acc).and(&pred).and(&self.tile_weight).for_each(|a, &p, &wt| *a += p * wt);
+        }
+        let mut wsum = self.weight.slice_mut(region);
+        wsum += &self.tile_weight;
+    }
+
+    /// The blended prediction `[C, D, H, W]`, cropped to `shape` (the unpadded volume).
+    pub fn finish(mut self, shape: [usize; 3]) -> Array4<f32> {
+        for mut ch in self.sum.outer_iter_mut() {
+            ndarray::Zip::from(&mut ch).and(&self.weight).for_each(|v, &w| {
+                if w > 0.0 {
+                    *v /= w
+                }
+            });
+        }
+        self.sum.slice_move(s![.., ..shape[0], ..shape[1], ..shape[2]])
+    }
+}
