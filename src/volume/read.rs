@@ -95,11 +95,29 @@ fn parse_header(path: &Path, reader: &mut dyn Read) -> Result<NiftiHeader> {
     if &magic == b"ni1\0" {
         return Err(Error::volume(path, VolumeError::HeaderPair));
     }
+    // NIfTI tells byte order by sizeof_hdr; check it ourselves so that a bad dim[0] is reported as
+    // such rather than as a byte-swapped header.
+    let size_le = i32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
+    let little = match (size_le == HEADER_BYTES as i32, size_le.swap_bytes() == HEADER_BYTES as i32) {
+        (true, _) => true,
+        (false, true) => false,
+        _ => return Err(Error::volume(path, VolumeError::BadHeaderSize(size_le))),
+    };
+    let dims: Vec<u16> = (0..8)
+        .map(|i| {
+            let b = [raw[40 + 2 * i], raw[41 + 2 * i]];
+            if little {
+                u16::from_le_bytes(b)
+            } else {
+                u16::from_be_bytes(b)
+            }
+        })
+        .collect();
+    if !(1..=7).contains(&dims[0]) {
+        return Err(Error::volume(path, VolumeError::NotThreeD { dims }));
+    }
     let mut header =
         NiftiHeader::from_reader(&raw[..]).map_err(|e| Error::volume(path, VolumeError::Gzip(e.to_string())))?;
-    if header.sizeof_hdr != HEADER_BYTES as i32 {
-        return Err(Error::volume(path, VolumeError::BadHeaderSize(header.sizeof_hdr)));
-    }
     // qfac outside ±1 is common in the wild; NIfTI says treat it as 1.
     header.fix();
     Ok(header)

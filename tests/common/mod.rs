@@ -1,0 +1,55 @@
+//! Helpers shared by the integration tests: the Python tools the set-up installs (nibabel, onnx) serve
+//! as independent references.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Folder of the Python packages installed by `make setup`.
+pub fn python_path() -> PathBuf {
+    std::env::var_os("AUTOPATH_PYTHONPATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".deps/python"))
+}
+
+/// Runs a script from `tests/python/` with the project's Python packages; returns stdout.
+/// Panics with the script's stderr (a test failure) if it fails.
+pub fn python(script: &str, args: &[&str]) -> String {
+    let deps = python_path();
+    assert!(
+        deps.join("nibabel").is_dir(),
+        "Python test dependencies missing in {}: run `make setup` (or `make test`)",
+        deps.display()
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(script);
+    let out = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
+        .arg(&script)
+        .args(args)
+        .env("PYTHONPATH", &deps)
+        .output()
+        .expect("python3 runs");
+    assert!(out.status.success(), "{} failed:\n{}", script.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// Runs a Python script and parses its stdout as JSON.
+pub fn python_json(script: &str, args: &[&str]) -> serde_json::Value {
+    let out = python(script, args);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{script} printed invalid JSON ({e}):\n{out}"))
+}
+
+/// Files in a directory (names), sorted.
+pub fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// The ONNX Runtime library installed by `make setup`.
+pub fn ort_library() -> PathBuf {
+    std::env::var_os("ORT_DYLIB_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(autopath::onnxruntime::PROJECT_LIBRARY))
+}
