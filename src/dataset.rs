@@ -25,15 +25,20 @@ pub enum Layout {
 pub struct Case {
     /// Case id as the layout names it (`"28"` for LiTS `volume-28`, `"liver_3"`, nnU-Net's CASE).
     pub id: String,
+    /// The image file.
     pub image: PathBuf,
+    /// The label file, if the dataset has one for this case.
     pub label: Option<PathBuf>,
 }
 
 /// The cases found under a root folder.
 #[derive(Debug, Clone)]
 pub struct Dataset {
+    /// The folder given.
     pub root: PathBuf,
+    /// The layout found (or asked for).
     pub layout: Layout,
+    /// All cases, in natural order of their ids.
     pub cases: Vec<Case>,
 }
 
@@ -41,7 +46,12 @@ pub struct Dataset {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Split {
     /// This fraction of cases (at least one, at most all but one) goes to test, shuffled by `seed`.
-    Ratio { test: f64, seed: u64 },
+    Ratio {
+        /// Fraction of cases held out for test.
+        test: f64,
+        /// Shuffle seed.
+        seed: u64,
+    },
     /// Test case ids listed in a file, one per line (`#` comments allowed).
     List(PathBuf),
     /// The paper's split: LiTS cases 28–47 (the 3DIRCADb subset) are the test set.

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 
 /// What is wrong with a NIfTI file. Kept apart from the path so that tests and callers can match the
 /// reason while users read `path: reason`.
+// Each variant and field is described by its #[error] message.
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum VolumeError {
     #[error("not a NIfTI-1 file (bad magic {0:?}; expected \"n+1\" or \"ni1\")")]
@@ -37,6 +39,7 @@ pub enum VolumeError {
 }
 
 /// Errors of the `autopath` library.
+#[allow(missing_docs)] // described by the #[error] messages
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{}: {kind}", path.display())]

@@ -6,6 +6,7 @@
 //! stack. Training and compiling live in `autopath-models` / `autopath-export`, behind the `train`
 //! feature.
 #![warn(clippy::unwrap_used)]
+#![deny(missing_docs)]
 
 pub mod atomic;
 pub mod cli;

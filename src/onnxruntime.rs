@@ -82,11 +82,8 @@ pub fn load(threads: Option<usize>) -> Result<PathBuf> {
         })
 }
 
-/// The loaded library's version string (loads it if needed).
-pub fn version() -> Result<String> {
+/// The loaded library's build description (loads it if needed).
+pub fn build_info() -> Result<String> {
     load(None)?;
-    Ok(ort::info()
-        .split(',')
-        .find_map(|s| s.trim().strip_prefix("git-branch=rel-").map(str::to_string))
-        .unwrap_or_else(|| ort::info().to_string()))
+    Ok(ort::info().to_string())
 }

@@ -14,7 +14,14 @@ use crate::volume::Volume;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Intensity {
     /// CT: clip to `[lo, hi]` HU, then divide by `scale` (reference: [-200, 250] / 200).
-    Ct { lo: f32, hi: f32, scale: f32 },
+    Ct {
+        /// Lower clip (HU).
+        lo: f32,
+        /// Upper clip (HU).
+        hi: f32,
+        /// Divisor after clipping.
+        scale: f32,
+    },
     /// MRI: zero mean, unit variance over the body (voxels above the image minimum).
     Zscore,
 }
@@ -50,7 +57,9 @@ impl LabelMapping {
 /// Preprocessing settings; recorded in checkpoints and bundles so every stage applies the same.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
 pub struct Preprocessing {
+    /// Intensity normalisation.
     pub intensity: Intensity,
+    /// Label mapping.
     pub labels: LabelMapping,
     /// Resample to this spacing (mm, array order `[D, H, W]`) before the network; `None` keeps the grid.
     pub target_spacing: Option<[f64; 3]>,

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::volume::{write_image_i16, write_labels, Geometry};
 
 /// Tissue intensities in HU (non-liver values from typical portal-venous abdominal CT).
+#[allow(missing_docs)] // the names say what they are
 pub mod hu {
     pub const AIR: f32 = -1000.0;
     pub const FAT: f32 = -100.0;
@@ -32,6 +33,7 @@ pub mod hu {
 }
 
 /// Label values, as in LiTS.
+#[allow(missing_docs)]
 pub mod label {
     pub const BACKGROUND: u8 = 0;
     pub const LIVER: u8 = 1;
@@ -41,7 +43,9 @@ pub mod label {
 /// What to synthesise.
 #[derive(Debug, Clone)]
 pub struct SynthConfig {
+    /// Number of cases.
     pub cases: usize,
+    /// Seed; the same seed gives the same files.
     pub seed: u64,
     /// Volume shape `[D, H, W]`.
     pub size: [usize; 3],
@@ -55,6 +59,7 @@ impl Default for SynthConfig {
 
 /// The parameters a phantom was drawn with, saved to `phantoms.json` beside the volumes.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[allow(missing_docs)] // fields are the drawn parameters, named as such
 pub struct PhantomInfo {
     pub id: String,
     /// 0 = easiest, 1 = hardest.

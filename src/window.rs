@@ -14,7 +14,10 @@ pub enum Blend {
     Constant,
     /// Gaussian centred on the tile, sigma = `sigma_scale` × tile size per axis (nnU-Net uses 1/8):
     /// tile borders, where the network sees least context, count least.
-    Gaussian { sigma_scale: f32 },
+    Gaussian {
+        /// Sigma as a fraction of the tile size.
+        sigma_scale: f32,
+    },
 }
 
 impl Default for Blend {
@@ -30,6 +33,7 @@ pub struct WindowConfig {
     pub patch: [usize; 3],
     /// Fraction of a tile shared with its neighbour, in `[0, 1)`.
     pub overlap: f32,
+    /// Weighting of overlapping tiles.
     pub blend: Blend,
 }
 

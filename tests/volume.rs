@@ -334,7 +334,7 @@ fn nan_voxels_are_refused() {
     let mut raw = RawNifti::u8_volume(2, 2, 2);
     raw.datatype = 16;
     raw.bitpix = 32;
-    let mut vals = vec![1.0f32; 8];
+    let mut vals = [1.0f32; 8];
     vals[5] = f32::NAN;
     vals[6] = f32::INFINITY;
     raw.data = vals.iter().flat_map(|v| v.to_le_bytes()).collect();

@@ -17,7 +17,8 @@ struct Cli {
 fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.check_ort {
         let path = autopath::onnxruntime::load(None)?;
-        println!("ONNX Runtime {} from {}", autopath::onnxruntime::version()?, path.display());
+        println!("ONNX Runtime loaded from {}", path.display());
+        println!("{}", autopath::onnxruntime::build_info()?);
         return Ok(());
     }
     anyhow::bail!("no bundle given: the bundle runtime is not built yet (see the README's status); `--check-ort` verifies the ONNX Runtime install")

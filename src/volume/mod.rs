@@ -64,5 +64,6 @@ impl Geometry {
 pub struct Volume {
     /// Voxel values, `[D, H, W]`.
     pub data: Array3<f32>,
+    /// Where the voxels are.
     pub geometry: Geometry,
 }
