@@ -1,1 +1,6 @@
-//! placeholder
+//! AutoPath networks in Candle: 3D operations, the DeepLab V3 segmenter with droppable residual
+//! blocks, the policy network, and their training.
+#![warn(clippy::unwrap_used)]
+#![deny(missing_docs)]
+
+pub mod ops;

@@ -1,0 +1,463 @@
+//! 3D convolution for Candle (which has none): tiled im2col + gemm, with its own backward pass.
+//!
+//! Forward: for each tile of ~512 output positions of one sample, gather the receptive fields into a
+//! column matrix `[Ci·kd·kh·kw, P]` and multiply by the weight `[Co, Ci·kd·kh·kw]` straight into the
+//! output. Tiles are independent, so they run in parallel and the column buffer stays in cache.
+//! Backward: the weight gradient is `grad_out · colsᵀ` summed over tiles (per-thread accumulators);
+//! the input gradient is `Wᵀ · grad_out` scattered back through the same index map (col2im), which is
+//! correct for every stride, padding and dilation.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Stride, padding and dilation per axis `(D, H, W)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Conv3dParams {
+    /// Step between output positions.
+    pub stride: [usize; 3],
+    /// Zero padding on both sides.
+    pub padding: [usize; 3],
+    /// Spacing between kernel taps.
+    pub dilation: [usize; 3],
+}
+
+impl Default for Conv3dParams {
+    fn default() -> Self {
+        Conv3dParams { stride: [1; 3], padding: [0; 3], dilation: [1; 3] }
+    }
+}
+
+impl Conv3dParams {
+    /// Output extent for an input extent and kernel size, or an error if the kernel does not fit.
+    pub fn out_dims(&self, input: [usize; 3], kernel: [usize; 3]) -> Result<[usize; 3]> {
+        let mut out = [0; 3];
+        for a in 0..3 {
+            let span = self.dilation[a] * (kernel[a] - 1) + 1;
+            let padded = input[a] + 2 * self.padding[a];
+            if self.stride[a] == 0 || self.dilation[a] == 0 || padded < span {
+                bail!("conv3d: kernel {kernel:?} with {self:?} does not fit input {input:?}")
+            }
+            out[a] = (padded - span) / self.stride[a] + 1;
+        }
+        Ok(out)
+    }
+}
+
+/// Output positions per tile: the column buffer (`K × TILE`) stays within L2 for typical K.
+const TILE: usize = 512;
+
+/// Sizes of one convolution.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    n: usize,
+    ci: usize,
+    co: usize,
+    input: [usize; 3],
+    kernel: [usize; 3],
+    out: [usize; 3],
+    p: Conv3dParams,
+}
+
+impl Dims {
+    fn k(&self) -> usize {
+        self.ci * self.kernel.iter().product::<usize>()
+    }
+    fn in_size(&self) -> usize {
+        self.input.iter().product()
+    }
+    fn out_size(&self) -> usize {
+        self.out.iter().product()
+    }
+    /// A 1×1×1 kernel at stride 1 without padding: the input already is the column matrix.
+    fn is_pointwise(&self) -> bool {
+        self.kernel == [1; 3] && self.p.stride == [1; 3] && self.p.padding == [0; 3]
+    }
+    fn tiles(&self) -> Vec<(usize, usize)> {
+        let total = self.out_size();
+        (0..total.div_ceil(TILE)).map(|t| (t * TILE, ((t + 1) * TILE).min(total))).collect()
+    }
+}
+
+/// Element types the kernels run on (f32 for training, f64 for gradient checks).
+pub trait Elem: Copy + Send + Sync + 'static + std::ops::AddAssign + Default {
+    /// Additive identity.
+    const ZERO: Self;
+    /// Multiplicative identity.
+    const ONE: Self;
+}
+impl Elem for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+impl Elem for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+
+/// For each kernel row `r = (ci, kd, kh, kw)` and output position in `[p0, p1)`, the input offset
+/// within the sample, or `None` where the tap falls into padding. Calls `f(row, j, offset)`.
+#[inline]
+fn for_each_tap(d: &Dims, p0: usize, p1: usize, mut f: impl FnMut(usize, usize, Option<usize>)) {
+    let [kd, kh, kw] = d.kernel;
+    let [id_, ih_, iw_] = d.input.map(|v| v as isize);
+    let [_, oh, ow] = d.out;
+    let [sd, sh, sw] = d.p.stride.map(|v| v as isize);
+    let [pd, ph, pw] = d.p.padding.map(|v| v as isize);
+    let [dd, dh, dw] = d.p.dilation.map(|v| v as isize);
+    let mut row = 0;
+    for ci in 0..d.ci {
+        let base = ci * d.in_size();
+        for a in 0..kd as isize {
+            for b in 0..kh as isize {
+                for c in 0..kw as isize {
+                    let (mut z, mut y, mut x) = (p0 / (oh * ow), (p0 / ow) % oh, p0 % ow);
+                    for j in 0..p1 - p0 {
+                        let iz = z as isize * sd - pd + a * dd;
+                        let iy = y as isize * sh - ph + b * dh;
+                        let ix = x as isize * sw - pw + c * dw;
+                        let inside = iz >= 0 && iz < id_ && iy >= 0 && iy < ih_ && ix >= 0 && ix < iw_;
+                        let off = inside.then(|| base + ((iz * ih_ + iy) * iw_ + ix) as usize);
+                        f(row, j, off);
+                        x += 1;
+                        if x == ow {
+                            x = 0;
+                            y += 1;
+                            if y == oh {
+                                y = 0;
+                                z += 1;
+                            }
+                        }
+                    }
+                    row += 1;
+                }
+            }
+        }
+    }
+}
+
+fn im2col<T: Elem>(d: &Dims, x: &[T], p0: usize, p1: usize, cols: &mut [T]) {
+    let p = p1 - p0;
+    for_each_tap(d, p0, p1, |r, j, off| cols[r * p + j] = off.map_or(T::ZERO, |o| x[o]));
+}
+
+fn col2im<T: Elem>(d: &Dims, cols: &[T], p0: usize, p1: usize, gx: &mut [T]) {
+    let p = p1 - p0;
+    for_each_tap(d, p0, p1, |r, j, off| {
+        if let Some(o) = off {
+            gx[o] += cols[r * p + j];
+        }
+    });
+}
+
+/// `dst[m×n] = (accumulate ? dst : 0) + lhs[m×k] · rhs[k×n]`, all strides given as (row, column).
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm<T: Elem>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut T,
+    dst_rs: usize,
+    dst_cs: usize,
+    accumulate: bool,
+    lhs: *const T,
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: *const T,
+    rhs_rs: usize,
+    rhs_cs: usize,
+) {
+    // SAFETY: the caller guarantees that the pointers cover the strided ranges.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            dst_cs as isize,
+            dst_rs as isize,
+            accumulate,
+            lhs,
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            T::ONE,
+            T::ONE,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// A raw pointer that may cross threads: each task writes a disjoint region.
+#[derive(Clone, Copy)]
+struct SendPtr<T>(*mut T);
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+
+fn forward<T: Elem>(d: &Dims, x: &[T], w: &[T]) -> Vec<T> {
+    let (k, out_size, in_size) = (d.k(), d.out_size(), d.in_size());
+    let mut y = vec![T::ZERO; d.n * d.co * out_size];
+    let yp = SendPtr(y.as_mut_ptr());
+    let jobs: Vec<(usize, usize, usize)> =
+        (0..d.n).flat_map(|n| d.tiles().into_iter().map(move |(p0, p1)| (n, p0, p1))).collect();
+    jobs.par_iter().for_each_init(
+        || vec![T::ZERO; k * TILE],
+        |cols, &(n, p0, p1)| {
+            let p = p1 - p0;
+            let xs = &x[n * d.ci * in_size..(n + 1) * d.ci * in_size];
+            let yp = yp;
+            // SAFETY: tile (n, p0..p1) owns columns p0..p1 of every output channel of sample n.
+            unsafe {
+                let dst = yp.0.add(n * d.co * out_size + p0);
+                if d.is_pointwise() {
+                    gemm(d.co, p, k, dst, out_size, 1, false, w.as_ptr(), k, 1, xs.as_ptr().add(p0), in_size, 1);
+                } else {
+                    im2col(d, xs, p0, p1, cols);
+                    gemm(d.co, p, k, dst, out_size, 1, false, w.as_ptr(), k, 1, cols.as_ptr(), p, 1);
+                }
+            }
+        },
+    );
+    y
+}
+
+fn weight_grad<T: Elem>(d: &Dims, x: &[T], gy: &[T]) -> Vec<T> {
+    let (k, out_size, in_size) = (d.k(), d.out_size(), d.in_size());
+    let jobs: Vec<(usize, usize, usize)> =
+        (0..d.n).flat_map(|n| d.tiles().into_iter().map(move |(p0, p1)| (n, p0, p1))).collect();
+    jobs.par_iter()
+        .fold(
+            || (vec![T::ZERO; d.co * k], vec![T::ZERO; k * TILE]),
+            |(mut gw, mut cols), &(n, p0, p1)| {
+                let p = p1 - p0;
+                let xs = &x[n * d.ci * in_size..(n + 1) * d.ci * in_size];
+                let g = &gy[n * d.co * out_size..];
+                // SAFETY: gw is this thread's [Co, K] accumulator; reads stay within x, gy and cols.
+                unsafe {
+                    if d.is_pointwise() {
+                        // rhs = x[:, p0..p1]ᵀ : element (pos, ci) at ci * in_size + pos.
+                        gemm(
+                            d.co,
+                            k,
+                            p,
+                            gw.as_mut_ptr(),
+                            k,
+                            1,
+                            true,
+                            g.as_ptr().add(p0),
+                            out_size,
+                            1,
+                            xs.as_ptr().add(p0),
+                            1,
+                            in_size,
+                        );
+                    } else {
+                        im2col(d, xs, p0, p1, &mut cols);
+                        gemm(
+                            d.co,
+                            k,
+                            p,
+                            gw.as_mut_ptr(),
+                            k,
+                            1,
+                            true,
+                            g.as_ptr().add(p0),
+                            out_size,
+                            1,
+                            cols.as_ptr(),
+                            1,
+                            p,
+                        );
+                    }
+                }
+                (gw, cols)
+            },
+        )
+        .map(|(gw, _)| gw)
+        .reduce(
+            || vec![T::ZERO; d.co * k],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                a
+            },
+        )
+}
+
+fn input_grad<T: Elem>(d: &Dims, gy: &[T], w: &[T]) -> Vec<T> {
+    let (k, out_size, in_size) = (d.k(), d.out_size(), d.in_size());
+    let sample = d.ci * in_size;
+    let mut gx = vec![T::ZERO; d.n * sample];
+    for (n, gxs) in gx.chunks_mut(sample).enumerate() {
+        let g = &gy[n * d.co * out_size..(n + 1) * d.co * out_size];
+        if d.is_pointwise() {
+            // gx[ci, p] = Σ_co w[co, ci] g[co, p]: one gemm, no scatter.
+            unsafe {
+                gemm(
+                    d.ci,
+                    in_size,
+                    d.co,
+                    gxs.as_mut_ptr(),
+                    in_size,
+                    1,
+                    false,
+                    w.as_ptr(),
+                    1,
+                    k,
+                    g.as_ptr(),
+                    out_size,
+                    1,
+                )
+            };
+            continue;
+        }
+        // Taps of neighbouring tiles overlap in the input, so each thread scatters into its own buffer.
+        let summed = d
+            .tiles()
+            .par_iter()
+            .fold(
+                || (vec![T::ZERO; sample], vec![T::ZERO; k * TILE]),
+                |(mut acc, mut cols), &(p0, p1)| {
+                    let p = p1 - p0;
+                    // SAFETY: cols holds K × p; lhs = wᵀ (element (r, co) at co * k + r).
+                    unsafe {
+                        gemm(
+                            k,
+                            p,
+                            d.co,
+                            cols.as_mut_ptr(),
+                            p,
+                            1,
+                            false,
+                            w.as_ptr(),
+                            1,
+                            k,
+                            g.as_ptr().add(p0),
+                            out_size,
+                            1,
+                        )
+                    };
+                    col2im(d, &cols[..k * p], p0, p1, &mut acc);
+                    (acc, cols)
+                },
+            )
+            .map(|(acc, _)| acc)
+            .reduce(
+                || vec![T::ZERO; sample],
+                |mut a, b| {
+                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                    a
+                },
+            );
+        gxs.copy_from_slice(&summed);
+    }
+    gx
+}
+
+fn contiguous<'a, T>(s: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s[a..b]),
+        None => bail!("conv3d: {what} must be contiguous"),
+    }
+}
+
+fn dims5(l: &Layout, what: &str) -> Result<[usize; 5]> {
+    match l.dims() {
+        &[a, b, c, d, e] => Ok([a, b, c, d, e]),
+        other => bail!("conv3d: {what} must be 5D [N, C, D, H, W], got {other:?}"),
+    }
+}
+
+/// Forward op: (input `[N, Ci, D, H, W]`, weight `[Co, Ci, kd, kh, kw]`) → `[N, Co, D', H', W']`.
+struct Conv3d(Conv3dParams);
+/// Weight gradient: (input, grad_out) → `[Co, Ci, kd, kh, kw]`.
+struct Conv3dWeightGrad(Conv3dParams, [usize; 3]);
+/// Input gradient: (grad_out, weight) → `[N, Ci, D, H, W]`.
+struct Conv3dInputGrad(Conv3dParams, [usize; 3]);
+
+macro_rules! dispatch {
+    ($name:expr, $s1:expr, $l1:expr, $s2:expr, $l2:expr, |$a:ident, $b:ident| $body:expr) => {
+        match ($s1, $s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(y)) => {
+                let $a = contiguous(x, $l1, "first operand")?;
+                let $b = contiguous(y, $l2, "second operand")?;
+                CpuStorage::F32($body)
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(y)) => {
+                let $a = contiguous(x, $l1, "first operand")?;
+                let $b = contiguous(y, $l2, "second operand")?;
+                CpuStorage::F64($body)
+            }
+            (a, b) => bail!("{}: unsupported dtypes {:?} and {:?} (f32 or f64)", $name, a.dtype(), b.dtype()),
+        }
+    };
+}
+
+impl CustomOp2 for Conv3d {
+    fn name(&self) -> &'static str {
+        "conv3d"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let [n, ci, id, ih, iw] = dims5(l1, "input")?;
+        let [co, wci, kd, kh, kw] = dims5(l2, "weight")?;
+        if ci != wci {
+            bail!("conv3d: input has {ci} channels, weight expects {wci}")
+        }
+        let out = self.0.out_dims([id, ih, iw], [kd, kh, kw])?;
+        let d = Dims { n, ci, co, input: [id, ih, iw], kernel: [kd, kh, kw], out, p: self.0 };
+        let storage = dispatch!("conv3d", s1, l1, s2, l2, |x, w| forward(&d, x, w));
+        Ok((storage, Shape::from_dims(&[n, co, out[0], out[1], out[2]])))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let (_, _, id, ih, iw) = x.dims5()?;
+        let (_, _, kd, kh, kw) = w.dims5()?;
+        let gx = grad.apply_op2_no_bwd(w, &Conv3dInputGrad(self.0, [id, ih, iw]))?;
+        let gw = x.apply_op2_no_bwd(&grad, &Conv3dWeightGrad(self.0, [kd, kh, kw]))?;
+        Ok((Some(gx), Some(gw)))
+    }
+}
+
+impl CustomOp2 for Conv3dWeightGrad {
+    fn name(&self) -> &'static str {
+        "conv3d-weight-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let [n, ci, id, ih, iw] = dims5(l1, "input")?;
+        let [_, co, od, oh, ow] = dims5(l2, "grad")?;
+        let d = Dims { n, ci, co, input: [id, ih, iw], kernel: self.1, out: [od, oh, ow], p: self.0 };
+        let storage = dispatch!(self.name(), s1, l1, s2, l2, |x, g| weight_grad(&d, x, g));
+        let [kd, kh, kw] = self.1;
+        Ok((storage, Shape::from_dims(&[co, ci, kd, kh, kw])))
+    }
+}
+
+impl CustomOp2 for Conv3dInputGrad {
+    fn name(&self) -> &'static str {
+        "conv3d-input-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let [n, co, od, oh, ow] = dims5(l1, "grad")?;
+        let [_, ci, kd, kh, kw] = dims5(l2, "weight")?;
+        let d = Dims { n, ci, co, input: self.1, kernel: [kd, kh, kw], out: [od, oh, ow], p: self.0 };
+        let storage = dispatch!(self.name(), s1, l1, s2, l2, |g, w| input_grad(&d, g, w));
+        let [id, ih, iw] = self.1;
+        Ok((storage, Shape::from_dims(&[n, ci, id, ih, iw])))
+    }
+}
+
+/// 3D convolution without bias, differentiable in both arguments.
+pub fn conv3d(x: &Tensor, w: &Tensor, params: Conv3dParams) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        bail!("conv3d: only the CPU path is implemented (tensor on {:?})", x.device().location())
+    }
+    x.contiguous()?.apply_op2(&w.contiguous()?, Conv3d(params))
+}
