@@ -95,38 +95,70 @@ impl Elem for f64 {
     const ONE: Self = 1.0;
 }
 
-/// For each kernel row `r = (ci, kd, kh, kw)` and output position in `[p0, p1)`, the input offset
-/// within the sample, or `None` where the tap falls into padding. Calls `f(row, j, offset)`.
+/// A run of consecutive output positions within one output row `(z, y)`: x in `[x0, x1)`, stored at
+/// column `j0` of the tile.
+#[derive(Clone, Copy)]
+struct Run {
+    z: usize,
+    y: usize,
+    x0: usize,
+    x1: usize,
+    j0: usize,
+}
+
+fn runs(d: &Dims, p0: usize, p1: usize) -> Vec<Run> {
+    let [_, oh, ow] = d.out;
+    let mut out = Vec::new();
+    let mut p = p0;
+    while p < p1 {
+        let (z, y, x0) = (p / (oh * ow), (p / ow) % oh, p % ow);
+        let x1 = ow.min(x0 + (p1 - p));
+        out.push(Run { z, y, x0, x1, j0: p - p0 });
+        p += x1 - x0;
+    }
+    out
+}
+
+/// Walks the column matrix of a tile row by row (`r = (ci, kd, kh, kw)`) and run by run. For each run
+/// calls `f(row, j, len, src)`: `len` columns from `j` map to input offsets `src + t * stride_w`, or
+/// `src = None` where they fall into padding. Runs are split at the padding borders, so the callee
+/// does plain copies or adds.
 #[inline]
-fn for_each_tap(d: &Dims, p0: usize, p1: usize, mut f: impl FnMut(usize, usize, Option<usize>)) {
+fn for_each_span(d: &Dims, runs: &[Run], mut f: impl FnMut(usize, usize, usize, Option<usize>)) {
     let [kd, kh, kw] = d.kernel;
     let [id_, ih_, iw_] = d.input.map(|v| v as isize);
-    let [_, oh, ow] = d.out;
     let [sd, sh, sw] = d.p.stride.map(|v| v as isize);
     let [pd, ph, pw] = d.p.padding.map(|v| v as isize);
     let [dd, dh, dw] = d.p.dilation.map(|v| v as isize);
     let mut row = 0;
     for ci in 0..d.ci {
-        let base = ci * d.in_size();
+        let base = (ci * d.in_size()) as isize;
         for a in 0..kd as isize {
             for b in 0..kh as isize {
                 for c in 0..kw as isize {
-                    let (mut z, mut y, mut x) = (p0 / (oh * ow), (p0 / ow) % oh, p0 % ow);
-                    for j in 0..p1 - p0 {
-                        let iz = z as isize * sd - pd + a * dd;
-                        let iy = y as isize * sh - ph + b * dh;
-                        let ix = x as isize * sw - pw + c * dw;
-                        let inside = iz >= 0 && iz < id_ && iy >= 0 && iy < ih_ && ix >= 0 && ix < iw_;
-                        let off = inside.then(|| base + ((iz * ih_ + iy) * iw_ + ix) as usize);
-                        f(row, j, off);
-                        x += 1;
-                        if x == ow {
-                            x = 0;
-                            y += 1;
-                            if y == oh {
-                                y = 0;
-                                z += 1;
-                            }
+                    let off = c * dw - pw;
+                    // x with 0 <= x * sw + off < W.
+                    let xa = if off >= 0 { 0 } else { (-off + sw - 1) / sw };
+                    let xb = if iw_ - off <= 0 { 0 } else { (iw_ - off + sw - 1) / sw };
+                    for r in runs {
+                        let iz = r.z as isize * sd - pd + a * dd;
+                        let iy = r.y as isize * sh - ph + b * dh;
+                        let (x0, x1) = (r.x0 as isize, r.x1 as isize);
+                        if iz < 0 || iz >= id_ || iy < 0 || iy >= ih_ {
+                            f(row, r.j0, r.x1 - r.x0, None);
+                            continue;
+                        }
+                        let lo = xa.clamp(x0, x1);
+                        let hi = xb.clamp(lo, x1);
+                        if lo > x0 {
+                            f(row, r.j0, (lo - x0) as usize, None);
+                        }
+                        if hi > lo {
+                            let src = base + (iz * ih_ + iy) * iw_ + lo * sw + off;
+                            f(row, r.j0 + (lo - x0) as usize, (hi - lo) as usize, Some(src as usize));
+                        }
+                        if x1 > hi {
+                            f(row, r.j0 + (hi - x0) as usize, (x1 - hi) as usize, None);
                         }
                     }
                     row += 1;
@@ -138,14 +170,30 @@ fn for_each_tap(d: &Dims, p0: usize, p1: usize, mut f: impl FnMut(usize, usize, 
 
 fn im2col<T: Elem>(d: &Dims, x: &[T], p0: usize, p1: usize, cols: &mut [T]) {
     let p = p1 - p0;
-    for_each_tap(d, p0, p1, |r, j, off| cols[r * p + j] = off.map_or(T::ZERO, |o| x[o]));
+    let sw = d.p.stride[2];
+    let runs = runs(d, p0, p1);
+    for_each_span(d, &runs, |r, j, len, src| {
+        let dst = &mut cols[r * p + j..r * p + j + len];
+        match src {
+            None => dst.fill(T::ZERO),
+            Some(s) if sw == 1 => dst.copy_from_slice(&x[s..s + len]),
+            Some(s) => dst.iter_mut().enumerate().for_each(|(t, v)| *v = x[s + t * sw]),
+        }
+    });
 }
 
 fn col2im<T: Elem>(d: &Dims, cols: &[T], p0: usize, p1: usize, gx: &mut [T]) {
     let p = p1 - p0;
-    for_each_tap(d, p0, p1, |r, j, off| {
-        if let Some(o) = off {
-            gx[o] += cols[r * p + j];
+    let sw = d.p.stride[2];
+    let runs = runs(d, p0, p1);
+    for_each_span(d, &runs, |r, j, len, src| {
+        if let Some(s) = src {
+            let from = &cols[r * p + j..r * p + j + len];
+            if sw == 1 {
+                gx[s..s + len].iter_mut().zip(from).for_each(|(g, &v)| *g += v);
+            } else {
+                from.iter().enumerate().for_each(|(t, &v)| gx[s + t * sw] += v);
+            }
         }
     });
 }
@@ -230,65 +278,84 @@ fn weight_grad<T: Elem>(d: &Dims, x: &[T], gy: &[T]) -> Vec<T> {
     let (k, out_size, in_size) = (d.k(), d.out_size(), d.in_size());
     let jobs: Vec<(usize, usize, usize)> =
         (0..d.n).flat_map(|n| d.tiles().into_iter().map(move |(p0, p1)| (n, p0, p1))).collect();
-    jobs.par_iter()
+    // Accumulate gwᵀ [K, Co] = cols [K, P] · gyᵀ [P, Co]: the long K side as gemm rows runs much
+    // faster than the [Co, K] orientation when Co is small.
+    let gwt = jobs
+        .par_iter()
         .fold(
-            || (vec![T::ZERO; d.co * k], vec![T::ZERO; k * TILE]),
-            |(mut gw, mut cols), &(n, p0, p1)| {
+            || (vec![T::ZERO; k * d.co], vec![T::ZERO; k * TILE]),
+            |(mut acc, mut cols), &(n, p0, p1)| {
                 let p = p1 - p0;
                 let xs = &x[n * d.ci * in_size..(n + 1) * d.ci * in_size];
                 let g = &gy[n * d.co * out_size..];
-                // SAFETY: gw is this thread's [Co, K] accumulator; reads stay within x, gy and cols.
+                // SAFETY: acc is this thread's [K, Co] accumulator; reads stay within x, gy and cols.
                 unsafe {
-                    if d.is_pointwise() {
-                        // rhs = x[:, p0..p1]ᵀ : element (pos, ci) at ci * in_size + pos.
-                        gemm(
-                            d.co,
-                            k,
-                            p,
-                            gw.as_mut_ptr(),
-                            k,
-                            1,
-                            true,
-                            g.as_ptr().add(p0),
-                            out_size,
-                            1,
-                            xs.as_ptr().add(p0),
-                            1,
-                            in_size,
-                        );
+                    let (lhs, lhs_rs) = if d.is_pointwise() {
+                        (xs.as_ptr().add(p0), in_size)
                     } else {
                         im2col(d, xs, p0, p1, &mut cols);
-                        gemm(
-                            d.co,
-                            k,
-                            p,
-                            gw.as_mut_ptr(),
-                            k,
-                            1,
-                            true,
-                            g.as_ptr().add(p0),
-                            out_size,
-                            1,
-                            cols.as_ptr(),
-                            1,
-                            p,
-                        );
-                    }
+                        (cols.as_ptr(), p)
+                    };
+                    gemm(k, d.co, p, acc.as_mut_ptr(), d.co, 1, true, lhs, lhs_rs, 1, g.as_ptr().add(p0), 1, out_size);
                 }
-                (gw, cols)
+                (acc, cols)
             },
         )
-        .map(|(gw, _)| gw)
+        .map(|(acc, _)| acc)
         .reduce(
-            || vec![T::ZERO; d.co * k],
+            || vec![T::ZERO; k * d.co],
             |mut a, b| {
                 a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
                 a
             },
-        )
+        );
+    let mut gw = vec![T::ZERO; d.co * k];
+    for r in 0..k {
+        for co in 0..d.co {
+            gw[co * k + r] = gwt[r * d.co + co];
+        }
+    }
+    gw
+}
+
+/// For stride 1 the input gradient is itself a convolution: of the output gradient with the weight
+/// flipped in space and transposed in channels, padded by `dilation·(k−1) − padding`. That runs through
+/// the fast forward path (one gemm per tile with a long reduction) instead of a scatter.
+fn input_grad_as_conv<T: Elem>(d: &Dims, gy: &[T], w: &[T]) -> Option<Vec<T>> {
+    if d.p.stride != [1; 3] {
+        return None;
+    }
+    let mut padding = [0; 3];
+    for a in 0..3 {
+        let span = d.p.dilation[a] * (d.kernel[a] - 1);
+        padding[a] = span.checked_sub(d.p.padding[a])?;
+    }
+    let [kd, kh, kw] = d.kernel;
+    let kvol = kd * kh * kw;
+    let mut wt = vec![T::ZERO; w.len()];
+    for co in 0..d.co {
+        for ci in 0..d.ci {
+            for t in 0..kvol {
+                wt[(ci * d.co + co) * kvol + (kvol - 1 - t)] = w[(co * d.ci + ci) * kvol + t];
+            }
+        }
+    }
+    let flipped = Dims {
+        n: d.n,
+        ci: d.co,
+        co: d.ci,
+        input: d.out,
+        kernel: d.kernel,
+        out: d.input,
+        p: Conv3dParams { stride: [1; 3], padding, dilation: d.p.dilation },
+    };
+    Some(forward(&flipped, gy, &wt))
 }
 
 fn input_grad<T: Elem>(d: &Dims, gy: &[T], w: &[T]) -> Vec<T> {
+    if let Some(gx) = input_grad_as_conv(d, gy, w) {
+        return gx;
+    }
     let (k, out_size, in_size) = (d.k(), d.out_size(), d.in_size());
     let sample = d.ci * in_size;
     let mut gx = vec![T::ZERO; d.n * sample];
