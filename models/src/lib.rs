@@ -3,4 +3,9 @@
 #![warn(clippy::unwrap_used)]
 #![deny(missing_docs)]
 
+pub mod block;
+pub mod deeplab;
+pub mod layers;
 pub mod ops;
+pub mod policy;
+pub mod spec;

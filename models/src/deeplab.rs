@@ -1,0 +1,227 @@
+//! 3D DeepLab V3 on a 3D ResNet with droppable residual blocks.
+
+use candle_core::{Module, Result, Tensor, Var};
+use candle_nn::VarBuilder;
+
+use crate::block::{Block, BlockKeep, ConvBn};
+use crate::layers::{
+    global_avg_pool, max_pool3d, resize_trilinear, BatchNorm3d, Buffers, Conv3d, ConvTranspose3d, MaxPool3dParams,
+};
+use crate::ops::Conv3dParams;
+use crate::spec::ArchSpec;
+
+/// Which blocks run.
+#[derive(Debug, Clone, Copy)]
+pub enum Path<'a> {
+    /// Every block.
+    Full,
+    /// One keep mask for the whole batch (`true` = run); dropped branches are not computed.
+    Shared(&'a [bool]),
+    /// A keep mask per sample, `[B][N]`.
+    PerSample(&'a [Vec<bool>]),
+}
+
+impl Path<'_> {
+    /// How block `n` runs for this batch. A per-sample mask shared by all samples is run as such
+    /// (skipping or running the branch for the batch); only a mixed column needs masking.
+    fn keep(&self, n: usize, like: &Tensor) -> Result<(BlockKeepOwned, bool)> {
+        Ok(match self {
+            Path::Full => (BlockKeepOwned::All, true),
+            Path::Shared(k) => (if k[n] { BlockKeepOwned::All } else { BlockKeepOwned::None }, k[n]),
+            Path::PerSample(ks) => {
+                let col: Vec<bool> = ks.iter().map(|k| k[n]).collect();
+                if col.iter().all(|&k| k) {
+                    (BlockKeepOwned::All, true)
+                } else if col.iter().all(|&k| !k) {
+                    (BlockKeepOwned::None, false)
+                } else {
+                    let m: Vec<f32> = col.iter().map(|&k| f32::from(u8::from(k))).collect();
+                    (BlockKeepOwned::Mask(Tensor::new(m, like.device())?.to_dtype(like.dtype())?), true)
+                }
+            }
+        })
+    }
+}
+
+enum BlockKeepOwned {
+    All,
+    None,
+    Mask(Tensor),
+}
+
+/// Atrous spatial pyramid pooling: 1×1×1, three dilated 3×3×3, and image pooling, concatenated and
+/// projected.
+#[derive(Debug, Clone)]
+pub struct Aspp {
+    /// The four convolutional branches (1×1×1, then dilations 6, 12, 18).
+    pub branches: Vec<ConvBn>,
+    /// Image pooling: GAP → 1×1×1 conv → BN → ReLU → broadcast.
+    pub pooling: ConvBn,
+    /// 1×1×1 projection of the concatenation.
+    pub project: ConvBn,
+}
+
+impl Aspp {
+    fn load(vb: VarBuilder, spec: &ArchSpec) -> Result<Self> {
+        let (c, a) = (spec.backbone_channels(), spec.aspp_channels());
+        let mut branches = vec![ConvBn::load(&vb, "b0.conv", "b0.bn", (c, a), 1, Conv3dParams::default())?];
+        for (i, &r) in spec.aspp_rates.iter().enumerate() {
+            let p = Conv3dParams { padding: [r; 3], dilation: [r; 3], ..Default::default() };
+            branches.push(ConvBn::load(&vb, &format!("b{}.conv", i + 1), &format!("b{}.bn", i + 1), (c, a), 3, p)?);
+        }
+        let pooling = ConvBn::load(&vb, "pool.conv", "pool.bn", (c, a), 1, Conv3dParams::default())?;
+        let project = ConvBn::load(&vb, "project.conv", "project.bn", (5 * a, a), 1, Conv3dParams::default())?;
+        Ok(Aspp { branches, pooling, project })
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let (n, _, d, h, w) = x.dims5()?;
+        let mut outs = Vec::with_capacity(5);
+        for b in &self.branches {
+            outs.push(b.forward(x, train)?.relu()?);
+        }
+        let pooled = self.pooling.forward(&global_avg_pool(x)?, train)?.relu()?;
+        let a = pooled.dim(1)?;
+        outs.push(pooled.broadcast_as((n, a, d, h, w))?.contiguous()?);
+        let y = self.project.forward(&Tensor::cat(&outs, 1)?, train)?.relu()?;
+        if train {
+            candle_nn::ops::dropout(&y, 0.5)
+        } else {
+            Ok(y)
+        }
+    }
+}
+
+/// ConvTranspose k2 s2 → BN → ReLU → 3×3×3 conv → BN → ReLU → 1×1×1 conv to the classes.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    /// Upsampling by 2.
+    pub up: ConvTranspose3d,
+    /// BN after the upsampling.
+    pub up_bn: BatchNorm3d,
+    /// 3×3×3 conv + BN.
+    pub conv: ConvBn,
+    /// Final 1×1×1 conv with bias.
+    pub classifier: Conv3d,
+}
+
+impl Decoder {
+    fn load(vb: VarBuilder, spec: &ArchSpec) -> Result<Self> {
+        let (a, c) = (spec.aspp_channels(), spec.decoder_channels());
+        Ok(Decoder {
+            up: ConvTranspose3d::load(vb.pp("up"), a, c)?,
+            up_bn: BatchNorm3d::load(vb.pp("up_bn"), c)?,
+            conv: ConvBn::load(&vb, "conv", "bn", (c, c), 3, Conv3dParams { padding: [1; 3], ..Default::default() })?,
+            classifier: Conv3d::load(
+                vb.pp("classifier"),
+                c,
+                spec.output.channels(),
+                [1; 3],
+                Conv3dParams::default(),
+                true,
+            )?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let h = self.up_bn.forward(&self.up.forward(x)?, train)?.relu()?;
+        let h = self.conv.forward(&h, train)?.relu()?;
+        self.classifier.forward(&h)
+    }
+}
+
+/// The segmenter.
+#[derive(Debug, Clone)]
+pub struct DeepLab3d {
+    spec: ArchSpec,
+    /// Stem conv 7×7×7 s2 + BN (then ReLU and max-pool).
+    pub stem: ConvBn,
+    /// The N droppable residual blocks, in order.
+    pub blocks: Vec<Block>,
+    /// ASPP on the last stage.
+    pub aspp: Aspp,
+    /// Decoder to class logits.
+    pub decoder: Decoder,
+}
+
+/// Stem max-pool: kernel 3, stride 2, padding 1.
+pub const STEM_POOL: MaxPool3dParams = MaxPool3dParams { kernel: [3; 3], stride: [2; 3], padding: [1; 3] };
+
+impl DeepLab3d {
+    /// Creates (fresh variables) or loads (checkpoint-backed `vb`) the network.
+    pub fn load(vb: VarBuilder, spec: &ArchSpec) -> Result<Self> {
+        let stem = ConvBn::load(
+            &vb,
+            "stem.conv",
+            "stem.bn",
+            (spec.in_channels, spec.width),
+            7,
+            Conv3dParams { stride: [2; 3], padding: [3; 3], dilation: [1; 3] },
+        )?;
+        let blocks = spec
+            .blocks()
+            .into_iter()
+            .map(|b| Block::load(vb.pp(b.name()), b, spec.block))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(DeepLab3d {
+            spec: spec.clone(),
+            stem,
+            blocks,
+            aspp: Aspp::load(vb.pp("aspp"), spec)?,
+            decoder: Decoder::load(vb.pp("decoder"), spec)?,
+        })
+    }
+
+    /// The architecture.
+    pub fn spec(&self) -> &ArchSpec {
+        &self.spec
+    }
+
+    /// Stem: conv → BN → ReLU → max-pool.
+    pub fn stem(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        max_pool3d(&self.stem.forward(x, train)?.relu()?, STEM_POOL)
+    }
+
+    /// Runs blocks `from..to` on the path.
+    pub fn blocks(&self, x: &Tensor, path: Path, from: usize, to: usize, train: bool) -> Result<Tensor> {
+        let mut h = x.clone();
+        for n in from..to {
+            let (keep, _) = path.keep(n, &h)?;
+            let k = match &keep {
+                BlockKeepOwned::All => BlockKeep::All,
+                BlockKeepOwned::None => BlockKeep::None,
+                BlockKeepOwned::Mask(m) => BlockKeep::Mask(m),
+            };
+            h = self.blocks[n].forward(&h, k, train)?;
+        }
+        Ok(h)
+    }
+
+    /// ASPP + decoder + trilinear upsampling to `size`: class logits.
+    pub fn head(&self, x: &Tensor, size: [usize; 3], train: bool) -> Result<Tensor> {
+        let y = self.decoder.forward(&self.aspp.forward(x, train)?, train)?;
+        resize_trilinear(&y, size)
+    }
+
+    /// Logits `[B, K, D, H, W]` for input `[B, 1, D, H, W]` on a path.
+    pub fn forward(&self, x: &Tensor, path: Path, train: bool) -> Result<Tensor> {
+        let (_, _, d, h, w) = x.dims5()?;
+        let s = self.stem(x, train)?;
+        let f = self.blocks(&s, path, 0, self.blocks.len(), train)?;
+        self.head(&f, [d, h, w], train)
+    }
+}
+
+impl Buffers for DeepLab3d {
+    fn buffers(&self, out: &mut Vec<(String, Var)>) {
+        self.stem.bn.buffers(out);
+        for b in &self.blocks {
+            b.buffers(out);
+        }
+        for u in self.aspp.branches.iter().chain([&self.aspp.pooling, &self.aspp.project]) {
+            u.bn.buffers(out);
+        }
+        self.decoder.up_bn.buffers(out);
+        self.decoder.conv.bn.buffers(out);
+    }
+}

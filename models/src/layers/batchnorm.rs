@@ -1,0 +1,102 @@
+//! BatchNorm over `[N, C, D, H, W]` with running statistics that train, evaluate and checkpoint.
+
+use candle_core::{DType, Result, Tensor, Var, D};
+use candle_nn::{Init, VarBuilder};
+
+use super::Buffers;
+
+/// BatchNorm3d as PyTorch: batch statistics in training (biased variance to normalise, unbiased
+/// variance into the running estimate, momentum 0.1), running statistics in evaluation.
+#[derive(Debug, Clone)]
+pub struct BatchNorm3d {
+    name: String,
+    gamma: Tensor,
+    beta: Tensor,
+    running_mean: Var,
+    running_var: Var,
+    momentum: f64,
+    eps: f64,
+}
+
+impl BatchNorm3d {
+    /// Creates or loads `weight`, `bias`, and the running statistics. Running statistics are read
+    /// from `vb` when it holds them (a checkpoint) and start at 0 / 1 otherwise; they are never
+    /// trainable variables.
+    pub fn load(vb: VarBuilder, channels: usize) -> Result<Self> {
+        let gamma = vb.get_with_hints(channels, "weight", Init::Const(1.0))?;
+        let beta = vb.get_with_hints(channels, "bias", Init::Const(0.0))?;
+        let stat = |name: &str, init: f64| -> Result<Var> {
+            if vb.contains_tensor(name) {
+                Var::from_tensor(&vb.get(channels, name)?)
+            } else {
+                Var::from_tensor(&Tensor::full(init as f32, channels, vb.device())?.to_dtype(vb.dtype())?)
+            }
+        };
+        Ok(BatchNorm3d {
+            name: vb.prefix(),
+            gamma,
+            beta,
+            running_mean: stat("running_mean", 0.0)?,
+            running_var: stat("running_var", 1.0)?,
+            momentum: 0.1,
+            eps: 1e-5,
+        })
+    }
+
+    /// The affine weight (gamma).
+    pub fn gamma(&self) -> &Tensor {
+        &self.gamma
+    }
+
+    /// The affine bias (beta).
+    pub fn beta(&self) -> &Tensor {
+        &self.beta
+    }
+
+    /// Running mean and variance.
+    pub fn running_stats(&self) -> (&Tensor, &Tensor) {
+        (self.running_mean.as_tensor(), self.running_var.as_tensor())
+    }
+
+    /// Epsilon added to the variance.
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
+
+    /// Normalises `x`; in training also updates the running statistics.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let c = x.dim(1)?;
+        let shape = (1, c, 1, 1, 1);
+        let (mean, var) = if train {
+            let (n, _, d, h, w) = x.dims5()?;
+            let count = (n * d * h * w) as f64;
+            // Statistics per channel over N, D, H, W.
+            let flat = x.transpose(0, 1)?.reshape((c, n * d * h * w))?;
+            let mean = flat.mean_keepdim(D::Minus1)?;
+            let centred = flat.broadcast_sub(&mean)?;
+            let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+            let (m, v) = (mean.flatten_all()?.detach(), var.flatten_all()?.detach());
+            let unbiased = if count > 1.0 { (&v * (count / (count - 1.0)))? } else { v };
+            let mo = self.momentum;
+            self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - mo))? + (m * mo)?)?)?;
+            self.running_var.set(&((self.running_var.as_tensor() * (1.0 - mo))? + (unbiased * mo)?)?)?;
+            (mean.reshape(shape)?, var.reshape(shape)?)
+        } else {
+            (self.running_mean.as_tensor().reshape(shape)?, self.running_var.as_tensor().reshape(shape)?)
+        };
+        let scale = (self.gamma.reshape(shape)? / (var + self.eps)?.sqrt()?)?;
+        x.broadcast_sub(&mean)?.broadcast_mul(&scale)?.broadcast_add(&self.beta.reshape(shape)?)
+    }
+
+    /// Converts to `dtype` where needed (e.g. checkpoints stored in f32, evaluated in f64).
+    pub fn dtype(&self) -> DType {
+        self.gamma.dtype()
+    }
+}
+
+impl Buffers for BatchNorm3d {
+    fn buffers(&self, out: &mut Vec<(String, Var)>) {
+        out.push((format!("{}.running_mean", self.name), self.running_mean.clone()));
+        out.push((format!("{}.running_var", self.name), self.running_var.clone()));
+    }
+}

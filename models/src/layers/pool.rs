@@ -1,0 +1,154 @@
+//! 3D max pooling (custom op with backward) and global average pooling.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Kernel, stride and padding per axis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxPool3dParams {
+    /// Window size.
+    pub kernel: [usize; 3],
+    /// Step.
+    pub stride: [usize; 3],
+    /// Implicit −∞ padding on both sides.
+    pub padding: [usize; 3],
+}
+
+impl MaxPool3dParams {
+    /// Output size for an input size.
+    pub fn out_dims(&self, input: [usize; 3]) -> Result<[usize; 3]> {
+        let mut o = [0; 3];
+        for a in 0..3 {
+            if self.padding[a] * 2 > self.kernel[a] || input[a] + 2 * self.padding[a] < self.kernel[a] {
+                bail!("max_pool3d: {self:?} does not fit input {input:?}")
+            }
+            o[a] = (input[a] + 2 * self.padding[a] - self.kernel[a]) / self.stride[a] + 1;
+        }
+        Ok(o)
+    }
+}
+
+/// For every output voxel of every (n, c) plane: the flat input index of the window maximum (first
+/// maximum on ties, as PyTorch).
+fn argmax<T: Copy + PartialOrd + Send + Sync>(
+    x: &[T],
+    planes: usize,
+    input: [usize; 3],
+    out: [usize; 3],
+    p: &MaxPool3dParams,
+) -> Vec<usize> {
+    let (isz, osz) = (input.iter().product::<usize>(), out.iter().product::<usize>());
+    let mut idx = vec![0usize; planes * osz];
+    idx.par_chunks_mut(osz).enumerate().for_each(|(plane, dst)| {
+        let base = plane * isz;
+        let mut o = 0;
+        for z in 0..out[0] {
+            for y in 0..out[1] {
+                for xx in 0..out[2] {
+                    let mut best: Option<(T, usize)> = None;
+                    for a in 0..p.kernel[0] {
+                        let iz = (z * p.stride[0] + a) as isize - p.padding[0] as isize;
+                        if iz < 0 || iz >= input[0] as isize {
+                            continue;
+                        }
+                        for b in 0..p.kernel[1] {
+                            let iy = (y * p.stride[1] + b) as isize - p.padding[1] as isize;
+                            if iy < 0 || iy >= input[1] as isize {
+                                continue;
+                            }
+                            for c in 0..p.kernel[2] {
+                                let ix = (xx * p.stride[2] + c) as isize - p.padding[2] as isize;
+                                if ix < 0 || ix >= input[2] as isize {
+                                    continue;
+                                }
+                                let i = base + ((iz as usize * input[1]) + iy as usize) * input[2] + ix as usize;
+                                if best.is_none_or(|(v, _)| x[i] > v) {
+                                    best = Some((x[i], i));
+                                }
+                            }
+                        }
+                    }
+                    dst[o] = best.map_or(base, |(_, i)| i);
+                    o += 1;
+                }
+            }
+        }
+    });
+    idx
+}
+
+struct MaxPool3d(MaxPool3dParams);
+struct MaxPool3dGrad(MaxPool3dParams);
+
+fn dims(l: &Layout) -> Result<([usize; 5], usize, usize)> {
+    let &[n, c, d, h, w] = l.dims() else { bail!("max_pool3d: expected [N, C, D, H, W], got {:?}", l.dims()) };
+    let Some((a, b)) = l.contiguous_offsets() else { bail!("max_pool3d: input must be contiguous") };
+    Ok(([n, c, d, h, w], a, b))
+}
+
+impl CustomOp1 for MaxPool3d {
+    fn name(&self) -> &'static str {
+        "max_pool3d"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let ([n, c, d, h, w], a, b) = dims(l)?;
+        let out = self.0.out_dims([d, h, w])?;
+        let storage = match s {
+            CpuStorage::F32(v) => {
+                let x = &v[a..b];
+                CpuStorage::F32(argmax(x, n * c, [d, h, w], out, &self.0).into_iter().map(|i| x[i]).collect())
+            }
+            CpuStorage::F64(v) => {
+                let x = &v[a..b];
+                CpuStorage::F64(argmax(x, n * c, [d, h, w], out, &self.0).into_iter().map(|i| x[i]).collect())
+            }
+            other => bail!("max_pool3d: unsupported dtype {:?}", other.dtype()),
+        };
+        Ok((storage, Shape::from_dims(&[n, c, out[0], out[1], out[2]])))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &MaxPool3dGrad(self.0))?))
+    }
+}
+
+impl CustomOp2 for MaxPool3dGrad {
+    fn name(&self) -> &'static str {
+        "max_pool3d-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let ([n, c, d, h, w], a, b) = dims(l1)?;
+        let out = self.0.out_dims([d, h, w])?;
+        let Some((ga, gb)) = l2.contiguous_offsets() else { bail!("max_pool3d-grad: grad must be contiguous") };
+        macro_rules! scatter {
+            ($x:expr, $g:expr, $variant:ident) => {{
+                let idx = argmax(&$x[a..b], n * c, [d, h, w], out, &self.0);
+                let mut gx = vec![Default::default(); b - a];
+                for (i, g) in idx.into_iter().zip(&$g[ga..gb]) {
+                    gx[i] += *g;
+                }
+                CpuStorage::$variant(gx)
+            }};
+        }
+        let storage = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => scatter!(x, g, F32),
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => scatter!(x, g, F64),
+            (x, _) => bail!("max_pool3d-grad: unsupported dtype {:?}", x.dtype()),
+        };
+        Ok((storage, Shape::from_dims(&[n, c, d, h, w])))
+    }
+}
+
+/// Max pooling over `[N, C, D, H, W]`, differentiable (gradient to the first maximum of each window).
+pub fn max_pool3d(x: &Tensor, params: MaxPool3dParams) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(MaxPool3d(params))
+}
+
+/// Mean over D, H, W, keeping them as size-1 axes: `[N, C, 1, 1, 1]`.
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    let (n, c, d, h, w) = x.dims5()?;
+    x.reshape((n, c, d * h * w))?.mean_keepdim(2)?.reshape((n, c, 1, 1, 1))
+}
