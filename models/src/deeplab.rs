@@ -59,6 +59,8 @@ pub struct Aspp {
     pub pooling: ConvBn,
     /// 1×1×1 projection of the concatenation.
     pub project: ConvBn,
+    /// Dropout 0.5 after the projection (training only).
+    pub dropout: Dropout,
 }
 
 impl Aspp {
@@ -71,7 +73,7 @@ impl Aspp {
         }
         let pooling = ConvBn::load(&vb, "pool.conv", "pool.bn", (c, a), 1, Conv3dParams::default())?;
         let project = ConvBn::load(&vb, "project.conv", "project.bn", (5 * a, a), 1, Conv3dParams::default())?;
-        Ok(Aspp { branches, pooling, project })
+        Ok(Aspp { branches, pooling, project, dropout: Dropout::new(0.5) })
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
@@ -85,7 +87,7 @@ impl Aspp {
         outs.push(pooled.broadcast_as((n, a, d, h, w))?.contiguous()?);
         let y = self.project.forward(&Tensor::cat(&outs, 1)?, train)?.relu()?;
         if train {
-            candle_nn::ops::dropout(&y, 0.5)
+            self.dropout.forward(&y)
         } else {
             Ok(y)
         }

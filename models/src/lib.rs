@@ -5,7 +5,10 @@
 
 pub mod block;
 pub mod deeplab;
+pub mod init;
 pub mod layers;
+pub mod loss;
 pub mod ops;
+pub mod optim;
 pub mod policy;
 pub mod spec;

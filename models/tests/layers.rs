@@ -80,7 +80,8 @@ fn transposed_conv_matches_direct_definition() {
                     for xx in 0..8 {
                         let mut s = 0.0;
                         for i in 0..3 {
-                            s += xv[(((n * 3 + i) * 2 + z / 2) * 3 + yy / 2) * 4 + xx / 2] * wv[(((i * 2 + o) * 2 + z % 2) * 2 + yy % 2) * 2 + xx % 2];
+                            s += xv[(((n * 3 + i) * 2 + z / 2) * 3 + yy / 2) * 4 + xx / 2]
+                                * wv[(((i * 2 + o) * 2 + z % 2) * 2 + yy % 2) * 2 + xx % 2];
                         }
                         let got = yv[(((n * 2 + o) * 4 + z) * 6 + yy) * 8 + xx];
                         assert!((got - s).abs() < 1e-12);
@@ -96,7 +97,12 @@ fn transposed_conv_matches_direct_definition() {
 fn trilinear_resize_aligns_corners_and_is_exact_on_linear_functions() {
     // f = 2z + 3y − x is reproduced exactly by trilinear interpolation with aligned corners.
     let (d, h, w) = (3, 4, 5);
-    let x = Tensor::from_vec((0..d * h * w).map(|i| (2 * (i / 20) + 3 * ((i / 5) % 4)) as f64 - (i % 5) as f64).collect::<Vec<_>>(), (1, 1, d, h, w), &Device::Cpu).unwrap();
+    let x = Tensor::from_vec(
+        (0..d * h * w).map(|i| (2 * (i / 20) + 3 * ((i / 5) % 4)) as f64 - (i % 5) as f64).collect::<Vec<_>>(),
+        (1, 1, d, h, w),
+        &Device::Cpu,
+    )
+    .unwrap();
     let y = resize_trilinear(&x, [5, 7, 9]).unwrap();
     let v = to_vec(&y);
     for z in 0..5 {

@@ -3,11 +3,13 @@
 
 mod batchnorm;
 mod conv;
+mod dropout;
 mod interpolate;
 mod pool;
 
 pub use batchnorm::BatchNorm3d;
 pub use conv::{Conv3d, ConvTranspose3d};
+pub use dropout::Dropout;
 pub use interpolate::{resize_trilinear, trilinear_matrix};
 pub use pool::{global_avg_pool, max_pool3d, MaxPool3dParams};
 

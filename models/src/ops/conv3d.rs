@@ -274,41 +274,63 @@ fn forward<T: Elem>(d: &Dims, x: &[T], w: &[T]) -> Vec<T> {
     y
 }
 
+/// Chunks whose partial sums are added in a fixed order: results do not depend on the thread count
+/// or on work stealing, so training is reproducible bit for bit.
+const REDUCTION_CHUNKS: usize = 16;
+
+/// Runs `f(acc, scratch, job)` over `jobs` in [`REDUCTION_CHUNKS`] parallel chunks, each with its own
+/// zeroed accumulator of `len`, and returns the sum of the accumulators in chunk order.
+fn sum_ordered<T: Elem, J: Sync, S>(
+    jobs: &[J],
+    len: usize,
+    scratch: impl Fn() -> S + Sync,
+    f: impl Fn(&mut [T], &mut S, &J) + Sync,
+) -> Vec<T> {
+    let chunk = jobs.len().div_ceil(REDUCTION_CHUNKS).max(1);
+    let partials: Vec<Vec<T>> = jobs
+        .par_chunks(chunk)
+        .map(|part| {
+            let mut acc = vec![T::ZERO; len];
+            let mut s = scratch();
+            for j in part {
+                f(&mut acc, &mut s, j);
+            }
+            acc
+        })
+        .collect();
+    let mut out = vec![T::ZERO; len];
+    for p in partials {
+        out.iter_mut().zip(p).for_each(|(o, v)| *o += v);
+    }
+    out
+}
+
 fn weight_grad<T: Elem>(d: &Dims, x: &[T], gy: &[T]) -> Vec<T> {
     let (k, out_size, in_size) = (d.k(), d.out_size(), d.in_size());
     let jobs: Vec<(usize, usize, usize)> =
         (0..d.n).flat_map(|n| d.tiles().into_iter().map(move |(p0, p1)| (n, p0, p1))).collect();
     // Accumulate gwᵀ [K, Co] = cols [K, P] · gyᵀ [P, Co]: the long K side as gemm rows runs much
     // faster than the [Co, K] orientation when Co is small.
-    let gwt = jobs
-        .par_iter()
-        .fold(
-            || (vec![T::ZERO; k * d.co], vec![T::ZERO; k * TILE]),
-            |(mut acc, mut cols), &(n, p0, p1)| {
-                let p = p1 - p0;
-                let xs = &x[n * d.ci * in_size..(n + 1) * d.ci * in_size];
-                let g = &gy[n * d.co * out_size..];
-                // SAFETY: acc is this thread's [K, Co] accumulator; reads stay within x, gy and cols.
-                unsafe {
-                    let (lhs, lhs_rs) = if d.is_pointwise() {
-                        (xs.as_ptr().add(p0), in_size)
-                    } else {
-                        im2col(d, xs, p0, p1, &mut cols);
-                        (cols.as_ptr(), p)
-                    };
-                    gemm(k, d.co, p, acc.as_mut_ptr(), d.co, 1, true, lhs, lhs_rs, 1, g.as_ptr().add(p0), 1, out_size);
-                }
-                (acc, cols)
-            },
-        )
-        .map(|(acc, _)| acc)
-        .reduce(
-            || vec![T::ZERO; k * d.co],
-            |mut a, b| {
-                a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                a
-            },
-        );
+    let gwt = sum_ordered(
+        &jobs,
+        k * d.co,
+        || vec![T::ZERO; k * TILE],
+        |acc, cols, &(n, p0, p1)| {
+            let p = p1 - p0;
+            let xs = &x[n * d.ci * in_size..(n + 1) * d.ci * in_size];
+            let g = &gy[n * d.co * out_size..];
+            // SAFETY: acc is this chunk's [K, Co] accumulator; reads stay within x, gy and cols.
+            unsafe {
+                let (lhs, lhs_rs) = if d.is_pointwise() {
+                    (xs.as_ptr().add(p0), in_size)
+                } else {
+                    im2col(d, xs, p0, p1, cols);
+                    (cols.as_ptr(), p)
+                };
+                gemm(k, d.co, p, acc.as_mut_ptr(), d.co, 1, true, lhs, lhs_rs, 1, g.as_ptr().add(p0), 1, out_size);
+            }
+        },
+    );
     let mut gw = vec![T::ZERO; d.co * k];
     for r in 0..k {
         for co in 0..d.co {
@@ -383,43 +405,19 @@ fn input_grad<T: Elem>(d: &Dims, gy: &[T], w: &[T]) -> Vec<T> {
             continue;
         }
         // Taps of neighbouring tiles overlap in the input, so each thread scatters into its own buffer.
-        let summed = d
-            .tiles()
-            .par_iter()
-            .fold(
-                || (vec![T::ZERO; sample], vec![T::ZERO; k * TILE]),
-                |(mut acc, mut cols), &(p0, p1)| {
-                    let p = p1 - p0;
-                    // SAFETY: cols holds K × p; lhs = wᵀ (element (r, co) at co * k + r).
-                    unsafe {
-                        gemm(
-                            k,
-                            p,
-                            d.co,
-                            cols.as_mut_ptr(),
-                            p,
-                            1,
-                            false,
-                            w.as_ptr(),
-                            1,
-                            k,
-                            g.as_ptr().add(p0),
-                            out_size,
-                            1,
-                        )
-                    };
-                    col2im(d, &cols[..k * p], p0, p1, &mut acc);
-                    (acc, cols)
-                },
-            )
-            .map(|(acc, _)| acc)
-            .reduce(
-                || vec![T::ZERO; sample],
-                |mut a, b| {
-                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                    a
-                },
-            );
+        let summed = sum_ordered(
+            &d.tiles(),
+            sample,
+            || vec![T::ZERO; k * TILE],
+            |acc, cols, &(p0, p1)| {
+                let p = p1 - p0;
+                // SAFETY: cols holds K × p; lhs = wᵀ (element (r, co) at co * k + r).
+                unsafe {
+                    gemm(k, p, d.co, cols.as_mut_ptr(), p, 1, false, w.as_ptr(), 1, k, g.as_ptr().add(p0), out_size, 1)
+                };
+                col2im(d, &cols[..k * p], p0, p1, acc);
+            },
+        );
         gxs.copy_from_slice(&summed);
     }
     gx
