@@ -5,7 +5,8 @@ use candle_nn::VarBuilder;
 
 use crate::block::{Block, BlockKeep, ConvBn};
 use crate::layers::{
-    global_avg_pool, max_pool3d, resize_trilinear, BatchNorm3d, Buffers, Conv3d, ConvTranspose3d, MaxPool3dParams,
+    global_avg_pool, max_pool3d, resize_trilinear, BatchNorm3d, Buffers, Conv3d, ConvTranspose3d, Dropout,
+    MaxPool3dParams,
 };
 use crate::ops::Conv3dParams;
 use crate::spec::ArchSpec;
