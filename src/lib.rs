@@ -15,6 +15,8 @@ pub mod error;
 pub mod onnxruntime;
 pub mod preprocess;
 pub mod synth;
+#[cfg(feature = "train")]
+pub mod train;
 pub mod volume;
 pub mod window;
 

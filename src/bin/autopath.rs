@@ -7,7 +7,49 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use autopath::cli::{parse_shape, progress, report};
+use autopath::dataset::{Dataset, Layout, Split};
+use autopath::preprocess::{Intensity, LabelMapping, Preprocessing};
 use autopath::synth::{synthesize, SynthConfig};
+use autopath::train::segment::{self, plan_split, TrainConfig};
+use autopath::window::{Blend, WindowConfig};
+use autopath_models::spec::{ArchSpec, Output};
+
+/// Data flags shared by `train`, `train-policy` and `eval`.
+#[derive(clap::Args, Clone)]
+struct DataArgs {
+    /// Dataset folder (LiTS, Decathlon or nnU-Net raw layout).
+    #[arg(long)]
+    data: PathBuf,
+    /// Layout, if detection should be skipped.
+    #[arg(long, value_enum)]
+    layout: Option<Layout>,
+    /// Test split: a ratio like 0.25, a file listing test case ids, or `3dircadb`.
+    #[arg(long, default_value = "0.25")]
+    split: String,
+    /// Seed for the split, initialisation, crops and dropout.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Intensity normalisation: `ct` (clip to [-200, 250] HU, divide by 200) or `zscore` (MRI).
+    #[arg(long, default_value = "ct", value_parser = ["ct", "zscore"])]
+    intensity: String,
+    /// Labels: `merge` (foreground = label > 0, sigmoid) or `keep` (classes, softmax).
+    #[arg(long, default_value = "merge", value_parser = ["merge", "keep"])]
+    labels: String,
+}
+
+impl DataArgs {
+    fn preprocessing(&self) -> Preprocessing {
+        Preprocessing {
+            intensity: if self.intensity == "zscore" { Intensity::Zscore } else { Intensity::default() },
+            labels: if self.labels == "keep" { LabelMapping::Keep } else { LabelMapping::Merge },
+            target_spacing: None,
+        }
+    }
+
+    fn split(&self) -> anyhow::Result<Split> {
+        Ok(self.split.parse::<Split>()?.with_seed(self.seed))
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +82,117 @@ enum Command {
         #[arg(long, default_value = "48,128,128", value_parser = parse_shape)]
         size: [usize; 3],
     },
+    /// Train the segmenter (3D DeepLab V3 on a ResNet backbone).
+    Train(TrainArgs),
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    data: Option<DataArgs>,
+    /// Run folder: config.json, best/last checkpoints, log.jsonl.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in this folder from its last checkpoint (other flags but --epochs are ignored).
+    #[arg(long, conflicts_with = "out")]
+    resume: Option<PathBuf>,
+    /// Backbone: r18 (8 blocks) or r50 (16 blocks).
+    #[arg(long, default_value = "r18", value_parser = ["r18", "r34", "r50"])]
+    arch: String,
+    /// Width of the first stage (64 = the paper's network).
+    #[arg(long, default_value_t = 64)]
+    width: usize,
+    /// Training patch D,H,W (the paper: 48,256,256).
+    #[arg(long, default_value = "48,256,256", value_parser = parse_shape)]
+    patch: [usize; 3],
+    /// Epochs, one crop per training case each [default: 400]; with --resume, extends the run.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Crops per step.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Adam learning rate (paper: 0.01).
+    #[arg(long, default_value_t = 0.01)]
+    lr: f64,
+    /// Decay the learning rate every this many epochs.
+    #[arg(long, default_value_t = 100)]
+    lr_step: usize,
+    /// Decay factor.
+    #[arg(long, default_value_t = 0.1)]
+    lr_gamma: f64,
+    /// Validate every this many epochs.
+    #[arg(long, default_value_t = 10)]
+    val_every: usize,
+    /// Validation cases taken from the training split.
+    #[arg(long, default_value_t = 2)]
+    val_cases: usize,
+    /// Probability that a crop is centred on foreground.
+    #[arg(long, default_value_t = 0.5)]
+    foreground_fraction: f64,
+    /// Sliding-window overlap for validation and inference.
+    #[arg(long, default_value_t = 0.5)]
+    overlap: f32,
+    /// Tiles per network call in validation.
+    #[arg(long, default_value_t = 2)]
+    tile_batch: usize,
+}
+
+fn train(args: TrainArgs, quiet: bool) -> anyhow::Result<()> {
+    let bar = progress(0, "train", quiet);
+    let on_epoch = |r: &segment::EpochReport| {
+        bar.set_length(r.epochs as u64);
+        bar.set_position(r.epoch as u64);
+        let val = r.val_dice.map(|d| format!(" val Dice {d:.4}")).unwrap_or_default();
+        bar.set_message(format!("loss {:.4}{val}", r.loss));
+        if quiet || bar.is_hidden() {
+            if let Some(d) = r.val_dice {
+                eprintln!("epoch {}/{}: loss {:.4}, val Dice {d:.4}, {:.1} s", r.epoch, r.epochs, r.loss, r.seconds);
+            }
+        }
+    };
+    let (summary, out) = if let Some(run) = args.resume {
+        (segment::resume(&run, args.epochs, &on_epoch)?, run)
+    } else {
+        let data = args.data.ok_or_else(|| anyhow::anyhow!("--data is required (or --resume RUN)"))?;
+        let out = args.out.ok_or_else(|| anyhow::anyhow!("--out is required (or --resume RUN)"))?;
+        let mut spec = ArchSpec::preset(&args.arch, args.width, args.patch).ok_or_else(|| anyhow::anyhow!("unknown --arch {}", args.arch))?;
+        let prep = data.preprocessing();
+        if prep.labels == LabelMapping::Keep {
+            spec.output = Output::Softmax { classes: 3 };
+        }
+        let dataset = Dataset::open(&data.data, data.layout)?;
+        let (train_ids, val_ids, test_ids) = plan_split(&dataset, &data.split()?, args.val_cases, data.seed)?;
+        let cfg = TrainConfig {
+            spec,
+            preprocessing: prep,
+            window: WindowConfig { patch: args.patch, overlap: args.overlap, blend: Blend::default() },
+            data: std::path::absolute(&data.data)?,
+            layout: dataset.layout,
+            train_ids,
+            val_ids,
+            test_ids,
+            epochs: args.epochs.unwrap_or(400),
+            batch: args.batch.max(1),
+            lr: args.lr,
+            lr_step: args.lr_step,
+            lr_gamma: args.lr_gamma,
+            val_every: args.val_every,
+            foreground_fraction: args.foreground_fraction,
+            seed: data.seed,
+            tile_batch: args.tile_batch,
+        };
+        (segment::train(cfg, &out, &on_epoch)?, out)
+    };
+    bar.finish_and_clear();
+    println!(
+        "trained {} epochs in {:.0} s; best validation Dice {} (epoch {}); checkpoints in {}",
+        summary.epochs,
+        summary.seconds,
+        summary.best_dice.map_or("-".into(), |d| format!("{d:.4}")),
+        summary.best_epoch.map_or("-".into(), |e| e.to_string()),
+        out.display()
+    );
+    Ok(())
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -60,6 +213,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Train(args) => train(args, cli.quiet),
     }
 }
 
