@@ -50,6 +50,8 @@ pub enum Error {
     Dataset { root: PathBuf, reason: String },
     #[error("invalid {what}: {reason}")]
     InvalidArgument { what: &'static str, reason: String },
+    #[error("bundle {}: {reason}", path.display())]
+    Bundle { path: PathBuf, reason: String },
     #[error("ONNX Runtime: {0}")]
     OnnxRuntime(String),
 }

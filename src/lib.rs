@@ -9,11 +9,15 @@
 #![deny(missing_docs)]
 
 pub mod atomic;
+pub mod bundle;
 pub mod cli;
+#[cfg(feature = "train")]
+pub mod compile;
 pub mod dataset;
 pub mod error;
 pub mod onnxruntime;
 pub mod preprocess;
+pub mod runtime;
 pub mod synth;
 #[cfg(feature = "train")]
 pub mod train;

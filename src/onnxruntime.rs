@@ -45,41 +45,30 @@ pub fn library_path() -> Result<PathBuf> {
         .ok_or_else(|| Error::OnnxRuntime(format!("the ONNX Runtime library was not found; {FIX_HINT}")))
 }
 
-static LOADED: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+static LOADED: OnceLock<std::result::Result<(PathBuf, ort::environment::Environment), String>> = OnceLock::new();
 
-/// Loads ONNX Runtime once per process and returns the path it came from.
+/// Loads ONNX Runtime once per process; returns the library path and the process-wide environment
+/// that every session is created in.
 ///
-/// The environment gets one global thread pool with spinning off, shared by every session that asks
-/// for it: with a spinning pool per session, a chain of block sessions fights over the cores and runs
-/// several times slower than one graph.
-pub fn load(threads: Option<usize>) -> Result<PathBuf> {
-    LOADED
-        .get_or_init(|| {
-            let path = library_path().map_err(|e| e.to_string())?;
-            let builder = ort::init_from(&path)
-                .map_err(|e| format!("ONNX Runtime: cannot load {}: {e}; {FIX_HINT}", path.display()))?;
-            let mut pool = ort::environment::GlobalThreadPoolOptions::default();
-            pool = pool.with_spin_control(false).map_err(|e| e.to_string())?;
-            if let Some(n) = threads {
-                pool = pool.with_intra_threads(n).map_err(|e| e.to_string())?;
-            }
-            let env = builder
-                .with_name("autopath")
-                .with_global_thread_pool(pool)
-                .build()
-                .map_err(|e| format!("ONNX Runtime: {e}"))?;
-            // The environment lives for the whole process.
-            std::mem::forget(env);
-            Ok(path)
-        })
-        .clone()
-        .map_err(|e| {
-            if e.starts_with("ONNX Runtime") {
-                Error::OnnxRuntime(e.trim_start_matches("ONNX Runtime: ").to_string())
-            } else {
-                Error::OnnxRuntime(e)
-            }
-        })
+/// The environment gets one global thread pool with spinning off, shared by every session: with a
+/// spinning pool per session, a chain of block sessions fights over the cores and runs several times
+/// slower than one graph. `threads` sizes that pool on the first call.
+pub fn load(threads: Option<usize>) -> Result<(&'static Path, &'static ort::environment::Environment)> {
+    let loaded = LOADED.get_or_init(|| {
+        let path = library_path().map_err(|e| e.to_string())?;
+        let builder = ort::init_from(&path).map_err(|e| format!("cannot load {}: {e}; {FIX_HINT}", path.display()))?;
+        let mut pool = ort::environment::GlobalThreadPoolOptions::default();
+        pool = pool.with_spin_control(false).map_err(|e| e.to_string())?;
+        if let Some(n) = threads {
+            pool = pool.with_intra_threads(n).map_err(|e| e.to_string())?;
+        }
+        let env = builder.with_name("autopath").with_global_thread_pool(pool).build().map_err(|e| e.to_string())?;
+        Ok((path, env))
+    });
+    match loaded {
+        Ok((p, env)) => Ok((p.as_path(), env)),
+        Err(e) => Err(Error::OnnxRuntime(e.clone())),
+    }
 }
 
 /// The loaded library's build description (loads it if needed).

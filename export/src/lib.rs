@@ -1,1 +1,135 @@
-//! placeholder
+//! The AutoPath compiler: trained Candle modules → ONNX graphs, one per segment (stem, each block,
+//! each projection shortcut, head, policy) plus the whole network as one graph.
+#![warn(clippy::unwrap_used)]
+#![deny(missing_docs)]
+
+pub mod builder;
+pub mod graphs;
+pub mod pb;
+
+use autopath_models::deeplab::DeepLab3d;
+use autopath_models::policy::PolicyNet;
+use prost::Message;
+
+use builder::{Dim, GraphBuilder};
+use graphs::{emit_block, emit_head, emit_policy, emit_shortcut, emit_stem, fixed, symbolic};
+use pb::{ModelProto, OperatorSetIdProto, StringStringEntryProto};
+
+/// ONNX opset of every graph (Resize with `sizes`, opset-13+ semantics).
+pub const OPSET: i64 = 17;
+/// IR version: accepted by ONNX Runtime 1.31 and the `onnx` 1.23 checker.
+pub const IR_VERSION: i64 = 8;
+
+/// Compiler errors, naming the tensor or graph at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A weight could not be read from the model.
+    #[error("tensor {name}: {reason}")]
+    Tensor {
+        /// Weight name.
+        name: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Result with the compiler's error.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A serialised ONNX model with its file name in the bundle.
+#[derive(Debug, Clone)]
+pub struct GraphFile {
+    /// `stem.onnx`, `block_03.onnx`…
+    pub file: String,
+    /// What the graph computes.
+    pub role: String,
+    /// Serialised `ModelProto`.
+    pub bytes: Vec<u8>,
+}
+
+fn model(graph: pb::GraphProto, doc: &str, producer_version: &str) -> Vec<u8> {
+    ModelProto {
+        ir_version: IR_VERSION,
+        producer_name: "autopath".into(),
+        producer_version: producer_version.into(),
+        domain: "org.autopath".into(),
+        model_version: 1,
+        doc_string: doc.into(),
+        graph: Some(graph),
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: OPSET }],
+        metadata_props: vec![StringStringEntryProto { key: "autopath.role".into(), value: doc.into() }],
+    }
+    .encode_to_vec()
+}
+
+/// Every graph of a bundle for a segmenter (and optionally a policy), for tiles of size `tile`.
+///
+/// Inputs and outputs: `image` `[N, 1, D, H, W]` → stem → `features`; each block maps `x` → `y`;
+/// the head maps `x` → `probabilities` `[N, K, tile]`; `full.onnx` maps `image` → `probabilities`;
+/// the policy maps `volume` `[N, 1, d, h, w]` → `keep` `[N, blocks]`.
+pub fn compile(net: &DeepLab3d, policy: Option<&PolicyNet>, tile: [usize; 3], version: &str) -> Result<Vec<GraphFile>> {
+    let spec = net.spec();
+    let mut files = Vec::new();
+    let mut push = |file: String, role: &str, g: GraphBuilder| {
+        files.push(GraphFile { bytes: model(g.finish(), role, version), file, role: role.into() })
+    };
+
+    let mut g = GraphBuilder::new("stem", "stem: conv 7x7x7 s2 + BN + ReLU + max-pool 3 s2");
+    let x = g.input("image", &symbolic(spec.in_channels));
+    let y = emit_stem(&mut g, &x, net)?;
+    let y = g.identity("features", &y);
+    g.output(&y, &symbolic(spec.width));
+    push("stem.onnx".into(), "stem", g);
+
+    for (n, block) in net.blocks.iter().enumerate() {
+        let b = block.spec();
+        let prefix = b.name();
+        let mut g = GraphBuilder::new(&prefix, &format!("block {n} ({prefix}), kept: relu(shortcut(x) + F(x))"));
+        let x = g.input("x", &symbolic(b.in_channels));
+        let y = emit_block(&mut g, &prefix, &x, block)?;
+        let y = g.identity("y", &y);
+        g.output(&y, &symbolic(b.out_channels));
+        push(format!("block_{n:02}.onnx"), &format!("block {n}"), g);
+        if block.shortcut.is_some() {
+            let mut g = GraphBuilder::new(
+                &format!("{prefix}.shortcut"),
+                &format!("block {n} ({prefix}), dropped: projection shortcut only"),
+            );
+            let x = g.input("x", &symbolic(b.in_channels));
+            let y = emit_shortcut(&mut g, &prefix, &x, block)?;
+            let y = g.identity("y", &y);
+            g.output(&y, &symbolic(b.out_channels));
+            push(format!("shortcut_{n:02}.onnx"), &format!("shortcut {n}"), g);
+        }
+    }
+
+    let k = spec.output.channels();
+    let mut g = GraphBuilder::new("head", "head: ASPP + decoder + trilinear upsampling to the tile + sigmoid/softmax");
+    let x = g.input("x", &symbolic(spec.backbone_channels()));
+    let y = emit_head(&mut g, &x, net, tile)?;
+    let y = g.identity("probabilities", &y);
+    g.output(&y, &fixed(k, tile));
+    push("head.onnx".into(), "head", g);
+
+    let mut g = GraphBuilder::new("full", "full network: stem + every block + head, the baseline and parity reference");
+    let mut h = g.input("image", &fixed(spec.in_channels, tile));
+    h = emit_stem(&mut g, &h, net)?;
+    for block in &net.blocks {
+        h = emit_block(&mut g, &block.spec().name(), &h, block)?;
+    }
+    let y = emit_head(&mut g, &h, net, tile)?;
+    let y = g.identity("probabilities", &y);
+    g.output(&y, &fixed(k, tile));
+    push("full.onnx".into(), "full", g);
+
+    if let Some(p) = policy {
+        let mut g =
+            GraphBuilder::new("policy", "policy: ResNet-10 on the downsampled volume -> keep probability per block");
+        let x = g.input("volume", &fixed(spec.in_channels, spec.policy.input));
+        let y = emit_policy(&mut g, &x, p)?;
+        let y = g.identity("keep", &y);
+        g.output(&y, &[Dim::Symbolic("batch"), Dim::Fixed(spec.num_blocks())]);
+        push("policy.onnx".into(), "policy", g);
+    }
+    Ok(files)
+}

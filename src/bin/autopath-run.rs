@@ -16,7 +16,7 @@ struct Cli {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.check_ort {
-        let path = autopath::onnxruntime::load(None)?;
+        let (path, _) = autopath::onnxruntime::load(None)?;
         println!("ONNX Runtime loaded from {}", path.display());
         println!("{}", autopath::onnxruntime::build_info()?);
         return Ok(());

@@ -84,6 +84,32 @@ enum Command {
     },
     /// Train the segmenter (3D DeepLab V3 on a ResNet backbone).
     Train(TrainArgs),
+    /// Export trained models as a deployable bundle of ONNX graphs (one per block) with a manifest.
+    Compile {
+        /// Segmenter run folder (from `autopath train`).
+        #[arg(long)]
+        seg: PathBuf,
+        /// Which checkpoint of the segmenter.
+        #[arg(long, default_value = "best", value_parser = ["best", "last"])]
+        checkpoint: String,
+        /// Bundle folder to create.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing bundle folder.
+        #[arg(long)]
+        force: bool,
+        /// Skip the ONNX Runtime parity checks.
+        #[arg(long)]
+        no_verify: bool,
+    },
+    /// Print a bundle's manifest and verify its checksums.
+    Inspect {
+        /// Bundle folder.
+        bundle: PathBuf,
+        /// Print the manifest as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -155,7 +181,8 @@ fn train(args: TrainArgs, quiet: bool) -> anyhow::Result<()> {
     } else {
         let data = args.data.ok_or_else(|| anyhow::anyhow!("--data is required (or --resume RUN)"))?;
         let out = args.out.ok_or_else(|| anyhow::anyhow!("--out is required (or --resume RUN)"))?;
-        let mut spec = ArchSpec::preset(&args.arch, args.width, args.patch).ok_or_else(|| anyhow::anyhow!("unknown --arch {}", args.arch))?;
+        let mut spec = ArchSpec::preset(&args.arch, args.width, args.patch)
+            .ok_or_else(|| anyhow::anyhow!("unknown --arch {}", args.arch))?;
         let prep = data.preprocessing();
         if prep.labels == LabelMapping::Keep {
             spec.output = Output::Softmax { classes: 3 };
@@ -214,7 +241,91 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Train(args) => train(args, cli.quiet),
+        Command::Compile { seg, checkpoint, out, force, no_verify } => {
+            let (net, cfg) = segment::load_segmenter(&seg, &checkpoint)?;
+            let report = autopath::compile::compile(&net, &cfg, None, None, &out, !no_verify, force)?;
+            for c in &report.checks {
+                println!(
+                    "  {:<48} max abs {:.2e}  rel {:.2e}  {}",
+                    c.name,
+                    c.max_abs,
+                    c.max_rel,
+                    if c.passed { "ok" } else { "FAILED" }
+                );
+            }
+            println!(
+                "compiled {} graphs into {} in {:.1} s: {:.1} MB ({:.2}x the {:.1} MB of fp32 weights)",
+                report.files,
+                out.display(),
+                report.seconds,
+                report.bundle_bytes as f64 / 1e6,
+                report.bundle_bytes as f64 / report.weight_bytes as f64,
+                report.weight_bytes as f64 / 1e6
+            );
+            Ok(())
+        }
+        Command::Inspect { bundle, json } => inspect(&bundle, json),
     }
+}
+
+fn inspect(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let b = autopath::bundle::Bundle::load(dir)?;
+    let m = &b.manifest;
+    if json {
+        println!("{}", serde_json::to_string_pretty(m)?);
+        return Ok(());
+    }
+    let a = &m.architecture;
+    println!(
+        "bundle {} (schema {}, sha256 {}…): all {} files verified",
+        dir.display(),
+        m.schema_version,
+        &b.hash[..16],
+        m.files.len()
+    );
+    println!(
+        "producer: autopath {}, ONNX opset {} (IR {}), verified with ONNX Runtime {}",
+        m.producer.autopath, m.producer.onnx_opset, m.producer.onnx_ir_version, m.producer.onnx_runtime
+    );
+    println!(
+        "network: {} ({} blocks), width {}, {:.2} M parameters, {:.2} GFLOP per tile {:?}",
+        a.name,
+        a.blocks.len(),
+        a.width,
+        a.parameters as f64 / 1e6,
+        a.full_flops() as f64 / 1e9,
+        m.input.window.patch
+    );
+    println!("  {:<5} {:<14} {:>16} {:>16} {:>12} {:>10}", "block", "name", "input", "output", "branch GF", "shortcut");
+    for bl in &a.blocks {
+        println!(
+            "  {:<5} {:<14} {:>16} {:>16} {:>12.3} {:>10}",
+            bl.index,
+            bl.name,
+            format!("{:?}", bl.input),
+            format!("{:?}", bl.output),
+            bl.branch_flops as f64 / 1e9,
+            if bl.shortcut_file.is_some() { "projection" } else { "identity" }
+        );
+    }
+    println!(
+        "input: {} {:?}, tile {:?} overlap {} {:?}, {:?} threshold {}",
+        m.input.modality,
+        m.input.preprocessing.intensity,
+        m.input.window.patch,
+        m.input.window.overlap,
+        m.input.window.blend,
+        m.input.activation,
+        m.input.threshold
+    );
+    match &m.policy {
+        Some(p) => println!("policy: {} on {:?}, keep if p >= {}", p.file, p.input, p.threshold),
+        None => println!("policy: none (the runtime runs the full path)"),
+    }
+    if let Some(e) = &m.evaluation {
+        println!("evaluation: {e}");
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -27,7 +27,8 @@ pub fn load<M: DeserializeOwned>(dir: &Path, stem: &str) -> Result<(HashMap<Stri
     let st = dir.join(format!("{stem}.safetensors"));
     let js = dir.join(format!("{stem}.json"));
     let meta_bytes = std::fs::read(&js).map_err(|e| Error::io(&js, e))?;
-    let meta = serde_json::from_slice(&meta_bytes).map_err(|e| Error::invalid("checkpoint", format!("{}: {e}", js.display())))?;
+    let meta = serde_json::from_slice(&meta_bytes)
+        .map_err(|e| Error::invalid("checkpoint", format!("{}: {e}", js.display())))?;
     let tensors = candle_core::safetensors::load(&st, &Device::Cpu).map_err(|e| candle_err(&st, e))?;
     Ok((tensors, meta))
 }
@@ -47,9 +48,19 @@ pub fn write_json<M: Serialize>(path: &Path, value: &M) -> Result<()> {
 /// Copies saved values into variables by name; every variable must be present with its shape.
 pub fn restore(vars: &[(String, Var)], tensors: &HashMap<String, Tensor>, source: &Path) -> Result<()> {
     for (name, var) in vars {
-        let t = tensors.get(name).ok_or_else(|| Error::invalid("checkpoint", format!("{}: tensor {name} missing", source.display())))?;
+        let t = tensors
+            .get(name)
+            .ok_or_else(|| Error::invalid("checkpoint", format!("{}: tensor {name} missing", source.display())))?;
         if t.shape() != var.shape() {
-            return Err(Error::invalid("checkpoint", format!("{}: tensor {name} has shape {:?}, the model needs {:?}", source.display(), t.shape(), var.shape())));
+            return Err(Error::invalid(
+                "checkpoint",
+                format!(
+                    "{}: tensor {name} has shape {:?}, the model needs {:?}",
+                    source.display(),
+                    t.shape(),
+                    var.shape()
+                ),
+            ));
         }
         var.set(&t.to_dtype(var.dtype()).map_err(|e| candle_err(source, e))?).map_err(|e| candle_err(source, e))?;
     }

@@ -29,13 +29,22 @@ pub struct Sample {
 
 /// Reads and preprocesses a labelled case.
 pub fn load_sample(case: &Case, prep: &Preprocessing) -> Result<Sample> {
-    let label_path = case.label.as_deref().ok_or_else(|| Error::invalid("case", format!("{} has no label", case.image.display())))?;
+    let label_path = case
+        .label
+        .as_deref()
+        .ok_or_else(|| Error::invalid("case", format!("{} has no label", case.image.display())))?;
     let vol = read_volume(&case.image, &ReadOptions::default())?;
     let lab = read_volume(label_path, &ReadOptions::default())?;
     if lab.geometry.shape != vol.geometry.shape {
         return Err(Error::invalid(
             "case",
-            format!("{}: label shape {:?} differs from image {} shape {:?}", label_path.display(), lab.geometry.shape, display(&case.image), vol.geometry.shape),
+            format!(
+                "{}: label shape {:?} differs from image {} shape {:?}",
+                label_path.display(),
+                lab.geometry.shape,
+                display(&case.image),
+                vol.geometry.shape
+            ),
         ));
     }
     let (image, record) = prep.image(&vol)?;
@@ -74,7 +83,11 @@ impl Sampler {
         } else {
             std::array::from_fn(|a| rng.random_range(0..=shape[a] - self.patch[a]))
         };
-        let region = s![origin[0]..origin[0] + self.patch[0], origin[1]..origin[1] + self.patch[1], origin[2]..origin[2] + self.patch[2]];
+        let region = s![
+            origin[0]..origin[0] + self.patch[0],
+            origin[1]..origin[1] + self.patch[1],
+            origin[2]..origin[2] + self.patch[2]
+        ];
         let mut x = image.slice(region).to_owned();
         let mut y = labels.slice(region).to_owned();
         if self.flips {

@@ -14,7 +14,14 @@ fn candle(e: candle_core::Error) -> Error {
 }
 
 /// Class probabilities `[K, D, H, W]` for a normalised image `[D, H, W]`.
-pub fn predict_probabilities(net: &DeepLab3d, image: &Array3<f32>, pad_value: f32, window: &WindowConfig, path: Path, tile_batch: usize) -> Result<Array4<f32>> {
+pub fn predict_probabilities(
+    net: &DeepLab3d,
+    image: &Array3<f32>,
+    pad_value: f32,
+    window: &WindowConfig,
+    path: Path,
+    tile_batch: usize,
+) -> Result<Array4<f32>> {
     let shape: [usize; 3] = image.dim().into();
     let padded = pad_to_patch(image.clone(), window.patch, pad_value);
     let pshape: [usize; 3] = padded.dim().into();
@@ -32,7 +39,8 @@ pub fn predict_probabilities(net: &DeepLab3d, image: &Array3<f32>, pad_value: f3
         let probs = probabilities(&logits, output).map_err(candle)?;
         let (b, k) = (chunk.len(), output.channels());
         let v: Vec<f32> = probs.flatten_all().and_then(|t| t.to_vec1()).map_err(candle)?;
-        let arr = ndarray::Array5::from_shape_vec((b, k, p[0], p[1], p[2]), v).map_err(|e| Error::invalid("network output", e.to_string()))?;
+        let arr = ndarray::Array5::from_shape_vec((b, k, p[0], p[1], p[2]), v)
+            .map_err(|e| Error::invalid("network output", e.to_string()))?;
         for (i, &t) in chunk.iter().enumerate() {
             acc.add(t, arr.index_axis(Axis(0), i));
         }

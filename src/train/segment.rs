@@ -122,12 +122,23 @@ fn candle(e: candle_core::Error) -> Error {
 }
 
 /// Picks train/validation/test ids from a dataset.
-pub fn plan_split(dataset: &Dataset, split: &Split, val_cases: usize, seed: u64) -> Result<(Vec<String>, Vec<String>, Vec<String>)> {
+pub fn plan_split(
+    dataset: &Dataset,
+    split: &Split,
+    val_cases: usize,
+    seed: u64,
+) -> Result<(Vec<String>, Vec<String>, Vec<String>)> {
     use rand::seq::SliceRandom;
     let (train, test) = dataset.split(split)?;
     let mut train: Vec<String> = train.into_iter().map(|c| c.id).collect();
     if val_cases >= train.len() {
-        return Err(Error::Dataset { root: dataset.root.clone(), reason: format!("{val_cases} validation cases leave no training case ({} in the training split)", train.len()) });
+        return Err(Error::Dataset {
+            root: dataset.root.clone(),
+            reason: format!(
+                "{val_cases} validation cases leave no training case ({} in the training split)",
+                train.len()
+            ),
+        });
     }
     let mut order: Vec<usize> = (0..train.len()).collect();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x7a11d));
@@ -140,7 +151,10 @@ pub fn plan_split(dataset: &Dataset, split: &Split, val_cases: usize, seed: u64)
 pub fn cases_by_id(dataset: &Dataset, ids: &[String]) -> Result<Vec<Case>> {
     ids.iter()
         .map(|id| {
-            dataset.cases.iter().find(|c| &c.id == id).cloned().ok_or_else(|| Error::Dataset { root: dataset.root.clone(), reason: format!("case {id} recorded in the run is missing") })
+            dataset.cases.iter().find(|c| &c.id == id).cloned().ok_or_else(|| Error::Dataset {
+                root: dataset.root.clone(),
+                reason: format!("case {id} recorded in the run is missing"),
+            })
         })
         .collect()
 }
@@ -162,7 +176,14 @@ impl Model {
 
     /// Trainable variables by name.
     pub fn trainable(&self) -> Vec<(String, Var)> {
-        self.vars.varmap().data().lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        self.vars
+            .varmap()
+            .data()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// Parameters and buffers by name: what a checkpoint holds.
@@ -182,14 +203,22 @@ impl Model {
 pub fn load_segmenter(run: &Path, which: &str) -> Result<(DeepLab3d, TrainConfig)> {
     let cfg: TrainConfig = read_json(&run.join("config.json"))?;
     let st = run.join(format!("{which}.safetensors"));
-    let tensors = candle_core::safetensors::load(&st, &Device::Cpu).map_err(|e| Error::invalid("checkpoint", format!("{}: {e}", st.display())))?;
+    let tensors = candle_core::safetensors::load(&st, &Device::Cpu)
+        .map_err(|e| Error::invalid("checkpoint", format!("{}: {e}", st.display())))?;
     let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
-    let net = DeepLab3d::load(vb, &cfg.spec).map_err(|e| Error::invalid("checkpoint", format!("{}: {e}", st.display())))?;
+    let net =
+        DeepLab3d::load(vb, &cfg.spec).map_err(|e| Error::invalid("checkpoint", format!("{}: {e}", st.display())))?;
     Ok((net, cfg))
 }
 
 /// Mean whole-volume Dice (foreground = label > 0) of `net` over `samples` on a block path.
-pub fn mean_dice(net: &DeepLab3d, samples: &[Sample], window: &WindowConfig, path: BlockPath, tile_batch: usize) -> Result<f64> {
+pub fn mean_dice(
+    net: &DeepLab3d,
+    samples: &[Sample],
+    window: &WindowConfig,
+    path: BlockPath,
+    tile_batch: usize,
+) -> Result<f64> {
     let mut total = 0.0;
     for s in samples {
         let probs = predict_probabilities(net, &s.image, s.record.pad_value, window, path, tile_batch)?;
@@ -206,7 +235,10 @@ fn lr_at(cfg: &TrainConfig, epoch: usize) -> f64 {
 /// Starts a new run in `out` (created; must not already hold a run).
 pub fn train(cfg: TrainConfig, out: &Path, on_epoch: &dyn Fn(&EpochReport)) -> Result<Summary> {
     if out.join("config.json").exists() {
-        return Err(Error::invalid("--out", format!("{} already holds a run; use --resume {} or another folder", out.display(), out.display())));
+        return Err(Error::invalid(
+            "--out",
+            format!("{} already holds a run; use --resume {} or another folder", out.display(), out.display()),
+        ));
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     write_json(&out.join("config.json"), &cfg)?;
@@ -220,22 +252,39 @@ pub fn resume(out: &Path, epochs: Option<usize>, on_epoch: &dyn Fn(&EpochReport)
         cfg.epochs = e;
         write_json(&out.join("config.json"), &cfg)?;
     }
-    let state = if out.join("last.json").exists() { Some(checkpoint::load::<CheckpointMeta>(out, "last")?) } else { None };
+    let state =
+        if out.join("last.json").exists() { Some(checkpoint::load::<CheckpointMeta>(out, "last")?) } else { None };
     run(cfg, out, state, on_epoch)
 }
 
-fn run(cfg: TrainConfig, out: &Path, state: Option<(HashMap<String, Tensor>, CheckpointMeta)>, on_epoch: &dyn Fn(&EpochReport)) -> Result<Summary> {
+fn run(
+    cfg: TrainConfig,
+    out: &Path,
+    state: Option<(HashMap<String, Tensor>, CheckpointMeta)>,
+    on_epoch: &dyn Fn(&EpochReport),
+) -> Result<Summary> {
     let started = Instant::now();
     cfg.window.validate()?;
     let dataset = Dataset::open(&cfg.data, Some(cfg.layout))?;
     let prep = cfg.preprocessing;
-    let train_set = cases_by_id(&dataset, &cfg.train_ids)?.iter().map(|c| load_sample(c, &prep)).collect::<Result<Vec<_>>>()?;
-    let val_set = cases_by_id(&dataset, &cfg.val_ids)?.iter().map(|c| load_sample(c, &prep)).collect::<Result<Vec<_>>>()?;
+    let train_set =
+        cases_by_id(&dataset, &cfg.train_ids)?.iter().map(|c| load_sample(c, &prep)).collect::<Result<Vec<_>>>()?;
+    let val_set =
+        cases_by_id(&dataset, &cfg.val_ids)?.iter().map(|c| load_sample(c, &prep)).collect::<Result<Vec<_>>>()?;
 
     let model = Model::new(&cfg.spec, cfg.seed)?;
     let mut adam = Adam::new(model.trainable(), cfg.lr).map_err(candle)?;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let mut meta = CheckpointMeta { epoch: 0, steps: 0, loss: f64::NAN, val_dice: None, best_dice: None, best_epoch: None, rng_word_pos: "0".into(), dropout: (cfg.seed, 0) };
+    let mut meta = CheckpointMeta {
+        epoch: 0,
+        steps: 0,
+        loss: f64::NAN,
+        val_dice: None,
+        best_dice: None,
+        best_epoch: None,
+        rng_word_pos: "0".into(),
+        dropout: (cfg.seed, 0),
+    };
     if let Some((tensors, m)) = state {
         let src = out.join("last.safetensors");
         checkpoint::restore(&model.state(), &tensors, &src)?;
@@ -248,7 +297,11 @@ fn run(cfg: TrainConfig, out: &Path, state: Option<(HashMap<String, Tensor>, Che
     let sampler = Sampler { patch: cfg.spec.patch, foreground_fraction: cfg.foreground_fraction, flips: true };
     let steps_per_epoch = train_set.len().div_ceil(cfg.batch);
     let p = cfg.spec.patch;
-    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(out.join("log.jsonl")).map_err(|e| Error::io(out.join("log.jsonl"), e))?;
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out.join("log.jsonl"))
+        .map_err(|e| Error::io(out.join("log.jsonl"), e))?;
     for epoch in meta.epoch..cfg.epochs {
         let t0 = Instant::now();
         adam.lr = lr_at(&cfg, epoch);
@@ -274,7 +327,11 @@ fn run(cfg: TrainConfig, out: &Path, state: Option<(HashMap<String, Tensor>, Che
             loss_sum += loss.to_scalar::<f32>().map_err(candle)? as f64;
         }
         let done = epoch + 1;
-        let val_dice = if done % cfg.val_every.max(1) == 0 || done == cfg.epochs { Some(mean_dice(&model.net, &val_set, &cfg.window, BlockPath::Full, cfg.tile_batch)?) } else { None };
+        let val_dice = if done % cfg.val_every.max(1) == 0 || done == cfg.epochs {
+            Some(mean_dice(&model.net, &val_set, &cfg.window, BlockPath::Full, cfg.tile_batch)?)
+        } else {
+            None
+        };
         meta.epoch = done;
         meta.steps = adam.steps();
         meta.loss = loss_sum / steps_per_epoch as f64;
@@ -292,10 +349,22 @@ fn run(cfg: TrainConfig, out: &Path, state: Option<(HashMap<String, Tensor>, Che
         let mut tensors = model.tensors();
         tensors.extend(adam.state());
         checkpoint::save(out, "last", &tensors, &meta)?;
-        let report = EpochReport { epoch: done, epochs: cfg.epochs, loss: meta.loss, lr: adam.lr, val_dice, seconds: t0.elapsed().as_secs_f64() };
+        let report = EpochReport {
+            epoch: done,
+            epochs: cfg.epochs,
+            loss: meta.loss,
+            lr: adam.lr,
+            val_dice,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
         let line = serde_json::to_string(&report).map_err(|e| Error::invalid("log", e.to_string()))?;
         writeln!(log, "{line}").map_err(|e| Error::io(out.join("log.jsonl"), e))?;
         on_epoch(&report);
     }
-    Ok(Summary { best_dice: meta.best_dice, best_epoch: meta.best_epoch, epochs: meta.epoch, seconds: started.elapsed().as_secs_f64() })
+    Ok(Summary {
+        best_dice: meta.best_dice,
+        best_epoch: meta.best_epoch,
+        epochs: meta.epoch,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }

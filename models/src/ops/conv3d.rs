@@ -483,9 +483,12 @@ impl CustomOp2 for Conv3d {
         let grad = grad.contiguous()?;
         let (_, _, id, ih, iw) = x.dims5()?;
         let (_, _, kd, kh, kw) = w.dims5()?;
-        let gx = grad.apply_op2_no_bwd(w, &Conv3dInputGrad(self.0, [id, ih, iw]))?;
-        let gw = x.apply_op2_no_bwd(&grad, &Conv3dWeightGrad(self.0, [kd, kh, kw]))?;
-        Ok((Some(gx), Some(gw)))
+        // Skip what nobody needs: the network input (stem) and frozen weights have no gradient path.
+        let gx =
+            if x.track_op() { Some(grad.apply_op2_no_bwd(w, &Conv3dInputGrad(self.0, [id, ih, iw]))?) } else { None };
+        let gw =
+            if w.track_op() { Some(x.apply_op2_no_bwd(&grad, &Conv3dWeightGrad(self.0, [kd, kh, kw]))?) } else { None };
+        Ok((gx, gw))
     }
 }
 

@@ -1,0 +1,170 @@
+//! From trained Candle modules to ONNX graphs: BatchNorm folded into the preceding convolution, one
+//! emitter per segment (stem, block, shortcut, head, policy) so that `full.onnx` is built from the
+//! very same emitters as the per-block graphs.
+
+use autopath_models::block::{Block, ConvBn};
+use autopath_models::deeplab::{DeepLab3d, STEM_POOL};
+use autopath_models::layers::{BatchNorm3d, Conv3d};
+use autopath_models::policy::PolicyNet;
+use autopath_models::spec::Output;
+use candle_core::{DType, Tensor};
+
+use crate::builder::{ConvAttrs, Dim, GraphBuilder};
+use crate::{Error, Result};
+
+fn values(t: &Tensor, what: &str) -> Result<Vec<f32>> {
+    t.to_dtype(DType::F32)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(|e| Error::Tensor { name: what.to_string(), reason: e.to_string() })
+}
+
+/// Per-channel `(scale, shift)` of an evaluation-mode BatchNorm: `y = x·scale + shift`.
+fn bn_affine(bn: &BatchNorm3d, name: &str) -> Result<(Vec<f32>, Vec<f32>)> {
+    let gamma = values(bn.gamma(), name)?;
+    let beta = values(bn.beta(), name)?;
+    let (m, v) = bn.running_stats();
+    let (mean, var) = (values(m, name)?, values(v, name)?);
+    let eps = bn.eps() as f32;
+    let scale: Vec<f32> = gamma.iter().zip(&var).map(|(g, v)| g / (v + eps).sqrt()).collect();
+    let shift = beta.iter().zip(&mean).zip(&scale).map(|((b, m), s)| b - m * s).collect();
+    Ok((scale, shift))
+}
+
+/// A convolution's weight with BatchNorm folded in, and the resulting bias.
+fn folded(conv: &Conv3d, bn: Option<&BatchNorm3d>, name: &str) -> Result<(Vec<usize>, Vec<f32>, Vec<f32>)> {
+    let dims = conv.weight().dims().to_vec();
+    let mut w = values(conv.weight(), name)?;
+    let co = dims[0];
+    let mut bias = match conv.bias() {
+        Some(b) => values(b, name)?,
+        None => vec![0.0; co],
+    };
+    if let Some(bn) = bn {
+        let (scale, shift) = bn_affine(bn, name)?;
+        let per = w.len() / co;
+        for (c, chunk) in w.chunks_mut(per).enumerate() {
+            chunk.iter_mut().for_each(|v| *v *= scale[c]);
+        }
+        bias = bias.iter().zip(scale.iter().zip(&shift)).map(|(b, (s, t))| b * s + t).collect();
+    }
+    Ok((dims, w, bias))
+}
+
+fn attrs(conv: &Conv3d) -> ConvAttrs {
+    let p = conv.params();
+    let d = conv.weight().dims();
+    ConvAttrs { kernel: [d[2], d[3], d[4]], stride: p.stride, padding: p.padding, dilation: p.dilation }
+}
+
+/// conv + folded BN.
+fn conv_bn(g: &mut GraphBuilder, name: &str, x: &str, unit: &ConvBn) -> Result<String> {
+    let (dims, w, b) = folded(&unit.conv, Some(&unit.bn), name)?;
+    Ok(g.conv(name, x, (&dims, &w), &b, attrs(&unit.conv)))
+}
+
+/// The stem: conv 7³ s2 (+BN) → ReLU → max-pool 3 s2.
+pub fn emit_stem(g: &mut GraphBuilder, x: &str, net: &DeepLab3d) -> Result<String> {
+    stem_like(g, "stem", x, &net.stem)
+}
+
+fn stem_like(g: &mut GraphBuilder, prefix: &str, x: &str, unit: &ConvBn) -> Result<String> {
+    let c = conv_bn(g, &format!("{prefix}.conv"), x, unit)?;
+    let r = g.relu(&format!("{prefix}.relu"), &c);
+    Ok(g.max_pool(&format!("{prefix}.pool"), &r, STEM_POOL.kernel, STEM_POOL.stride, STEM_POOL.padding))
+}
+
+/// A block's shortcut: the projection conv (+BN), or `x` itself.
+pub fn emit_shortcut(g: &mut GraphBuilder, prefix: &str, x: &str, block: &Block) -> Result<String> {
+    match &block.shortcut {
+        Some(p) => conv_bn(g, &format!("{prefix}.downsample"), x, p),
+        None => Ok(x.to_string()),
+    }
+}
+
+/// A kept block: `relu(shortcut(x) + F(x))`.
+pub fn emit_block(g: &mut GraphBuilder, prefix: &str, x: &str, block: &Block) -> Result<String> {
+    let r = emit_shortcut(g, prefix, x, block)?;
+    let mut h = x.to_string();
+    let last = block.branch.len() - 1;
+    for (i, unit) in block.branch.iter().enumerate() {
+        h = conv_bn(g, &format!("{prefix}.conv{}", i + 1), &h, unit)?;
+        if i < last {
+            h = g.relu(&format!("{prefix}.relu{}", i + 1), &h);
+        }
+    }
+    let s = g.add(&format!("{prefix}.add"), &r, &h);
+    Ok(g.relu(&format!("{prefix}.out"), &s))
+}
+
+/// ASPP + decoder + trilinear upsampling to `tile` + sigmoid/softmax.
+pub fn emit_head(g: &mut GraphBuilder, x: &str, net: &DeepLab3d, tile: [usize; 3]) -> Result<String> {
+    let aspp = &net.aspp;
+    let mut branches = Vec::new();
+    for (i, b) in aspp.branches.iter().enumerate() {
+        let c = conv_bn(g, &format!("aspp.b{i}"), x, b)?;
+        branches.push(g.relu(&format!("aspp.b{i}.relu"), &c));
+    }
+    let pooled = g.global_avg_pool("aspp.pool.gap", x);
+    let pc = conv_bn(g, "aspp.pool.conv", &pooled, &aspp.pooling)?;
+    let pr = g.relu("aspp.pool.relu", &pc);
+    branches.push(g.expand_like("aspp.pool.expand", &pr, &branches[0]));
+    let refs: Vec<&str> = branches.iter().map(String::as_str).collect();
+    let cat = g.concat_channels("aspp.concat", &refs);
+    let pj = conv_bn(g, "aspp.project", &cat, &aspp.project)?;
+    let pj = g.relu("aspp.project.relu", &pj);
+
+    let dec = &net.decoder;
+    let dims = dec.up.weight().dims().to_vec();
+    let mut w = values(dec.up.weight(), "decoder.up")?;
+    let (scale, shift) = bn_affine(&dec.up_bn, "decoder.up_bn")?;
+    // ConvTranspose weight is [Ci, Co, 2, 2, 2]: fold the BN scale along Co.
+    let (ci, co) = (dims[0], dims[1]);
+    for i in 0..ci {
+        for o in 0..co {
+            w[(i * co + o) * 8..(i * co + o + 1) * 8].iter_mut().for_each(|v| *v *= scale[o]);
+        }
+    }
+    let up = g.conv_transpose2("decoder.up", &pj, (&dims, &w), &shift);
+    let up = g.relu("decoder.up.relu", &up);
+    let c = conv_bn(g, "decoder.conv", &up, &dec.conv)?;
+    let c = g.relu("decoder.relu", &c);
+    let (dims, w, b) = folded(&dec.classifier, None, "decoder.classifier")?;
+    let logits = g.conv("decoder.classifier", &c, (&dims, &w), &b, attrs(&dec.classifier));
+    let resized = g.resize_trilinear("upsample", &logits, tile);
+    Ok(match net.spec().output {
+        Output::Sigmoid => g.sigmoid("probabilities", &resized),
+        Output::Softmax { .. } => g.softmax_channels("probabilities", &resized),
+    })
+}
+
+/// The policy: ResNet-10 → global average pool → linear → sigmoid.
+pub fn emit_policy(g: &mut GraphBuilder, x: &str, policy: &PolicyNet) -> Result<String> {
+    let mut h = stem_like(g, "policy.stem", x, &policy.stem)?;
+    for b in &policy.blocks {
+        h = emit_block(g, &format!("policy.{}", b.spec().name()), &h, b)?;
+    }
+    let p = g.global_avg_pool("policy.gap", &h);
+    let f = g.flatten("policy.flatten", &p);
+    let w = &policy.fc.weight();
+    let dims = w.dims().to_vec();
+    let bias = policy.fc.bias().map(|b| values(b, "policy.fc")).transpose()?.unwrap_or_else(|| vec![0.0; dims[0]]);
+    let l = g.linear("policy.fc", &f, (&dims, &values(w, "policy.fc")?), &bias);
+    Ok(g.sigmoid("policy.sigmoid", &l))
+}
+
+/// `[N, C, D, H, W]` with symbolic batch and spatial axes.
+pub fn symbolic(channels: usize) -> Vec<Dim> {
+    vec![
+        Dim::Symbolic("batch"),
+        Dim::Fixed(channels),
+        Dim::Symbolic("depth"),
+        Dim::Symbolic("height"),
+        Dim::Symbolic("width"),
+    ]
+}
+
+/// `[N, C, D, H, W]` with a symbolic batch and fixed spatial size.
+pub fn fixed(channels: usize, size: [usize; 3]) -> Vec<Dim> {
+    vec![Dim::Symbolic("batch"), Dim::Fixed(channels), Dim::Fixed(size[0]), Dim::Fixed(size[1]), Dim::Fixed(size[2])]
+}

@@ -1,0 +1,252 @@
+//! The deployable bundle: a folder of ONNX graphs and `manifest.json`, the typed contract between
+//! `autopath compile` and `autopath-run`. Loading verifies the schema version and every file's SHA-256.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::preprocess::Preprocessing;
+use crate::window::WindowConfig;
+
+/// The manifest schema this build writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Who made the bundle.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Producer {
+    /// autopath version.
+    pub autopath: String,
+    /// ONNX opset of every graph.
+    pub onnx_opset: i64,
+    /// ONNX IR version.
+    pub onnx_ir_version: i64,
+    /// ONNX Runtime the bundle was verified with.
+    pub onnx_runtime: String,
+}
+
+/// The network's output activation.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Activation {
+    /// One foreground channel, sigmoid.
+    Sigmoid,
+    /// Softmax over `classes` channels.
+    Softmax {
+        /// Number of classes.
+        classes: usize,
+    },
+}
+
+impl Activation {
+    /// Output channels.
+    pub fn channels(self) -> usize {
+        match self {
+            Activation::Sigmoid => 1,
+            Activation::Softmax { classes } => classes,
+        }
+    }
+}
+
+/// One residual block of the bundle.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BlockEntry {
+    /// Index in dropping order.
+    pub index: usize,
+    /// Weight-naming prefix (`stage2.block0`).
+    pub name: String,
+    /// Graph of the kept block.
+    pub file: String,
+    /// Graph of the projection shortcut, run when the block is dropped (none for identity).
+    pub shortcut_file: Option<String>,
+    /// Input `[C, D, H, W]` for one tile.
+    pub input: [usize; 4],
+    /// Output `[C, D, H, W]` for one tile.
+    pub output: [usize; 4],
+    /// FLOPs per tile of the residual branch (saved when dropped).
+    pub branch_flops: u64,
+    /// FLOPs per tile of the projection shortcut (paid either way).
+    pub shortcut_flops: u64,
+}
+
+/// The architecture and the cost of each segment, per tile.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Architecture {
+    /// Preset (`r18`, `r50`).
+    pub name: String,
+    /// `basic` or `bottleneck`.
+    pub block: String,
+    /// First-stage width.
+    pub width: usize,
+    /// Trainable parameters.
+    pub parameters: u64,
+    /// Stem graph.
+    pub stem_file: String,
+    /// Stem FLOPs per tile.
+    pub stem_flops: u64,
+    /// Stem output `[C, D, H, W]`.
+    pub stem_output: [usize; 4],
+    /// The droppable blocks.
+    pub blocks: Vec<BlockEntry>,
+    /// Head graph (ASPP + decoder + upsampling + activation).
+    pub head_file: String,
+    /// Head FLOPs per tile.
+    pub head_flops: u64,
+    /// The whole network as one graph.
+    pub full_file: String,
+}
+
+impl Architecture {
+    /// FLOPs per tile with every block kept.
+    pub fn full_flops(&self) -> u64 {
+        self.stem_flops + self.head_flops + self.blocks.iter().map(|b| b.branch_flops + b.shortcut_flops).sum::<u64>()
+    }
+
+    /// FLOPs per tile of a path.
+    pub fn path_flops(&self, keep: &[bool]) -> u64 {
+        self.full_flops() - self.blocks.iter().zip(keep).filter(|(_, k)| !**k).map(|(b, _)| b.branch_flops).sum::<u64>()
+    }
+}
+
+/// What the runtime must do to an input volume, exactly as training did.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InputContract {
+    /// `CT` or `MR`.
+    pub modality: String,
+    /// How orientation is handled.
+    pub orientation: String,
+    /// Intensity normalisation, label mapping and resampling.
+    pub preprocessing: Preprocessing,
+    /// Tile size, overlap and blending; graphs are validated for this tile size.
+    pub window: WindowConfig,
+    /// Output activation.
+    pub activation: Activation,
+    /// Foreground threshold on sigmoid probabilities.
+    pub threshold: f32,
+    /// Names of the output labels, index = value.
+    pub labels: Vec<String>,
+}
+
+/// The policy graph and how it was trained.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PolicyEntry {
+    /// Graph file.
+    pub file: String,
+    /// Input size `[D, H, W]`: the preprocessed volume resampled (trilinear, voxel centres aligned).
+    pub input: [usize; 3],
+    /// Keep block n when p_n ≥ threshold.
+    pub threshold: f32,
+    /// Training settings (τ, α, β, curriculum), as recorded by `train-policy`.
+    pub training: serde_json::Value,
+}
+
+/// A file of the bundle.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileEntry {
+    /// Hex SHA-256 of the content.
+    pub sha256: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// What the graph computes.
+    pub role: String,
+}
+
+/// `manifest.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    /// Must equal [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// Producer versions.
+    pub producer: Producer,
+    /// Network and per-block costs.
+    pub architecture: Architecture,
+    /// Input contract.
+    pub input: InputContract,
+    /// The policy; without one the runtime always runs the full path.
+    pub policy: Option<PolicyEntry>,
+    /// Evaluation the bundle was compiled from (Dice full vs AutoPath, drop ratio), if any.
+    pub evaluation: Option<serde_json::Value>,
+    /// Every graph file with its checksum.
+    pub files: BTreeMap<String, FileEntry>,
+}
+
+/// Hex SHA-256 of bytes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn bundle_error(dir: &Path, reason: impl Into<String>) -> Error {
+    Error::Bundle { path: dir.to_path_buf(), reason: reason.into() }
+}
+
+/// A loaded, verified bundle.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    /// The folder.
+    pub dir: PathBuf,
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// SHA-256 of `manifest.json`, identifying the bundle (e.g. for TensorRT caches).
+    pub hash: String,
+}
+
+impl Bundle {
+    /// Reads `manifest.json`, checks the schema, and verifies every listed file's checksum.
+    pub fn load(dir: &Path) -> Result<Bundle> {
+        let mpath = dir.join("manifest.json");
+        let bytes = std::fs::read(&mpath).map_err(|e| Error::io(&mpath, e))?;
+        let version =
+            serde_json::from_slice::<serde_json::Value>(&bytes).ok().and_then(|v| v["schema_version"].as_u64());
+        match version {
+            Some(v) if v == SCHEMA_VERSION as u64 => {}
+            Some(v) => {
+                return Err(bundle_error(
+                    dir,
+                    format!(
+                        "manifest schema version {v} is not supported (this autopath reads version {SCHEMA_VERSION})"
+                    ),
+                ))
+            }
+            None => return Err(bundle_error(dir, "manifest.json is not a valid manifest (no schema_version)")),
+        }
+        let manifest: Manifest =
+            serde_json::from_slice(&bytes).map_err(|e| bundle_error(dir, format!("manifest.json: {e}")))?;
+        for (name, entry) in &manifest.files {
+            if name.contains('/') || name.contains("..") {
+                return Err(bundle_error(dir, format!("file name {name:?} is not a plain name")));
+            }
+            let p = dir.join(name);
+            let data = std::fs::read(&p).map_err(|e| bundle_error(dir, format!("{name}: {e}")))?;
+            let got = sha256_hex(&data);
+            if got != entry.sha256 {
+                return Err(bundle_error(
+                    dir,
+                    format!(
+                        "{name}: checksum mismatch (manifest {}, file {got}); the bundle was modified or is incomplete",
+                        entry.sha256
+                    ),
+                ));
+            }
+        }
+        let arch = &manifest.architecture;
+        let mut referenced = vec![&arch.stem_file, &arch.head_file, &arch.full_file];
+        for b in &arch.blocks {
+            referenced.push(&b.file);
+            referenced.extend(b.shortcut_file.iter());
+        }
+        referenced.extend(manifest.policy.as_ref().map(|p| &p.file));
+        for f in referenced {
+            if !manifest.files.contains_key(f) {
+                return Err(bundle_error(dir, format!("{f} is used but not listed with a checksum")));
+            }
+        }
+        Ok(Bundle { dir: dir.to_path_buf(), manifest, hash: sha256_hex(&bytes) })
+    }
+
+    /// Path of a bundle file.
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+}

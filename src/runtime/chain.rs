@@ -1,0 +1,61 @@
+//! Running tiles through the bundle: the block chain (only kept blocks, values handed from session to
+//! session without copies to ndarrays), the monolithic full graph, and the policy.
+
+use ndarray::{Array2, Array5, ArrayView5};
+use ort::session::Session;
+use ort::value::{DynValue, Tensor};
+
+use super::session::Sessions;
+use crate::error::{Error, Result};
+
+fn ort_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::OnnxRuntime(format!("{what}: {e}"))
+}
+
+fn run_one(session: &mut Session, what: &str, input: &str, value: DynValue, output: &str) -> Result<DynValue> {
+    let mut out = session.run(ort::inputs![input => value]).map_err(|e| ort_err(what, e))?;
+    out.remove(output).ok_or_else(|| ort_err(what, format!("graph has no output {output:?}")))
+}
+
+fn to_value(tiles: ArrayView5<f32>) -> Result<DynValue> {
+    Ok(Tensor::from_array(tiles.to_owned()).map_err(|e| ort_err("input tensor", e))?.into_dyn())
+}
+
+fn to_array(v: &DynValue, what: &str) -> Result<Array5<f32>> {
+    let a = v.try_extract_array::<f32>().map_err(|e| ort_err(what, e))?;
+    a.to_owned().into_dimensionality().map_err(|e| ort_err(what, e))
+}
+
+impl Sessions {
+    /// Probabilities `[B, K, tile]` for tiles `[B, 1, tile]` on a path: stem, then per block the
+    /// block graph if kept, the shortcut graph if dropped with a projection, nothing if dropped with
+    /// an identity shortcut; then the head.
+    pub fn run_chain(&mut self, tiles: ArrayView5<f32>, keep: &[bool]) -> Result<Array5<f32>> {
+        let mut h = run_one(&mut self.stem, "stem", "image", to_value(tiles)?, "features")?;
+        for (n, &k) in keep.iter().enumerate() {
+            if k {
+                h = run_one(&mut self.blocks[n], &format!("block {n}"), "x", h, "y")?;
+            } else if let Some(s) = self.shortcuts[n].as_mut() {
+                h = run_one(s, &format!("shortcut {n}"), "x", h, "y")?;
+            }
+        }
+        let p = run_one(&mut self.head, "head", "x", h, "probabilities")?;
+        to_array(&p, "head")
+    }
+
+    /// Probabilities from the monolithic `full.onnx`.
+    pub fn run_full(&mut self, tiles: ArrayView5<f32>) -> Result<Array5<f32>> {
+        let p = run_one(&mut self.full, "full", "image", to_value(tiles)?, "probabilities")?;
+        to_array(&p, "full")
+    }
+
+    /// Keep probabilities `[B, N]` for policy inputs `[B, 1, d, h, w]`.
+    pub fn run_policy(&mut self, volumes: ArrayView5<f32>) -> Result<Array2<f32>> {
+        let s = self.policy.as_mut().ok_or_else(|| {
+            Error::invalid("path", "the bundle has no policy (compiled without --policy); use --path full or a mask")
+        })?;
+        let p = run_one(s, "policy", "volume", to_value(volumes)?, "keep")?;
+        let a = p.try_extract_array::<f32>().map_err(|e| ort_err("policy", e))?;
+        a.to_owned().into_dimensionality().map_err(|e| ort_err("policy", e))
+    }
+}
