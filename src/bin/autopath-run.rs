@@ -1,32 +1,173 @@
 //! `autopath-run`: the deployable runtime. Links ONNX Runtime (loaded at start-up), never Candle.
 
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use autopath::cli::report;
+use autopath::cli::{progress, report};
+use autopath::runtime::batch::{plan, Shard};
+use autopath::runtime::{ExecutionProvider, PathChoice, Predictor, SessionOptions};
 
 #[derive(Parser)]
-#[command(name = "autopath-run", version, about = "Run a compiled AutoPath bundle on NIfTI volumes with ONNX Runtime.")]
+#[command(
+    name = "autopath-run",
+    version,
+    about = "Segment NIfTI volumes with a compiled AutoPath bundle: the policy picks the blocks, ONNX Runtime runs only those.",
+    after_help = "Examples:\n  autopath-run --bundle bundle -i scans/ -o masks/\n  autopath-run --bundle bundle -i ct.nii.gz -o ct_seg.nii.gz --path full\n  autopath-run --bundle bundle -i cohort/ -o out/ --shard $SLURM_ARRAY_TASK_ID/8 --continue"
+)]
 struct Cli {
-    /// Load ONNX Runtime, print where it came from and its version, and exit.
+    /// Bundle folder (from `autopath compile`).
+    #[arg(long, required_unless_present = "check_ort")]
+    bundle: Option<PathBuf>,
+    /// Input: a .nii/.nii.gz file or a folder of them.
+    #[arg(short, long, required_unless_present = "check_ort")]
+    input: Option<PathBuf>,
+    /// Output: a file (for one input) or a folder (created if missing).
+    #[arg(short, long, required_unless_present = "check_ort")]
+    output: Option<PathBuf>,
+    /// Block path: `auto` (the policy), `full`, or a mask like 11011111.
+    #[arg(long, default_value = "auto")]
+    path: PathChoice,
+    /// Keep threshold for the policy's probabilities (default: the bundle's).
+    #[arg(long)]
+    threshold: Option<f32>,
+    /// Execution provider.
+    #[arg(long, value_enum, default_value = "cpu")]
+    ep: ExecutionProvider,
+    /// Run on CPU if the requested GPU provider cannot be used (otherwise that is an error).
+    #[arg(long)]
+    allow_fallback: bool,
+    /// Threads of the shared ONNX Runtime pool (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// TensorRT engine/timing cache folder (keyed by bundle hash).
+    #[arg(long)]
+    trt_cache: Option<PathBuf>,
+    /// TensorRT FP16.
+    #[arg(long)]
+    fp16: bool,
+    /// Tiles per network call.
+    #[arg(long, default_value_t = 2)]
+    tile_batch: usize,
+    /// Sliding-window step as a fraction of the tile (default: 1 − the bundle's overlap).
+    #[arg(long)]
+    step: Option<f32>,
+    /// Skip inputs whose output already exists.
+    #[arg(long = "continue")]
+    continue_: bool,
+    /// Take the I-th of N deterministic slices of the sorted inputs (e.g. a Slurm array index).
+    #[arg(long)]
+    shard: Option<Shard>,
+    /// Append one JSON line per volume (and a summary line) to this file.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Refuse volumes with more voxels than this.
+    #[arg(long, default_value_t = autopath::volume::DEFAULT_MAX_VOXELS)]
+    max_voxels: u64,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// Load ONNX Runtime, print where it came from, and exit.
     #[arg(long)]
     check_ort: bool,
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<bool> {
     if cli.check_ort {
         let (path, _) = autopath::onnxruntime::load(None)?;
         println!("ONNX Runtime loaded from {}", path.display());
         println!("{}", autopath::onnxruntime::build_info()?);
-        return Ok(());
+        return Ok(true);
     }
-    anyhow::bail!("no bundle given: the bundle runtime is not built yet (see the README's status); `--check-ort` verifies the ONNX Runtime install")
+    let (bundle, input, output) =
+        (cli.bundle.expect("required"), cli.input.expect("required"), cli.output.expect("required"));
+    let opts = SessionOptions {
+        ep: cli.ep,
+        allow_fallback: cli.allow_fallback,
+        threads: cli.threads,
+        trt_cache: cli.trt_cache,
+        fp16: cli.fp16,
+    };
+    let mut predictor = Predictor::from_bundle(&bundle, &opts)?;
+    predictor.tile_batch = cli.tile_batch.max(1);
+    predictor.read_options.max_voxels = cli.max_voxels;
+    if let Some(step) = cli.step {
+        anyhow::ensure!(step > 0.0 && step <= 1.0, "--step {step} must be in (0, 1]");
+        predictor.window.overlap = 1.0 - step;
+    }
+    let choice = match cli.path {
+        PathChoice::Auto { .. } => PathChoice::Auto { threshold: cli.threshold },
+        other => other,
+    };
+    let pairs = plan(&input, &output, cli.shard)?;
+    if input.is_dir() {
+        std::fs::create_dir_all(&output).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", output.display()))?;
+    }
+    let mut report = match &cli.report {
+        Some(p) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    let bar = progress(pairs.len() as u64, "segment", cli.quiet);
+    let (mut ok, mut failed, mut skipped, mut seconds) = (0, 0, 0, 0.0);
+    for (inp, out) in &pairs {
+        bar.set_message(inp.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        if cli.continue_ && out.exists() {
+            skipped += 1;
+            bar.inc(1);
+            continue;
+        }
+        let t = std::time::Instant::now();
+        match predictor.segment_file(inp, out, &choice) {
+            Ok(r) => {
+                ok += 1;
+                seconds += t.elapsed().as_secs_f64();
+                if let Some(f) = report.as_mut() {
+                    writeln!(f, "{}", serde_json::to_string(&r)?)?;
+                }
+                if cli.quiet || bar.is_hidden() {
+                    eprintln!(
+                        "{} -> {}: kept {} of {} blocks ({}), {:.0} % of full FLOPs, {:.2} s",
+                        r.input,
+                        r.output,
+                        r.blocks_kept,
+                        r.keep.len(),
+                        r.keep,
+                        100.0 * r.flop_fraction,
+                        t.elapsed().as_secs_f64()
+                    );
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                bar.suspend(|| eprintln!("error: {e}"));
+                if let Some(f) = report.as_mut() {
+                    writeln!(f, "{}", serde_json::json!({"input": inp.display().to_string(), "error": e.to_string()}))?;
+                }
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let summary = serde_json::json!({"summary": {"volumes": pairs.len(), "segmented": ok, "failed": failed, "skipped": skipped, "seconds": seconds, "peak_rss_mb": autopath::runtime::predict::peak_rss_mb()}});
+    if let Some(f) = report.as_mut() {
+        writeln!(f, "{summary}")?;
+    }
+    eprintln!("{ok} segmented, {failed} failed, {skipped} skipped ({:.1} s)", seconds);
+    Ok(failed == 0)
 }
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
         Err(e) => report(&e),
     }
 }

@@ -1,6 +1,9 @@
 //! The ONNX Runtime side: sessions for a bundle, the block chain, and whole-volume prediction.
 
+pub mod batch;
 pub mod chain;
+pub mod predict;
 pub mod session;
 
+pub use predict::{PathChoice, Predictor, VolumeReport};
 pub use session::{ExecutionProvider, SessionOptions, Sessions};

@@ -1,0 +1,278 @@
+//! Whole-volume segmentation with a bundle: the one core behind the batch CLI, the HTTP service and
+//! the benchmark. Read → preprocess (the training code) → policy → sliding-window tiles through the
+//! chain of kept blocks → blend → threshold → original grid → write.
+
+use std::path::Path;
+use std::time::Instant;
+
+use ndarray::{Array3, Array4, Array5, Axis};
+use serde::Serialize;
+
+use super::session::{SessionOptions, Sessions};
+use crate::bundle::{Activation, Bundle};
+use crate::error::{Error, Result};
+use crate::preprocess::{resample_linear, Record};
+use crate::volume::{read_volume, write_labels, ReadOptions, Volume};
+use crate::window::{extract, pad_to_patch, Accumulator, WindowConfig};
+
+/// Which blocks to run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PathChoice {
+    /// Ask the policy (the bundle's threshold, or this one).
+    Auto {
+        /// Override of the keep threshold.
+        threshold: Option<f32>,
+    },
+    /// Every block.
+    Full,
+    /// A fixed mask, `1` = keep.
+    Mask(Vec<bool>),
+}
+
+impl std::str::FromStr for PathChoice {
+    type Err = String;
+
+    /// `auto`, `full`, or a mask such as `11011111`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(PathChoice::Auto { threshold: None }),
+            "full" => Ok(PathChoice::Full),
+            m if !m.is_empty() && m.chars().all(|c| c == '0' || c == '1') => {
+                Ok(PathChoice::Mask(m.chars().map(|c| c == '1').collect()))
+            }
+            other => Err(format!("{other:?}: expected auto, full, or a mask of 0/1 per block like 11011111")),
+        }
+    }
+}
+
+/// Seconds per stage for one volume.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StageTimes {
+    /// Reading the NIfTI file.
+    pub read: f64,
+    /// Normalisation and resampling.
+    pub preprocess: f64,
+    /// Policy (downsampling included).
+    pub policy: f64,
+    /// Tile batches through the graphs.
+    pub network: f64,
+    /// Tile extraction, blending and thresholding.
+    pub stitch: f64,
+    /// Writing the label map.
+    pub write: f64,
+}
+
+/// What happened to one volume.
+#[derive(Debug, Clone, Serialize)]
+pub struct VolumeReport {
+    /// Input file.
+    pub input: String,
+    /// Output file.
+    pub output: String,
+    /// Shape `[D, H, W]`.
+    pub shape: [usize; 3],
+    /// Spacing (x, y, z) mm.
+    pub spacing: [f64; 3],
+    /// Keep mask as text (`11011111`).
+    pub keep: String,
+    /// Keep probabilities from the policy, if asked.
+    pub keep_probabilities: Option<Vec<f32>>,
+    /// Blocks kept.
+    pub blocks_kept: usize,
+    /// FLOPs of this path relative to the full network (per tile).
+    pub flop_fraction: f64,
+    /// Tiles run.
+    pub tiles: usize,
+    /// Seconds per stage.
+    pub seconds: StageTimes,
+    /// Peak resident memory of the process so far, MB.
+    pub peak_rss_mb: f64,
+}
+
+/// Peak resident set size of this process in MB (Linux), 0 where unknown.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// A bundle with its sessions, ready to segment.
+pub struct Predictor {
+    /// The verified bundle.
+    pub bundle: Bundle,
+    /// Its sessions.
+    pub sessions: Sessions,
+    /// Tiles per network call.
+    pub tile_batch: usize,
+    /// Sliding-window settings (the manifest's, or overridden).
+    pub window: WindowConfig,
+    /// Limits for input files.
+    pub read_options: ReadOptions,
+}
+
+fn mask_text(keep: &[bool]) -> String {
+    keep.iter().map(|&k| if k { '1' } else { '0' }).collect()
+}
+
+impl Predictor {
+    /// Loads and verifies a bundle and opens every session.
+    pub fn from_bundle(dir: &Path, opts: &SessionOptions) -> Result<Predictor> {
+        let bundle = Bundle::load(dir)?;
+        let sessions = Sessions::open(&bundle, opts)?;
+        let window = bundle.manifest.input.window;
+        Ok(Predictor { bundle, sessions, tile_batch: 2, window, read_options: ReadOptions::default() })
+    }
+
+    /// Number of droppable blocks.
+    pub fn num_blocks(&self) -> usize {
+        self.bundle.manifest.architecture.blocks.len()
+    }
+
+    /// The policy's input for a normalised volume: resampled to the policy size (voxel centres aligned).
+    pub fn policy_input(&self, image: &Array3<f32>) -> Result<Array3<f32>> {
+        let p =
+            self.bundle.manifest.policy.as_ref().ok_or_else(|| Error::invalid("path", "the bundle has no policy"))?;
+        Ok(resample_linear(image, p.input))
+    }
+
+    /// Keep probabilities for a normalised volume.
+    pub fn keep_probabilities(&mut self, image: &Array3<f32>) -> Result<Vec<f32>> {
+        let small = self.policy_input(image)?;
+        let (d, h, w) = small.dim();
+        let batch =
+            small.into_shape_with_order((1, 1, d, h, w)).map_err(|e| Error::invalid("policy input", e.to_string()))?;
+        Ok(self.sessions.run_policy(batch.view())?.row(0).to_vec())
+    }
+
+    /// The keep mask for a volume and the probabilities it came from.
+    pub fn keep_mask(&mut self, image: &Array3<f32>, choice: &PathChoice) -> Result<(Vec<bool>, Option<Vec<f32>>)> {
+        let n = self.num_blocks();
+        match choice {
+            PathChoice::Full => Ok((vec![true; n], None)),
+            PathChoice::Mask(m) if m.len() == n => Ok((m.clone(), None)),
+            PathChoice::Mask(m) => Err(Error::invalid(
+                "--path",
+                format!("mask {} has {} entries; the bundle has {n} blocks", mask_text(m), m.len()),
+            )),
+            PathChoice::Auto { threshold } => {
+                if self.bundle.manifest.policy.is_none() {
+                    return Ok((vec![true; n], None));
+                }
+                let t = threshold.or(self.bundle.manifest.policy.as_ref().map(|p| p.threshold)).unwrap_or(0.5);
+                let p = self.keep_probabilities(image)?;
+                Ok((p.iter().map(|&v| v >= t).collect(), Some(p)))
+            }
+        }
+    }
+
+    /// Class probabilities `[K, D, H, W]` of a normalised volume on a path; `full_graph` uses
+    /// `full.onnx` instead of the chain (the baseline). Returns the number of tiles and the seconds
+    /// spent in the network.
+    pub fn probabilities(
+        &mut self,
+        image: &Array3<f32>,
+        pad_value: f32,
+        keep: &[bool],
+        full_graph: bool,
+    ) -> Result<(Array4<f32>, usize, f64)> {
+        let shape: [usize; 3] = image.dim().into();
+        let padded = pad_to_patch(image.clone(), self.window.patch, pad_value);
+        let pshape: [usize; 3] = padded.dim().into();
+        let k = self.bundle.manifest.input.activation.channels();
+        let mut acc = Accumulator::new(k, pshape, &self.window);
+        let tiles = self.window.tiles(pshape);
+        let p = self.window.patch;
+        let mut network = 0.0;
+        for chunk in tiles.chunks(self.tile_batch.max(1)) {
+            let mut batch = Array5::<f32>::zeros((chunk.len(), 1, p[0], p[1], p[2]));
+            for (i, &t) in chunk.iter().enumerate() {
+                batch.index_axis_mut(Axis(0), i).index_axis_mut(Axis(0), 0).assign(&extract(&padded.view(), t, p));
+            }
+            let t0 = Instant::now();
+            let probs = if full_graph {
+                self.sessions.run_full(batch.view())?
+            } else {
+                self.sessions.run_chain(batch.view(), keep)?
+            };
+            network += t0.elapsed().as_secs_f64();
+            for (i, &t) in chunk.iter().enumerate() {
+                acc.add(t, probs.index_axis(Axis(0), i));
+            }
+        }
+        Ok((acc.finish(shape), tiles.len(), network))
+    }
+
+    /// Labels from blended probabilities.
+    pub fn labels(&self, probs: &Array4<f32>) -> Array3<u8> {
+        let m = &self.bundle.manifest.input;
+        match m.activation {
+            Activation::Sigmoid => probs.index_axis(Axis(0), 0).mapv(|p| u8::from(p >= m.threshold)),
+            Activation::Softmax { .. } => {
+                let (_, d, h, w) = probs.dim();
+                Array3::from_shape_fn((d, h, w), |(z, y, x)| {
+                    (0..probs.dim().0).max_by(|&a, &b| probs[[a, z, y, x]].total_cmp(&probs[[b, z, y, x]])).unwrap_or(0)
+                        as u8
+                })
+            }
+        }
+    }
+
+    /// Preprocesses a volume as the manifest says.
+    pub fn preprocess(&self, volume: &Volume) -> Result<(Array3<f32>, Record)> {
+        self.bundle.manifest.input.preprocessing.image(volume)
+    }
+
+    /// Segments a volume in memory: labels on the original grid, keep mask, probabilities, report.
+    pub fn segment(
+        &mut self,
+        volume: &Volume,
+        choice: &PathChoice,
+        times: &mut StageTimes,
+    ) -> Result<(Array3<u8>, Vec<bool>, Option<Vec<f32>>, usize)> {
+        let t = Instant::now();
+        let (image, record) = self.preprocess(volume)?;
+        times.preprocess = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let (keep, probs) = self.keep_mask(&image, choice)?;
+        times.policy = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let (p, tiles, network) = self.probabilities(&image, record.pad_value, &keep, false)?;
+        let labels = self.labels(&p);
+        let labels = self.bundle.manifest.input.preprocessing.restore(&labels, &record);
+        times.network = network;
+        times.stitch = t.elapsed().as_secs_f64() - network;
+        Ok((labels, keep, probs, tiles))
+    }
+
+    /// Reads `input`, segments it, writes `output` (atomically) with the input's geometry.
+    pub fn segment_file(&mut self, input: &Path, output: &Path, choice: &PathChoice) -> Result<VolumeReport> {
+        let mut times = StageTimes::default();
+        let t = Instant::now();
+        let volume = read_volume(input, &self.read_options)?;
+        times.read = t.elapsed().as_secs_f64();
+        let (labels, keep, probs, tiles) = self.segment(&volume, choice, &mut times)?;
+        let t = Instant::now();
+        write_labels(output, &labels, &volume.geometry)?;
+        times.write = t.elapsed().as_secs_f64();
+        let arch = &self.bundle.manifest.architecture;
+        Ok(VolumeReport {
+            input: input.display().to_string(),
+            output: output.display().to_string(),
+            shape: volume.geometry.shape,
+            spacing: volume.geometry.spacing,
+            keep: mask_text(&keep),
+            keep_probabilities: probs,
+            blocks_kept: keep.iter().filter(|&&k| k).count(),
+            flop_fraction: arch.path_flops(&keep) as f64 / arch.full_flops() as f64,
+            tiles,
+            seconds: times,
+            peak_rss_mb: peak_rss_mb(),
+        })
+    }
+}
