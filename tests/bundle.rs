@@ -1,0 +1,150 @@
+//! `autopath compile` and `autopath-run`: graphs the official checker accepts, parity with Candle for
+//! every dropped block, tamper detection, and runtime outputs identical to the Candle predictions.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use autopath::compile::compile;
+use autopath::dataset::Layout;
+use autopath::preprocess::Preprocessing;
+use autopath::runtime::{SessionOptions, Sessions};
+use autopath::train::segment::{Model, TrainConfig};
+use autopath::window::{Blend, WindowConfig};
+use autopath_models::deeplab::Path as BlockPath;
+use autopath_models::spec::ArchSpec;
+use candle_core::{Device, Tensor};
+use ndarray::Array5;
+
+fn config(spec: ArchSpec) -> TrainConfig {
+    TrainConfig {
+        window: WindowConfig { patch: spec.patch, overlap: 0.5, blend: Blend::default() },
+        spec,
+        preprocessing: Preprocessing::default(),
+        data: "/nonexistent".into(),
+        layout: Layout::Lits,
+        train_ids: vec![],
+        val_ids: vec![],
+        test_ids: vec![],
+        epochs: 1,
+        batch: 1,
+        lr: 0.01,
+        lr_step: 100,
+        lr_gamma: 0.1,
+        val_every: 1,
+        foreground_fraction: 0.5,
+        seed: 0,
+        tile_batch: 1,
+    }
+}
+
+/// A randomly initialised model whose BatchNorm statistics and affine parameters are not the
+/// identity, so that folding is exercised.
+fn random_model(name: &str, seed: u64) -> Model {
+    let spec = ArchSpec::preset(name, 8, [16, 32, 32]).unwrap();
+    let model = Model::new(&spec, seed).unwrap();
+    for (i, (n, v)) in model.state().into_iter().enumerate() {
+        let t = v.as_tensor();
+        let r = Tensor::rand(0.5f32, 1.5, t.shape(), &Device::Cpu).unwrap();
+        // Scales gamma/sqrt(var) in [0.35, 1]: activations stay in the range trained networks have.
+        let new = if n.ends_with("running_var") {
+            (r + 0.5).unwrap()
+        } else if n.ends_with(".weight") && n.contains("bn") {
+            (r * 0.5).unwrap()
+        } else if n.ends_with("running_mean") || n.ends_with(".bias") && n.contains("bn") {
+            ((r - 1.0).unwrap() * (0.2 * (1.0 + (i % 3) as f64))).unwrap()
+        } else {
+            continue;
+        };
+        v.set(&new).unwrap();
+    }
+    model
+}
+
+fn max_rel(a: &[f32], b: &[f32]) -> f64 {
+    let scale = b.iter().map(|v| v.abs() as f64).fold(1e-6, f64::max);
+    a.iter().zip(b).map(|(x, y)| (x - y).abs() as f64).fold(0.0, f64::max) / scale
+}
+
+#[test]
+fn every_graph_passes_the_onnx_checker_and_dropping_each_block_matches_candle() {
+    for (name, seed) in [("r18", 1), ("r50", 2)] {
+        let dir = tempfile::tempdir().unwrap();
+        let model = random_model(name, seed);
+        let cfg = config(model.net.spec().clone());
+        let out = dir.path().join("bundle");
+        let report = compile(&model.net, &cfg, None, None, &out, true, false).unwrap();
+        assert!(report.checks.len() >= 3 && report.checks.iter().all(|c| c.passed && c.max_rel <= 1e-4), "{:?}", report.checks);
+        assert!(report.bundle_bytes as f64 <= 2.1 * report.weight_bytes as f64, "bundle {} B vs weights {} B", report.bundle_bytes, report.weight_bytes);
+
+        let checked = common::python_json("check_bundle.py", &[out.to_str().unwrap()]);
+        let n = model.net.spec().num_blocks();
+        let projections = model.net.blocks.iter().filter(|b| b.shortcut.is_some()).count();
+        assert_eq!(checked.as_object().unwrap().len(), 3 + n + projections, "stem, head, full, blocks, shortcuts");
+        for (file, r) in checked.as_object().unwrap() {
+            assert_eq!(r["checker"], "ok", "{name} {file}: {}", r["checker"]);
+            assert_eq!(r["ort"], "ok", "{name} {file}: {}", r["ort"]);
+            assert_eq!(r["opset"], 17);
+            assert_eq!(r["node_names_unique"], true);
+        }
+
+        let bundle = autopath::bundle::Bundle::load(&out).unwrap();
+        let mut s = Sessions::open(&bundle, &SessionOptions::default()).unwrap();
+        let x = Array5::from_shape_fn((2, 1, 16, 32, 32), |(b, _, z, y, w)| ((b * 7 + z * 3 + y * 5 + w) as f32 * 0.37).sin());
+        let xt = Tensor::from_slice(x.as_slice().unwrap(), x.shape(), &Device::Cpu).unwrap();
+        for dropped in 0..n {
+            let mut keep = vec![true; n];
+            keep[dropped] = false;
+            let got = s.run_chain(x.view(), &keep).unwrap();
+            let want = candle_nn::ops::sigmoid(&model.net.forward(&xt, BlockPath::Shared(&keep), false).unwrap()).unwrap();
+            let want: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
+            let err = max_rel(got.as_slice().unwrap(), &want);
+            assert!(err <= 1e-4, "{name}: dropping block {dropped}: relative error {err}");
+        }
+    }
+}
+
+fn autopath(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_autopath")).args(args).output().unwrap()
+}
+
+#[test]
+fn a_tampered_bundle_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = random_model("r18", 3);
+    let out = dir.path().join("bundle");
+    compile(&model.net, &config(model.net.spec().clone()), None, None, &out, false, false).unwrap();
+    let ok = autopath(&["inspect", out.to_str().unwrap()]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    for victim in ["block_03.onnx", "head.onnx", "stem.onnx"] {
+        let copy = dir.path().join(format!("t-{victim}"));
+        copy_dir(&out, &copy);
+        let p = copy.join(victim);
+        let mut bytes = std::fs::read(&p).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x40;
+        std::fs::write(&p, bytes).unwrap();
+        let res = autopath(&["inspect", copy.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&res.stderr);
+        assert!(!res.status.success() && err.contains(victim) && err.contains("checksum"), "{err}");
+        let run = Command::new(env!("CARGO_BIN_EXE_autopath-run")).args(["--bundle", copy.to_str().unwrap(), "-i", "/nonexistent.nii", "-o", "/tmp/x.nii"]).output().unwrap();
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success() && err.contains(victim), "{err}");
+    }
+    // A manifest from the future.
+    let copy = dir.path().join("future");
+    copy_dir(&out, &copy);
+    let m = std::fs::read_to_string(copy.join("manifest.json")).unwrap().replacen("\"schema_version\": 1", "\"schema_version\": 99", 1);
+    std::fs::write(copy.join("manifest.json"), m).unwrap();
+    let err = String::from_utf8_lossy(&autopath(&["inspect", copy.to_str().unwrap()]).stderr).to_string();
+    assert!(err.contains("schema version 99"), "{err}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
