@@ -75,8 +75,17 @@ fn every_graph_passes_the_onnx_checker_and_dropping_each_block_matches_candle() 
         let cfg = config(model.net.spec().clone());
         let out = dir.path().join("bundle");
         let report = compile(&model.net, &cfg, None, None, &out, true, false).unwrap();
-        assert!(report.checks.len() >= 3 && report.checks.iter().all(|c| c.passed && c.max_rel <= 1e-4), "{:?}", report.checks);
-        assert!(report.bundle_bytes as f64 <= 2.1 * report.weight_bytes as f64, "bundle {} B vs weights {} B", report.bundle_bytes, report.weight_bytes);
+        assert!(
+            report.checks.len() >= 3 && report.checks.iter().all(|c| c.passed && c.max_rel <= 1e-4),
+            "{:?}",
+            report.checks
+        );
+        assert!(
+            report.bundle_bytes as f64 <= 2.1 * report.weight_bytes as f64,
+            "bundle {} B vs weights {} B",
+            report.bundle_bytes,
+            report.weight_bytes
+        );
 
         let checked = common::python_json("check_bundle.py", &[out.to_str().unwrap()]);
         let n = model.net.spec().num_blocks();
@@ -91,13 +100,16 @@ fn every_graph_passes_the_onnx_checker_and_dropping_each_block_matches_candle() 
 
         let bundle = autopath::bundle::Bundle::load(&out).unwrap();
         let mut s = Sessions::open(&bundle, &SessionOptions::default()).unwrap();
-        let x = Array5::from_shape_fn((2, 1, 16, 32, 32), |(b, _, z, y, w)| ((b * 7 + z * 3 + y * 5 + w) as f32 * 0.37).sin());
+        let x = Array5::from_shape_fn((2, 1, 16, 32, 32), |(b, _, z, y, w)| {
+            ((b * 7 + z * 3 + y * 5 + w) as f32 * 0.37).sin()
+        });
         let xt = Tensor::from_slice(x.as_slice().unwrap(), x.shape(), &Device::Cpu).unwrap();
         for dropped in 0..n {
             let mut keep = vec![true; n];
             keep[dropped] = false;
             let got = s.run_chain(x.view(), &keep).unwrap();
-            let want = candle_nn::ops::sigmoid(&model.net.forward(&xt, BlockPath::Shared(&keep), false).unwrap()).unwrap();
+            let want =
+                candle_nn::ops::sigmoid(&model.net.forward(&xt, BlockPath::Shared(&keep), false).unwrap()).unwrap();
             let want: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
             let err = max_rel(got.as_slice().unwrap(), &want);
             assert!(err <= 1e-4, "{name}: dropping block {dropped}: relative error {err}");
@@ -128,14 +140,21 @@ fn a_tampered_bundle_is_refused_naming_the_file() {
         let res = autopath(&["inspect", copy.to_str().unwrap()]);
         let err = String::from_utf8_lossy(&res.stderr);
         assert!(!res.status.success() && err.contains(victim) && err.contains("checksum"), "{err}");
-        let run = Command::new(env!("CARGO_BIN_EXE_autopath-run")).args(["--bundle", copy.to_str().unwrap(), "-i", "/nonexistent.nii", "-o", "/tmp/x.nii"]).output().unwrap();
+        let run = Command::new(env!("CARGO_BIN_EXE_autopath-run"))
+            .args(["--bundle", copy.to_str().unwrap(), "-i", "/nonexistent.nii", "-o", "/tmp/x.nii"])
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&run.stderr);
         assert!(!run.status.success() && err.contains(victim), "{err}");
     }
     // A manifest from the future.
     let copy = dir.path().join("future");
     copy_dir(&out, &copy);
-    let m = std::fs::read_to_string(copy.join("manifest.json")).unwrap().replacen("\"schema_version\": 1", "\"schema_version\": 99", 1);
+    let m = std::fs::read_to_string(copy.join("manifest.json")).unwrap().replacen(
+        "\"schema_version\": 1",
+        "\"schema_version\": 99",
+        1,
+    );
     std::fs::write(copy.join("manifest.json"), m).unwrap();
     let err = String::from_utf8_lossy(&autopath(&["inspect", copy.to_str().unwrap()]).stderr).to_string();
     assert!(err.contains("schema version 99"), "{err}");

@@ -1,0 +1,311 @@
+//! `autopath-run` against the Candle model it was compiled from: identical masks, the input's
+//! geometry, and per-file errors for bad inputs.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use autopath::preprocess::Preprocessing;
+use autopath::train::predict::{labels, predict_probabilities};
+use autopath::train::segment::load_segmenter;
+use autopath::volume::{read_volume, ReadOptions};
+use autopath_models::deeplab::Path as BlockPath;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Fixture {
+    fn data(&self) -> PathBuf {
+        self.root.join("data")
+    }
+    fn run(&self) -> PathBuf {
+        self.root.join("run")
+    }
+    fn bundle(&self) -> PathBuf {
+        self.root.join("bundle")
+    }
+}
+
+fn autopath(args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_autopath")).args(args).output().unwrap();
+    assert!(out.status.success(), "autopath {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Phantoms, a briefly trained tiny segmenter, and its bundle.
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let f = Fixture { _dir: dir, root };
+    let (data, run, bundle) = (f.data(), f.run(), f.bundle());
+    autopath(&[
+        "synth",
+        "--quiet",
+        "--cases",
+        "5",
+        "--size",
+        "20,48,44",
+        "--seed",
+        "11",
+        "--out",
+        data.to_str().unwrap(),
+    ]);
+    autopath(&[
+        "train",
+        "--quiet",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--arch",
+        "r18",
+        "--width",
+        "4",
+        "--patch",
+        "16,32,32",
+        "--epochs",
+        "3",
+        "--batch",
+        "2",
+        "--lr",
+        "0.003",
+        "--val-every",
+        "3",
+        "--val-cases",
+        "1",
+        "--split",
+        "0.2",
+    ]);
+    autopath(&["compile", "--seg", run.to_str().unwrap(), "--out", bundle.to_str().unwrap()]);
+    f
+}
+
+fn run_cli(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_autopath-run")).args(args).output().unwrap()
+}
+
+#[test]
+fn outputs_equal_the_candle_predictions_and_keep_the_input_geometry() {
+    let f = fixture();
+    let (net, cfg) = load_segmenter(&f.run(), "best").unwrap();
+    let out = f.root.join("out");
+    for (path, mask) in [("full", vec![true; 8]), ("10110101", vec![true, false, true, true, false, true, false, true])]
+    {
+        let o = out.join(path);
+        let res = run_cli(&[
+            "--bundle",
+            f.bundle().to_str().unwrap(),
+            "-i",
+            f.data().to_str().unwrap(),
+            "-o",
+            o.to_str().unwrap(),
+            "--path",
+            path,
+            "--quiet",
+            "--tile-batch",
+            "3",
+        ]);
+        assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+        for k in 0..5 {
+            let input = f.data().join(format!("volume-{k}.nii.gz"));
+            let vol = read_volume(&input, &ReadOptions::default()).unwrap();
+            let prep = Preprocessing::default();
+            let (image, rec) = prep.image(&vol).unwrap();
+            let probs =
+                predict_probabilities(&net, &image, rec.pad_value, &cfg.window, BlockPath::Shared(&mask), 2).unwrap();
+            let want = prep.restore(&labels(&probs, net.spec().output), &rec);
+            let got = read_volume(&o.join(format!("volume-{k}.nii.gz")), &ReadOptions::default()).unwrap();
+            let differ = got.data.iter().zip(want.iter()).filter(|(a, b)| **a as u8 != **b).count();
+            assert_eq!(differ, 0, "path {path}, case {k}: {differ} voxels differ from the Candle prediction");
+        }
+        // Label maps also include segmentation-K inputs from the folder: check geometry on all.
+        let files: Vec<String> = (0..5)
+            .map(|k| o.join(format!("volume-{k}.nii.gz")).display().to_string())
+            .chain((0..5).map(|k| f.data().join(format!("volume-{k}.nii.gz")).display().to_string()))
+            .collect();
+        let seen = common::python_json("nifti_inspect.py", &files.iter().map(String::as_str).collect::<Vec<_>>());
+        for k in 0..5 {
+            let (o, i) = (&seen[&files[k]], &seen[&files[k + 5]]);
+            for key in ["shape", "affine", "pixdim", "qform_code", "sform_code"] {
+                assert_eq!(o[key], i[key], "{key} of output {k}");
+            }
+            assert_eq!(o["dtype"], "uint8");
+            assert!(o["unique"].as_array().unwrap().iter().all(|v| [0.0, 1.0].contains(&v.as_f64().unwrap())));
+        }
+    }
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+#[test]
+fn bad_inputs_fail_per_file_and_leave_nothing_behind() {
+    let f = fixture();
+    let good = std::fs::read(f.data().join("volume-0.nii.gz")).unwrap();
+    let raw = {
+        use std::io::Read;
+        let mut v = Vec::new();
+        flate2::read::GzDecoder::new(&good[..]).read_to_end(&mut v).unwrap();
+        v
+    };
+    let inputs = f.root.join("inputs");
+    std::fs::create_dir_all(&inputs).unwrap();
+    write(&inputs, "a_good.nii.gz", &good);
+    write(&inputs, "truncated.nii", &raw[..raw.len() / 2]);
+    let mut magic = raw.clone();
+    magic[344..348].copy_from_slice(b"abc\0");
+    write(&inputs, "magic.nii", &magic);
+    let mut four_d = raw.clone();
+    four_d[40..42].copy_from_slice(&4i16.to_le_bytes());
+    four_d[48..50].copy_from_slice(&3i16.to_le_bytes());
+    write(&inputs, "four_d.nii", &four_d);
+    let mut absurd = raw.clone();
+    absurd[42..44].copy_from_slice(&30000i16.to_le_bytes());
+    absurd[44..46].copy_from_slice(&30000i16.to_le_bytes());
+    write(&inputs, "absurd.nii", &absurd);
+    // NaN voxels: rewrite as float32 with one NaN.
+    let mut nan = raw[..352].to_vec();
+    nan[70..72].copy_from_slice(&16i16.to_le_bytes());
+    nan[72..74].copy_from_slice(&32i16.to_le_bytes());
+    let n = (raw.len() - 352) / 2;
+    for i in 0..n {
+        let v = if i == 17 { f32::NAN } else { 0.0 };
+        nan.extend_from_slice(&v.to_le_bytes());
+    }
+    write(&inputs, "nan.nii", &nan);
+    write(&inputs, "notes.nii.gz", b"this is not an image");
+
+    let out = f.root.join("out");
+    let report = f.root.join("report.jsonl");
+    let res = run_cli(&[
+        "--bundle",
+        f.bundle().to_str().unwrap(),
+        "-i",
+        inputs.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--quiet",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(res.status.code(), Some(1), "a failed file makes the exit code non-zero");
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    for (name, why) in [
+        ("truncated.nii", "file ends inside the voxel data"),
+        ("magic.nii", "bad magic"),
+        ("four_d.nii", "not a 3D image"),
+        ("absurd.nii", "over the limit"),
+        ("nan.nii", "NaN"),
+        ("notes.nii.gz", "file ends inside the header"),
+    ] {
+        assert!(err.lines().any(|l| l.contains(name) && l.contains(why)), "{name}: expected '{why}' in:\n{err}");
+    }
+    assert_eq!(common::listing(&out), ["a_good.nii.gz"], "only the good volume has an output, no partial files");
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&report).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let summary = &lines.last().unwrap()["summary"];
+    assert_eq!((summary["segmented"].as_u64(), summary["failed"].as_u64()), (Some(1), Some(6)));
+    let ok = lines.iter().find(|l| l["output"].is_string()).unwrap();
+    assert_eq!(ok["keep"], "11111111");
+    assert!(ok["seconds"]["network"].as_f64().unwrap() > 0.0 && ok["peak_rss_mb"].as_f64().unwrap() > 0.0);
+
+    // An output folder that cannot be written.
+    let blocked = f.root.join("blocked");
+    std::fs::write(&blocked, b"a file, not a folder").unwrap();
+    let res = run_cli(&[
+        "--bundle",
+        f.bundle().to_str().unwrap(),
+        "-i",
+        inputs.join("a_good.nii.gz").to_str().unwrap(),
+        "-o",
+        blocked.join("x.nii.gz").to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_eq!(res.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&res.stderr).contains("x.nii.gz"));
+}
+
+#[test]
+fn continue_and_shard_split_the_work_without_overlap() {
+    let f = fixture();
+    let mut seen = Vec::new();
+    for i in 0..3 {
+        let out = f.root.join("sharded");
+        let res = run_cli(&[
+            "--bundle",
+            f.bundle().to_str().unwrap(),
+            "-i",
+            f.data().to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--shard",
+            &format!("{i}/3"),
+            "--quiet",
+            "--path",
+            "full",
+        ]);
+        assert!(res.status.success());
+        let now = common::listing(&out);
+        seen.push(now.len());
+    }
+    // 10 files (5 volumes + 5 label maps) over 3 shards: 4 + 3 + 3, all distinct.
+    assert_eq!(seen, [4, 7, 10]);
+    let res = run_cli(&[
+        "--bundle",
+        f.bundle().to_str().unwrap(),
+        "-i",
+        f.data().to_str().unwrap(),
+        "-o",
+        f.root.join("sharded").to_str().unwrap(),
+        "--continue",
+        "--quiet",
+    ]);
+    assert!(String::from_utf8_lossy(&res.stderr).contains("0 segmented, 0 failed, 10 skipped"));
+}
+
+#[test]
+fn a_gpu_provider_that_is_missing_is_an_error_unless_fallback_is_allowed() {
+    let f = fixture();
+    let input = f.data().join("volume-1.nii.gz");
+    let out = f.root.join("cuda.nii.gz");
+    let res = run_cli(&[
+        "--bundle",
+        f.bundle().to_str().unwrap(),
+        "-i",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--ep",
+        "cuda",
+        "--quiet",
+    ]);
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("Cuda execution provider could not be used")
+            && err.contains("--allow-fallback")
+            && !err.contains("panicked"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    let res = run_cli(&[
+        "--bundle",
+        f.bundle().to_str().unwrap(),
+        "-i",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--ep",
+        "cuda",
+        "--allow-fallback",
+        "--quiet",
+    ]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    assert!(out.exists());
+}
