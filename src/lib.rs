@@ -16,6 +16,7 @@ pub mod compile;
 pub mod dataset;
 pub mod error;
 pub mod onnxruntime;
+pub mod paths;
 pub mod preprocess;
 pub mod runtime;
 pub mod synth;

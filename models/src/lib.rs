@@ -11,4 +11,5 @@ pub mod loss;
 pub mod ops;
 pub mod optim;
 pub mod policy;
+pub mod reward;
 pub mod spec;

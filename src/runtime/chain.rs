@@ -3,7 +3,7 @@
 
 use ndarray::{Array2, Array5, ArrayView5};
 use ort::session::Session;
-use ort::value::{DynValue, Tensor};
+use ort::value::{DynValue, Tensor, TensorRef};
 
 use super::session::Sessions;
 use crate::error::{Error, Result};
@@ -26,7 +26,36 @@ fn to_array(v: &DynValue, what: &str) -> Result<Array5<f32>> {
     a.to_owned().into_dimensionality().map_err(|e| ort_err(what, e))
 }
 
+/// One graph of the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Segment {
+    /// The stem.
+    Stem,
+    /// Block n, kept.
+    Block(usize),
+    /// Block n's projection shortcut (block dropped).
+    Shortcut(usize),
+    /// The head.
+    Head,
+}
+
 impl Sessions {
+    /// Runs one segment on an array (no copy in; one copy out). Used where many paths share
+    /// intermediate results that must be kept (evaluation and policy rewards).
+    pub fn run_segment(&mut self, segment: Segment, x: ndarray::ArrayView5<f32>) -> Result<Array5<f32>> {
+        let (session, what, input, output) = match segment {
+            Segment::Stem => (&mut self.stem, "stem".to_string(), "image", "features"),
+            Segment::Block(n) => (&mut self.blocks[n], format!("block {n}"), "x", "y"),
+            Segment::Shortcut(n) => (self.shortcuts[n].as_mut().ok_or_else(|| Error::invalid("segment", format!("block {n} has no projection shortcut")))?, format!("shortcut {n}"), "x", "y"),
+            Segment::Head => (&mut self.head, "head".to_string(), "x", "probabilities"),
+        };
+        let x = x.as_standard_layout();
+        let t = TensorRef::from_array_view(x.view()).map_err(|e| ort_err(&what, e))?;
+        let mut out = session.run(ort::inputs![input => t]).map_err(|e| ort_err(&what, e))?;
+        let v = out.remove(output).ok_or_else(|| ort_err(&what, format!("graph has no output {output:?}")))?;
+        to_array(&v, &what)
+    }
+
     /// Probabilities `[B, K, tile]` for tiles `[B, 1, tile]` on a path: stem, then per block the
     /// block graph if kept, the shortcut graph if dropped with a projection, nothing if dropped with
     /// an identity shortcut; then the head.

@@ -1,0 +1,137 @@
+//! Evaluating many block paths on one volume, sharing work between paths: the stem runs once, and
+//! paths are visited in lexicographic order so that each reuses the block outputs of the longest
+//! prefix it shares with the previous one. Policy rewards and the heuristic study both need hundreds
+//! of paths per volume; without sharing they would cost hundreds of full forward passes.
+
+use std::rc::Rc;
+
+use ndarray::{Array3, Array5, Axis};
+
+use crate::bundle::Activation;
+use crate::error::Result;
+use crate::runtime::chain::Segment;
+use crate::runtime::Sessions;
+use crate::window::{extract, pad_to_patch, Accumulator, WindowConfig};
+
+/// A volume ready for path evaluation: tiles extracted and the stem already run.
+pub struct Prepared {
+    shape: [usize; 3],
+    padded_shape: [usize; 3],
+    /// Tile origins, grouped in batches.
+    batches: Vec<Vec<[usize; 3]>>,
+    /// Stem output per batch.
+    stem: Rc<Vec<Array5<f32>>>,
+    /// Labels (mapped) on the network grid, for scoring; may be empty.
+    labels: Option<Array3<u8>>,
+}
+
+/// How one path did on one volume.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Fraction of voxels whose binarised prediction equals the label.
+    pub accuracy: f64,
+    /// Foreground Dice `(2|P∩G| + ε) / (|P| + |G| + ε)`.
+    pub dice: f64,
+    /// The prediction, when asked for.
+    pub prediction: Option<Array3<u8>>,
+}
+
+/// Runs paths through a bundle's sessions.
+pub struct PathEvaluator<'s> {
+    sessions: &'s mut Sessions,
+    window: WindowConfig,
+    tile_batch: usize,
+    activation: Activation,
+    threshold: f32,
+}
+
+fn mask_key(m: &[bool]) -> Vec<u8> {
+    m.iter().map(|&k| u8::from(!k)).collect() // kept first: the all-kept prefix is shared most
+}
+
+impl<'s> PathEvaluator<'s> {
+    /// An evaluator over `sessions` with the bundle's window, activation and threshold.
+    pub fn new(sessions: &'s mut Sessions, window: WindowConfig, tile_batch: usize, activation: Activation, threshold: f32) -> Self {
+        PathEvaluator { sessions, window, tile_batch: tile_batch.max(1), activation, threshold }
+    }
+
+    /// Tiles a normalised volume and runs the stem on every tile.
+    pub fn prepare(&mut self, image: &Array3<f32>, pad_value: f32, labels: Option<Array3<u8>>) -> Result<Prepared> {
+        let shape: [usize; 3] = image.dim().into();
+        let padded = pad_to_patch(image.clone(), self.window.patch, pad_value);
+        let padded_shape: [usize; 3] = padded.dim().into();
+        let p = self.window.patch;
+        let batches: Vec<Vec<[usize; 3]>> = self.window.tiles(padded_shape).chunks(self.tile_batch).map(|c| c.to_vec()).collect();
+        let mut stem = Vec::with_capacity(batches.len());
+        for b in &batches {
+            let mut x = Array5::<f32>::zeros((b.len(), 1, p[0], p[1], p[2]));
+            for (i, &t) in b.iter().enumerate() {
+                x.index_axis_mut(Axis(0), i).index_axis_mut(Axis(0), 0).assign(&extract(&padded.view(), t, p));
+            }
+            stem.push(self.sessions.run_segment(Segment::Stem, x.view())?);
+        }
+        Ok(Prepared { shape, padded_shape, batches, stem: Rc::new(stem), labels })
+    }
+
+    /// Outcomes of `masks` (in the given order) on a prepared volume.
+    pub fn evaluate(&mut self, prep: &Prepared, masks: &[Vec<bool>], keep_predictions: bool) -> Result<Vec<Outcome>> {
+        let mut order: Vec<usize> = (0..masks.len()).collect();
+        order.sort_by_key(|&i| mask_key(&masks[i]));
+        let mut out: Vec<Option<Outcome>> = vec![None; masks.len()];
+        // stack[d] = features of every batch after the first d blocks of the current path.
+        let mut stack: Vec<Rc<Vec<Array5<f32>>>> = vec![prep.stem.clone()];
+        let mut current: Vec<bool> = Vec::new();
+        for i in order {
+            let m = &masks[i];
+            let shared = current.iter().zip(m).take_while(|(a, b)| a == b).count();
+            stack.truncate(shared + 1);
+            for (n, &keep) in m.iter().enumerate().skip(shared) {
+                let prev = stack[n].clone();
+                let next = if keep || self.sessions.shortcuts[n].is_some() {
+                    let seg = if keep { Segment::Block(n) } else { Segment::Shortcut(n) };
+                    Rc::new(prev.iter().map(|x| self.sessions.run_segment(seg, x.view())).collect::<Result<Vec<_>>>()?)
+                } else {
+                    prev // dropped identity block: nothing to compute
+                };
+                stack.push(next);
+            }
+            current = m.clone();
+            out[i] = Some(self.finish(prep, &stack[m.len()], keep_predictions)?);
+        }
+        Ok(out.into_iter().map(|o| o.expect("every mask evaluated")).collect())
+    }
+
+    fn finish(&mut self, prep: &Prepared, features: &[Array5<f32>], keep_prediction: bool) -> Result<Outcome> {
+        let k = self.activation.channels();
+        let mut acc = Accumulator::new(k, prep.padded_shape, &self.window);
+        for (b, f) in prep.batches.iter().zip(features) {
+            let probs = self.sessions.run_segment(Segment::Head, f.view())?;
+            for (i, &t) in b.iter().enumerate() {
+                acc.add(t, probs.index_axis(Axis(0), i));
+            }
+        }
+        let probs = acc.finish(prep.shape);
+        let pred = match self.activation {
+            Activation::Sigmoid => probs.index_axis(Axis(0), 0).mapv(|p| u8::from(p >= self.threshold)),
+            Activation::Softmax { .. } => {
+                let (_, d, h, w) = probs.dim();
+                Array3::from_shape_fn((d, h, w), |(z, y, x)| (0..k).max_by(|&a, &b| probs[[a, z, y, x]].total_cmp(&probs[[b, z, y, x]])).unwrap_or(0) as u8)
+            }
+        };
+        let (accuracy, dice) = match &prep.labels {
+            Some(l) => {
+                let (mut same, mut inter, mut p, mut g) = (0u64, 0u64, 0u64, 0u64);
+                for (&a, &b) in pred.iter().zip(l.iter()) {
+                    same += u64::from(a == b);
+                    let (fa, fb) = (a > 0, b > 0);
+                    inter += u64::from(fa && fb);
+                    p += u64::from(fa);
+                    g += u64::from(fb);
+                }
+                (same as f64 / pred.len() as f64, (2.0 * inter as f64 + 1e-5) / ((p + g) as f64 + 1e-5))
+            }
+            None => (f64::NAN, f64::NAN),
+        };
+        Ok(Outcome { accuracy, dice, prediction: keep_prediction.then_some(pred) })
+    }
+}
