@@ -51,7 +51,13 @@ fn mask_key(m: &[bool]) -> Vec<u8> {
 
 impl<'s> PathEvaluator<'s> {
     /// An evaluator over `sessions` with the bundle's window, activation and threshold.
-    pub fn new(sessions: &'s mut Sessions, window: WindowConfig, tile_batch: usize, activation: Activation, threshold: f32) -> Self {
+    pub fn new(
+        sessions: &'s mut Sessions,
+        window: WindowConfig,
+        tile_batch: usize,
+        activation: Activation,
+        threshold: f32,
+    ) -> Self {
         PathEvaluator { sessions, window, tile_batch: tile_batch.max(1), activation, threshold }
     }
 
@@ -61,7 +67,8 @@ impl<'s> PathEvaluator<'s> {
         let padded = pad_to_patch(image.clone(), self.window.patch, pad_value);
         let padded_shape: [usize; 3] = padded.dim().into();
         let p = self.window.patch;
-        let batches: Vec<Vec<[usize; 3]>> = self.window.tiles(padded_shape).chunks(self.tile_batch).map(|c| c.to_vec()).collect();
+        let batches: Vec<Vec<[usize; 3]>> =
+            self.window.tiles(padded_shape).chunks(self.tile_batch).map(|c| c.to_vec()).collect();
         let mut stem = Vec::with_capacity(batches.len());
         for b in &batches {
             let mut x = Array5::<f32>::zeros((b.len(), 1, p[0], p[1], p[2]));
@@ -115,7 +122,9 @@ impl<'s> PathEvaluator<'s> {
             Activation::Sigmoid => probs.index_axis(Axis(0), 0).mapv(|p| u8::from(p >= self.threshold)),
             Activation::Softmax { .. } => {
                 let (_, d, h, w) = probs.dim();
-                Array3::from_shape_fn((d, h, w), |(z, y, x)| (0..k).max_by(|&a, &b| probs[[a, z, y, x]].total_cmp(&probs[[b, z, y, x]])).unwrap_or(0) as u8)
+                Array3::from_shape_fn((d, h, w), |(z, y, x)| {
+                    (0..k).max_by(|&a, &b| probs[[a, z, y, x]].total_cmp(&probs[[b, z, y, x]])).unwrap_or(0) as u8
+                })
             }
         };
         let (accuracy, dice) = match &prep.labels {

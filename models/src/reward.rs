@@ -27,7 +27,13 @@ pub fn learned_blocks(blocks: usize, epoch: usize, curriculum_epochs: usize) -> 
 ///
 /// `loss = (1/B) Σ_b Σ_n learned_n · (−A_b · log π(a_bn) − β · H(p'_bn))`
 /// with `log π(a) = a log p' + (1 − a) log(1 − p')` and `H(p') = −p' log p' − (1 − p') log(1 − p')`.
-pub fn reinforce_loss(p_bounded: &Tensor, actions: &Tensor, advantage: &Tensor, learned: &Tensor, beta: f64) -> Result<Tensor> {
+pub fn reinforce_loss(
+    p_bounded: &Tensor,
+    actions: &Tensor,
+    advantage: &Tensor,
+    learned: &Tensor,
+    beta: f64,
+) -> Result<Tensor> {
     let b = p_bounded.dim(0)? as f64;
     let p = p_bounded.clamp(1e-7, 1.0 - 1e-7)?;
     let q = (1.0 - &p)?;

@@ -84,11 +84,16 @@ enum Command {
     },
     /// Train the segmenter (3D DeepLab V3 on a ResNet backbone).
     Train(TrainArgs),
+    /// Train the block-dropping policy with REINFORCE on a frozen segmenter.
+    TrainPolicy(PolicyArgs),
     /// Export trained models as a deployable bundle of ONNX graphs (one per block) with a manifest.
     Compile {
         /// Segmenter run folder (from `autopath train`).
         #[arg(long)]
         seg: PathBuf,
+        /// Policy run folder (from `autopath train-policy`); without it the bundle runs the full path.
+        #[arg(long)]
+        policy: Option<PathBuf>,
         /// Which checkpoint of the segmenter.
         #[arg(long, default_value = "best", value_parser = ["best", "last"])]
         checkpoint: String,
@@ -110,6 +115,115 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct PolicyArgs {
+    /// Segmenter run folder (from `autopath train`); its data split is used.
+    #[arg(long, required_unless_present = "resume")]
+    seg: Option<PathBuf>,
+    /// Policy run folder.
+    #[arg(long, required_unless_present = "resume")]
+    out: Option<PathBuf>,
+    /// Continue a policy run from its last checkpoint.
+    #[arg(long, conflicts_with_all = ["out", "seg"])]
+    resume: Option<PathBuf>,
+    /// Penalty τ per wrong voxel: larger keeps more blocks.
+    #[arg(long, default_value_t = 50.0)]
+    tau: f64,
+    /// Exploration bound α: sampling probabilities stay in [1 − α, α].
+    #[arg(long, default_value_t = 0.8)]
+    alpha: f64,
+    /// Entropy bonus β.
+    #[arg(long, default_value_t = 0.1)]
+    beta: f64,
+    /// Epochs per curriculum step (one more block is learned every E_c epochs).
+    #[arg(long, default_value_t = 10)]
+    curriculum_epochs: usize,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Volumes per step (paper: 1 for R18, 5 for R50).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Epochs [default: N × curriculum epochs + 20].
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Validate every this many epochs.
+    #[arg(long, default_value_t = 5)]
+    val_every: usize,
+    /// Keep threshold of the greedy path.
+    #[arg(long, default_value_t = 0.5)]
+    threshold: f32,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Tiles per ONNX Runtime call.
+    #[arg(long, default_value_t = 4)]
+    tile_batch: usize,
+}
+
+fn train_policy(args: PolicyArgs, quiet: bool) -> anyhow::Result<()> {
+    use autopath::train::policy::{resume_policy, train_policy, PolicyConfig, PolicyEpoch};
+    let bar = progress(0, "policy", quiet);
+    let on_epoch = |r: &PolicyEpoch| {
+        bar.set_length(r.epochs as u64);
+        bar.set_position(r.epoch as u64);
+        let val = r
+            .val_dice
+            .map(|d| format!(" | val Dice {d:.4} dropped {:.0} %", 100.0 * r.val_dropped.unwrap_or(0.0)))
+            .unwrap_or_default();
+        bar.set_message(format!("learning {} blocks, reward {:.3}{val}", r.learned, r.reward));
+        if (quiet || bar.is_hidden()) && r.val_dice.is_some() {
+            eprintln!(
+                "epoch {}/{}: learning {} blocks, reward {:.4}, val reward {:.4}, val Dice {:.4}, dropped {:.1} %",
+                r.epoch,
+                r.epochs,
+                r.learned,
+                r.reward,
+                r.val_reward.unwrap_or(f64::NAN),
+                r.val_dice.unwrap_or(f64::NAN),
+                100.0 * r.val_dropped.unwrap_or(0.0)
+            );
+        }
+    };
+    let out = if let Some(run) = args.resume {
+        resume_policy(&run, args.epochs, &on_epoch)?;
+        run
+    } else {
+        let seg = args.seg.expect("required");
+        let out = args.out.expect("required");
+        let spec: autopath::train::segment::TrainConfig =
+            autopath::train::checkpoint::read_json(&seg.join("config.json"))?;
+        let n = spec.spec.num_blocks();
+        let cfg = PolicyConfig {
+            seg: std::path::absolute(&seg)?,
+            tau: args.tau,
+            alpha: args.alpha,
+            beta: args.beta,
+            curriculum_epochs: args.curriculum_epochs.max(1),
+            lr: args.lr,
+            batch: args.batch.max(1),
+            epochs: args.epochs.unwrap_or(n * args.curriculum_epochs.max(1) + 20),
+            val_every: args.val_every,
+            seed: args.seed,
+            threshold: args.threshold,
+            tile_batch: args.tile_batch,
+        };
+        train_policy(cfg, &out, &on_epoch)?;
+        out
+    };
+    bar.finish_and_clear();
+    let meta: autopath::train::policy::PolicyMeta = autopath::train::checkpoint::read_json(&out.join("best.json"))?;
+    println!(
+        "policy trained: best validation reward {:.4} at epoch {} (Dice {:.4}, {:.1} % of blocks dropped); checkpoints in {}",
+        meta.best_reward.unwrap_or(f64::NAN),
+        meta.best_epoch.unwrap_or(0),
+        meta.val_dice.unwrap_or(f64::NAN),
+        100.0 * meta.val_dropped.unwrap_or(0.0),
+        out.display()
+    );
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -241,9 +355,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Train(args) => train(args, cli.quiet),
-        Command::Compile { seg, checkpoint, out, force, no_verify } => {
+        Command::TrainPolicy(args) => train_policy(args, cli.quiet),
+        Command::Compile { seg, policy, checkpoint, out, force, no_verify } => {
             let (net, cfg) = segment::load_segmenter(&seg, &checkpoint)?;
-            let report = autopath::compile::compile(&net, &cfg, None, None, &out, !no_verify, force)?;
+            let loaded = policy.as_deref().map(|p| autopath::train::policy::load_policy(p, "best")).transpose()?;
+            let policy_input = loaded.as_ref().map(|(p, c, m)| autopath::compile::PolicyInput {
+                net: p,
+                threshold: c.threshold,
+                training: serde_json::json!({"tau": c.tau, "alpha": c.alpha, "beta": c.beta, "curriculum_epochs": c.curriculum_epochs, "epochs": m.epoch, "forced_keep": m.forced, "val_reward": m.val_reward, "val_dice": m.val_dice, "val_dropped": m.val_dropped}),
+            });
+            let evaluation = policy
+                .as_deref()
+                .map(|p| p.join("eval/results.json"))
+                .filter(|p| p.exists())
+                .map(|p| autopath::train::checkpoint::read_json::<serde_json::Value>(&p))
+                .transpose()?
+                .map(|v| v["summary"].clone());
+            let report = autopath::compile::compile(&net, &cfg, policy_input, evaluation, &out, !no_verify, force)?;
             for c in &report.checks {
                 println!(
                     "  {:<48} max abs {:.2e}  rel {:.2e}  {}",

@@ -46,7 +46,14 @@ impl Sessions {
         let (session, what, input, output) = match segment {
             Segment::Stem => (&mut self.stem, "stem".to_string(), "image", "features"),
             Segment::Block(n) => (&mut self.blocks[n], format!("block {n}"), "x", "y"),
-            Segment::Shortcut(n) => (self.shortcuts[n].as_mut().ok_or_else(|| Error::invalid("segment", format!("block {n} has no projection shortcut")))?, format!("shortcut {n}"), "x", "y"),
+            Segment::Shortcut(n) => (
+                self.shortcuts[n]
+                    .as_mut()
+                    .ok_or_else(|| Error::invalid("segment", format!("block {n} has no projection shortcut")))?,
+                format!("shortcut {n}"),
+                "x",
+                "y",
+            ),
             Segment::Head => (&mut self.head, "head".to_string(), "x", "probabilities"),
         };
         let x = x.as_standard_layout();

@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod policy;
 pub mod predict;
 pub mod segment;
 
