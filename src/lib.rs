@@ -15,6 +15,10 @@ pub mod cli;
 pub mod compile;
 pub mod dataset;
 pub mod error;
+#[cfg(feature = "train")]
+pub mod eval;
+#[cfg(feature = "train")]
+pub mod figures;
 pub mod onnxruntime;
 pub mod paths;
 pub mod preprocess;

@@ -86,6 +86,27 @@ enum Command {
     Train(TrainArgs),
     /// Train the block-dropping policy with REINFORCE on a frozen segmenter.
     TrainPolicy(PolicyArgs),
+    /// Reproduce the paper's study on the test split: heuristics vs AutoPath, Table 1, figures.
+    Eval {
+        /// Segmenter run folder.
+        #[arg(long)]
+        seg: PathBuf,
+        /// Policy run folder (for the AutoPath rows).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Report folder: report.md, results.json, figures.
+        #[arg(long)]
+        out: PathBuf,
+        /// Random masks per dropping level for DropRandomN [default: 100 for N <= 8, 500 otherwise].
+        #[arg(long)]
+        random_repeats: Option<usize>,
+        /// Seed of the random masks.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Tiles per ONNX Runtime call.
+        #[arg(long, default_value_t = 4)]
+        tile_batch: usize,
+    },
     /// Export trained models as a deployable bundle of ONNX graphs (one per block) with a manifest.
     Compile {
         /// Segmenter run folder (from `autopath train`).
@@ -356,6 +377,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Train(args) => train(args, cli.quiet),
         Command::TrainPolicy(args) => train_policy(args, cli.quiet),
+        Command::Eval { seg, policy, out, random_repeats, seed, tile_batch } => {
+            let opts = autopath::eval::EvalOptions { seg, policy, out: out.clone(), random_repeats, seed, tile_batch };
+            let bar = progress(0, "eval", cli.quiet);
+            let r = autopath::eval::evaluate(&opts, &|done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            })?;
+            bar.finish_and_clear();
+            println!("{}", table1_text(&r));
+            println!("report: {}", out.join("report.md").display());
+            Ok(())
+        }
         Command::Compile { seg, policy, checkpoint, out, force, no_verify } => {
             let (net, cfg) = segment::load_segmenter(&seg, &checkpoint)?;
             let loaded = policy.as_deref().map(|p| autopath::train::policy::load_policy(p, "best")).transpose()?;
@@ -394,6 +427,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Inspect { bundle, json } => inspect(&bundle, json),
     }
+}
+
+fn table1_text(r: &autopath::eval::Results) -> String {
+    let mut s = format!("{:<40} {:>9} {:>9} {:>10}\n", "strategy", "dropped", "FLOPs", "Dice");
+    for row in &r.table1 {
+        s += &format!(
+            "{:<40} {:>8.1}% {:>8.1}% {:>10.4}\n",
+            row.strategy,
+            100.0 * row.drop_ratio,
+            100.0 * row.flop_fraction,
+            row.dice
+        );
+    }
+    s
 }
 
 fn inspect(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
