@@ -36,7 +36,7 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 demo: build
-	./target/release/autopath synth --out demo-out/data --cases 24 --seed 0
+	./target/release/autopath demo --out demo-out
 
 clean-deps:
 	rm -rf $(DEPS)

@@ -42,7 +42,7 @@ pub struct EvalOptions {
 }
 
 /// Mean, spread and range of a set of values.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Stats {
     /// Mean.
     pub mean: f64,
@@ -69,7 +69,7 @@ impl Stats {
 }
 
 /// Per test volume.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct VolumeResult {
     /// Case id.
     pub id: String,
@@ -92,7 +92,7 @@ pub struct VolumeResult {
 }
 
 /// One row of Table 1.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct TableRow {
     /// Strategy.
     pub strategy: String,
@@ -107,7 +107,7 @@ pub struct TableRow {
 }
 
 /// `results.json`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Results {
     /// Number of blocks N.
     pub blocks: usize,

@@ -9,11 +9,14 @@
 #![deny(missing_docs)]
 
 pub mod atomic;
+pub mod bench;
 pub mod bundle;
 pub mod cli;
 #[cfg(feature = "train")]
 pub mod compile;
 pub mod dataset;
+#[cfg(feature = "train")]
+pub mod demo;
 pub mod error;
 #[cfg(feature = "train")]
 pub mod eval;

@@ -137,7 +137,7 @@ fn lerp(a: f32, b: f32, t: f32) -> f32 {
 impl Anatomy {
     fn draw(rng: &mut ChaCha8Rng, difficulty: f32) -> (Anatomy, f32) {
         let d = difficulty;
-        let scale = lerp(1.0, 0.7, d) * rng.random_range(0.95..1.05);
+        let scale = lerp(1.15, 0.85, d) * rng.random_range(0.95..1.05);
         let jitter = |rng: &mut ChaCha8Rng, s: f32| rng.random_range(-s..s);
         let liver_lobes = vec![
             // Right lobe (image left), the bulk of the liver.
@@ -181,7 +181,7 @@ impl Anatomy {
             liver_hu,
             tissue_hu,
             texture: Deformation::random(rng, 1.0),
-            noise_sd: lerp(6.0, 30.0, d) * rng.random_range(0.9..1.1),
+            noise_sd: lerp(5.0, 22.0, d) * rng.random_range(0.9..1.1),
         };
         (anatomy, scale)
     }

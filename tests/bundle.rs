@@ -36,6 +36,7 @@ fn config(spec: ArchSpec) -> TrainConfig {
         foreground_fraction: 0.5,
         seed: 0,
         tile_batch: 1,
+        drop_path: 0.0,
     }
 }
 

@@ -67,6 +67,45 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole product on synthetic data: synth, train, train-policy, eval, compile, run, bench.
+    Demo {
+        /// Output folder (stages found finished there are reused).
+        #[arg(long, default_value = "demo-out")]
+        out: PathBuf,
+        /// A smoke run in well under two minutes (tiny data and networks).
+        #[arg(long)]
+        quick: bool,
+        /// Redo every stage.
+        #[arg(long)]
+        fresh: bool,
+        /// Phantoms to synthesise.
+        #[arg(long)]
+        cases: Option<usize>,
+        /// Segmenter epochs.
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// Segmenter width.
+        #[arg(long)]
+        width: Option<usize>,
+        /// Policy epochs.
+        #[arg(long)]
+        policy_epochs: Option<usize>,
+        /// Epochs per curriculum step.
+        #[arg(long)]
+        curriculum_epochs: Option<usize>,
+        /// Stochastic depth while training the segmenter.
+        #[arg(long)]
+        drop_path: Option<f64>,
+        /// τ of the reward.
+        #[arg(long)]
+        tau: Option<f64>,
+        /// DropRandomN repeats.
+        #[arg(long)]
+        random_repeats: Option<usize>,
+        /// Seed.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Write synthetic abdominal CT phantoms with liver labels in the LiTS layout.
     Synth {
         /// Output folder (created if missing).
@@ -106,6 +145,39 @@ enum Command {
         /// Tiles per ONNX Runtime call.
         #[arg(long, default_value_t = 4)]
         tile_batch: usize,
+    },
+    /// Measure AutoPath's latency against the full backbone with the runtime's code.
+    Bench {
+        /// Bundle folder.
+        #[arg(long)]
+        bundle: PathBuf,
+        /// A dataset folder (its images) or NIfTI files.
+        #[arg(long, num_args = 1..)]
+        data: Vec<PathBuf>,
+        /// At most this many volumes.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Execution provider.
+        #[arg(long, value_enum, default_value = "cpu")]
+        ep: autopath::runtime::ExecutionProvider,
+        /// Accept CPU if the GPU provider fails.
+        #[arg(long)]
+        allow_fallback: bool,
+        /// ONNX Runtime threads.
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Timed repeats per measurement.
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// Warm-up runs.
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// Tiles per network call.
+        #[arg(long, default_value_t = 2)]
+        tile_batch: usize,
+        /// Output folder: bench.md, bench.json, latency plot.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Export trained models as a deployable bundle of ONNX graphs (one per block) with a manifest.
     Compile {
@@ -296,6 +368,9 @@ struct TrainArgs {
     /// Tiles per network call in validation.
     #[arg(long, default_value_t = 2)]
     tile_batch: usize,
+    /// Stochastic depth: probability that a sample skips a block's branch in training (0 = paper).
+    #[arg(long, default_value_t = 0.0)]
+    drop_path: f64,
 }
 
 fn train(args: TrainArgs, quiet: bool) -> anyhow::Result<()> {
@@ -342,6 +417,7 @@ fn train(args: TrainArgs, quiet: bool) -> anyhow::Result<()> {
             foreground_fraction: args.foreground_fraction,
             seed: data.seed,
             tile_batch: args.tile_batch,
+            drop_path: args.drop_path,
         };
         (segment::train(cfg, &out, &on_epoch)?, out)
     };
@@ -376,7 +452,58 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Train(args) => train(args, cli.quiet),
+        Command::Demo {
+            out,
+            quick,
+            fresh,
+            cases,
+            epochs,
+            width,
+            policy_epochs,
+            curriculum_epochs,
+            drop_path,
+            tau,
+            random_repeats,
+            seed,
+        } => {
+            use autopath::demo::{run, DemoOptions};
+            let mut o = if quick { DemoOptions::quick(out.clone()) } else { DemoOptions::standard(out.clone()) };
+            o.fresh = fresh;
+            o.cases = cases.unwrap_or(o.cases);
+            o.epochs = epochs.unwrap_or(o.epochs);
+            o.width = width.unwrap_or(o.width);
+            o.policy_epochs = policy_epochs.unwrap_or(o.policy_epochs);
+            o.curriculum_epochs = curriculum_epochs.unwrap_or(o.curriculum_epochs);
+            o.drop_path = drop_path.unwrap_or(o.drop_path);
+            o.tau = tau.unwrap_or(o.tau);
+            o.random_repeats = random_repeats.unwrap_or(o.random_repeats);
+            o.seed = seed.unwrap_or(o.seed);
+            let t = std::time::Instant::now();
+            let r = run(&o, &|line| eprintln!("{line}"))?;
+            println!("\nTable 1 (test volumes {}):\n{}", r.eval.test_ids.join(", "), table1_text(&r.eval));
+            println!("Latency (CPU, ONNX Runtime):\n{}", autopath::bench::markdown(&r.bench));
+            println!("report:        {}", out.join("eval/report.md").display());
+            println!("figures:       {}", out.join("eval").display());
+            println!("bundle:        {}", out.join("bundle").display());
+            println!("segmentations: {}", out.join("segmentations").display());
+            println!("benchmark:     {}", out.join("bench/bench.md").display());
+            println!("demo finished in {:.0} s", t.elapsed().as_secs_f64());
+            Ok(())
+        }
         Command::TrainPolicy(args) => train_policy(args, cli.quiet),
+        Command::Bench { bundle, data, limit, ep, allow_fallback, threads, repeats, warmup, tile_batch, out } => {
+            let inputs = bench_inputs(&data, limit)?;
+            let opts = autopath::bench::BenchOptions {
+                repeats: repeats.max(1),
+                warmup,
+                session: autopath::runtime::SessionOptions { ep, allow_fallback, threads, ..Default::default() },
+                tile_batch,
+            };
+            let report = autopath::bench::bench(&bundle, &inputs, &out, &opts)?;
+            write_bench(&out, &report)?;
+            println!("{}", autopath::bench::markdown(&report));
+            Ok(())
+        }
         Command::Eval { seg, policy, out, random_repeats, seed, tile_batch } => {
             let opts = autopath::eval::EvalOptions { seg, policy, out: out.clone(), random_repeats, seed, tile_batch };
             let bar = progress(0, "eval", cli.quiet);
@@ -427,6 +554,75 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Inspect { bundle, json } => inspect(&bundle, json),
     }
+}
+
+/// Image files to benchmark: a dataset folder's images, other folders' NIfTI files, or files.
+fn bench_inputs(data: &[PathBuf], limit: Option<usize>) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for d in data {
+        if d.is_dir() {
+            match Dataset::open(d, None) {
+                Ok(ds) => out.extend(ds.cases.into_iter().map(|c| c.image)),
+                Err(_) => out.extend(autopath::runtime::batch::plan(d, d, None)?.into_iter().map(|(i, _)| i)),
+            }
+        } else {
+            out.push(d.clone());
+        }
+    }
+    if let Some(l) = limit {
+        out.truncate(l);
+    }
+    Ok(out)
+}
+
+fn write_bench(out: &std::path::Path, report: &autopath::bench::BenchReport) -> anyhow::Result<()> {
+    use autopath::figures::{line_chart, Series};
+    use plotters::style::RGBColor;
+    autopath::train::checkpoint::write_json(&out.join("bench.json"), report)?;
+    autopath::atomic::write_bytes_atomically(&out.join("bench.md"), autopath::bench::markdown(report).as_bytes())?;
+    let pts: Vec<(f64, f64)> =
+        report.volumes.iter().map(|v| (v.flop_fraction, v.autopath.median / v.full_graph.median)).collect();
+    let chain: Vec<(f64, f64)> =
+        report.volumes.iter().map(|v| (1.0, v.chain_all.median / v.full_graph.median)).collect();
+    line_chart(
+        out,
+        "latency_vs_flops",
+        "Network latency relative to full.onnx vs FLOP fraction",
+        "FLOP fraction of the path",
+        "latency / full.onnx latency",
+        &[
+            Series {
+                label: "AutoPath (per volume)".into(),
+                points: pts,
+                color: RGBColor(214, 39, 40),
+                band: None,
+                markers_only: true,
+            },
+            Series {
+                label: "chain, all blocks kept".into(),
+                points: chain,
+                color: RGBColor(31, 119, 180),
+                band: None,
+                markers_only: true,
+            },
+            Series {
+                label: "full.onnx (a)".into(),
+                points: vec![(0.5, 1.0), (1.0, 1.0)],
+                color: RGBColor(120, 120, 120),
+                band: None,
+                markers_only: false,
+            },
+            Series {
+                label: "latency = FLOPs".into(),
+                points: vec![(0.5, 0.5), (1.0, 1.0)],
+                color: RGBColor(44, 160, 44),
+                band: None,
+                markers_only: false,
+            },
+        ],
+        (0.4, 1.2),
+    )?;
+    Ok(())
 }
 
 fn table1_text(r: &autopath::eval::Results) -> String {

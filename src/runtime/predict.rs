@@ -114,6 +114,8 @@ pub struct Predictor {
     pub window: WindowConfig,
     /// Limits for input files.
     pub read_options: ReadOptions,
+    /// Run `full.onnx` instead of the block chain (the baseline; the path is then ignored).
+    pub use_full_graph: bool,
 }
 
 fn mask_text(keep: &[bool]) -> String {
@@ -126,7 +128,14 @@ impl Predictor {
         let bundle = Bundle::load(dir)?;
         let sessions = Sessions::open(&bundle, opts)?;
         let window = bundle.manifest.input.window;
-        Ok(Predictor { bundle, sessions, tile_batch: 2, window, read_options: ReadOptions::default() })
+        Ok(Predictor {
+            bundle,
+            sessions,
+            tile_batch: 2,
+            window,
+            read_options: ReadOptions::default(),
+            use_full_graph: false,
+        })
     }
 
     /// Number of droppable blocks.
@@ -242,7 +251,7 @@ impl Predictor {
         let (keep, probs) = self.keep_mask(&image, choice)?;
         times.policy = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let (p, tiles, network) = self.probabilities(&image, record.pad_value, &keep, false)?;
+        let (p, tiles, network) = self.probabilities(&image, record.pad_value, &keep, self.use_full_graph)?;
         let labels = self.labels(&p);
         let labels = self.bundle.manifest.input.preprocessing.restore(&labels, &record);
         times.network = network;

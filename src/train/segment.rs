@@ -14,7 +14,7 @@ use autopath_models::optim::Adam;
 use autopath_models::spec::ArchSpec;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +64,10 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Tiles per network call in validation.
     pub tile_batch: usize,
+    /// Stochastic depth: each sample skips each block's residual branch with this probability during
+    /// training (0 = the paper's plain training). Makes small networks tolerant of dropped blocks.
+    #[serde(default)]
+    pub drop_path: f64,
 }
 
 /// Sidecar of a checkpoint.
@@ -320,7 +324,11 @@ fn run(
             let b = idx.len();
             let x = Tensor::from_vec(xs, (b, 1, p[0], p[1], p[2]), &Device::Cpu).map_err(candle)?;
             let y = Tensor::from_vec(ys, (b, p[0], p[1], p[2]), &Device::Cpu).map_err(candle)?;
-            let logits = model.net.forward(&x, BlockPath::Full, true).map_err(candle)?;
+            let masks: Vec<Vec<bool>> = (0..b)
+                .map(|_| (0..cfg.spec.num_blocks()).map(|_| rng.random::<f64>() >= cfg.drop_path).collect())
+                .collect();
+            let path = if cfg.drop_path > 0.0 { BlockPath::PerSample(&masks) } else { BlockPath::Full };
+            let logits = model.net.forward(&x, path, true).map_err(candle)?;
             let loss = segmentation_loss(&logits, &y, cfg.spec.output).map_err(candle)?;
             let grads = loss.backward().map_err(candle)?;
             adam.step(&grads).map_err(candle)?;

@@ -1,0 +1,251 @@
+//! `autopath bench`: latency of AutoPath against the full backbone with the runtime's own code:
+//! (a) `full.onnx`, (b) the block chain with every block kept, (c) policy + chain of the kept blocks;
+//! network only (tiles in, probabilities out) and end to end (read to write).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::runtime::predict::peak_rss_mb;
+use crate::runtime::{PathChoice, Predictor, SessionOptions};
+use crate::volume::{read_volume, ReadOptions};
+
+/// Benchmark settings.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Timed repeats.
+    pub repeats: usize,
+    /// Untimed warm-up runs.
+    pub warmup: usize,
+    /// Session options (EP, threads).
+    pub session: SessionOptions,
+    /// Tiles per network call.
+    pub tile_batch: usize,
+}
+
+/// Order statistics of a set of timings, seconds.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Timing {
+    /// Median.
+    pub median: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// Fastest.
+    pub min: f64,
+    /// Every sample.
+    pub samples: Vec<f64>,
+}
+
+impl Timing {
+    fn of(mut v: Vec<f64>) -> Timing {
+        let samples = v.clone();
+        v.sort_by(f64::total_cmp);
+        let q = |f: f64| v[((v.len() as f64 - 1.0) * f).round() as usize];
+        Timing { median: q(0.5), p90: q(0.9), min: v[0], samples }
+    }
+    /// Spread between min and p90, relative to the median.
+    pub fn spread(&self) -> f64 {
+        (self.p90 - self.min) / self.median
+    }
+}
+
+/// One volume's measurements.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct VolumeBench {
+    /// Input file.
+    pub input: String,
+    /// Shape `[D, H, W]`.
+    pub shape: [usize; 3],
+    /// Tiles per pass.
+    pub tiles: usize,
+    /// AutoPath keep mask.
+    pub keep: String,
+    /// FLOP fraction of the AutoPath path.
+    pub flop_fraction: f64,
+    /// (a) full.onnx, network only.
+    pub full_graph: Timing,
+    /// (b) chain, every block kept, network only.
+    pub chain_all: Timing,
+    /// (c) AutoPath chain, network only (policy excluded).
+    pub autopath: Timing,
+    /// Policy alone (downsampling included).
+    pub policy: Timing,
+    /// (a) end to end, read to write.
+    pub full_e2e: Timing,
+    /// (c) end to end, read to write (policy included).
+    pub autopath_e2e: Timing,
+}
+
+/// Aggregates over volumes.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct BenchSummary {
+    /// Mean of (a)/(c) network-only medians.
+    pub speedup: f64,
+    /// Mean of (a)/(c) end-to-end medians.
+    pub speedup_e2e: f64,
+    /// Mean of (b)/(a): what splitting into per-block sessions costs.
+    pub chain_overhead: f64,
+    /// Mean FLOP fraction of the AutoPath paths.
+    pub flop_fraction: f64,
+    /// Latency saving of (c) vs (a) divided by its FLOP saving (1 = every FLOP saved is time saved).
+    pub saving_ratio: f64,
+    /// Policy time relative to (a).
+    pub policy_share: f64,
+    /// Largest relative spread (p90 − min)/median over all timings.
+    pub max_spread: f64,
+    /// Peak resident memory, MB.
+    pub peak_rss_mb: f64,
+}
+
+/// The report.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct BenchReport {
+    /// Machine and software.
+    pub environment: serde_json::Value,
+    /// Per volume.
+    pub volumes: Vec<VolumeBench>,
+    /// Aggregates.
+    pub summary: BenchSummary,
+}
+
+fn time<T>(f: impl FnOnce() -> Result<T>) -> Result<(f64, T)> {
+    let t = Instant::now();
+    let v = f()?;
+    Ok((t.elapsed().as_secs_f64(), v))
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Benchmarks `inputs` with the bundle in `bundle`; temporary outputs go to `scratch`.
+pub fn bench(bundle: &Path, inputs: &[PathBuf], scratch: &Path, opts: &BenchOptions) -> Result<BenchReport> {
+    if inputs.is_empty() {
+        return Err(Error::invalid("--data", "no volumes to benchmark"));
+    }
+    let mut p = Predictor::from_bundle(bundle, &opts.session)?;
+    p.tile_batch = opts.tile_batch.max(1);
+    std::fs::create_dir_all(scratch).map_err(|e| Error::io(scratch, e))?;
+    let n = p.num_blocks();
+    let arch = p.bundle.manifest.architecture.clone();
+    let mut volumes = Vec::new();
+    for input in inputs {
+        let vol = read_volume(input, &ReadOptions::default())?;
+        let (image, rec) = p.preprocess(&vol)?;
+        let (keep, _) = p.keep_mask(&image, &PathChoice::Auto { threshold: None })?;
+        let all = vec![true; n];
+        let mut samples: [Vec<f64>; 6] = Default::default();
+        let mut tiles = 0;
+        let out = scratch.join("bench_out.nii.gz");
+        for i in 0..opts.warmup + opts.repeats {
+            let (a, (_, t, _)) = time(|| p.probabilities(&image, rec.pad_value, &all, true))?;
+            let (b, _) = time(|| p.probabilities(&image, rec.pad_value, &all, false))?;
+            let (c, _) = time(|| p.probabilities(&image, rec.pad_value, &keep, false))?;
+            let (pol, _) = time(|| p.keep_mask(&image, &PathChoice::Auto { threshold: None }))?;
+            p.use_full_graph = true;
+            let (ae, _) = time(|| p.segment_file(input, &out, &PathChoice::Full))?;
+            p.use_full_graph = false;
+            let (ce, _) = time(|| p.segment_file(input, &out, &PathChoice::Auto { threshold: None }))?;
+            tiles = t;
+            if i >= opts.warmup {
+                for (s, v) in samples.iter_mut().zip([a, b, c, pol, ae, ce]) {
+                    s.push(v);
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&out);
+        let [a, b, c, pol, ae, ce] = samples.map(Timing::of);
+        volumes.push(VolumeBench {
+            input: input.display().to_string(),
+            shape: vol.geometry.shape,
+            tiles,
+            keep: keep.iter().map(|&k| if k { '1' } else { '0' }).collect(),
+            flop_fraction: arch.path_flops(&keep) as f64 / arch.full_flops() as f64,
+            full_graph: a,
+            chain_all: b,
+            autopath: c,
+            policy: pol,
+            full_e2e: ae,
+            autopath_e2e: ce,
+        });
+    }
+    let nv = volumes.len() as f64;
+    let mean = |f: &dyn Fn(&VolumeBench) -> f64| volumes.iter().map(f).sum::<f64>() / nv;
+    let flop_fraction = mean(&|v| v.flop_fraction);
+    let latency_fraction = mean(&|v| v.autopath.median / v.full_graph.median);
+    let summary = BenchSummary {
+        speedup: mean(&|v| v.full_graph.median / v.autopath.median),
+        speedup_e2e: mean(&|v| v.full_e2e.median / v.autopath_e2e.median),
+        chain_overhead: mean(&|v| v.chain_all.median / v.full_graph.median),
+        flop_fraction,
+        saving_ratio: if flop_fraction < 1.0 { (1.0 - latency_fraction) / (1.0 - flop_fraction) } else { f64::NAN },
+        policy_share: mean(&|v| v.policy.median / v.full_graph.median),
+        max_spread: volumes
+            .iter()
+            .flat_map(|v| [&v.full_graph, &v.chain_all, &v.autopath, &v.policy].map(Timing::spread))
+            .fold(0.0, f64::max),
+        peak_rss_mb: peak_rss_mb(),
+    };
+    let environment = serde_json::json!({
+        "cpu": cpu_model(),
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "threads": opts.session.threads,
+        "ep": opts.session.ep,
+        "onnx_runtime": crate::onnxruntime::ORT_VERSION,
+        "bundle_sha256": p.bundle.hash,
+        "tile": p.window.patch,
+        "tile_batch": p.tile_batch,
+        "repeats": opts.repeats,
+        "warmup": opts.warmup,
+    });
+    Ok(BenchReport { environment, volumes, summary })
+}
+
+/// The markdown table of a report.
+pub fn markdown(r: &BenchReport) -> String {
+    let mut s = String::new();
+    let e = &r.environment;
+    let _ = writeln!(s, "CPU {} ({} cores), EP {}, ONNX Runtime {}, bundle {}…, tile {} × batch {}, median of {} runs after {} warm-up\n", e["cpu"].as_str().unwrap_or(""), e["cores"], e["ep"], e["onnx_runtime"].as_str().unwrap_or(""), &e["bundle_sha256"].as_str().unwrap_or("")[..12.min(e["bundle_sha256"].as_str().unwrap_or("").len())], e["tile"], e["tile_batch"], e["repeats"], e["warmup"]);
+    let _ = writeln!(s, "| volume | tiles | path | FLOPs | (a) full.onnx ms | (b) chain all ms | (c) AutoPath ms | policy ms | e2e full ms | e2e AutoPath ms |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    for v in &r.volumes {
+        let name = Path::new(&v.input).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let ms = |t: &Timing| format!("{:.1}", 1e3 * t.median);
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {} | {:.1} % | {} | {} | {} | {} | {} | {} |",
+            v.tiles,
+            v.keep,
+            100.0 * v.flop_fraction,
+            ms(&v.full_graph),
+            ms(&v.chain_all),
+            ms(&v.autopath),
+            ms(&v.policy),
+            ms(&v.full_e2e),
+            ms(&v.autopath_e2e)
+        );
+    }
+    let m = &r.summary;
+    let _ = writeln!(
+        s,
+        "\nSpeed-up of AutoPath over full.onnx: {:.3}× network-only, {:.3}× end to end. Chain overhead (b)/(a): {:.3}. FLOP fraction {:.1} %; latency saving / FLOP saving: {:.2}. Policy: {:.1} % of (a). Largest spread (p90 − min)/median: {:.1} %. Peak RSS {:.0} MB.",
+        m.speedup,
+        m.speedup_e2e,
+        m.chain_overhead,
+        100.0 * m.flop_fraction,
+        m.saving_ratio,
+        100.0 * m.policy_share,
+        100.0 * m.max_spread,
+        m.peak_rss_mb
+    );
+    s
+}

@@ -1,0 +1,297 @@
+//! `autopath demo`: the whole product on synthetic data — synthesise, train the segmenter, train the
+//! policy, evaluate, compile, segment with the runtime, benchmark — reusing finished stages.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::bench::{bench, markdown, BenchOptions, BenchReport};
+use crate::dataset::{Dataset, Split};
+use crate::error::{Error, Result};
+use crate::eval::{evaluate, EvalOptions, Results};
+use crate::preprocess::Preprocessing;
+use crate::runtime::{PathChoice, Predictor, SessionOptions};
+use crate::synth::{synthesize, SynthConfig};
+use crate::train::checkpoint::read_json;
+use crate::train::policy::{train_policy, PolicyConfig};
+use crate::train::segment::{self, plan_split, TrainConfig};
+use crate::window::{Blend, WindowConfig};
+use autopath_models::spec::ArchSpec;
+
+/// Every stage's parameters.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Output folder.
+    pub out: PathBuf,
+    /// Redo every stage.
+    pub fresh: bool,
+    /// Phantoms.
+    pub cases: usize,
+    /// Phantom shape.
+    pub size: [usize; 3],
+    /// Segmenter width.
+    pub width: usize,
+    /// Tile.
+    pub patch: [usize; 3],
+    /// Segmenter epochs.
+    pub epochs: usize,
+    /// Segmenter learning rate.
+    pub lr: f64,
+    /// Stochastic depth of the segmenter training.
+    pub drop_path: f64,
+    /// Policy epochs.
+    pub policy_epochs: usize,
+    /// Curriculum step.
+    pub curriculum_epochs: usize,
+    /// τ.
+    pub tau: f64,
+    /// DropRandomN repeats.
+    pub random_repeats: usize,
+    /// Benchmark repeats.
+    pub bench_repeats: usize,
+    /// Volumes benchmarked.
+    pub bench_volumes: usize,
+    /// Seed.
+    pub seed: u64,
+}
+
+impl DemoOptions {
+    /// The default demo: about 7 minutes on 2 cores.
+    pub fn standard(out: PathBuf) -> Self {
+        DemoOptions {
+            out,
+            fresh: false,
+            cases: 24,
+            size: [48, 128, 128],
+            width: 16,
+            patch: [32, 96, 96],
+            epochs: 90,
+            lr: 0.004,
+            drop_path: 0.15,
+            policy_epochs: 36,
+            curriculum_epochs: 3,
+            tau: 50.0,
+            random_repeats: 100,
+            bench_repeats: 3,
+            bench_volumes: 3,
+            seed: 0,
+        }
+    }
+
+    /// A smoke run in well under two minutes.
+    pub fn quick(out: PathBuf) -> Self {
+        DemoOptions {
+            cases: 8,
+            size: [24, 64, 64],
+            width: 8,
+            patch: [16, 48, 48],
+            epochs: 20,
+            policy_epochs: 10,
+            curriculum_epochs: 1,
+            random_repeats: 10,
+            bench_repeats: 1,
+            bench_volumes: 1,
+            ..DemoOptions::standard(out)
+        }
+    }
+}
+
+/// What the demo produced.
+pub struct DemoOutcome {
+    /// Evaluation results (Table 1).
+    pub eval: Results,
+    /// Benchmark.
+    pub bench: BenchReport,
+    /// Segmentations written.
+    pub segmentations: Vec<PathBuf>,
+    /// Seconds per stage.
+    pub stages: Vec<(String, f64)>,
+}
+
+/// Runs (or reuses) every stage; `say` reports progress lines.
+pub fn run(o: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoOutcome> {
+    let out = &o.out;
+    if o.fresh && out.exists() {
+        std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let (data, seg, pol, ev, bundle, segs, bench_dir) = (
+        out.join("data"),
+        out.join("seg"),
+        out.join("policy"),
+        out.join("eval"),
+        out.join("bundle"),
+        out.join("segmentations"),
+        out.join("bench"),
+    );
+    let mut stages = Vec::new();
+    let mut redo = false;
+    let mut stage = |name: &str, done: bool, redo: &mut bool, f: &mut dyn FnMut() -> Result<()>| -> Result<()> {
+        if done && !*redo {
+            say(&format!("[{name}] reusing finished stage"));
+            return Ok(());
+        }
+        *redo = true;
+        say(&format!("[{name}] running"));
+        let t = Instant::now();
+        f()?;
+        stages.push((name.to_string(), t.elapsed().as_secs_f64()));
+        say(&format!("[{name}] done in {:.1} s", t.elapsed().as_secs_f64()));
+        Ok(())
+    };
+
+    stage("1/7 synthesise phantoms", data.join("phantoms.json").exists(), &mut redo, &mut || {
+        synthesize(&data, &SynthConfig { cases: o.cases, seed: o.seed, size: o.size }, &|_| {}).map(|_| ())
+    })?;
+
+    let seg_done = read_json::<segment::CheckpointMeta>(&seg.join("last.json")).is_ok_and(|m| m.epoch >= o.epochs);
+    stage("2/7 train segmenter", seg_done, &mut redo, &mut || {
+        let _ = std::fs::remove_dir_all(&seg);
+        let spec = ArchSpec::preset("r18", o.width, o.patch).ok_or_else(|| Error::invalid("arch", "r18"))?;
+        let ds = Dataset::open(&data, None)?;
+        let (train_ids, val_ids, test_ids) =
+            plan_split(&ds, &Split::Ratio { test: 0.25, seed: o.seed }, 2.min(ds.cases.len() / 4).max(1), o.seed)?;
+        let cfg = TrainConfig {
+            spec,
+            preprocessing: Preprocessing::default(),
+            window: WindowConfig { patch: o.patch, overlap: 0.5, blend: Blend::default() },
+            data: std::path::absolute(&data).map_err(|e| Error::io(&data, e))?,
+            layout: ds.layout,
+            train_ids,
+            val_ids,
+            test_ids,
+            epochs: o.epochs,
+            batch: 2,
+            lr: o.lr,
+            lr_step: (o.epochs * 3 / 4).max(1),
+            lr_gamma: 0.1,
+            val_every: (o.epochs / 9).max(1),
+            foreground_fraction: 0.5,
+            seed: o.seed,
+            tile_batch: 2,
+            drop_path: o.drop_path,
+        };
+        let s = segment::train(cfg, &seg, &|r| {
+            if let Some(d) = r.val_dice {
+                say(&format!("      epoch {:>3}/{}: loss {:.4}, validation Dice {d:.4}", r.epoch, r.epochs, r.loss));
+            }
+        })?;
+        say(&format!(
+            "      best validation Dice {:.4} at epoch {}",
+            s.best_dice.unwrap_or(f64::NAN),
+            s.best_epoch.unwrap_or(0)
+        ));
+        Ok(())
+    })?;
+
+    let pol_done =
+        read_json::<crate::train::policy::PolicyMeta>(&pol.join("last.json")).is_ok_and(|m| m.epoch >= o.policy_epochs);
+    stage("3/7 train policy", pol_done, &mut redo, &mut || {
+        let _ = std::fs::remove_dir_all(&pol);
+        let cfg = PolicyConfig {
+            seg: std::path::absolute(&seg).map_err(|e| Error::io(&seg, e))?,
+            tau: o.tau,
+            alpha: 0.8,
+            beta: 0.1,
+            curriculum_epochs: o.curriculum_epochs,
+            lr: 1e-3,
+            batch: 1,
+            epochs: o.policy_epochs,
+            val_every: 2,
+            seed: o.seed,
+            threshold: 0.5,
+            tile_batch: 4,
+        };
+        train_policy(cfg, &pol, &|r| {
+            if let (Some(d), Some(dr)) = (r.val_dice, r.val_dropped) {
+                say(&format!(
+                    "      epoch {:>3}/{}: learning {} blocks, validation Dice {d:.4}, {:.0} % dropped",
+                    r.epoch,
+                    r.epochs,
+                    r.learned,
+                    100.0 * dr
+                ));
+            }
+        })
+    })?;
+
+    stage("4/7 evaluate", ev.join("results.json").exists(), &mut redo, &mut || {
+        let opts = EvalOptions {
+            seg: seg.clone(),
+            policy: Some(pol.clone()),
+            out: ev.clone(),
+            random_repeats: Some(o.random_repeats),
+            seed: o.seed,
+            tile_batch: 4,
+        };
+        evaluate(&opts, &|_, _| {}).map(|_| ())
+    })?;
+
+    stage("5/7 compile bundle", bundle.join("manifest.json").exists(), &mut redo, &mut || {
+        let (net, cfg) = segment::load_segmenter(&seg, "best")?;
+        let (p, pc, m) = crate::train::policy::load_policy(&pol, "best")?;
+        let training = serde_json::json!({"tau": pc.tau, "alpha": pc.alpha, "beta": pc.beta, "curriculum_epochs": pc.curriculum_epochs, "epochs": m.epoch, "forced_keep": m.forced});
+        let evaluation = read_json::<serde_json::Value>(&ev.join("results.json")).ok().map(|v| v["summary"].clone());
+        let r = crate::compile::compile(
+            &net,
+            &cfg,
+            Some(crate::compile::PolicyInput { net: &p, threshold: pc.threshold, training }),
+            evaluation,
+            &bundle,
+            true,
+            true,
+        )?;
+        for c in &r.checks {
+            say(&format!("      {:<48} max rel error {:.1e}", c.name, c.max_rel));
+        }
+        Ok(())
+    })?;
+
+    let cfg: TrainConfig = read_json(&seg.join("config.json"))?;
+    let ds = Dataset::open(&data, None)?;
+    let test = segment::cases_by_id(&ds, &cfg.test_ids)?;
+    let outputs: Vec<PathBuf> = test.iter().map(|c| segs.join(c.image.file_name().unwrap_or_default())).collect();
+    stage(
+        "6/7 segment test volumes with autopath-run's runtime",
+        outputs.iter().all(|p| p.exists()),
+        &mut redo,
+        &mut || {
+            std::fs::create_dir_all(&segs).map_err(|e| Error::io(&segs, e))?;
+            let mut p = Predictor::from_bundle(&bundle, &SessionOptions::default())?;
+            for (c, o) in test.iter().zip(&outputs) {
+                let r = p.segment_file(&c.image, o, &PathChoice::Auto { threshold: None })?;
+                say(&format!(
+                    "      {} -> kept {} ({} of {} blocks, {:.0} % FLOPs), {:.2} s",
+                    display(&c.image),
+                    r.keep,
+                    r.blocks_kept,
+                    r.keep.len(),
+                    100.0 * r.flop_fraction,
+                    r.seconds.network + r.seconds.stitch + r.seconds.policy
+                ));
+            }
+            Ok(())
+        },
+    )?;
+
+    let bench_inputs: Vec<PathBuf> = test.iter().take(o.bench_volumes).map(|c| c.image.clone()).collect();
+    stage("7/7 benchmark", bench_dir.join("bench.json").exists(), &mut redo, &mut || {
+        let r = bench(
+            &bundle,
+            &bench_inputs,
+            &bench_dir,
+            &BenchOptions { repeats: o.bench_repeats, warmup: 1, session: SessionOptions::default(), tile_batch: 2 },
+        )?;
+        crate::train::checkpoint::write_json(&bench_dir.join("bench.json"), &r)?;
+        crate::atomic::write_bytes_atomically(&bench_dir.join("bench.md"), markdown(&r).as_bytes())
+    })?;
+
+    let eval: Results = serde_json::from_value(read_json::<serde_json::Value>(&ev.join("results.json"))?)
+        .map_err(|e| Error::invalid("results", e.to_string()))?;
+    let bench: BenchReport = serde_json::from_value(read_json::<serde_json::Value>(&bench_dir.join("bench.json"))?)
+        .map_err(|e| Error::invalid("bench", e.to_string()))?;
+    Ok(DemoOutcome { eval, bench, segmentations: outputs, stages })
+}
+
+fn display(p: &Path) -> String {
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}

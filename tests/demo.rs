@@ -1,0 +1,69 @@
+//! `autopath demo --quick`: every stage runs and leaves what a user is told to look at.
+
+mod common;
+
+use std::process::Command;
+
+#[test]
+fn quick_demo_runs_every_stage_and_reuses_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_autopath"))
+            .args(["demo", "--quick", "--out", out.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(first.status.success(), "{}\n{}", stdout, String::from_utf8_lossy(&first.stderr));
+    for needle in [
+        "Table 1",
+        "Full backbone",
+        "DropFirstN",
+        "DropLastN",
+        "DropRandomN",
+        "AutoPath",
+        "Speed-up of AutoPath over full.onnx",
+    ] {
+        assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
+    }
+    for f in [
+        "eval/report.md",
+        "eval/results.json",
+        "eval/fig3_drop_n.svg",
+        "bundle/manifest.json",
+        "bundle/policy.onnx",
+        "bench/bench.json",
+        "bench/bench.md",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    // Every test volume got a segmentation with its geometry.
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("eval/results.json")).unwrap()).unwrap();
+    let ids: Vec<String> =
+        results["test_ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    assert!(!ids.is_empty());
+    let files: Vec<String> = ids
+        .iter()
+        .flat_map(|id| {
+            [out.join(format!("segmentations/volume-{id}.nii.gz")), out.join(format!("data/volume-{id}.nii.gz"))]
+        })
+        .map(|p| p.display().to_string())
+        .collect();
+    let seen = common::python_json("nifti_inspect.py", &files.iter().map(String::as_str).collect::<Vec<_>>());
+    for pair in files.chunks(2) {
+        assert_eq!(seen[&pair[0]]["affine"], seen[&pair[1]]["affine"]);
+        assert_eq!(seen[&pair[0]]["shape"], seen[&pair[1]]["shape"]);
+    }
+    // Table 1 in results.json agrees with the per-volume numbers.
+    let vols = results["volumes"].as_array().unwrap();
+    let mean_full = vols.iter().map(|v| v["full"].as_f64().unwrap()).sum::<f64>() / vols.len() as f64;
+    assert!((results["table1"][0]["dice"].as_f64().unwrap() - mean_full).abs() < 1e-12);
+    // The second run reuses every stage.
+    let second = run();
+    assert!(second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(err.matches("reusing finished stage").count(), 7, "{err}");
+}
