@@ -1,0 +1,162 @@
+//! The policy learns which blocks a volume does not need: with a segmenter whose blocks 0 and 1
+//! are exact identities (residual branch zeroed) and whose other blocks change the prediction, it
+//! must drop exactly the identities.
+
+use std::process::Command;
+
+use autopath::dataset::{Dataset, Layout};
+use autopath::preprocess::Preprocessing;
+use autopath::train::checkpoint::{save, write_json};
+use autopath::train::policy::{load_policy, train_policy, PolicyConfig};
+use autopath::train::predict::{labels, predict_probabilities};
+use autopath::train::segment::{CheckpointMeta, Model, TrainConfig};
+use autopath::volume::{read_volume, write_labels, ReadOptions};
+use autopath::window::{Blend, WindowConfig};
+use autopath_models::deeplab::Path as BlockPath;
+use autopath_models::spec::ArchSpec;
+
+/// Blocks 0 and 1: identity shortcuts whose input is never negative (the stem's or block 0's ReLU
+/// output), so a zero branch makes them identities whatever else is dropped. (A zeroed block after a
+/// projection block is not: when the projection block is dropped its output can be negative, and
+/// keeping the next block then applies a ReLU that matters.)
+const IDENTITY: [usize; 2] = [0, 1];
+
+#[test]
+fn the_policy_learns_to_drop_exactly_the_identity_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let ok = Command::new(env!("CARGO_BIN_EXE_autopath"))
+        .args([
+            "synth",
+            "--quiet",
+            "--cases",
+            "8",
+            "--size",
+            "16,32,32",
+            "--seed",
+            "5",
+            "--out",
+            data.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+
+    // A random segmenter with three identity blocks.
+    let spec = ArchSpec::preset("r18", 4, [16, 32, 32]).unwrap();
+    let model = Model::new(&spec, 21).unwrap();
+    for (name, var) in model.state() {
+        if IDENTITY.iter().any(|&n| {
+            name == format!("{}.bn2.weight", spec.blocks()[n].name())
+                || name == format!("{}.bn2.bias", spec.blocks()[n].name())
+        }) {
+            var.set(&var.zeros_like().unwrap()).unwrap();
+        }
+    }
+    let window = WindowConfig { patch: spec.patch, overlap: 0.5, blend: Blend::default() };
+    // Labels = the full network's own prediction: the full path is exactly right, and any block that
+    // changes the output costs accuracy.
+    let prep = Preprocessing::default();
+    let ds = Dataset::open(&data, None).unwrap();
+    let mut worst_needed = f64::MAX;
+    for case in &ds.cases {
+        let vol = read_volume(&case.image, &ReadOptions::default()).unwrap();
+        let (img, rec) = prep.image(&vol).unwrap();
+        let full = labels(
+            &predict_probabilities(&model.net, &img, rec.pad_value, &window, BlockPath::Full, 2).unwrap(),
+            spec.output,
+        );
+        write_labels(case.label.as_ref().unwrap(), &full, &vol.geometry).unwrap();
+        for n in 0..8 {
+            let mut keep = vec![true; 8];
+            keep[n] = false;
+            let pred = labels(
+                &predict_probabilities(&model.net, &img, rec.pad_value, &window, BlockPath::Shared(&keep), 2).unwrap(),
+                spec.output,
+            );
+            let changed = pred.iter().zip(full.iter()).filter(|(a, b)| a != b).count() as f64 / full.len() as f64;
+            if IDENTITY.contains(&n) {
+                assert_eq!(changed, 0.0, "identity block {n} changes the prediction");
+            } else {
+                worst_needed = worst_needed.min(changed);
+            }
+        }
+    }
+    eprintln!("smallest change from dropping a needed block: {worst_needed}");
+    assert!(worst_needed > 0.01, "every other block must matter (fraction of voxels changed: {worst_needed})");
+
+    let ids: Vec<String> = ds.cases.iter().map(|c| c.id.clone()).collect();
+    let cfg = TrainConfig {
+        spec: spec.clone(),
+        preprocessing: prep,
+        window,
+        data: data.clone(),
+        layout: Layout::Lits,
+        train_ids: ids[..6].to_vec(),
+        val_ids: ids[6..].to_vec(),
+        test_ids: vec![],
+        epochs: 0,
+        batch: 1,
+        lr: 0.0,
+        lr_step: 1,
+        lr_gamma: 1.0,
+        val_every: 1,
+        foreground_fraction: 0.5,
+        seed: 0,
+        tile_batch: 2,
+        drop_path: 0.0,
+    };
+    let seg = dir.path().join("seg");
+    std::fs::create_dir_all(&seg).unwrap();
+    write_json(&seg.join("config.json"), &cfg).unwrap();
+    let meta = CheckpointMeta {
+        epoch: 0,
+        steps: 0,
+        loss: 0.0,
+        val_dice: None,
+        best_dice: None,
+        best_epoch: None,
+        rng_word_pos: "0".into(),
+        dropout: (0, 0),
+    };
+    save(&seg, "best", &model.tensors(), &meta).unwrap();
+
+    let started = std::time::Instant::now();
+    let pcfg = PolicyConfig {
+        seg: seg.clone(),
+        tau: 50.0,
+        alpha: 0.8,
+        beta: 0.1,
+        curriculum_epochs: 5,
+        lr: 0.003,
+        batch: 6,
+        epochs: 400,
+        val_every: 50,
+        seed: 3,
+        threshold: 0.5,
+        tile_batch: 2,
+    };
+    let run = dir.path().join("policy");
+    train_policy(pcfg, &run, &|_| {}).unwrap();
+    let seconds = started.elapsed().as_secs_f64();
+
+    let (policy, _, meta) = load_policy(&run, "last").unwrap();
+    assert!(meta.forced.iter().all(|&f| !f), "the curriculum reached every block");
+    for case in &ds.cases {
+        let vol = read_volume(&case.image, &ReadOptions::default()).unwrap();
+        let (img, _) = prep.image(&vol).unwrap();
+        let x = autopath::preprocess::resample_linear(&img, spec.policy.input);
+        let d = spec.policy.input;
+        let t = candle_core::Tensor::from_vec(
+            x.into_raw_vec_and_offset().0,
+            (1, 1, d[0], d[1], d[2]),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let p: Vec<f32> = policy.forward(&t, false).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let keep: Vec<bool> = p.iter().map(|&v| v >= 0.5).collect();
+        let want: Vec<bool> = (0..8).map(|n| !IDENTITY.contains(&n)).collect();
+        assert_eq!(keep, want, "case {}: keep probabilities {p:?}", case.id);
+    }
+    assert!(seconds < 60.0, "took {seconds:.1} s");
+}
