@@ -102,6 +102,18 @@ pub fn peak_rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// A segmentation on the original grid with the path that produced it.
+pub struct Segmentation {
+    /// Labels `[D, H, W]`.
+    pub labels: Array3<u8>,
+    /// Keep mask used.
+    pub keep: Vec<bool>,
+    /// Policy probabilities, when the policy was asked.
+    pub keep_probabilities: Option<Vec<f32>>,
+    /// Tiles run.
+    pub tiles: usize,
+}
+
 /// A bundle with its sessions, ready to segment.
 pub struct Predictor {
     /// The verified bundle.
@@ -243,7 +255,7 @@ impl Predictor {
         volume: &Volume,
         choice: &PathChoice,
         times: &mut StageTimes,
-    ) -> Result<(Array3<u8>, Vec<bool>, Option<Vec<f32>>, usize)> {
+    ) -> Result<Segmentation> {
         let t = Instant::now();
         let (image, record) = self.preprocess(volume)?;
         times.preprocess = t.elapsed().as_secs_f64();
@@ -256,7 +268,7 @@ impl Predictor {
         let labels = self.bundle.manifest.input.preprocessing.restore(&labels, &record);
         times.network = network;
         times.stitch = t.elapsed().as_secs_f64() - network;
-        Ok((labels, keep, probs, tiles))
+        Ok(Segmentation { labels, keep, keep_probabilities: probs, tiles })
     }
 
     /// Reads `input`, segments it, writes `output` (atomically) with the input's geometry.
@@ -265,7 +277,7 @@ impl Predictor {
         let t = Instant::now();
         let volume = read_volume(input, &self.read_options)?;
         times.read = t.elapsed().as_secs_f64();
-        let (labels, keep, probs, tiles) = self.segment(&volume, choice, &mut times)?;
+        let Segmentation { labels, keep, keep_probabilities: probs, tiles } = self.segment(&volume, choice, &mut times)?;
         let t = Instant::now();
         write_labels(output, &labels, &volume.geometry)?;
         times.write = t.elapsed().as_secs_f64();

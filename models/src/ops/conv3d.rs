@@ -247,6 +247,13 @@ struct SendPtr<T>(*mut T);
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 
+impl<T> SendPtr<T> {
+    /// Through a method, closures capture the whole (Send) wrapper rather than its raw field.
+    fn ptr(self) -> *mut T {
+        self.0
+    }
+}
+
 fn forward<T: Elem>(d: &Dims, x: &[T], w: &[T]) -> Vec<T> {
     let (k, out_size, in_size) = (d.k(), d.out_size(), d.in_size());
     let mut y = vec![T::ZERO; d.n * d.co * out_size];
@@ -258,10 +265,9 @@ fn forward<T: Elem>(d: &Dims, x: &[T], w: &[T]) -> Vec<T> {
         |cols, &(n, p0, p1)| {
             let p = p1 - p0;
             let xs = &x[n * d.ci * in_size..(n + 1) * d.ci * in_size];
-            let yp = yp;
             // SAFETY: tile (n, p0..p1) owns columns p0..p1 of every output channel of sample n.
             unsafe {
-                let dst = yp.0.add(n * d.co * out_size + p0);
+                let dst = yp.ptr().add(n * d.co * out_size + p0);
                 if d.is_pointwise() {
                     gemm(d.co, p, k, dst, out_size, 1, false, w.as_ptr(), k, 1, xs.as_ptr().add(p0), in_size, 1);
                 } else {
@@ -348,9 +354,8 @@ fn input_grad_as_conv<T: Elem>(d: &Dims, gy: &[T], w: &[T]) -> Option<Vec<T>> {
         return None;
     }
     let mut padding = [0; 3];
-    for a in 0..3 {
-        let span = d.p.dilation[a] * (d.kernel[a] - 1);
-        padding[a] = span.checked_sub(d.p.padding[a])?;
+    for (a, pad) in padding.iter_mut().enumerate() {
+        *pad = (d.p.dilation[a] * (d.kernel[a] - 1)).checked_sub(d.p.padding[a])?;
     }
     let [kd, kh, kw] = d.kernel;
     let kvol = kd * kh * kw;
