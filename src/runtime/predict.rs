@@ -250,12 +250,7 @@ impl Predictor {
     }
 
     /// Segments a volume in memory: labels on the original grid, keep mask, probabilities, report.
-    pub fn segment(
-        &mut self,
-        volume: &Volume,
-        choice: &PathChoice,
-        times: &mut StageTimes,
-    ) -> Result<Segmentation> {
+    pub fn segment(&mut self, volume: &Volume, choice: &PathChoice, times: &mut StageTimes) -> Result<Segmentation> {
         let t = Instant::now();
         let (image, record) = self.preprocess(volume)?;
         times.preprocess = t.elapsed().as_secs_f64();
@@ -277,7 +272,8 @@ impl Predictor {
         let t = Instant::now();
         let volume = read_volume(input, &self.read_options)?;
         times.read = t.elapsed().as_secs_f64();
-        let Segmentation { labels, keep, keep_probabilities: probs, tiles } = self.segment(&volume, choice, &mut times)?;
+        let Segmentation { labels, keep, keep_probabilities: probs, tiles } =
+            self.segment(&volume, choice, &mut times)?;
         let t = Instant::now();
         write_labels(output, &labels, &volume.geometry)?;
         times.write = t.elapsed().as_secs_f64();
