@@ -18,8 +18,8 @@ use autopath_models::spec::{ArchSpec, Output};
 #[derive(clap::Args, Clone)]
 struct DataArgs {
     /// Dataset folder (LiTS, Decathlon or nnU-Net raw layout).
-    #[arg(long)]
-    data: PathBuf,
+    #[arg(long, required_unless_present = "resume")]
+    data: Option<PathBuf>,
     /// Layout, if detection should be skipped.
     #[arg(long, value_enum)]
     layout: Option<Layout>,
@@ -322,7 +322,7 @@ fn train_policy(args: PolicyArgs, quiet: bool) -> anyhow::Result<()> {
 #[derive(clap::Args)]
 struct TrainArgs {
     #[command(flatten)]
-    data: Option<DataArgs>,
+    data: DataArgs,
     /// Run folder: config.json, best/last checkpoints, log.jsonl.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -389,7 +389,8 @@ fn train(args: TrainArgs, quiet: bool) -> anyhow::Result<()> {
     let (summary, out) = if let Some(run) = args.resume {
         (segment::resume(&run, args.epochs, &on_epoch)?, run)
     } else {
-        let data = args.data.ok_or_else(|| anyhow::anyhow!("--data is required (or --resume RUN)"))?;
+        let data = args.data;
+        let folder = data.data.clone().ok_or_else(|| anyhow::anyhow!("--data is required (or --resume RUN)"))?;
         let out = args.out.ok_or_else(|| anyhow::anyhow!("--out is required (or --resume RUN)"))?;
         let mut spec = ArchSpec::preset(&args.arch, args.width, args.patch)
             .ok_or_else(|| anyhow::anyhow!("unknown --arch {}", args.arch))?;
@@ -397,13 +398,13 @@ fn train(args: TrainArgs, quiet: bool) -> anyhow::Result<()> {
         if prep.labels == LabelMapping::Keep {
             spec.output = Output::Softmax { classes: 3 };
         }
-        let dataset = Dataset::open(&data.data, data.layout)?;
+        let dataset = Dataset::open(&folder, data.layout)?;
         let (train_ids, val_ids, test_ids) = plan_split(&dataset, &data.split()?, args.val_cases, data.seed)?;
         let cfg = TrainConfig {
             spec,
             preprocessing: prep,
             window: WindowConfig { patch: args.patch, overlap: args.overlap, blend: Blend::default() },
-            data: std::path::absolute(&data.data)?,
+            data: std::path::absolute(&folder)?,
             layout: dataset.layout,
             train_ids,
             val_ids,
