@@ -1,0 +1,84 @@
+//! Runtime hot paths on one tile: (a) `full.onnx`, (b) the chain with every block kept, (c) a
+//! half-dropped path; the policy alone; preprocessing of a volume. The bundle is compiled from a
+//! seeded random r18 (width 16, tile 32×96×96), so the numbers measure the graphs, not the weights.
+//! Needs ONNX Runtime (`make setup`).
+
+use autopath::compile::compile;
+use autopath::dataset::Layout;
+use autopath::preprocess::Preprocessing;
+use autopath::runtime::{SessionOptions, Sessions};
+use autopath::train::segment::{Model, TrainConfig};
+use autopath::volume::{Geometry, Volume};
+use autopath::window::{Blend, WindowConfig};
+use autopath_models::spec::ArchSpec;
+use criterion::{criterion_group, criterion_main, Criterion};
+use ndarray::{Array3, Array5};
+
+fn bundle(dir: &std::path::Path) -> autopath::bundle::Bundle {
+    let spec = ArchSpec::preset("r18", 16, [32, 96, 96]).expect("preset");
+    let model = Model::new(&spec, 1).expect("model");
+    let policy_vars = autopath_models::init::SeededVarMap::new(2);
+    let policy = autopath_models::policy::PolicyNet::load(
+        policy_vars.var_builder(candle_core::DType::F32, &candle_core::Device::Cpu),
+        &spec,
+    )
+    .expect("policy");
+    let cfg = TrainConfig {
+        window: WindowConfig { patch: spec.patch, overlap: 0.5, blend: Blend::default() },
+        spec,
+        preprocessing: Preprocessing::default(),
+        data: "/nonexistent".into(),
+        layout: Layout::Lits,
+        train_ids: vec![],
+        val_ids: vec![],
+        test_ids: vec![],
+        epochs: 0,
+        batch: 1,
+        lr: 0.0,
+        lr_step: 1,
+        lr_gamma: 1.0,
+        val_every: 1,
+        foreground_fraction: 0.5,
+        seed: 0,
+        tile_batch: 1,
+        drop_path: 0.0,
+    };
+    let p = autopath::compile::PolicyInput { net: &policy, threshold: 0.5, training: serde_json::Value::Null };
+    let out = dir.join("bundle");
+    compile(&model.net, &cfg, Some(p), None, &out, false, true).expect("compile");
+    autopath::bundle::Bundle::load(&out).expect("bundle")
+}
+
+fn runtime(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = bundle(dir.path());
+    let mut s = Sessions::open(&b, &SessionOptions::default()).expect("sessions");
+    let tile =
+        Array5::from_shape_fn((1, 1, 32, 96, 96), |(_, _, z, y, x)| ((z * 31 + y * 7 + x) % 17) as f32 / 17.0 - 0.5);
+    let all = vec![true; 8];
+    let half: Vec<bool> = (0..8).map(|n| n % 2 == 0).collect();
+    let mut g = c.benchmark_group("tile_32x96x96");
+    g.sample_size(20);
+    g.bench_function("a_full_onnx", |bch| bch.iter(|| s.run_full(tile.view()).expect("run")));
+    g.bench_function("b_chain_all_kept", |bch| bch.iter(|| s.run_chain(tile.view(), &all).expect("run")));
+    g.bench_function("c_chain_half_dropped", |bch| bch.iter(|| s.run_chain(tile.view(), &half).expect("run")));
+    let policy_in = Array5::from_elem((1, 1, 16, 48, 48), 0.1f32);
+    g.bench_function("policy", |bch| bch.iter(|| s.run_policy(policy_in.view()).expect("run")));
+    g.finish();
+
+    let shape = [48, 128, 128];
+    let volume = Volume {
+        data: Array3::from_shape_fn(shape, |(z, y, x)| ((z * 13 + y * 5 + x * 3) % 1200) as f32 - 400.0),
+        geometry: Geometry::new(shape, [[0.8, 0., 0., 0.], [0., 0.8, 0., 0.], [0., 0., 2.5, 0.], [0., 0., 0., 1.]]),
+    };
+    let prep = Preprocessing::default();
+    c.bench_function("preprocess_48x128x128", |bch| bch.iter(|| prep.image(&volume).expect("preprocess")));
+}
+
+criterion_group! {
+    name = benches;
+    // Numbers only: criterion's plots need a registered font, which a headless machine may lack.
+    config = Criterion::default().without_plots();
+    targets = runtime
+}
+criterion_main!(benches);
