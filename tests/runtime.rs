@@ -309,3 +309,86 @@ fn a_gpu_provider_that_is_missing_is_an_error_unless_fallback_is_allowed() {
     assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
     assert!(out.exists());
 }
+
+#[test]
+fn auto_path_outputs_equal_the_evaluation_s_autopath_predictions() {
+    use autopath::bundle::Bundle;
+    use autopath::paths::PathEvaluator;
+    use autopath::runtime::{SessionOptions, Sessions};
+    use autopath::train::data::load_sample;
+    use autopath::train::policy::load_policy;
+
+    let f = fixture();
+    let policy = f.root.join("policy");
+    autopath(&[
+        "train-policy",
+        "--quiet",
+        "--seg",
+        f.run().to_str().unwrap(),
+        "--out",
+        policy.to_str().unwrap(),
+        "--epochs",
+        "6",
+        "--curriculum-epochs",
+        "1",
+        "--val-every",
+        "3",
+    ]);
+    let bundle = f.root.join("bundle-auto");
+    autopath(&[
+        "compile",
+        "--seg",
+        f.run().to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+        "--out",
+        bundle.to_str().unwrap(),
+    ]);
+    let out = f.root.join("auto");
+    let report = f.root.join("auto.jsonl");
+    let res = run_cli(&[
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "-i",
+        f.data().to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--quiet",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+
+    // What `autopath eval` computes for AutoPath: the Candle policy's greedy mask, run through the
+    // path evaluator on the segmenter's graphs.
+    let (_, cfg) = load_segmenter(&f.run(), "best").unwrap();
+    let (p, pc, _) = load_policy(&policy, "best").unwrap();
+    let b = Bundle::load(&bundle).unwrap();
+    let mut sessions = Sessions::open(&b, &SessionOptions::default()).unwrap();
+    let mut ev = PathEvaluator::new(&mut sessions, cfg.window, 2, b.manifest.input.activation, 0.5);
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&report).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let ds = autopath::dataset::Dataset::open(&f.data(), None).unwrap();
+    for case in &ds.cases {
+        let s = load_sample(case, &cfg.preprocessing).unwrap();
+        let x = autopath::preprocess::resample_linear(&s.image, cfg.spec.policy.input);
+        let d = cfg.spec.policy.input;
+        let t = candle_core::Tensor::from_vec(
+            x.into_raw_vec_and_offset().0,
+            (1, 1, d[0], d[1], d[2]),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let probs: Vec<f32> = p.forward(&t, false).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let mask: Vec<bool> = probs.iter().map(|&v| v >= pc.threshold).collect();
+        let prepared = ev.prepare(&s.image, s.record.pad_value, None).unwrap();
+        let want = ev.evaluate(&prepared, std::slice::from_ref(&mask), true).unwrap().remove(0).prediction.unwrap();
+        let name = case.image.file_name().unwrap().to_string_lossy().to_string();
+        let line = lines.iter().find(|l| l["input"].as_str().is_some_and(|i| i.ends_with(&name))).unwrap();
+        let text: String = mask.iter().map(|&k| if k { '1' } else { '0' }).collect();
+        assert_eq!(line["keep"], text, "{name}: the runtime's policy chose another path");
+        let got = read_volume(&out.join(&name), &ReadOptions::default()).unwrap();
+        let differ = got.data.iter().zip(want.iter()).filter(|(a, b)| **a as u8 != **b).count();
+        assert_eq!(differ, 0, "{name}: {differ} voxels differ from eval's AutoPath prediction");
+    }
+}
