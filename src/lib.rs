@@ -26,6 +26,7 @@ pub mod onnxruntime;
 pub mod paths;
 pub mod preprocess;
 pub mod runtime;
+pub mod serve;
 pub mod synth;
 #[cfg(feature = "train")]
 pub mod train;

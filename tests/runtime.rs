@@ -38,48 +38,8 @@ fn autopath(args: &[&str]) {
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
-    let f = Fixture { _dir: dir, root };
-    let (data, run, bundle) = (f.data(), f.run(), f.bundle());
-    autopath(&[
-        "synth",
-        "--quiet",
-        "--cases",
-        "5",
-        "--size",
-        "20,48,44",
-        "--seed",
-        "11",
-        "--out",
-        data.to_str().unwrap(),
-    ]);
-    autopath(&[
-        "train",
-        "--quiet",
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-        "--arch",
-        "r18",
-        "--width",
-        "4",
-        "--patch",
-        "16,32,32",
-        "--epochs",
-        "3",
-        "--batch",
-        "2",
-        "--lr",
-        "0.003",
-        "--val-every",
-        "3",
-        "--val-cases",
-        "1",
-        "--split",
-        "0.2",
-    ]);
-    autopath(&["compile", "--seg", run.to_str().unwrap(), "--out", bundle.to_str().unwrap()]);
-    f
+    common::trained_bundle(&root);
+    Fixture { _dir: dir, root }
 }
 
 fn run_cli(args: &[&str]) -> std::process::Output {

@@ -15,6 +15,8 @@ use autopath::runtime::{ExecutionProvider, PathChoice, Predictor, SessionOptions
     name = "autopath-run",
     version,
     about = "Segment NIfTI volumes with a compiled AutoPath bundle: the policy picks the blocks, ONNX Runtime runs only those.",
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true,
     after_help = "Examples:\n  autopath-run --bundle bundle -i scans/ -o masks/\n  autopath-run --bundle bundle -i ct.nii.gz -o ct_seg.nii.gz --path full\n  autopath-run --bundle bundle -i cohort/ -o out/ --shard $SLURM_ARRAY_TASK_ID/8 --continue"
 )]
 struct Cli {
@@ -72,9 +74,94 @@ struct Cli {
     /// Load ONNX Runtime, print where it came from, and exit.
     #[arg(long)]
     check_ort: bool,
+    #[command(subcommand)]
+    command: Option<Sub>,
+}
+
+#[derive(clap::Subcommand)]
+enum Sub {
+    /// Serve segmentations over HTTP: POST /v1/segment, POST /v1/policy, GET /healthz, /readyz, /v1/bundle, /metrics.
+    Serve {
+        /// Bundle folder.
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Listen address (loopback by default; port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: String,
+        /// Workers, each with its own sessions: requests processed at once.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Requests allowed to wait for a worker; beyond that the answer is 503 with Retry-After.
+        #[arg(long, default_value_t = 8)]
+        queue: usize,
+        /// Largest accepted body in MB (413 above).
+        #[arg(long, default_value_t = 512)]
+        max_body_mb: usize,
+        /// Per-request timeout in seconds (504 after).
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// File holding a bearer token required on everything but /healthz and /readyz.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Execution provider.
+        #[arg(long, value_enum, default_value = "cpu")]
+        ep: ExecutionProvider,
+        /// Accept CPU if the GPU provider fails.
+        #[arg(long)]
+        allow_fallback: bool,
+        /// Threads of the shared ONNX Runtime pool.
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Tiles per network call.
+        #[arg(long, default_value_t = 2)]
+        tile_batch: usize,
+    },
+}
+
+fn serve(sub: Sub) -> anyhow::Result<bool> {
+    let Sub::Serve {
+        bundle,
+        addr,
+        workers,
+        queue,
+        max_body_mb,
+        timeout,
+        token_file,
+        ep,
+        allow_fallback,
+        threads,
+        tile_batch,
+    } = sub;
+    let token = match token_file {
+        Some(f) => {
+            Some(std::fs::read_to_string(&f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?.trim().to_string())
+        }
+        None => None,
+    };
+    let opts = autopath::serve::ServeOptions {
+        bundle,
+        addr,
+        workers,
+        queue,
+        max_body: max_body_mb * 1024 * 1024,
+        timeout: std::time::Duration::from_secs(timeout),
+        token,
+        session: SessionOptions { ep, allow_fallback, threads, ..Default::default() },
+        tile_batch,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(autopath::serve::serve(opts, |a| {
+        println!("listening on http://{a}");
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+    }))?;
+    eprintln!("stopped");
+    Ok(true)
 }
 
 fn run(cli: Cli) -> anyhow::Result<bool> {
+    if let Some(sub) = cli.command {
+        return serve(sub);
+    }
     if cli.check_ort {
         let (path, _) = autopath::onnxruntime::load(None)?;
         println!("ONNX Runtime loaded from {}", path.display());

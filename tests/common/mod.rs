@@ -53,3 +53,53 @@ pub fn ort_library() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(autopath::onnxruntime::PROJECT_LIBRARY))
 }
+
+/// A tiny trained bundle: phantoms, a briefly trained r18 at width 4, compiled. Returns
+/// `(data, run, bundle)` under `root`.
+pub fn trained_bundle(root: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let (data, run, bundle) = (root.join("data"), root.join("run"), root.join("bundle"));
+    let autopath = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_autopath")).args(args).output().unwrap();
+        assert!(out.status.success(), "autopath {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    autopath(&[
+        "synth",
+        "--quiet",
+        "--cases",
+        "5",
+        "--size",
+        "20,48,44",
+        "--seed",
+        "11",
+        "--out",
+        data.to_str().unwrap(),
+    ]);
+    autopath(&[
+        "train",
+        "--quiet",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--arch",
+        "r18",
+        "--width",
+        "4",
+        "--patch",
+        "16,32,32",
+        "--epochs",
+        "3",
+        "--batch",
+        "2",
+        "--lr",
+        "0.003",
+        "--val-every",
+        "3",
+        "--val-cases",
+        "1",
+        "--split",
+        "0.2",
+    ]);
+    autopath(&["compile", "--seg", run.to_str().unwrap(), "--out", bundle.to_str().unwrap()]);
+    (data, run, bundle)
+}

@@ -1,0 +1,413 @@
+//! `autopath-run serve`: the runtime as a long-lived HTTP service (axum + tokio).
+//!
+//! Requests are queued to a fixed pool of workers, each owning its own session set (ORT sessions
+//! need `&mut` to run). The queue is bounded: when it is full the service answers 503 with
+//! Retry-After instead of piling up memory. SIGTERM stops accepting connections and lets in-flight
+//! requests finish.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::error::{Error, Result};
+use crate::runtime::predict::StageTimes;
+use crate::runtime::{PathChoice, Predictor, SessionOptions};
+use crate::volume::{read_volume, write_labels};
+
+/// Service settings.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Bundle folder.
+    pub bundle: PathBuf,
+    /// Listen address (loopback by default).
+    pub addr: String,
+    /// Workers, each with its own sessions (requests running at once).
+    pub workers: usize,
+    /// Requests waiting beyond the running ones before 503.
+    pub queue: usize,
+    /// Largest accepted body, bytes (413 above).
+    pub max_body: usize,
+    /// Per-request limit (504 after).
+    pub timeout: Duration,
+    /// Bearer token required on everything but the health endpoints.
+    pub token: Option<String>,
+    /// Session options.
+    pub session: SessionOptions,
+    /// Tiles per network call.
+    pub tile_batch: usize,
+}
+
+enum Task {
+    Segment(PathChoice),
+    Policy,
+}
+
+struct Job {
+    task: Task,
+    body: Bytes,
+    reply: tokio::sync::oneshot::Sender<Result<Reply>>,
+}
+
+enum Reply {
+    Segmentation { nifti: Vec<u8>, keep: String, kept: usize, flop_fraction: f64, times: StageTimes },
+    Policy { keep: String, probabilities: Vec<f32> },
+}
+
+const STAGES: [&str; 6] = ["read", "preprocess", "policy", "network", "stitch", "write"];
+const BUCKETS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// A latency histogram: counts per bucket (cumulative), sum of seconds, count.
+type Histogram = (Vec<u64>, f64, u64);
+
+#[derive(Default)]
+struct Metrics {
+    requests: Mutex<HashMap<(String, u16), u64>>,
+    stage_hist: Mutex<HashMap<String, Histogram>>,
+    kept: Vec<AtomicU64>,
+    dropped: Vec<AtomicU64>,
+    in_flight: AtomicU64,
+    queued: AtomicU64,
+}
+
+impl Metrics {
+    fn count(&self, route: &str, status: StatusCode) {
+        let mut m = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry((route.to_string(), status.as_u16())).or_default() += 1;
+    }
+
+    fn observe(&self, stage: &str, seconds: f64) {
+        let mut h = self.stage_hist.lock().unwrap_or_else(|e| e.into_inner());
+        let e = h.entry(stage.to_string()).or_insert_with(|| (vec![0; BUCKETS.len()], 0.0, 0));
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if seconds <= *b {
+                e.0[i] += 1;
+            }
+        }
+        e.1 += seconds;
+        e.2 += 1;
+    }
+
+    fn render(&self) -> String {
+        let mut s = String::from(
+            "# HELP autopath_requests_total Requests by route and status.\n# TYPE autopath_requests_total counter\n",
+        );
+        let mut reqs: Vec<_> =
+            self.requests.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (k.clone(), *v)).collect();
+        reqs.sort();
+        for ((route, code), v) in reqs {
+            s += &format!("autopath_requests_total{{route=\"{route}\",status=\"{code}\"}} {v}\n");
+        }
+        s += "# HELP autopath_stage_seconds Time per stage of a segmentation.\n# TYPE autopath_stage_seconds histogram\n";
+        let h = self.stage_hist.lock().unwrap_or_else(|e| e.into_inner());
+        for stage in ["total"].iter().chain(STAGES.iter()) {
+            if let Some((b, sum, n)) = h.get(*stage) {
+                for (i, le) in BUCKETS.iter().enumerate() {
+                    s += &format!("autopath_stage_seconds_bucket{{stage=\"{stage}\",le=\"{le}\"}} {}\n", b[i]);
+                }
+                s += &format!("autopath_stage_seconds_bucket{{stage=\"{stage}\",le=\"+Inf\"}} {n}\nautopath_stage_seconds_sum{{stage=\"{stage}\"}} {sum}\nautopath_stage_seconds_count{{stage=\"{stage}\"}} {n}\n");
+            }
+        }
+        s += "# HELP autopath_block_runs_total Per block, how often it was kept or dropped.\n# TYPE autopath_block_runs_total counter\n";
+        for (n, (k, d)) in self.kept.iter().zip(&self.dropped).enumerate() {
+            s += &format!("autopath_block_runs_total{{block=\"{n}\",decision=\"kept\"}} {}\nautopath_block_runs_total{{block=\"{n}\",decision=\"dropped\"}} {}\n", k.load(Ordering::Relaxed), d.load(Ordering::Relaxed));
+        }
+        s += &format!(
+            "# HELP autopath_in_flight Requests being processed.\n# TYPE autopath_in_flight gauge\nautopath_in_flight {}\n# HELP autopath_queue_length Requests waiting for a worker.\n# TYPE autopath_queue_length gauge\nautopath_queue_length {}\n",
+            self.in_flight.load(Ordering::Relaxed),
+            self.queued.load(Ordering::Relaxed)
+        );
+        s
+    }
+}
+
+struct AppState {
+    jobs: SyncSender<Job>,
+    manifest: String,
+    metrics: Arc<Metrics>,
+    token: Option<String>,
+    timeout: Duration,
+}
+
+fn work(p: &mut Predictor, scratch: &Path, job: &Job, metrics: &Metrics) -> Result<Reply> {
+    let id = std::thread::current().id();
+    let input = scratch.join(format!("{id:?}-in.nii").replace(['(', ')'], ""));
+    std::fs::write(&input, &job.body).map_err(|e| Error::io(&input, e))?;
+    let mut times = StageTimes::default();
+    let t = Instant::now();
+    let vol = read_volume(&input, &p.read_options);
+    let _ = std::fs::remove_file(&input);
+    let volume =
+        vol.map_err(|e| Error::invalid("body", e.to_string().replace(&input.display().to_string(), "request body")))?;
+    times.read = t.elapsed().as_secs_f64();
+    match &job.task {
+        Task::Policy => {
+            let (image, _) = p.preprocess(&volume)?;
+            let probabilities = p.keep_probabilities(&image)?;
+            let t = p.bundle.manifest.policy.as_ref().map_or(0.5, |x| x.threshold);
+            Ok(Reply::Policy {
+                keep: probabilities.iter().map(|&v| if v >= t { '1' } else { '0' }).collect(),
+                probabilities,
+            })
+        }
+        Task::Segment(choice) => {
+            let seg = p.segment(&volume, choice, &mut times)?;
+            let out = scratch.join(format!("{id:?}-out.nii.gz").replace(['(', ')'], ""));
+            let t = Instant::now();
+            write_labels(&out, &seg.labels, &volume.geometry)?;
+            let nifti = std::fs::read(&out).map_err(|e| Error::io(&out, e))?;
+            let _ = std::fs::remove_file(&out);
+            times.write = t.elapsed().as_secs_f64();
+            for (n, &k) in seg.keep.iter().enumerate() {
+                let c = if k { &metrics.kept[n] } else { &metrics.dropped[n] };
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+            let arch = &p.bundle.manifest.architecture;
+            Ok(Reply::Segmentation {
+                nifti,
+                keep: seg.keep.iter().map(|&k| if k { '1' } else { '0' }).collect(),
+                kept: seg.keep.iter().filter(|&&k| k).count(),
+                flop_fraction: arch.path_flops(&seg.keep) as f64 / arch.full_flops() as f64,
+                times,
+            })
+        }
+    }
+}
+
+fn plain(status: StatusCode, msg: impl Into<String>) -> Response {
+    let mut r = (status, format!("{}\n", msg.into())).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
+}
+
+fn authorised(state: &AppState, headers: &HeaderMap) -> bool {
+    match &state.token {
+        None => true,
+        Some(t) => headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.strip_prefix("Bearer ").is_some_and(|g| g.trim() == t)),
+    }
+}
+
+async fn submit(state: &AppState, task: Task, body: Bytes) -> std::result::Result<Reply, Response> {
+    if body.is_empty() {
+        return Err(plain(StatusCode::BAD_REQUEST, "empty body: send a NIfTI volume (.nii or .nii.gz bytes)"));
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    state.metrics.queued.fetch_add(1, Ordering::Relaxed);
+    match state.jobs.try_send(Job { task, body, reply: tx }) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) => {
+            state.metrics.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy: every worker is running and the queue is full; retry shortly",
+            ));
+        }
+        Err(TrySendError::Disconnected(_)) => {
+            state.metrics.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
+        }
+    }
+    match tokio::time::timeout(state.timeout, rx).await {
+        Err(_) => Err(plain(StatusCode::GATEWAY_TIMEOUT, format!("no result within {} s", state.timeout.as_secs()))),
+        Ok(Err(_)) => Err(plain(StatusCode::INTERNAL_SERVER_ERROR, "worker stopped")),
+        Ok(Ok(Err(e))) => {
+            let status = match e {
+                Error::Volume { .. } | Error::InvalidArgument { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            Err(plain(status, e.to_string()))
+        }
+        Ok(Ok(Ok(r))) => Ok(r),
+    }
+}
+
+async fn segment(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    let r = segment_inner(&state, &headers, &q, body).await;
+    state.metrics.count("/v1/segment", r.status());
+    r
+}
+
+async fn segment_inner(state: &AppState, headers: &HeaderMap, q: &HashMap<String, String>, body: Bytes) -> Response {
+    if !authorised(state, headers) {
+        return plain(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    }
+    let path = q
+        .get("path")
+        .map(String::as_str)
+        .or_else(|| headers.get("x-autopath-path").and_then(|v| v.to_str().ok()))
+        .unwrap_or("auto");
+    let threshold = match q.get("threshold").map(|t| t.parse::<f32>()) {
+        None => None,
+        Some(Ok(t)) if (0.0..=1.0).contains(&t) => Some(t),
+        Some(_) => return plain(StatusCode::BAD_REQUEST, "threshold must be a number in [0, 1]"),
+    };
+    let choice = match path.parse::<PathChoice>() {
+        Ok(PathChoice::Auto { .. }) => PathChoice::Auto { threshold },
+        Ok(c) => c,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, e),
+    };
+    let t = Instant::now();
+    match submit(state, Task::Segment(choice), body).await {
+        Err(r) => r,
+        Ok(Reply::Segmentation { nifti, keep, kept, flop_fraction, times }) => {
+            state.metrics.observe("total", t.elapsed().as_secs_f64());
+            for (s, v) in STAGES.iter().zip([
+                times.read,
+                times.preprocess,
+                times.policy,
+                times.network,
+                times.stitch,
+                times.write,
+            ]) {
+                state.metrics.observe(s, v);
+            }
+            let mut r = (StatusCode::OK, nifti).into_response();
+            let h = r.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/gzip"));
+            let json = serde_json::json!({"keep": keep, "blocks_kept": kept, "flop_fraction": flop_fraction, "seconds": times}).to_string();
+            for (k, v) in [
+                ("x-autopath-keep", keep.clone()),
+                ("x-autopath-blocks-kept", kept.to_string()),
+                ("x-autopath-flop-fraction", format!("{flop_fraction:.4}")),
+                ("x-autopath-report", json),
+            ] {
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    h.insert(k, v);
+                }
+            }
+            r
+        }
+        Ok(Reply::Policy { .. }) => plain(StatusCode::INTERNAL_SERVER_ERROR, "unexpected reply"),
+    }
+}
+
+async fn policy(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let r = if !authorised(&state, &headers) {
+        plain(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
+    } else {
+        match submit(&state, Task::Policy, body).await {
+            Err(r) => r,
+            Ok(Reply::Policy { keep, probabilities }) => {
+                axum::Json(serde_json::json!({"keep": keep, "probabilities": probabilities})).into_response()
+            }
+            Ok(_) => plain(StatusCode::INTERNAL_SERVER_ERROR, "unexpected reply"),
+        }
+    };
+    state.metrics.count("/v1/policy", r.status());
+    r
+}
+
+/// Serves until SIGTERM or Ctrl-C; `ready` receives the bound address once listening.
+pub async fn serve(opts: ServeOptions, ready: impl FnOnce(std::net::SocketAddr)) -> Result<()> {
+    let scratch = std::env::temp_dir().join(format!("autopath-serve-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).map_err(|e| Error::io(&scratch, e))?;
+    let (tx, rx) = sync_channel::<Job>(opts.queue);
+    let rx = Arc::new(Mutex::new(rx));
+    let mut manifest = String::new();
+    let mut blocks = 0;
+    let mut predictors = Vec::new();
+    for _ in 0..opts.workers.max(1) {
+        let mut p = Predictor::from_bundle(&opts.bundle, &opts.session)?;
+        p.tile_batch = opts.tile_batch.max(1);
+        manifest =
+            serde_json::to_string_pretty(&p.bundle.manifest).map_err(|e| Error::invalid("manifest", e.to_string()))?;
+        blocks = p.num_blocks();
+        predictors.push(p);
+    }
+    let metrics = Arc::new(Metrics {
+        kept: (0..blocks).map(|_| AtomicU64::new(0)).collect(),
+        dropped: (0..blocks).map(|_| AtomicU64::new(0)).collect(),
+        ..Default::default()
+    });
+    let mut handles = Vec::new();
+    for mut p in predictors {
+        let (rx, m, scratch) = (rx.clone(), metrics.clone(), scratch.clone());
+        handles.push(std::thread::spawn(move || loop {
+            let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+                Ok(j) => j,
+                Err(_) => break,
+            };
+            m.queued.fetch_sub(1, Ordering::Relaxed);
+            m.in_flight.fetch_add(1, Ordering::Relaxed);
+            let r = work(&mut p, &scratch, &job, &m);
+            m.in_flight.fetch_sub(1, Ordering::Relaxed);
+            let _ = job.reply.send(r);
+        }));
+    }
+    let state = Arc::new(AppState {
+        jobs: tx,
+        manifest,
+        metrics: metrics.clone(),
+        token: opts.token.clone(),
+        timeout: opts.timeout,
+    });
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ready: bundle loaded, sessions open\n" }))
+        .route(
+            "/v1/bundle",
+            get(|State(s): State<Arc<AppState>>, h: HeaderMap| async move {
+                if !authorised(&s, &h) {
+                    return plain(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+                }
+                ([(header::CONTENT_TYPE, "application/json")], s.manifest.clone()).into_response()
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|State(s): State<Arc<AppState>>, h: HeaderMap| async move {
+                if !authorised(&s, &h) {
+                    return plain(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+                }
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+            }),
+        )
+        .route("/v1/segment", post(segment))
+        .route("/v1/policy", post(policy))
+        .layer(DefaultBodyLimit::max(opts.max_body))
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind(&opts.addr)
+        .await
+        .map_err(|e| Error::invalid("--addr", format!("{}: {e}", opts.addr)))?;
+    ready(listener.local_addr().map_err(|e| Error::invalid("--addr", e.to_string()))?);
+    let shutdown = async {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = term => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| Error::invalid("server", e.to_string()))?;
+    drop(state);
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(())
+}

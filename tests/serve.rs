@@ -1,0 +1,213 @@
+//! `autopath-run serve` on a loopback port: segmentations equal the batch CLI's, bad bodies get 4xx
+//! and the service keeps serving, oversize bodies 413, a full queue 503 while accepted requests
+//! complete, SIGTERM lets an in-flight request finish, and the token guards the API.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use autopath::volume::{read_volume, ReadOptions};
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(bundle: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_autopath-run"))
+            .args(["serve", "--bundle", bundle.to_str().unwrap(), "--addr", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("unexpected: {line}"))
+            .to_string();
+        Server { child, addr }
+    }
+
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            head += &format!("{k}: {v}\r\n");
+        }
+        head += "\r\n";
+        s.write_all(head.as_bytes()).unwrap();
+        let _ = s.write_all(body);
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("header end");
+        let text = String::from_utf8_lossy(&raw[..split]).to_string();
+        let mut lines = text.lines();
+        let status = lines.next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+        let hs = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_string()))
+            .collect();
+        (status, hs, raw[split + 4..].to_vec())
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+fn header<'a>(h: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    h.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn segments_like_the_batch_cli_and_survives_bad_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _, bundle) = common::trained_bundle(dir.path());
+    let server = Server::start(&bundle, &["--max-body-mb", "1"]);
+    let input = data.join("volume-2.nii.gz");
+    let body = std::fs::read(&input).unwrap();
+
+    let (status, headers, nifti) = server.request("POST", "/v1/segment?path=full", &[], &body);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&nifti));
+    assert_eq!(header(&headers, "x-autopath-keep"), Some("11111111"));
+    let served = dir.path().join("served.nii.gz");
+    std::fs::write(&served, &nifti).unwrap();
+    let cli = dir.path().join("cli.nii.gz");
+    let out = Command::new(env!("CARGO_BIN_EXE_autopath-run"))
+        .args([
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "-i",
+            input.to_str().unwrap(),
+            "-o",
+            cli.to_str().unwrap(),
+            "--path",
+            "full",
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let (a, b) =
+        (read_volume(&served, &ReadOptions::default()).unwrap(), read_volume(&cli, &ReadOptions::default()).unwrap());
+    assert_eq!(a.data, b.data, "served and batch segmentations differ");
+    assert_eq!(a.geometry.affine, b.geometry.affine);
+
+    // Bad bodies: each a 4xx with the reason, and the service goes on.
+    let raw = {
+        let mut v = Vec::new();
+        flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut v).unwrap();
+        v
+    };
+    let mut four_d = raw.clone();
+    four_d[40..42].copy_from_slice(&4i16.to_le_bytes());
+    four_d[48..50].copy_from_slice(&3i16.to_le_bytes());
+    let mut absurd = raw.clone();
+    absurd[42..44].copy_from_slice(&30000i16.to_le_bytes());
+    absurd[44..46].copy_from_slice(&30000i16.to_le_bytes());
+    for (name, bad, why) in [
+        ("text", b"not a volume".to_vec(), "file ends inside the header"),
+        ("truncated gzip", body[..body.len() / 2].to_vec(), "file ends inside"),
+        ("4D", four_d, "not a 3D image"),
+        ("absurd header", absurd, "over the limit"),
+    ] {
+        let (status, _, msg) = server.request("POST", "/v1/segment", &[], &bad);
+        let msg = String::from_utf8_lossy(&msg);
+        assert!((400..500).contains(&status), "{name}: {status} {msg}");
+        assert!(msg.contains(why) || msg.contains("gzip"), "{name}: {msg}");
+    }
+    let (status, _, _) = server.request("POST", "/v1/segment?path=123", &[], &body);
+    assert_eq!(status, 400);
+    // Oversize.
+    let (status, _, _) = server.request("POST", "/v1/segment", &[], &vec![0u8; 2 * 1024 * 1024]);
+    assert_eq!(status, 413);
+    let (status, _, ok) = server.request("GET", "/healthz", &[], b"");
+    assert_eq!((status, ok), (200, b"ok\n".to_vec()));
+    let (_, _, metrics) = server.request("GET", "/metrics", &[], b"");
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(metrics.contains("autopath_requests_total{route=\"/v1/segment\",status=\"200\"} 1"), "{metrics}");
+    assert!(metrics.contains("autopath_stage_seconds_count{stage=\"network\"} 1"));
+    assert!(server.terminate().success());
+}
+
+#[test]
+fn a_full_queue_answers_503_and_accepted_requests_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _, bundle) = common::trained_bundle(dir.path());
+    let server = std::sync::Arc::new(Server::start(&bundle, &["--workers", "1", "--queue", "1"]));
+    let body = std::sync::Arc::new(std::fs::read(data.join("volume-0.nii.gz")).unwrap());
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let (s, b) = (server.clone(), body.clone());
+            std::thread::spawn(move || s.request("POST", "/v1/segment", &[], &b))
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let ok = results.iter().filter(|r| r.0 == 200).count();
+    let busy: Vec<_> = results.iter().filter(|r| r.0 == 503).collect();
+    assert_eq!(ok + busy.len(), 8, "only 200 or 503: {:?}", results.iter().map(|r| r.0).collect::<Vec<_>>());
+    assert!(ok >= 1 && !busy.is_empty(), "{ok} ok, {} busy", busy.len());
+    assert!(busy.iter().all(|r| header(&r.1, "retry-after").is_some()));
+    assert!(results.iter().filter(|r| r.0 == 200).all(|r| r.2.len() > 100 && r.2[0] == 0x1f));
+    let server = std::sync::Arc::try_unwrap(server).ok().unwrap();
+    assert!(server.terminate().success());
+}
+
+#[test]
+fn sigterm_lets_the_request_in_flight_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, _, bundle) = common::trained_bundle(dir.path());
+    // A volume large enough to be in flight when the signal arrives.
+    let big = dir.path().join("big");
+    let ok = Command::new(env!("CARGO_BIN_EXE_autopath"))
+        .args(["synth", "--quiet", "--cases", "1", "--size", "48,192,192", "--out", big.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(ok.status.success());
+    let body = std::fs::read(big.join("volume-0.nii.gz")).unwrap();
+    let server = std::sync::Arc::new(Server::start(&bundle, &[]));
+    let s = server.clone();
+    let h = std::thread::spawn(move || s.request("POST", "/v1/segment", &[], &body));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
+    let (status, _, nifti) = h.join().unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&nifti));
+    assert_eq!(nifti[0], 0x1f);
+    let mut server = std::sync::Arc::try_unwrap(server).ok().unwrap();
+    assert!(server.child.wait().unwrap().success());
+}
+
+#[test]
+fn the_token_guards_everything_but_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, _, bundle) = common::trained_bundle(dir.path());
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let server = Server::start(&bundle, &["--token-file", token.to_str().unwrap()]);
+    assert_eq!(server.request("GET", "/v1/bundle", &[], b"").0, 401);
+    assert_eq!(server.request("GET", "/v1/bundle", &[("Authorization", "Bearer wrong")], b"").0, 401);
+    let (status, _, manifest) = server.request("GET", "/v1/bundle", &[("Authorization", "Bearer s3cret")], b"");
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&manifest).contains("\"schema_version\": 1"));
+    assert_eq!(server.request("GET", "/healthz", &[], b"").0, 200);
+    assert_eq!(server.request("GET", "/readyz", &[], b"").0, 200);
+    assert_eq!(server.request("POST", "/v1/segment", &[], b"x").0, 401);
+    assert!(server.terminate().success());
+}
