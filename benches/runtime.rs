@@ -4,12 +4,10 @@
 //! Needs ONNX Runtime (`make setup`).
 
 use autopath::compile::compile;
-use autopath::dataset::Layout;
 use autopath::preprocess::Preprocessing;
 use autopath::runtime::{SessionOptions, Sessions};
 use autopath::train::segment::{Model, TrainConfig};
 use autopath::volume::{Geometry, Volume};
-use autopath::window::{Blend, WindowConfig};
 use autopath_models::spec::ArchSpec;
 use criterion::{criterion_group, criterion_main, Criterion};
 use ndarray::{Array3, Array5};
@@ -23,26 +21,7 @@ fn bundle(dir: &std::path::Path) -> autopath::bundle::Bundle {
         &spec,
     )
     .expect("policy");
-    let cfg = TrainConfig {
-        window: WindowConfig { patch: spec.patch, overlap: 0.5, blend: Blend::default() },
-        spec,
-        preprocessing: Preprocessing::default(),
-        data: "/nonexistent".into(),
-        layout: Layout::Lits,
-        train_ids: vec![],
-        val_ids: vec![],
-        test_ids: vec![],
-        epochs: 0,
-        batch: 1,
-        lr: 0.0,
-        lr_step: 1,
-        lr_gamma: 1.0,
-        val_every: 1,
-        foreground_fraction: 0.5,
-        seed: 0,
-        tile_batch: 1,
-        drop_path: 0.0,
-    };
+    let cfg = TrainConfig::for_spec(spec);
     let p = autopath::compile::PolicyInput { net: &policy, threshold: 0.5, training: serde_json::Value::Null };
     let out = dir.join("bundle");
     compile(&model.net, &cfg, Some(p), None, &out, false, true).expect("compile");

@@ -7,37 +7,15 @@ use std::path::Path;
 use std::process::Command;
 
 use autopath::compile::compile;
-use autopath::dataset::Layout;
-use autopath::preprocess::Preprocessing;
 use autopath::runtime::{SessionOptions, Sessions};
 use autopath::train::segment::{Model, TrainConfig};
-use autopath::window::{Blend, WindowConfig};
 use autopath_models::deeplab::Path as BlockPath;
 use autopath_models::spec::ArchSpec;
 use candle_core::{Device, Tensor};
 use ndarray::Array5;
 
 fn config(spec: ArchSpec) -> TrainConfig {
-    TrainConfig {
-        window: WindowConfig { patch: spec.patch, overlap: 0.5, blend: Blend::default() },
-        spec,
-        preprocessing: Preprocessing::default(),
-        data: "/nonexistent".into(),
-        layout: Layout::Lits,
-        train_ids: vec![],
-        val_ids: vec![],
-        test_ids: vec![],
-        epochs: 1,
-        batch: 1,
-        lr: 0.01,
-        lr_step: 100,
-        lr_gamma: 0.1,
-        val_every: 1,
-        foreground_fraction: 0.5,
-        seed: 0,
-        tile_batch: 1,
-        drop_path: 0.0,
-    }
+    TrainConfig::for_spec(spec)
 }
 
 /// A randomly initialised model whose BatchNorm statistics and affine parameters are not the

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use autopath::dataset::{Dataset, Layout};
+use autopath::dataset::Dataset;
 use autopath::preprocess::Preprocessing;
 use autopath::train::checkpoint::{save, write_json};
 use autopath::train::policy::{load_policy, train_policy, PolicyConfig};
@@ -87,24 +87,11 @@ fn the_policy_learns_to_drop_exactly_the_identity_blocks() {
 
     let ids: Vec<String> = ds.cases.iter().map(|c| c.id.clone()).collect();
     let cfg = TrainConfig {
-        spec: spec.clone(),
-        preprocessing: prep,
-        window,
         data: data.clone(),
-        layout: Layout::Lits,
         train_ids: ids[..6].to_vec(),
         val_ids: ids[6..].to_vec(),
-        test_ids: vec![],
-        epochs: 0,
-        batch: 1,
-        lr: 0.0,
-        lr_step: 1,
-        lr_gamma: 1.0,
-        val_every: 1,
-        foreground_fraction: 0.5,
-        seed: 0,
         tile_batch: 2,
-        drop_path: 0.0,
+        ..TrainConfig::for_spec(spec.clone())
     };
     let seg = dir.path().join("seg");
     std::fs::create_dir_all(&seg).unwrap();

@@ -70,6 +70,34 @@ pub struct TrainConfig {
     pub drop_path: f64,
 }
 
+impl TrainConfig {
+    /// A configuration for a network that did not come from `autopath train` (built in code, e.g.
+    /// to compile or benchmark a given architecture): the spec's patch as tile, default
+    /// preprocessing, no data.
+    pub fn for_spec(spec: ArchSpec) -> TrainConfig {
+        TrainConfig {
+            window: WindowConfig { patch: spec.patch, overlap: 0.5, blend: crate::window::Blend::default() },
+            spec,
+            preprocessing: Preprocessing::default(),
+            data: PathBuf::new(),
+            layout: Layout::Lits,
+            train_ids: vec![],
+            val_ids: vec![],
+            test_ids: vec![],
+            epochs: 0,
+            batch: 1,
+            lr: 0.0,
+            lr_step: 1,
+            lr_gamma: 1.0,
+            val_every: 1,
+            foreground_fraction: 0.5,
+            seed: 0,
+            tile_batch: 1,
+            drop_path: 0.0,
+        }
+    }
+}
+
 /// Sidecar of a checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckpointMeta {
