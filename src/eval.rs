@@ -16,10 +16,9 @@ use crate::dataset::Dataset;
 use crate::error::{Error, Result};
 use crate::figures::{histogram, line_chart, overlay_png, Series, AUTOPATH, FULL, TRUTH};
 use crate::paths::PathEvaluator;
-use crate::preprocess::resample_linear;
 use crate::runtime::{SessionOptions, Sessions};
 use crate::train::data::load_sample;
-use crate::train::policy::load_policy;
+use crate::train::policy::{keep_probabilities, load_policy};
 use crate::train::segment::{cases_by_id, load_segmenter};
 use crate::volume::{read_volume, ReadOptions};
 use plotters::style::RGBColor;
@@ -188,16 +187,7 @@ pub fn evaluate(opts: &EvalOptions, progress: &dyn Fn(usize, usize)) -> Result<R
         let last: Vec<Vec<bool>> = (1..n_blocks).map(|n| (0..n_blocks).map(|i| i < n_blocks - n).collect()).collect();
         let auto = match &policy {
             Some((p, pc, _)) => {
-                let x = resample_linear(&s.image, cfg.spec.policy.input);
-                let d = cfg.spec.policy.input;
-                let t = candle_core::Tensor::from_vec(
-                    x.into_raw_vec_and_offset().0,
-                    (1, 1, d[0], d[1], d[2]),
-                    &candle_core::Device::Cpu,
-                )
-                .map_err(err)?;
-                let probs: Vec<f32> =
-                    p.forward(&t, false).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).map_err(err)?;
+                let probs = keep_probabilities(p, &s.image, cfg.spec.policy.input)?;
                 Some(probs.iter().map(|&v| v >= pc.threshold).collect::<Vec<bool>>())
             }
             None => None,

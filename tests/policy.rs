@@ -132,15 +132,7 @@ fn the_policy_learns_to_drop_exactly_the_identity_blocks() {
     for case in &ds.cases {
         let vol = read_volume(&case.image, &ReadOptions::default()).unwrap();
         let (img, _) = prep.image(&vol).unwrap();
-        let x = autopath::preprocess::resample_linear(&img, spec.policy.input);
-        let d = spec.policy.input;
-        let t = candle_core::Tensor::from_vec(
-            x.into_raw_vec_and_offset().0,
-            (1, 1, d[0], d[1], d[2]),
-            &candle_core::Device::Cpu,
-        )
-        .unwrap();
-        let p: Vec<f32> = policy.forward(&t, false).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let p: Vec<f32> = autopath::train::policy::keep_probabilities(&policy, &img, spec.policy.input).unwrap();
         let keep: Vec<bool> = p.iter().map(|&v| v >= 0.5).collect();
         let want: Vec<bool> = (0..8).map(|n| !IDENTITY.contains(&n)).collect();
         assert_eq!(keep, want, "case {}: keep probabilities {p:?}", case.id);

@@ -331,15 +331,7 @@ fn auto_path_outputs_equal_the_evaluation_s_autopath_predictions() {
     let ds = autopath::dataset::Dataset::open(&f.data(), None).unwrap();
     for case in &ds.cases {
         let s = load_sample(case, &cfg.preprocessing).unwrap();
-        let x = autopath::preprocess::resample_linear(&s.image, cfg.spec.policy.input);
-        let d = cfg.spec.policy.input;
-        let t = candle_core::Tensor::from_vec(
-            x.into_raw_vec_and_offset().0,
-            (1, 1, d[0], d[1], d[2]),
-            &candle_core::Device::Cpu,
-        )
-        .unwrap();
-        let probs: Vec<f32> = p.forward(&t, false).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let probs: Vec<f32> = autopath::train::policy::keep_probabilities(&p, &s.image, cfg.spec.policy.input).unwrap();
         let mask: Vec<bool> = probs.iter().map(|&v| v >= pc.threshold).collect();
         let prepared = ev.prepare(&s.image, s.record.pad_value, None).unwrap();
         let want = ev.evaluate(&prepared, std::slice::from_ref(&mask), true).unwrap().remove(0).prediction.unwrap();

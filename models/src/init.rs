@@ -29,6 +29,17 @@ impl SeededVarMap {
         &self.varmap
     }
 
+    /// The variables created so far, with their names.
+    pub fn named(&self) -> Vec<(String, Var)> {
+        self.varmap
+            .data()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     /// A builder that creates variables in this map.
     pub fn var_builder(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
         VarBuilder::from_backend(Box::new(self.clone()), dtype, device.clone())

@@ -45,6 +45,21 @@ pub fn write_json<M: Serialize>(path: &Path, value: &M) -> Result<()> {
     write_bytes_atomically(path, &json)
 }
 
+/// Parameters and buffers (BatchNorm statistics) by name: what a checkpoint holds.
+pub fn state(
+    vars: &autopath_models::init::SeededVarMap,
+    net: &dyn autopath_models::layers::Buffers,
+) -> Vec<(String, Var)> {
+    let mut all = vars.named();
+    net.buffers(&mut all);
+    all
+}
+
+/// The tensors of named variables, to save.
+pub fn tensors(state: Vec<(String, Var)>) -> HashMap<String, Tensor> {
+    state.into_iter().map(|(k, v)| (k, v.as_tensor().clone())).collect()
+}
+
 /// Copies saved values into variables by name; every variable must be present with its shape.
 pub fn restore(vars: &[(String, Var)], tensors: &HashMap<String, Tensor>, source: &Path) -> Result<()> {
     for (name, var) in vars {

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use autopath_models::init::SeededVarMap;
-use autopath_models::layers::Buffers;
 use autopath_models::optim::Adam;
 use autopath_models::policy::PolicyNet;
 use autopath_models::reward::{bounded, learned_blocks, reinforce_loss, reward};
@@ -127,25 +126,25 @@ impl PolicyModel {
     }
 
     fn trainable(&self) -> Vec<(String, Var)> {
-        self.vars
-            .varmap()
-            .data()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        self.vars.named()
     }
 
     fn state(&self) -> Vec<(String, Var)> {
-        let mut all = self.trainable();
-        self.net.buffers(&mut all);
-        all
+        checkpoint::state(&self.vars, &self.net)
     }
 
     fn tensors(&self) -> HashMap<String, Tensor> {
-        self.state().into_iter().map(|(k, v)| (k, v.as_tensor().clone())).collect()
+        checkpoint::tensors(self.state())
     }
+}
+
+/// Keep probabilities of a trained policy (evaluation mode) for a normalised volume, resampled to
+/// the policy's input size exactly as the runtime does.
+pub fn keep_probabilities(net: &PolicyNet, image: &Array3<f32>, input: [usize; 3]) -> Result<Vec<f32>> {
+    let x = resample_linear(image, input);
+    let t = Tensor::from_vec(x.into_raw_vec_and_offset().0, (1, 1, input[0], input[1], input[2]), &Device::Cpu)
+        .map_err(candle)?;
+    net.forward(&t, false).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).map_err(candle)
 }
 
 /// Makes the policy keep `forced` blocks whatever its input: their output logit becomes a constant

@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use autopath_models::deeplab::{DeepLab3d, Path as BlockPath};
 use autopath_models::init::SeededVarMap;
-use autopath_models::layers::Buffers;
 use autopath_models::loss::segmentation_loss;
 use autopath_models::optim::Adam;
 use autopath_models::spec::ArchSpec;
@@ -208,26 +207,17 @@ impl Model {
 
     /// Trainable variables by name.
     pub fn trainable(&self) -> Vec<(String, Var)> {
-        self.vars
-            .varmap()
-            .data()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        self.vars.named()
     }
 
     /// Parameters and buffers by name: what a checkpoint holds.
     pub fn state(&self) -> Vec<(String, Var)> {
-        let mut all = self.trainable();
-        self.net.buffers(&mut all);
-        all
+        checkpoint::state(&self.vars, &self.net)
     }
 
     /// Tensors to save.
     pub fn tensors(&self) -> HashMap<String, Tensor> {
-        self.state().into_iter().map(|(k, v)| (k, v.as_tensor().clone())).collect()
+        checkpoint::tensors(self.state())
     }
 }
 
