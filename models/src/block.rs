@@ -36,6 +36,11 @@ impl ConvBn {
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.bn.forward(&self.conv.forward(x)?, train)
     }
+
+    /// conv → BN → ReLU, with BN and ReLU fused.
+    pub fn forward_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.bn.forward_relu(&self.conv.forward(x)?, train)
+    }
 }
 
 /// Whether a block runs, for the whole batch or per sample.
@@ -118,10 +123,7 @@ impl Block {
         let mut h = x.clone();
         let last = self.branch.len() - 1;
         for (i, unit) in self.branch.iter().enumerate() {
-            h = unit.forward(&h, train)?;
-            if i < last {
-                h = h.relu()?;
-            }
+            h = if i < last { unit.forward_relu(&h, train)? } else { unit.forward(&h, train)? };
         }
         Ok(h)
     }

@@ -81,12 +81,12 @@ impl Aspp {
         let (n, _, d, h, w) = x.dims5()?;
         let mut outs = Vec::with_capacity(5);
         for b in &self.branches {
-            outs.push(b.forward(x, train)?.relu()?);
+            outs.push(b.forward_relu(x, train)?);
         }
-        let pooled = self.pooling.forward(&global_avg_pool(x)?, train)?.relu()?;
+        let pooled = self.pooling.forward_relu(&global_avg_pool(x)?, train)?;
         let a = pooled.dim(1)?;
         outs.push(pooled.broadcast_as((n, a, d, h, w))?.contiguous()?);
-        let y = self.project.forward(&Tensor::cat(&outs, 1)?, train)?.relu()?;
+        let y = self.project.forward_relu(&Tensor::cat(&outs, 1)?, train)?;
         if train {
             self.dropout.forward(&y)
         } else {
@@ -127,8 +127,8 @@ impl Decoder {
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let h = self.up_bn.forward(&self.up.forward(x)?, train)?.relu()?;
-        let h = self.conv.forward(&h, train)?.relu()?;
+        let h = self.up_bn.forward_relu(&self.up.forward(x)?, train)?;
+        let h = self.conv.forward_relu(&h, train)?;
         self.classifier.forward(&h)
     }
 }
@@ -182,7 +182,7 @@ impl DeepLab3d {
 
     /// Stem: conv → BN → ReLU → max-pool.
     pub fn stem(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        max_pool3d(&self.stem.forward(x, train)?.relu()?, STEM_POOL)
+        max_pool3d(&self.stem.forward_relu(x, train)?, STEM_POOL)
     }
 
     /// Runs blocks `from..to` on the path.

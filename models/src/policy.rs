@@ -63,7 +63,7 @@ impl PolicyNet {
 
     /// Keep logits `[B, N]` for a downsampled volume `[B, 1, d, h, w]`.
     pub fn logits(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut h = max_pool3d(&self.stem.forward(x, train)?.relu()?, STEM_POOL)?;
+        let mut h = max_pool3d(&self.stem.forward_relu(x, train)?, STEM_POOL)?;
         for b in &self.blocks {
             h = b.forward(&h, BlockKeep::All, train)?;
         }

@@ -142,3 +142,60 @@ fn batchnorm_normalises_in_training_and_tracks_running_statistics() {
     assert!((e[0] - (xv[0] - rm[0]) / (rv[0] + 1e-5).sqrt()).abs() < 1e-10);
     finite_difference_check(&x, &|t| bn.forward(t, false).unwrap());
 }
+
+/// Gradients of `Σ r·f(x)` with respect to x, gamma and beta.
+fn bn_gradients(bn: &BatchNorm3d, x: &Var, r: &Tensor, f: &dyn Fn(&Tensor) -> Tensor) -> Vec<Vec<f64>> {
+    let g = (f(x.as_tensor()) * r).unwrap().sum_all().unwrap().backward().unwrap();
+    [x.as_tensor(), bn.gamma(), bn.beta()].iter().map(|t| to_vec(g.get(t).unwrap())).collect()
+}
+
+#[test]
+fn fused_batchnorm_relu_equals_the_composed_definition_with_gradients() {
+    for train in [true, false] {
+        for relu in [false, true] {
+            let vm = VarMap::new();
+            let vb = VarBuilder::from_varmap(&vm, DType::F64, &Device::Cpu);
+            let bn = BatchNorm3d::load(vb.clone(), 3).unwrap();
+            // Non-trivial affine and running statistics so every term of the gradient matters.
+            for (name, t) in vm.data().lock().unwrap().iter() {
+                let v = Tensor::randn(0.5f64, 0.4, 3, &Device::Cpu).unwrap();
+                t.set(&if name.contains("bias") { v } else { v.abs().unwrap() }).unwrap();
+            }
+            bn.forward_composed(&Tensor::randn(1f64, 2.0, (2, 3, 2, 3, 4), &Device::Cpu).unwrap(), true).unwrap();
+            let x = Var::from_tensor(&Tensor::randn(1f64, 2.0, (2, 3, 3, 4, 5), &Device::Cpu).unwrap()).unwrap();
+            let r = Tensor::randn(0f64, 1.0, x.shape(), &Device::Cpu).unwrap();
+            let stats_before = (to_vec(bn.running_stats().0), to_vec(bn.running_stats().1));
+
+            let reference = |t: &Tensor| {
+                let y = bn.forward_composed(t, train).unwrap();
+                if relu { y.relu().unwrap() } else { y }
+            };
+            let fused = |t: &Tensor| if relu { bn.forward_relu(t, train).unwrap() } else { bn.forward(t, train).unwrap() };
+            let (want, got) = (to_vec(&reference(x.as_tensor())), to_vec(&fused(x.as_tensor())));
+            let max_err = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            assert!(max_err < 1e-12, "train {train} relu {relu}: outputs differ by {max_err}");
+            if train {
+                // The composed and the fused call each moved the running estimates by this batch:
+                // m = 0.9·(0.9·m0 + 0.1·mean) + 0.1·mean, likewise the unbiased variance.
+                let (m, v) = (to_vec(bn.running_stats().0), to_vec(bn.running_stats().1));
+                for c in 0..3 {
+                    let xc = to_vec(&x.as_tensor().narrow(1, c, 1).unwrap());
+                    let mean = xc.iter().sum::<f64>() / xc.len() as f64;
+                    let var = xc.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (xc.len() - 1) as f64;
+                    assert!((m[c] - (0.81 * stats_before.0[c] + 0.19 * mean)).abs() < 1e-12);
+                    assert!((v[c] - (0.81 * stats_before.1[c] + 0.19 * var)).abs() < 1e-12);
+                }
+            }
+            let (gw, gf) = (bn_gradients(&bn, &x, &r, &reference), bn_gradients(&bn, &x, &r, &fused));
+            for (which, (a, b)) in ["x", "gamma", "beta"].iter().zip(gw.iter().zip(&gf)) {
+                let err = a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
+                assert!(err < 1e-10, "train {train} relu {relu}: d{which} differs by {err}");
+            }
+        }
+    }
+    // Training mode against finite differences too (the batch statistics depend on x).
+    let vm = VarMap::new();
+    let bn = BatchNorm3d::load(VarBuilder::from_varmap(&vm, DType::F64, &Device::Cpu), 2).unwrap();
+    let x = Tensor::randn(0f64, 1.0, (2, 2, 2, 3, 3), &Device::Cpu).unwrap();
+    finite_difference_check(&x, &|t| bn.forward_relu(t, true).unwrap());
+}

@@ -4,6 +4,7 @@ use candle_core::{DType, Result, Tensor, Var, D};
 use candle_nn::{Init, VarBuilder};
 
 use super::Buffers;
+use crate::ops::batch_norm::{batch_norm_train, channel_affine};
 
 /// BatchNorm3d as PyTorch: batch statistics in training (biased variance to normalise, unbiased
 /// variance into the running estimate, momentum 0.1), running statistics in evaluation.
@@ -65,6 +66,45 @@ impl BatchNorm3d {
 
     /// Normalises `x`; in training also updates the running statistics.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.apply(x, train, false)
+    }
+
+    /// `relu(BN(x))` in one pass (the common conv → BN → ReLU unit).
+    pub fn forward_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.apply(x, train, true)
+    }
+
+    fn apply(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        if !x.device().is_cpu() {
+            let y = self.forward_composed(x, train)?;
+            return if relu { y.relu() } else { Ok(y) };
+        }
+        if train {
+            let (y, stats) = batch_norm_train(x, &self.gamma, &self.beta, self.eps, relu)?;
+            let count = x.elem_count() / x.dim(1)?;
+            let (mean, var): (Vec<f64>, Vec<f64>) = stats.into_iter().unzip();
+            let unbiased = var.iter().map(|v| if count > 1 { v * count as f64 / (count - 1) as f64 } else { *v });
+            self.update_running(&Tensor::new(mean, x.device())?, &Tensor::new(unbiased.collect::<Vec<_>>(), x.device())?)?;
+            Ok(y)
+        } else {
+            let (mean, var) = (self.running_mean.as_tensor(), self.running_var.as_tensor());
+            let scale = (&self.gamma / (var + self.eps)?.sqrt()?)?;
+            let shift = (&self.beta - (mean * &scale)?)?;
+            channel_affine(x, &scale, &shift, relu)
+        }
+    }
+
+    /// Moves the running estimates toward a batch's statistics (PyTorch's momentum convention).
+    fn update_running(&self, mean: &Tensor, unbiased_var: &Tensor) -> Result<()> {
+        let (dt, mo) = (self.running_mean.dtype(), self.momentum);
+        let (mean, var) = (mean.to_dtype(dt)?, unbiased_var.to_dtype(dt)?);
+        self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - mo))? + (mean * mo)?)?)?;
+        self.running_var.set(&((self.running_var.as_tensor() * (1.0 - mo))? + (var * mo)?)?)
+    }
+
+    /// BatchNorm from Candle primitives: the path for devices without the fused op, and the
+    /// independent reference the fused op is tested against.
+    pub fn forward_composed(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let c = x.dim(1)?;
         let shape = (1, c, 1, 1, 1);
         let (mean, var) = if train {
@@ -77,9 +117,7 @@ impl BatchNorm3d {
             let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
             let (m, v) = (mean.flatten_all()?.detach(), var.flatten_all()?.detach());
             let unbiased = if count > 1.0 { (&v * (count / (count - 1.0)))? } else { v };
-            let mo = self.momentum;
-            self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - mo))? + (m * mo)?)?)?;
-            self.running_var.set(&((self.running_var.as_tensor() * (1.0 - mo))? + (unbiased * mo)?)?)?;
+            self.update_running(&m, &unbiased)?;
             (mean.reshape(shape)?, var.reshape(shape)?)
         } else {
             (self.running_mean.as_tensor().reshape(shape)?, self.running_var.as_tensor().reshape(shape)?)

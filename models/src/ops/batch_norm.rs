@@ -1,0 +1,389 @@
+//! BatchNorm (+ optional ReLU) as single fused passes with a hand-written backward.
+//!
+//! Composed from Candle primitives, a training-mode BatchNorm is ~10 full-size tensors (a transposed
+//! copy for the per-channel statistics, centring, squaring, three broadcasts) forward and about as
+//! many again backward, each a single-threaded strided loop; in the r18 training step that was most of
+//! the non-convolution time. Here the statistics take one parallel pass over each channel's `N`
+//! contiguous `D·H·W` slabs, the output one more, and the backward two (per-channel sums, then the
+//! input gradient), with the ReLU mask folded in.
+//!
+//! Statistics accumulate in f64, so f32 training keeps the precision of the composed version.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// f32 or f64 with conversions through f64.
+trait Real: Copy + Send + Sync + 'static {
+    fn f(self) -> f64;
+    fn of(v: f64) -> Self;
+}
+impl Real for f32 {
+    fn f(self) -> f64 {
+        self as f64
+    }
+    fn of(v: f64) -> Self {
+        v as f32
+    }
+}
+impl Real for f64 {
+    fn f(self) -> f64 {
+        self
+    }
+    fn of(v: f64) -> Self {
+        v
+    }
+}
+
+/// `(n, c, d·h·w)` of a contiguous `[N, C, D, H, W]` layout, and its offsets.
+fn geometry(l: &Layout, what: &str) -> Result<((usize, usize, usize), usize, usize)> {
+    let dims = l.dims();
+    if dims.len() < 2 {
+        bail!("batch_norm: {what} must be [N, C, ...], got {dims:?}")
+    }
+    let Some((a, b)) = l.contiguous_offsets() else { bail!("batch_norm: {what} must be contiguous") };
+    Ok(((dims[0], dims[1], dims[2..].iter().product()), a, b))
+}
+
+/// The contiguous `[T]` behind a storage of element type `T`, or an error naming the operand.
+fn typed<'a, T: 'static>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
+    let any: &dyn std::any::Any = match s {
+        CpuStorage::F32(v) => v,
+        CpuStorage::F64(v) => v,
+        other => bail!("batch_norm: {what} has unsupported dtype {:?} (f32 or f64)", other.dtype()),
+    };
+    let Some(v) = any.downcast_ref::<Vec<T>>() else { bail!("batch_norm: {what} has a different dtype than the input") };
+    let Some((a, b)) = l.contiguous_offsets() else { bail!("batch_norm: {what} must be contiguous") };
+    Ok(&v[a..b])
+}
+
+/// Per-channel batch mean and biased variance (two-pass, in f64).
+fn channel_stats<T: Real>(x: &[T], (n, c, s): (usize, usize, usize)) -> Vec<(f64, f64)> {
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let slabs = || (0..n).map(move |i| &x[(i * c + ch) * s..(i * c + ch + 1) * s]);
+            let count = (n * s) as f64;
+            let mean = slabs().map(|v| v.iter().map(|a| a.f()).sum::<f64>()).sum::<f64>() / count;
+            let var = slabs().map(|v| v.iter().map(|a| (a.f() - mean).powi(2)).sum::<f64>()).sum::<f64>() / count;
+            (mean, var)
+        })
+        .collect()
+}
+
+/// `y = max?(0, x·scale[c] + shift[c])` over every `(n, c)` slab in parallel.
+fn affine<T: Real>(x: &[T], (_, c, s): (usize, usize, usize), coef: &[(f64, f64)], relu: bool) -> Vec<T> {
+    let mut y = x.to_vec();
+    y.par_chunks_mut(s).enumerate().for_each(|(slab, v)| {
+        let (a, b) = coef[slab % c];
+        for e in v {
+            let t = e.f() * a + b;
+            *e = T::of(if relu && t < 0.0 { 0.0 } else { t });
+        }
+    });
+    y
+}
+
+/// The gradient through the ReLU: `dy` where the output is positive.
+#[inline]
+fn masked<T: Real>(dy: T, y: T, relu: bool) -> f64 {
+    if relu && y.f() <= 0.0 {
+        0.0
+    } else {
+        dy.f()
+    }
+}
+
+/// Per channel `(Σ dy', Σ dy'·u)` where `u = (x − mean_c)·k_c` (the normalised input for BatchNorm
+/// in training, the raw input for a fixed affine with `mean = 0, k = 1`).
+fn grad_sums<T: Real>(
+    x: &[T],
+    y: &[T],
+    dy: &[T],
+    (n, c, s): (usize, usize, usize),
+    centre: &[(f64, f64)],
+    relu: bool,
+) -> Vec<(f64, f64)> {
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let (m, k) = centre[ch];
+            let (mut sum, mut dot) = (0.0, 0.0);
+            for i in 0..n {
+                let r = (i * c + ch) * s..(i * c + ch + 1) * s;
+                for ((xv, yv), gv) in x[r.clone()].iter().zip(&y[r.clone()]).zip(&dy[r]) {
+                    let g = masked(*gv, *yv, relu);
+                    sum += g;
+                    dot += g * (xv.f() - m) * k;
+                }
+            }
+            (sum, dot)
+        })
+        .collect()
+}
+
+/// Fused training-mode BatchNorm over (x, gamma, beta). The statistics the forward pass computed are
+/// kept for the backward pass and for the caller's running estimates.
+struct BatchNormTrain {
+    eps: f64,
+    relu: bool,
+    stats: Arc<Mutex<Vec<(f64, f64)>>>,
+}
+
+/// `(x, y, dy)` → `[dx (x's elements) | dgamma (C) | dbeta (C)]` flat.
+struct BatchNormTrainGrad {
+    relu: bool,
+    /// Per channel `(mean, 1/√(var+ε), gamma)`.
+    coef: Vec<(f64, f64, f64)>,
+}
+
+/// Fixed per-channel affine `x·scale + shift` (+ReLU), differentiable in all three: BatchNorm in
+/// evaluation, where scale and shift come from gamma, beta and the running statistics.
+struct ChannelAffine {
+    relu: bool,
+}
+
+/// `(x, y, dy)` → `[dx | dscale (C) | dshift (C)]` flat.
+struct ChannelAffineGrad {
+    relu: bool,
+    scale: Vec<f64>,
+}
+
+fn params(t: &Tensor) -> Result<Vec<f64>> {
+    t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()
+}
+
+/// Runs `$body` with `$T` bound to the storage's element type (f32 or f64), wrapping the Vec result.
+macro_rules! by_dtype {
+    ($name:expr, $s:expr, |$T:ident| $body:expr) => {
+        match $s {
+            CpuStorage::F32(_) => {
+                type $T = f32;
+                CpuStorage::F32($body)
+            }
+            CpuStorage::F64(_) => {
+                type $T = f64;
+                CpuStorage::F64($body)
+            }
+            other => bail!("{}: unsupported dtype {:?} (f32 or f64)", $name, other.dtype()),
+        }
+    };
+}
+
+impl CustomOp3 for BatchNormTrain {
+    fn name(&self) -> &'static str {
+        "batch_norm_train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, _, _) = geometry(l1, "input")?;
+        let storage = by_dtype!(self.name(), s1, |T| {
+            let (x, gamma, beta) = (
+                typed::<T>(s1, l1, "input")?,
+                typed::<T>(s2, l2, "gamma")?,
+                typed::<T>(s3, l3, "beta")?,
+            );
+            let stats = channel_stats(x, g);
+            let coef: Vec<(f64, f64)> = stats
+                .iter()
+                .zip(gamma.iter().zip(beta))
+                .map(|(&(m, v), (ga, be))| {
+                    let a = ga.f() / (v + self.eps).sqrt();
+                    (a, be.f() - m * a)
+                })
+                .collect();
+            *self.stats.lock().expect("batch-norm statistics lock") = stats;
+            affine(x, g, &coef, self.relu)
+        });
+        Ok((storage, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let stats = self.stats.lock().expect("batch-norm statistics lock").clone();
+        let coef = stats.iter().zip(params(gamma)?).map(|(&(m, v), g)| (m, 1.0 / (v + self.eps).sqrt(), g)).collect();
+        let op = BatchNormTrainGrad { relu: self.relu, coef };
+        let flat = x.contiguous()?.apply_op3_no_bwd(y, &dy.contiguous()?, &op)?;
+        split_grads(&flat, x, gamma.dim(0)?)
+    }
+}
+
+/// `[dx | dp (C) | dq (C)]` → (dx shaped like x, dp, dq).
+fn split_grads(flat: &Tensor, x: &Tensor, c: usize) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let n = x.elem_count();
+    Ok((
+        Some(flat.narrow(0, 0, n)?.reshape(x.shape())?),
+        Some(flat.narrow(0, n, c)?),
+        Some(flat.narrow(0, n + c, c)?),
+    ))
+}
+
+impl CustomOp3 for BatchNormTrainGrad {
+    fn name(&self) -> &'static str {
+        "batch_norm_train-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g @ (n, c, s), _, _) = geometry(l1, "input")?;
+        let total = n * c * s;
+        let storage = by_dtype!(self.name(), s1, |T| {
+            let x = typed::<T>(s1, l1, "input")?;
+            let y = typed::<T>(s2, l2, "output")?;
+            let dy = typed::<T>(s3, l3, "gradient")?;
+            let centre: Vec<(f64, f64)> = self.coef.iter().map(|&(m, k, _)| (m, k)).collect();
+            let sums = grad_sums(x, y, dy, g, &centre, self.relu);
+            let count = (n * s) as f64;
+            let mut out = vec![T::of(0.0); total + 2 * c];
+            let (dx, rest) = out.split_at_mut(total);
+            dx.par_chunks_mut(s).enumerate().for_each(|(slab, d)| {
+                let ch = slab % c;
+                let (m, k, ga) = self.coef[ch];
+                let (sum, dot) = sums[ch];
+                let r = slab * s..(slab + 1) * s;
+                for ((o, xv), (yv, gv)) in d.iter_mut().zip(&x[r.clone()]).zip(y[r.clone()].iter().zip(&dy[r])) {
+                    let u = (xv.f() - m) * k;
+                    let gd = masked(*gv, *yv, self.relu);
+                    *o = T::of(ga * k * (gd - sum / count - u * dot / count));
+                }
+            });
+            for (ch, &(sum, dot)) in sums.iter().enumerate() {
+                rest[ch] = T::of(dot);
+                rest[c + ch] = T::of(sum);
+            }
+            out
+        });
+        Ok((storage, Shape::from_dims(&[total + 2 * c])))
+    }
+}
+
+impl CustomOp3 for ChannelAffine {
+    fn name(&self) -> &'static str {
+        "channel_affine"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, _, _) = geometry(l1, "input")?;
+        let storage = by_dtype!(self.name(), s1, |T| {
+            let x = typed::<T>(s1, l1, "input")?;
+            let scale = typed::<T>(s2, l2, "scale")?;
+            let shift = typed::<T>(s3, l3, "shift")?;
+            let coef: Vec<(f64, f64)> = scale.iter().zip(shift).map(|(a, b)| (a.f(), b.f())).collect();
+            affine(x, g, &coef, self.relu)
+        });
+        Ok((storage, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        scale: &Tensor,
+        _shift: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let op = ChannelAffineGrad { relu: self.relu, scale: params(scale)? };
+        let flat = x.contiguous()?.apply_op3_no_bwd(y, &dy.contiguous()?, &op)?;
+        split_grads(&flat, x, scale.dim(0)?)
+    }
+}
+
+impl CustomOp3 for ChannelAffineGrad {
+    fn name(&self) -> &'static str {
+        "channel_affine-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g @ (n, c, s), _, _) = geometry(l1, "input")?;
+        let total = n * c * s;
+        let storage = by_dtype!(self.name(), s1, |T| {
+            let x = typed::<T>(s1, l1, "input")?;
+            let y = typed::<T>(s2, l2, "output")?;
+            let dy = typed::<T>(s3, l3, "gradient")?;
+            let sums = grad_sums(x, y, dy, g, &vec![(0.0, 1.0); c], self.relu);
+            let mut out = vec![T::of(0.0); total + 2 * c];
+            let (dx, rest) = out.split_at_mut(total);
+            dx.par_chunks_mut(s).enumerate().for_each(|(slab, d)| {
+                let k = self.scale[slab % c];
+                let r = slab * s..(slab + 1) * s;
+                for (o, (yv, gv)) in d.iter_mut().zip(y[r.clone()].iter().zip(&dy[r])) {
+                    *o = T::of(masked(*gv, *yv, self.relu) * k);
+                }
+            });
+            for (ch, &(sum, dot)) in sums.iter().enumerate() {
+                rest[ch] = T::of(dot);
+                rest[c + ch] = T::of(sum);
+            }
+            out
+        });
+        Ok((storage, Shape::from_dims(&[total + 2 * c])))
+    }
+}
+
+/// Training-mode BatchNorm of `[N, C, ...]` with batch statistics (biased variance), optionally
+/// followed by ReLU, differentiable in x, gamma and beta. Returns the output and the batch's
+/// per-channel `(mean, biased variance)` for the running estimates.
+pub fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, Vec<(f64, f64)>)> {
+    if !x.device().is_cpu() {
+        bail!("batch_norm_train: only the CPU path is fused (tensor on {:?})", x.device().location())
+    }
+    let stats = Arc::new(Mutex::new(Vec::new()));
+    let op = BatchNormTrain { eps, relu, stats: stats.clone() };
+    let y = x.contiguous()?.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
+    let s = stats.lock().expect("batch-norm statistics lock").clone();
+    Ok((y, s))
+}
+
+/// `x·scale[c] + shift[c]` over `[N, C, ...]`, optionally followed by ReLU, differentiable in all
+/// three arguments.
+pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor, relu: bool) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        bail!("channel_affine: only the CPU path is fused (tensor on {:?})", x.device().location())
+    }
+    x.contiguous()?.apply_op3(&scale.contiguous()?, &shift.contiguous()?, ChannelAffine { relu })
+}
