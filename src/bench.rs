@@ -201,6 +201,7 @@ pub fn bench(bundle: &Path, inputs: &[PathBuf], scratch: &Path, opts: &BenchOpti
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "threads": opts.session.threads,
         "ep": opts.session.ep,
+        "chain_values": format!("{:?}", p.sessions.residency),
         "onnx_runtime": crate::onnxruntime::ORT_VERSION,
         "bundle_sha256": p.bundle.hash,
         "tile": p.window.patch,

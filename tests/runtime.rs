@@ -51,9 +51,13 @@ fn outputs_equal_the_candle_predictions_and_keep_the_input_geometry() {
     let f = fixture();
     let (net, cfg) = load_segmenter(&f.run(), "best").unwrap();
     let out = f.root.join("out");
-    for (path, mask) in [("full", vec![true; 8]), ("10110101", vec![true, false, true, true, false, true, false, true])]
+    let some = vec![true, false, true, true, false, true, false, true];
+    // `--io-binding on` runs the chain through IoBinding with outputs bound to host memory: the code
+    // path that keeps values on the GPU under CUDA, here checked for identical results.
+    for (path, mask, binding) in
+        [("full", vec![true; 8], "auto"), ("10110101", some.clone(), "auto"), ("10110101", some, "on")]
     {
-        let o = out.join(path);
+        let o = out.join(format!("{path}-{binding}"));
         let res = run_cli(&[
             "--bundle",
             f.bundle().to_str().unwrap(),
@@ -66,6 +70,8 @@ fn outputs_equal_the_candle_predictions_and_keep_the_input_geometry() {
             "--quiet",
             "--tile-batch",
             "3",
+            "--io-binding",
+            binding,
         ]);
         assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
         for k in 0..5 {
@@ -78,7 +84,10 @@ fn outputs_equal_the_candle_predictions_and_keep_the_input_geometry() {
             let want = prep.restore(&labels(&probs, net.spec().output), &rec);
             let got = read_volume(&o.join(format!("volume-{k}.nii.gz")), &ReadOptions::default()).unwrap();
             let differ = got.data.iter().zip(want.iter()).filter(|(a, b)| **a as u8 != **b).count();
-            assert_eq!(differ, 0, "path {path}, case {k}: {differ} voxels differ from the Candle prediction");
+            assert_eq!(
+                differ, 0,
+                "path {path} ({binding}), case {k}: {differ} voxels differ from the Candle prediction"
+            );
         }
         // Label maps also include segmentation-K inputs from the folder: check geometry on all.
         let files: Vec<String> = (0..5)

@@ -168,9 +168,14 @@ fn fused_batchnorm_relu_equals_the_composed_definition_with_gradients() {
 
             let reference = |t: &Tensor| {
                 let y = bn.forward_composed(t, train).unwrap();
-                if relu { y.relu().unwrap() } else { y }
+                if relu {
+                    y.relu().unwrap()
+                } else {
+                    y
+                }
             };
-            let fused = |t: &Tensor| if relu { bn.forward_relu(t, train).unwrap() } else { bn.forward(t, train).unwrap() };
+            let fused =
+                |t: &Tensor| if relu { bn.forward_relu(t, train).unwrap() } else { bn.forward(t, train).unwrap() };
             let (want, got) = (to_vec(&reference(x.as_tensor())), to_vec(&fused(x.as_tensor())));
             let max_err = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
             assert!(max_err < 1e-12, "train {train} relu {relu}: outputs differ by {max_err}");

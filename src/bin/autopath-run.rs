@@ -8,7 +8,7 @@ use clap::Parser;
 
 use autopath::cli::{progress, report};
 use autopath::runtime::batch::{plan, Shard};
-use autopath::runtime::{ExecutionProvider, PathChoice, Predictor, SessionOptions};
+use autopath::runtime::{ExecutionProvider, IoBindingMode, PathChoice, Predictor, SessionOptions};
 
 #[derive(Parser)]
 #[command(
@@ -50,6 +50,9 @@ struct Cli {
     /// TensorRT FP16.
     #[arg(long)]
     fp16: bool,
+    /// Keep block outputs in device memory between sessions (auto: on GPU providers).
+    #[arg(long, value_enum, default_value = "auto")]
+    io_binding: IoBindingMode,
     /// Tiles per network call.
     #[arg(long, default_value_t = 2)]
     tile_batch: usize,
@@ -109,6 +112,9 @@ enum Sub {
         /// Accept CPU if the GPU provider fails.
         #[arg(long)]
         allow_fallback: bool,
+        /// Keep block outputs in device memory between sessions (auto: on GPU providers).
+        #[arg(long, value_enum, default_value = "auto")]
+        io_binding: IoBindingMode,
         /// Threads of the shared ONNX Runtime pool.
         #[arg(long)]
         threads: Option<usize>,
@@ -129,6 +135,7 @@ fn serve(sub: Sub) -> anyhow::Result<bool> {
         token_file,
         ep,
         allow_fallback,
+        io_binding,
         threads,
         tile_batch,
     } = sub;
@@ -146,7 +153,7 @@ fn serve(sub: Sub) -> anyhow::Result<bool> {
         max_body: max_body_mb * 1024 * 1024,
         timeout: std::time::Duration::from_secs(timeout),
         token,
-        session: SessionOptions { ep, allow_fallback, threads, ..Default::default() },
+        session: SessionOptions { ep, allow_fallback, threads, io_binding, ..Default::default() },
         tile_batch,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -176,6 +183,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         threads: cli.threads,
         trt_cache: cli.trt_cache,
         fp16: cli.fp16,
+        io_binding: cli.io_binding,
     };
     let mut predictor = Predictor::from_bundle(&bundle, &opts)?;
     predictor.tile_batch = cli.tile_batch.max(1);

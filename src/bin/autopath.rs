@@ -166,6 +166,9 @@ enum Command {
         /// ONNX Runtime threads.
         #[arg(long)]
         threads: Option<usize>,
+        /// Keep block outputs in device memory between sessions (auto: on GPU providers).
+        #[arg(long, value_enum, default_value = "auto")]
+        io_binding: autopath::runtime::IoBindingMode,
         /// Timed repeats per measurement.
         #[arg(long, default_value_t = 5)]
         repeats: usize,
@@ -492,12 +495,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::TrainPolicy(args) => train_policy(args, cli.quiet),
-        Command::Bench { bundle, data, limit, ep, allow_fallback, threads, repeats, warmup, tile_batch, out } => {
+        Command::Bench {
+            bundle,
+            data,
+            limit,
+            ep,
+            allow_fallback,
+            threads,
+            io_binding,
+            repeats,
+            warmup,
+            tile_batch,
+            out,
+        } => {
             let inputs = bench_inputs(&data, limit)?;
             let opts = autopath::bench::BenchOptions {
                 repeats: repeats.max(1),
                 warmup,
-                session: autopath::runtime::SessionOptions { ep, allow_fallback, threads, ..Default::default() },
+                session: autopath::runtime::SessionOptions {
+                    ep,
+                    allow_fallback,
+                    threads,
+                    io_binding,
+                    ..Default::default()
+                },
                 tile_batch,
             };
             let report = autopath::bench::bench(&bundle, &inputs, &out, &opts)?;

@@ -2,10 +2,11 @@
 //! session without copies to ndarrays), the monolithic full graph, and the policy.
 
 use ndarray::{Array2, Array5, ArrayView5};
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::Session;
 use ort::value::{DynValue, Tensor, TensorRef};
 
-use super::session::Sessions;
+use super::session::{Residency, Sessions};
 use crate::error::{Error, Result};
 
 fn ort_err(what: &str, e: impl std::fmt::Display) -> Error {
@@ -15,6 +16,36 @@ fn ort_err(what: &str, e: impl std::fmt::Display) -> Error {
 fn run_one(session: &mut Session, what: &str, input: &str, value: DynValue, output: &str) -> Result<DynValue> {
     let mut out = session.run(ort::inputs![input => value]).map_err(|e| ort_err(what, e))?;
     out.remove(output).ok_or_else(|| ort_err(what, format!("graph has no output {output:?}")))
+}
+
+/// Runs one session with its output bound to `memory` (IoBinding): on a GPU provider the value stays
+/// in device memory and the next session reads it there. The input may live anywhere; ONNX Runtime
+/// copies it to the session's device if needed (only the stem's input, from the host).
+fn run_bound(
+    session: &mut Session,
+    what: &str,
+    input: &str,
+    value: &DynValue,
+    output: &str,
+    memory: &MemoryInfo,
+) -> Result<DynValue> {
+    let mut binding = session.create_binding().map_err(|e| ort_err(what, e))?;
+    binding.bind_input(input, value).map_err(|e| ort_err(what, e))?;
+    binding.bind_output_to_device(output, memory).map_err(|e| ort_err(what, e))?;
+    let mut out = session.run_binding(&binding).map_err(|e| ort_err(what, e))?;
+    out.remove(output).ok_or_else(|| ort_err(what, format!("graph has no output {output:?}")))
+}
+
+/// Memory the chain's intermediate values are bound to, if any.
+fn chain_memory(residency: Residency) -> Result<Option<MemoryInfo<'static>>> {
+    let info = |device, memory| {
+        MemoryInfo::new(device, 0, AllocatorType::Device, memory).map(Some).map_err(|e| ort_err("memory info", e))
+    };
+    match residency {
+        Residency::Host => Ok(None),
+        Residency::BoundHost => info(AllocationDevice::CPU, MemoryType::Default),
+        Residency::Cuda => info(AllocationDevice::CUDA, MemoryType::Default),
+    }
 }
 
 fn to_value(tiles: ArrayView5<f32>) -> Result<DynValue> {
@@ -66,15 +97,24 @@ impl Sessions {
     /// Probabilities `[B, K, tile]` for tiles `[B, 1, tile]` on a path: stem, then per block the
     /// block graph if kept, the shortcut graph if dropped with a projection, nothing if dropped with
     /// an identity shortcut; then the head.
+    ///
+    /// With a bound residency the stem's and every block's output stay where the provider put them
+    /// (GPU memory under CUDA/TensorRT); only the head's probabilities come back to the host.
     pub fn run_chain(&mut self, tiles: ArrayView5<f32>, keep: &[bool]) -> Result<Array5<f32>> {
-        let mut h = run_one(&mut self.stem, "stem", "image", to_value(tiles)?, "features")?;
+        let memory = chain_memory(self.residency)?;
+        let step = |s: &mut Session, what: &str, input: &str, v: DynValue, output: &str| match &memory {
+            Some(m) => run_bound(s, what, input, &v, output, m),
+            None => run_one(s, what, input, v, output),
+        };
+        let mut h = step(&mut self.stem, "stem", "image", to_value(tiles)?, "features")?;
         for (n, &k) in keep.iter().enumerate() {
             if k {
-                h = run_one(&mut self.blocks[n], &format!("block {n}"), "x", h, "y")?;
+                h = step(&mut self.blocks[n], &format!("block {n}"), "x", h, "y")?;
             } else if let Some(s) = self.shortcuts[n].as_mut() {
-                h = run_one(s, &format!("shortcut {n}"), "x", h, "y")?;
+                h = step(s, &format!("shortcut {n}"), "x", h, "y")?;
             }
         }
+        // A plain run returns the head's output in host memory whatever the input's device.
         let p = run_one(&mut self.head, "head", "x", h, "probabilities")?;
         to_array(&p, "head")
     }

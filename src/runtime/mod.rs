@@ -6,4 +6,4 @@ pub mod predict;
 pub mod session;
 
 pub use predict::{PathChoice, Predictor, VolumeReport};
-pub use session::{ExecutionProvider, SessionOptions, Sessions};
+pub use session::{ExecutionProvider, IoBindingMode, Residency, SessionOptions, Sessions};

@@ -33,6 +33,32 @@ pub struct SessionOptions {
     pub trt_cache: Option<PathBuf>,
     /// TensorRT FP16 kernels.
     pub fp16: bool,
+    /// Whether activations stay in the provider's memory between block sessions (IoBinding).
+    pub io_binding: IoBindingMode,
+}
+
+/// When block outputs are bound to device memory instead of coming back to the host after every
+/// session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+pub enum IoBindingMode {
+    /// On for GPU providers that registered, off on CPU (where outputs already live in host memory).
+    #[default]
+    Auto,
+    /// Always (on CPU this binds to host memory: the same code path, useful to test it).
+    On,
+    /// Never: every session returns its output to the host.
+    Off,
+}
+
+/// Where the chain's intermediate values live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Residency {
+    /// Plain runs: ONNX Runtime returns outputs in host memory.
+    Host,
+    /// Outputs bound to CPU memory through IoBinding (the binding path, on the host).
+    BoundHost,
+    /// Outputs bound to the memory of CUDA device 0: no host round trip between blocks.
+    Cuda,
 }
 
 impl Default for SessionOptions {
@@ -43,6 +69,7 @@ impl Default for SessionOptions {
             threads: None,
             trt_cache: None,
             fp16: false,
+            io_binding: IoBindingMode::Auto,
         }
     }
 }
@@ -75,7 +102,8 @@ fn providers(opts: &SessionOptions, bundle_hash: &str) -> Result<Vec<ExecutionPr
 
 /// Creates a session for one graph file with the requested provider; a provider that fails to
 /// register is an error naming the file and the provider, unless fallback to CPU was allowed.
-pub fn open(path: &Path, opts: &SessionOptions, bundle_hash: &str) -> Result<Session> {
+/// Returns the session and the provider it actually runs on.
+pub fn open(path: &Path, opts: &SessionOptions, bundle_hash: &str) -> Result<(Session, ExecutionProvider)> {
     let (_, env) = crate::onnxruntime::load(opts.threads)?;
     let build = |eps: Vec<ExecutionProviderDispatch>| -> std::result::Result<Session, String> {
         let b = Session::builder(env).map_err(|e| e.to_string())?;
@@ -85,10 +113,10 @@ pub fn open(path: &Path, opts: &SessionOptions, bundle_hash: &str) -> Result<Ses
         b.commit_from_file(path).map_err(|e| e.to_string())
     };
     match build(providers(opts, bundle_hash)?) {
-        Ok(s) => Ok(s),
+        Ok(s) => Ok((s, opts.ep)),
         Err(e) if opts.ep != ExecutionProvider::Cpu && opts.allow_fallback => {
             eprintln!("warning: {:?} provider unavailable for {} ({e}); running on CPU as --allow-fallback permits", opts.ep, path.display());
-            build(vec![]).map_err(|e| ort_err(path.display(), e))
+            Ok((build(vec![]).map_err(|e| ort_err(path.display(), e))?, ExecutionProvider::Cpu))
         }
         Err(e) if opts.ep != ExecutionProvider::Cpu => Err(ort_err(
             path.display(),
@@ -112,6 +140,8 @@ pub struct Sessions {
     pub full: Session,
     /// The policy, if the bundle has one.
     pub policy: Option<Session>,
+    /// Where the block chain keeps its intermediate values.
+    pub residency: Residency,
 }
 
 impl Sessions {
@@ -119,14 +149,35 @@ impl Sessions {
     pub fn open(bundle: &Bundle, opts: &SessionOptions) -> Result<Sessions> {
         let a = &bundle.manifest.architecture;
         let h = &bundle.hash;
-        let o = |f: &str| open(&bundle.path(f), opts, h);
+        // Every chain session must run on the same provider for their values to be bound to one
+        // device; after a partial fallback the chain stays on the host.
+        let on_gpu = std::cell::Cell::new(opts.ep != ExecutionProvider::Cpu);
+        let o = |f: &str| -> Result<Session> {
+            let (s, used) = open(&bundle.path(f), opts, h)?;
+            if used == ExecutionProvider::Cpu {
+                on_gpu.set(false);
+            }
+            Ok(s)
+        };
+        let stem = o(&a.stem_file)?;
+        let blocks = a.blocks.iter().map(|b| o(&b.file)).collect::<Result<_>>()?;
+        let shortcuts =
+            a.blocks.iter().map(|b| b.shortcut_file.as_deref().map(o).transpose()).collect::<Result<_>>()?;
+        let head = o(&a.head_file)?;
+        let residency = match (opts.io_binding, on_gpu.get()) {
+            (IoBindingMode::Off, _) => Residency::Host,
+            (_, true) => Residency::Cuda,
+            (IoBindingMode::On, false) => Residency::BoundHost,
+            (IoBindingMode::Auto, false) => Residency::Host,
+        };
         Ok(Sessions {
-            stem: o(&a.stem_file)?,
-            blocks: a.blocks.iter().map(|b| o(&b.file)).collect::<Result<_>>()?,
-            shortcuts: a.blocks.iter().map(|b| b.shortcut_file.as_deref().map(o).transpose()).collect::<Result<_>>()?,
-            head: o(&a.head_file)?,
+            stem,
+            blocks,
+            shortcuts,
+            head,
             full: o(&a.full_file)?,
             policy: bundle.manifest.policy.as_ref().map(|p| o(&p.file)).transpose()?,
+            residency,
         })
     }
 }

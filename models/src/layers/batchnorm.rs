@@ -84,7 +84,10 @@ impl BatchNorm3d {
             let count = x.elem_count() / x.dim(1)?;
             let (mean, var): (Vec<f64>, Vec<f64>) = stats.into_iter().unzip();
             let unbiased = var.iter().map(|v| if count > 1 { v * count as f64 / (count - 1) as f64 } else { *v });
-            self.update_running(&Tensor::new(mean, x.device())?, &Tensor::new(unbiased.collect::<Vec<_>>(), x.device())?)?;
+            self.update_running(
+                &Tensor::new(mean, x.device())?,
+                &Tensor::new(unbiased.collect::<Vec<_>>(), x.device())?,
+            )?;
             Ok(y)
         } else {
             let (mean, var) = (self.running_mean.as_tensor(), self.running_var.as_tensor());

@@ -54,7 +54,9 @@ fn typed<'a, T: 'static>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'
         CpuStorage::F64(v) => v,
         other => bail!("batch_norm: {what} has unsupported dtype {:?} (f32 or f64)", other.dtype()),
     };
-    let Some(v) = any.downcast_ref::<Vec<T>>() else { bail!("batch_norm: {what} has a different dtype than the input") };
+    let Some(v) = any.downcast_ref::<Vec<T>>() else {
+        bail!("batch_norm: {what} has a different dtype than the input")
+    };
     let Some((a, b)) = l.contiguous_offsets() else { bail!("batch_norm: {what} must be contiguous") };
     Ok(&v[a..b])
 }
@@ -188,11 +190,8 @@ impl CustomOp3 for BatchNormTrain {
     ) -> Result<(CpuStorage, Shape)> {
         let (g, _, _) = geometry(l1, "input")?;
         let storage = by_dtype!(self.name(), s1, |T| {
-            let (x, gamma, beta) = (
-                typed::<T>(s1, l1, "input")?,
-                typed::<T>(s2, l2, "gamma")?,
-                typed::<T>(s3, l3, "beta")?,
-            );
+            let (x, gamma, beta) =
+                (typed::<T>(s1, l1, "input")?, typed::<T>(s2, l2, "gamma")?, typed::<T>(s3, l3, "beta")?);
             let stats = channel_stats(x, g);
             let coef: Vec<(f64, f64)> = stats
                 .iter()
@@ -227,11 +226,7 @@ impl CustomOp3 for BatchNormTrain {
 /// `[dx | dp (C) | dq (C)]` → (dx shaped like x, dp, dq).
 fn split_grads(flat: &Tensor, x: &Tensor, c: usize) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
     let n = x.elem_count();
-    Ok((
-        Some(flat.narrow(0, 0, n)?.reshape(x.shape())?),
-        Some(flat.narrow(0, n, c)?),
-        Some(flat.narrow(0, n + c, c)?),
-    ))
+    Ok((Some(flat.narrow(0, 0, n)?.reshape(x.shape())?), Some(flat.narrow(0, n, c)?), Some(flat.narrow(0, n + c, c)?)))
 }
 
 impl CustomOp3 for BatchNormTrainGrad {
