@@ -11,6 +11,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+use autopath_models::reward::reward;
+
 use crate::bundle::Bundle;
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
@@ -88,6 +90,16 @@ pub struct VolumeResult {
     pub autopath_dropped: Option<usize>,
     /// AutoPath FLOP fraction.
     pub autopath_flops: Option<f64>,
+    /// The path with the highest reward on this volume among all 2^N (N ≤ 10): what a perfect policy
+    /// would choose, and so whether one path fits all volumes or paths should differ.
+    #[serde(default)]
+    pub oracle_mask: Option<String>,
+    /// The oracle path's Dice.
+    #[serde(default)]
+    pub oracle: Option<f64>,
+    /// Blocks the oracle path drops.
+    #[serde(default)]
+    pub oracle_dropped: Option<usize>,
 }
 
 /// One row of Table 1.
@@ -130,6 +142,9 @@ pub struct Results {
     pub summary: serde_json::Value,
 }
 
+/// Largest N for which every one of the 2^N paths is evaluated per volume.
+const ORACLE_MAX_BLOCKS: usize = 10;
+
 fn err(e: impl std::fmt::Display) -> Error {
     Error::invalid("eval", e.to_string())
 }
@@ -152,6 +167,8 @@ pub fn evaluate(opts: &EvalOptions, progress: &dyn Fn(usize, usize)) -> Result<R
     let policy = opts.policy.as_deref().map(|p| load_policy(p, "best")).transpose()?;
 
     let repeats = opts.random_repeats.unwrap_or(if n_blocks <= 8 { 100 } else { 500 });
+    // The oracle scores paths with the policy's reward (its τ; the paper's 50 without a policy).
+    let tau = policy.as_ref().map_or(50.0, |(_, pc, _)| pc.tau);
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     // Random masks are shared by all volumes: one repeat = one mask applied to the whole test set.
     let random: Vec<Vec<Vec<bool>>> = (1..n_blocks)
@@ -194,12 +211,19 @@ pub fn evaluate(opts: &EvalOptions, progress: &dyn Fn(usize, usize)) -> Result<R
         };
         let mut unique: HashMap<Vec<bool>, usize> = HashMap::new();
         let mut list = Vec::new();
+        // For N ≤ 10 every path is scored (for N = 8 DropRandomN already visits nearly all 256).
+        let every: Vec<Vec<bool>> = if n_blocks <= ORACLE_MAX_BLOCKS {
+            (0..1usize << n_blocks).map(|b| (0..n_blocks).map(|i| b >> i & 1 == 1).collect()).collect()
+        } else {
+            Vec::new()
+        };
         let all = std::iter::once(&full)
             .chain(&drop_n)
             .chain(&first)
             .chain(&last)
             .chain(random.iter().flatten())
-            .chain(auto.iter());
+            .chain(auto.iter())
+            .chain(&every);
         for m in all {
             unique.entry(m.clone()).or_insert_with(|| {
                 list.push(m.clone());
@@ -208,6 +232,11 @@ pub fn evaluate(opts: &EvalOptions, progress: &dyn Fn(usize, usize)) -> Result<R
         }
         let outcomes = ev.evaluate(&prepared, &list, false)?;
         let dice = |m: &Vec<bool>| outcomes[unique[m]].dice;
+        let kept = |m: &Vec<bool>| m.iter().filter(|&&k| k).count();
+        let oracle = every.iter().max_by(|a, b| {
+            let r = |m: &Vec<bool>| reward(outcomes[unique[m]].accuracy, kept(m), n_blocks, tau);
+            r(a).total_cmp(&r(b)).then(kept(b).cmp(&kept(a)))
+        });
         for (n, level) in random.iter().enumerate() {
             for (r, m) in level.iter().enumerate() {
                 random_dice[n][r].push(dice(m));
@@ -223,6 +252,9 @@ pub fn evaluate(opts: &EvalOptions, progress: &dyn Fn(usize, usize)) -> Result<R
             autopath: auto.as_ref().map(dice),
             autopath_dropped: auto.as_ref().map(|m| m.iter().filter(|&&k| !k).count()),
             autopath_flops: auto.as_ref().map(|m| flops(m)),
+            oracle_mask: oracle.map(|m| mask_text(m)),
+            oracle: oracle.map(dice),
+            oracle_dropped: oracle.map(|m| n_blocks - kept(m)),
         };
         qualitative.push((ci, auto.clone()));
         volumes.push(v);
@@ -295,6 +327,16 @@ pub fn evaluate(opts: &EvalOptions, progress: &dyn Fn(usize, usize)) -> Result<R
             "level": level, "drop_first_dice": drop_first[level - 1], "drop_last_dice": drop_last[level - 1], "drop_random_dice": drop_random[level - 1].mean,
             "distinct_paths": distinct.len(), "test_volumes": volumes.len(),
         });
+    }
+    let oracle: Vec<&VolumeResult> = volumes.iter().filter(|v| v.oracle.is_some()).collect();
+    if !oracle.is_empty() {
+        let distinct: std::collections::HashSet<&String> =
+            oracle.iter().filter_map(|v| v.oracle_mask.as_ref()).collect();
+        let m = |f: &dyn Fn(&VolumeResult) -> f64| oracle.iter().map(|v| f(v)).sum::<f64>() / oracle.len() as f64;
+        summary["oracle_distinct_paths"] = distinct.len().into();
+        summary["oracle_dice"] = m(&|v| v.oracle.unwrap_or(0.0)).into();
+        summary["oracle_blocks_dropped_mean"] = m(&|v| v.oracle_dropped.unwrap_or(0) as f64).into();
+        summary["oracle_tau"] = tau.into();
     }
     let results = Results {
         blocks: n_blocks,
@@ -485,6 +527,18 @@ fn write_report(dir: &Path, r: &Results, overlays: &[(String, f64, PathBuf, Path
             row.dice
         );
     }
+    if let Some(d) = r.summary.get("oracle_distinct_paths") {
+        let f = |k: &str| r.summary.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+        let auto = r.summary.get("distinct_paths").map_or("-".to_string(), |v| v.to_string());
+        let _ = writeln!(
+            md,
+            "\nPer-volume oracle (best reward among all 2^N paths, τ = {}): mean Dice {:.4}, {:.2} blocks dropped on average, {d} distinct paths over {} volumes (AutoPath: {auto}).",
+            f("oracle_tau"),
+            f("oracle_dice"),
+            f("oracle_blocks_dropped_mean"),
+            r.volumes.len()
+        );
+    }
     let _ = writeln!(md, "\n## Figures\n");
     for (f, t) in [
         ("fig3_drop_n", "Fig. 3 — block dependency (DropN)"),
@@ -509,18 +563,21 @@ fn write_report(dir: &Path, r: &Results, overlays: &[(String, f64, PathBuf, Path
     }
     let _ = writeln!(
         md,
-        "## Per volume\n\n| case | full | AutoPath | mask | dropped | FLOPs |\n|---|---:|---:|---|---:|---:|"
+        "## Per volume\n\nOracle: the path with the highest reward on that volume among all 2^N (the policy's τ), i.e. what a perfect policy would pick.\n\n| case | full | AutoPath | mask | dropped | FLOPs | oracle | oracle mask | oracle dropped |\n|---|---:|---:|---|---:|---:|---:|---|---:|"
     );
     for v in &r.volumes {
         let _ = writeln!(
             md,
-            "| {} | {:.4} | {} | {} | {} | {} |",
+            "| {} | {:.4} | {} | {} | {} | {} | {} | {} | {} |",
             v.id,
             v.full,
             v.autopath.map_or("-".into(), |d| format!("{d:.4}")),
             v.autopath_mask.clone().unwrap_or_default(),
             v.autopath_dropped.map_or("-".into(), |d| d.to_string()),
-            v.autopath_flops.map_or("-".into(), |f| format!("{:.1} %", 100.0 * f))
+            v.autopath_flops.map_or("-".into(), |f| format!("{:.1} %", 100.0 * f)),
+            v.oracle.map_or("-".into(), |d| format!("{d:.4}")),
+            v.oracle_mask.clone().unwrap_or_default(),
+            v.oracle_dropped.map_or("-".into(), |d| d.to_string()),
         );
     }
     let _ = writeln!(md, "\n## DropN / DropFirstN / DropLastN / DropRandomN (mean Dice)\n\n| n | DropN (block n) | DropFirstN | DropLastN | DropRandomN mean ± std [min, max] |\n|---:|---:|---:|---:|---|");
