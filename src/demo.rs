@@ -40,6 +40,8 @@ pub struct DemoOptions {
     pub drop_path: f64,
     /// Policy epochs.
     pub policy_epochs: usize,
+    /// Volumes per policy step.
+    pub policy_batch: usize,
     /// Curriculum step.
     pub curriculum_epochs: usize,
     /// τ.
@@ -68,6 +70,7 @@ impl DemoOptions {
             lr: 0.004,
             drop_path: 0.15,
             policy_epochs: 30,
+            policy_batch: 4,
             curriculum_epochs: 3,
             tau: 50.0,
             random_repeats: 100,
@@ -194,7 +197,7 @@ pub fn run(o: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoOutcome> {
             beta: 0.1,
             curriculum_epochs: o.curriculum_epochs,
             lr: 1e-3,
-            batch: 1,
+            batch: o.policy_batch,
             epochs: o.policy_epochs,
             val_every: 2,
             seed: o.seed,

@@ -90,6 +90,9 @@ enum Command {
         /// Policy epochs.
         #[arg(long)]
         policy_epochs: Option<usize>,
+        /// Volumes per policy step.
+        #[arg(long)]
+        policy_batch: Option<usize>,
         /// Epochs per curriculum step.
         #[arg(long)]
         curriculum_epochs: Option<usize>,
@@ -464,6 +467,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             epochs,
             width,
             policy_epochs,
+            policy_batch,
             curriculum_epochs,
             drop_path,
             tau,
@@ -477,6 +481,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             o.epochs = epochs.unwrap_or(o.epochs);
             o.width = width.unwrap_or(o.width);
             o.policy_epochs = policy_epochs.unwrap_or(o.policy_epochs);
+            o.policy_batch = policy_batch.unwrap_or(o.policy_batch).max(1);
             o.curriculum_epochs = curriculum_epochs.unwrap_or(o.curriculum_epochs);
             o.drop_path = drop_path.unwrap_or(o.drop_path);
             o.tau = tau.unwrap_or(o.tau);
