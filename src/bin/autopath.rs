@@ -242,8 +242,10 @@ struct PolicyArgs {
     /// Adam learning rate.
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
-    /// Volumes per step (paper: 1 for R18, 5 for R50).
-    #[arg(long, default_value_t = 1)]
+    /// Volumes per step (reference code: 1 for R18, 5 for R50). Default 4: with one volume per step the
+    /// policy's training-mode BatchNorm normalises each volume by itself, so the pooled features that
+    /// should tell volumes apart are nearly constant and every volume gets the same path.
+    #[arg(long, default_value_t = 4)]
     batch: usize,
     /// Epochs [default: N × curriculum epochs + 20].
     #[arg(long)]
