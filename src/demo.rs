@@ -69,7 +69,8 @@ impl DemoOptions {
             epochs: 70,
             lr: 0.004,
             drop_path: 0.15,
-            policy_epochs: 30,
+            // The curriculum learns all 8 blocks from epoch 21 (E_c = 3); three epochs more.
+            policy_epochs: 24,
             policy_batch: 4,
             curriculum_epochs: 3,
             tau: 50.0,
@@ -167,7 +168,7 @@ pub fn run(o: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoOutcome> {
             lr: o.lr,
             lr_step: (o.epochs * 3 / 4).max(1),
             lr_gamma: 0.1,
-            val_every: (o.epochs / 9).max(1),
+            val_every: (o.epochs / 5).max(1),
             foreground_fraction: 0.5,
             seed: o.seed,
             tile_batch: 2,
