@@ -134,10 +134,14 @@ struct BatchNormTrain {
     stats: Arc<Mutex<Vec<(f64, f64)>>>,
 }
 
-/// `(x, y, dy)` → `[dx (x's elements) | dgamma (C) | dbeta (C)]` flat.
-struct BatchNormTrainGrad {
+/// The backward of both ops: `(x, y, dy)` → `[dx | dp (C) | dq (C)]` flat, where per channel
+/// `u = (x − centre)·k`, `dq = Σ dy'`, `dp = Σ dy'·u` (dgamma/dbeta, or dscale/dshift) and `dx` is
+/// `gain·k·(dy' − dq/M − u·dp/M)` when the statistics came from this batch (the terms through the
+/// mean and variance), else `gain·dy'`.
+struct ChannelGrad {
     relu: bool,
-    /// Per channel `(mean, 1/√(var+ε), gamma)`.
+    batch_statistics: bool,
+    /// Per channel `(centre, k, gain)`.
     coef: Vec<(f64, f64, f64)>,
 }
 
@@ -147,12 +151,7 @@ struct ChannelAffine {
     relu: bool,
 }
 
-/// `(x, y, dy)` → `[dx | dscale (C) | dshift (C)]` flat.
-struct ChannelAffineGrad {
-    relu: bool,
-    scale: Vec<f64>,
-}
-
+/// A small per-channel parameter tensor as f64 values.
 fn params(t: &Tensor) -> Result<Vec<f64>> {
     t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()
 }
@@ -217,7 +216,7 @@ impl CustomOp3 for BatchNormTrain {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let stats = self.stats.lock().expect("batch-norm statistics lock").clone();
         let coef = stats.iter().zip(params(gamma)?).map(|(&(m, v), g)| (m, 1.0 / (v + self.eps).sqrt(), g)).collect();
-        let op = BatchNormTrainGrad { relu: self.relu, coef };
+        let op = ChannelGrad { relu: self.relu, batch_statistics: true, coef };
         let flat = x.contiguous()?.apply_op3_no_bwd(y, &dy.contiguous()?, &op)?;
         split_grads(&flat, x, gamma.dim(0)?)
     }
@@ -229,9 +228,9 @@ fn split_grads(flat: &Tensor, x: &Tensor, c: usize) -> Result<(Option<Tensor>, O
     Ok((Some(flat.narrow(0, 0, n)?.reshape(x.shape())?), Some(flat.narrow(0, n, c)?), Some(flat.narrow(0, n + c, c)?)))
 }
 
-impl CustomOp3 for BatchNormTrainGrad {
+impl CustomOp3 for ChannelGrad {
     fn name(&self) -> &'static str {
-        "batch_norm_train-grad"
+        "batch_norm-grad"
     }
 
     fn cpu_fwd(
@@ -256,13 +255,17 @@ impl CustomOp3 for BatchNormTrainGrad {
             let (dx, rest) = out.split_at_mut(total);
             dx.par_chunks_mut(s).enumerate().for_each(|(slab, d)| {
                 let ch = slab % c;
-                let (m, k, ga) = self.coef[ch];
+                let (m, k, gain) = self.coef[ch];
                 let (sum, dot) = sums[ch];
                 let r = slab * s..(slab + 1) * s;
                 for ((o, xv), (yv, gv)) in d.iter_mut().zip(&x[r.clone()]).zip(y[r.clone()].iter().zip(&dy[r])) {
-                    let u = (xv.f() - m) * k;
                     let gd = masked(*gv, *yv, self.relu);
-                    *o = T::of(ga * k * (gd - sum / count - u * dot / count));
+                    *o = T::of(if self.batch_statistics {
+                        let u = (xv.f() - m) * k;
+                        gain * k * (gd - sum / count - u * dot / count)
+                    } else {
+                        gain * gd
+                    });
                 }
             });
             for (ch, &(sum, dot)) in sums.iter().enumerate() {
@@ -308,49 +311,10 @@ impl CustomOp3 for ChannelAffine {
         y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let op = ChannelAffineGrad { relu: self.relu, scale: params(scale)? };
+        let coef = params(scale)?.into_iter().map(|k| (0.0, 1.0, k)).collect();
+        let op = ChannelGrad { relu: self.relu, batch_statistics: false, coef };
         let flat = x.contiguous()?.apply_op3_no_bwd(y, &dy.contiguous()?, &op)?;
         split_grads(&flat, x, scale.dim(0)?)
-    }
-}
-
-impl CustomOp3 for ChannelAffineGrad {
-    fn name(&self) -> &'static str {
-        "channel_affine-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (g @ (n, c, s), _, _) = geometry(l1, "input")?;
-        let total = n * c * s;
-        let storage = by_dtype!(self.name(), s1, |T| {
-            let x = typed::<T>(s1, l1, "input")?;
-            let y = typed::<T>(s2, l2, "output")?;
-            let dy = typed::<T>(s3, l3, "gradient")?;
-            let sums = grad_sums(x, y, dy, g, &vec![(0.0, 1.0); c], self.relu);
-            let mut out = vec![T::of(0.0); total + 2 * c];
-            let (dx, rest) = out.split_at_mut(total);
-            dx.par_chunks_mut(s).enumerate().for_each(|(slab, d)| {
-                let k = self.scale[slab % c];
-                let r = slab * s..(slab + 1) * s;
-                for (o, (yv, gv)) in d.iter_mut().zip(y[r.clone()].iter().zip(&dy[r])) {
-                    *o = T::of(masked(*gv, *yv, self.relu) * k);
-                }
-            });
-            for (ch, &(sum, dot)) in sums.iter().enumerate() {
-                rest[ch] = T::of(dot);
-                rest[c + ch] = T::of(sum);
-            }
-            out
-        });
-        Ok((storage, Shape::from_dims(&[total + 2 * c])))
     }
 }
 
