@@ -35,7 +35,9 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-demo: build
+# The demo runs the runtime in-process, so only the `autopath` binary is built.
+demo: setup
+	$(CARGO) build --release --bin autopath
 	./target/release/autopath demo --out demo-out
 
 clean-deps:
