@@ -61,6 +61,22 @@ fn quick_demo_runs_every_stage_and_reuses_them() {
     let vols = results["volumes"].as_array().unwrap();
     let mean_full = vols.iter().map(|v| v["full"].as_f64().unwrap()).sum::<f64>() / vols.len() as f64;
     assert!((results["table1"][0]["dice"].as_f64().unwrap() - mean_full).abs() < 1e-12);
+    // The per-volume oracle (N = 8: every path scored) agrees with the mask it names and the summary.
+    let n = results["blocks"].as_u64().unwrap() as usize;
+    for v in vols {
+        let mask = v["oracle_mask"].as_str().unwrap();
+        assert_eq!(mask.len(), n);
+        assert_eq!(v["oracle_dropped"].as_u64().unwrap() as usize, mask.matches('0').count());
+        let dice = v["oracle"].as_f64().unwrap();
+        if mask == "1".repeat(n) {
+            assert_eq!(dice, v["full"].as_f64().unwrap());
+        }
+        if Some(mask) == v["autopath_mask"].as_str() {
+            assert_eq!(dice, v["autopath"].as_f64().unwrap());
+        }
+    }
+    let mean_oracle = vols.iter().map(|v| v["oracle"].as_f64().unwrap()).sum::<f64>() / vols.len() as f64;
+    assert!((results["summary"]["oracle_dice"].as_f64().unwrap() - mean_oracle).abs() < 1e-12);
     // The second run reuses every stage.
     let second = run();
     assert!(second.status.success());
