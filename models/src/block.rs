@@ -1,6 +1,6 @@
 //! A droppable residual block: `y = relu(shortcut(x) + F(x))` when kept, `y = shortcut(x)` when dropped.
 
-use candle_core::{Module, Result, Tensor, Var};
+use candle_core::{DType, Module, Result, Tensor, Var};
 use candle_nn::VarBuilder;
 
 use crate::layers::{BatchNorm3d, Buffers, Conv3d};
@@ -30,6 +30,11 @@ impl ConvBn {
             conv: Conv3d::load(vb.pp(name), io.0, io.1, [kernel; 3], params, false)?,
             bn: BatchNorm3d::load(vb.pp(bn_name), io.1)?,
         })
+    }
+
+    /// The same unit in `dtype`.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        Ok(ConvBn { conv: self.conv.to_dtype(dtype)?, bn: self.bn.to_dtype(dtype)? })
     }
 
     /// conv → BN.
@@ -108,6 +113,15 @@ impl Block {
     /// The block's place in the network.
     pub fn spec(&self) -> &BlockSpec {
         &self.spec
+    }
+
+    /// The same block in `dtype`.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        Ok(Block {
+            spec: self.spec,
+            branch: self.branch.iter().map(|u| u.to_dtype(dtype)).collect::<Result<_>>()?,
+            shortcut: self.shortcut.as_ref().map(|u| u.to_dtype(dtype)).transpose()?,
+        })
     }
 
     /// The shortcut path: projection or identity. Always executed.

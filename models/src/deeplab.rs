@@ -1,6 +1,6 @@
 //! 3D DeepLab V3 on a 3D ResNet with droppable residual blocks.
 
-use candle_core::{Module, Result, Tensor, Var};
+use candle_core::{DType, Module, Result, Tensor, Var};
 use candle_nn::VarBuilder;
 
 use crate::block::{Block, BlockKeep, ConvBn};
@@ -77,6 +77,15 @@ impl Aspp {
         Ok(Aspp { branches, pooling, project, dropout: Dropout::new(0.5) })
     }
 
+    fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        Ok(Aspp {
+            branches: self.branches.iter().map(|u| u.to_dtype(dtype)).collect::<Result<_>>()?,
+            pooling: self.pooling.to_dtype(dtype)?,
+            project: self.project.to_dtype(dtype)?,
+            dropout: self.dropout.clone(),
+        })
+    }
+
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (n, _, d, h, w) = x.dims5()?;
         let mut outs = Vec::with_capacity(5);
@@ -123,6 +132,15 @@ impl Decoder {
                 Conv3dParams::default(),
                 true,
             )?,
+        })
+    }
+
+    fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        Ok(Decoder {
+            up: self.up.to_dtype(dtype)?,
+            up_bn: self.up_bn.to_dtype(dtype)?,
+            conv: self.conv.to_dtype(dtype)?,
+            classifier: self.classifier.to_dtype(dtype)?,
         })
     }
 
@@ -178,6 +196,18 @@ impl DeepLab3d {
     /// The architecture.
     pub fn spec(&self) -> &ArchSpec {
         &self.spec
+    }
+
+    /// A copy in `dtype`: `compile` checks every exported graph against an f64 copy, so that f32
+    /// rounding in Candle or ONNX Runtime cannot pass for an export error, nor hide one.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        Ok(DeepLab3d {
+            spec: self.spec.clone(),
+            stem: self.stem.to_dtype(dtype)?,
+            blocks: self.blocks.iter().map(|b| b.to_dtype(dtype)).collect::<Result<_>>()?,
+            aspp: self.aspp.to_dtype(dtype)?,
+            decoder: self.decoder.to_dtype(dtype)?,
+        })
     }
 
     /// Stem: conv → BN → ReLU → max-pool.

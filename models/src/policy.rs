@@ -1,7 +1,7 @@
 //! The policy network: a 3D ResNet-10 that reads a downsampled volume and gives, per block, the
 //! probability of keeping it.
 
-use candle_core::{Module, Result, Tensor, Var};
+use candle_core::{DType, Module, Result, Tensor, Var};
 use candle_nn::{Linear, VarBuilder};
 
 use crate::block::{Block, BlockKeep, ConvBn};
@@ -54,6 +54,17 @@ impl PolicyNet {
         let n = spec.num_blocks();
         let fc = candle_nn::linear(in_ch, n, vb.pp("fc"))?;
         Ok(PolicyNet { stem, blocks, fc, num_blocks: n })
+    }
+
+    /// A copy in `dtype` (the compiler's f64 parity reference).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        let fc = Linear::new(self.fc.weight().to_dtype(dtype)?, self.fc.bias().map(|b| b.to_dtype(dtype)).transpose()?);
+        Ok(PolicyNet {
+            stem: self.stem.to_dtype(dtype)?,
+            blocks: self.blocks.iter().map(|b| b.to_dtype(dtype)).collect::<Result<_>>()?,
+            fc,
+            num_blocks: self.num_blocks,
+        })
     }
 
     /// Number of blocks the policy decides on.

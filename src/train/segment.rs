@@ -250,6 +250,37 @@ pub fn mean_dice(
     Ok(total / samples.len().max(1) as f64)
 }
 
+/// Crops used to recompute BatchNorm statistics before each validation: enough batches for stable
+/// estimates, few enough to cost a fraction of an epoch.
+const RECALIBRATION_CROPS: usize = 16;
+
+/// Recomputes the running BatchNorm statistics for the current weights (see
+/// [`autopath_models::layers::precise_statistics`] for why) from fixed crops of the training cases,
+/// drawn from their own generator: the training crop stream, the dropout stream and the weights are
+/// left exactly as they were, so training itself does not change and resuming stays exact.
+fn recalibrate(net: &DeepLab3d, train_set: &[Sample], sampler: &Sampler, cfg: &TrainConfig) -> Result<()> {
+    if train_set.is_empty() {
+        return Ok(());
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xB47C_4E0F);
+    let batch = cfg.batch.max(2);
+    let batches = RECALIBRATION_CROPS.div_ceil(batch);
+    let p = cfg.spec.patch;
+    let dropout = net.aspp.dropout.state();
+    autopath_models::layers::precise_statistics(net, batches, |i| {
+        let mut xs = Vec::with_capacity(batch * p.iter().product::<usize>());
+        for k in 0..batch {
+            let (x, _) = sampler.crop(&train_set[(i * batch + k) % train_set.len()], &mut rng);
+            xs.extend(x.iter().copied());
+        }
+        let x = Tensor::from_vec(xs, (batch, 1, p[0], p[1], p[2]), &Device::Cpu)?;
+        net.forward(&x, BlockPath::Full, true).map(|_| ())
+    })
+    .map_err(candle)?;
+    net.aspp.dropout.set_state(dropout.0, dropout.1);
+    Ok(())
+}
+
 fn lr_at(cfg: &TrainConfig, epoch: usize) -> f64 {
     cfg.lr * cfg.lr_gamma.powi((epoch / cfg.lr_step.max(1)) as i32)
 }
@@ -354,6 +385,7 @@ fn run(
         }
         let done = epoch + 1;
         let val_dice = if done % cfg.val_every.max(1) == 0 || done == cfg.epochs {
+            recalibrate(&model.net, &train_set, &sampler, &cfg)?;
             Some(mean_dice(&model.net, &val_set, &cfg.window, BlockPath::Full, cfg.tile_batch)?)
         } else {
             None

@@ -1,6 +1,6 @@
 //! 3D convolution and 2×2×2 transposed convolution layers.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use crate::ops::{conv3d, Conv3dParams};
@@ -44,6 +44,15 @@ impl Conv3d {
     pub fn params(&self) -> Conv3dParams {
         self.params
     }
+
+    /// The same layer with its tensors in `dtype` (an f64 copy is the compiler's parity reference).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        Ok(Conv3d {
+            weight: self.weight.to_dtype(dtype)?,
+            bias: self.bias.as_ref().map(|b| b.to_dtype(dtype)).transpose()?,
+            params: self.params,
+        })
+    }
 }
 
 impl Module for Conv3d {
@@ -76,6 +85,11 @@ impl ConvTranspose3d {
     /// Weight `[Ci, Co, 2, 2, 2]`.
     pub fn weight(&self) -> &Tensor {
         &self.weight
+    }
+
+    /// The same layer with its weight in `dtype`.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        Ok(ConvTranspose3d { weight: self.weight.to_dtype(dtype)? })
     }
 }
 

@@ -7,7 +7,7 @@ mod dropout;
 mod interpolate;
 mod pool;
 
-pub use batchnorm::BatchNorm3d;
+pub use batchnorm::{precise_statistics, BatchNorm3d, MOMENTUM};
 pub use conv::{Conv3d, ConvTranspose3d};
 pub use dropout::Dropout;
 pub use interpolate::{resize_trilinear, trilinear_matrix};

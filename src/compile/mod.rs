@@ -5,39 +5,22 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use autopath_models::deeplab::{DeepLab3d, Path as BlockPath};
+use autopath_models::deeplab::DeepLab3d;
 use autopath_models::policy::PolicyNet;
 use autopath_models::spec::{BlockKind, Output};
-use candle_core::{Device, Tensor};
-use ndarray::{Array5, ArrayView5};
-use rand::SeedableRng;
-use rand_distr::{Distribution, Normal};
 use serde::Serialize;
 
 use crate::bundle::{
-    sha256_hex, Activation, Architecture, BlockEntry, Bundle, FileEntry, InputContract, Manifest, PolicyEntry,
-    Producer, SCHEMA_VERSION,
+    sha256_hex, Activation, Architecture, BlockEntry, BudgetPoint, Bundle, FileEntry, InputContract, Manifest,
+    PolicyEntry, Producer, SCHEMA_VERSION,
 };
 use crate::error::{Error, Result};
 use crate::runtime::{SessionOptions, Sessions};
-use crate::train::predict::probabilities;
 use crate::train::segment::TrainConfig;
 
-/// Relative error above which a parity check fails (fp32).
-pub const TOLERANCE: f64 = 1e-4;
+pub mod parity;
 
-/// One numerical comparison made at compile time.
-#[derive(Debug, Clone, Serialize)]
-pub struct Check {
-    /// What was compared.
-    pub name: String,
-    /// Largest absolute difference.
-    pub max_abs: f64,
-    /// `max_abs` relative to the largest reference magnitude.
-    pub max_rel: f64,
-    /// Within [`TOLERANCE`].
-    pub passed: bool,
-}
+pub use parity::{Check, TOLERANCE};
 
 /// What a compile produced.
 #[derive(Debug, Clone, Serialize)]
@@ -68,26 +51,6 @@ pub struct PolicyInput<'a> {
 
 fn err(e: impl std::fmt::Display) -> Error {
     Error::invalid("compile", e.to_string())
-}
-
-fn compare(name: &str, got: &[f32], want: &[f32]) -> Check {
-    let max_abs = got.iter().zip(want).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max);
-    let scale = want.iter().map(|v| v.abs() as f64).fold(0.0, f64::max).max(1e-6);
-    let max_rel = max_abs / scale;
-    Check { name: name.into(), max_abs, max_rel, passed: max_rel <= TOLERANCE && got.len() == want.len() }
-}
-
-fn random(shape: [usize; 5], seed: u64) -> Array5<f32> {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let n = Normal::new(0.0f32, 0.5).expect("valid");
-    Array5::from_shape_simple_fn(shape, || n.sample(&mut rng))
-}
-
-fn candle_probs(net: &DeepLab3d, x: ArrayView5<f32>, path: BlockPath) -> Result<Vec<f32>> {
-    let t = Tensor::from_slice(x.as_standard_layout().as_slice().expect("standard layout"), x.shape(), &Device::Cpu)
-        .map_err(err)?;
-    let logits = net.forward(&t, path, false).map_err(err)?;
-    probabilities(&logits, net.spec().output).and_then(|p| p.flatten_all()).and_then(|p| p.to_vec1()).map_err(err)
 }
 
 /// Compiles a trained segmenter (and optionally a policy) into `out`.
@@ -145,25 +108,26 @@ pub fn compile(
             Output::Sigmoid => Activation::Sigmoid,
             Output::Softmax { classes } => Activation::Softmax { classes },
         };
+        let architecture = Architecture {
+            name: spec.name.clone(),
+            block: match spec.block {
+                BlockKind::Basic => "basic".into(),
+                BlockKind::Bottleneck => "bottleneck".into(),
+            },
+            width: spec.width,
+            parameters: spec.parameter_count(),
+            stem_file: "stem.onnx".into(),
+            stem_flops: cost.stem_flops,
+            stem_output: cost.stem_output,
+            blocks,
+            head_file: "head.onnx".into(),
+            head_flops: cost.head_flops,
+            full_file: "full.onnx".into(),
+        };
         let manifest = Manifest {
             schema_version: SCHEMA_VERSION,
             producer: Producer { autopath: env!("CARGO_PKG_VERSION").into(), onnx_opset: autopath_export::OPSET, onnx_ir_version: autopath_export::IR_VERSION, onnx_runtime: crate::onnxruntime::ORT_VERSION.into() },
-            architecture: Architecture {
-                name: spec.name.clone(),
-                block: match spec.block {
-                    BlockKind::Basic => "basic".into(),
-                    BlockKind::Bottleneck => "bottleneck".into(),
-                },
-                width: spec.width,
-                parameters: spec.parameter_count(),
-                stem_file: "stem.onnx".into(),
-                stem_flops: cost.stem_flops,
-                stem_output: cost.stem_output,
-                blocks,
-                head_file: "head.onnx".into(),
-                head_flops: cost.head_flops,
-                full_file: "full.onnx".into(),
-            },
+            architecture: architecture.clone(),
             input: InputContract {
                 modality: match cfg.preprocessing.intensity {
                     crate::preprocess::Intensity::Ct { .. } => "CT".into(),
@@ -179,7 +143,18 @@ pub fn compile(
                     Activation::Softmax { .. } => vec!["background".into(), "liver".into(), "tumour".into()],
                 },
             },
-            policy: policy.as_ref().map(|p| PolicyEntry { file: "policy.onnx".into(), input: spec.policy.input, threshold: p.threshold, training: p.training.clone() }),
+            policy: policy
+                .as_ref()
+                .map(|p| -> Result<PolicyEntry> {
+                    Ok(PolicyEntry {
+                        file: "policy.onnx".into(),
+                        input: spec.policy.input,
+                        threshold: p.threshold,
+                        training: p.training.clone(),
+                        budget: budget_calibration(p.net, cfg, &architecture)?,
+                    })
+                })
+                .transpose()?,
             evaluation,
             files,
         };
@@ -189,42 +164,9 @@ pub fn compile(
         if verify {
             let bundle = Bundle::load(&tmp)?;
             let mut s = Sessions::open(&bundle, &SessionOptions::default())?;
-            let x = random([1, spec.in_channels, tile[0], tile[1], tile[2]], 1);
-            let full_onnx = s.run_full(x.view())?;
-            let full_candle = candle_probs(net, x.view(), BlockPath::Full)?;
-            checks.push(compare("full.onnx vs Candle", full_onnx.as_slice().unwrap_or_default(), &full_candle));
-            let all = vec![true; spec.num_blocks()];
-            let chain = s.run_chain(x.view(), &all)?;
-            checks.push(compare(
-                "chain (all kept) vs full.onnx",
-                chain.as_slice().unwrap_or_default(),
-                full_onnx.as_slice().unwrap_or_default(),
-            ));
-            let alternate: Vec<bool> = (0..spec.num_blocks()).map(|n| n % 2 == 0).collect();
-            let dropped = s.run_chain(x.view(), &alternate)?;
-            let want = candle_probs(net, x.view(), BlockPath::Shared(&alternate))?;
-            checks.push(compare(
-                "chain (odd blocks dropped) vs Candle hard path",
-                dropped.as_slice().unwrap_or_default(),
-                &want,
-            ));
-            if let Some(p) = &policy {
-                let pi = spec.policy.input;
-                let v = random([2, spec.in_channels, pi[0], pi[1], pi[2]], 2);
-                let got = s.run_policy(v.view())?;
-                let t = Tensor::from_slice(v.as_slice().unwrap_or_default(), v.shape(), &Device::Cpu).map_err(err)?;
-                let want: Vec<f32> =
-                    p.net.forward(&t, false).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).map_err(err)?;
-                checks.push(compare("policy.onnx vs Candle", got.as_slice().unwrap_or_default(), &want));
-            }
-            if let Some(bad) = checks.iter().find(|c| !c.passed) {
-                return Err(Error::invalid(
-                    "compile",
-                    format!(
-                        "parity check failed: {} (max abs {:.3e}, rel {:.3e} > {TOLERANCE:e})",
-                        bad.name, bad.max_abs, bad.max_rel
-                    ),
-                ));
+            checks = parity::verify(net, policy.as_ref().map(|p| p.net), &mut s, tile)?;
+            if let Some(e) = parity::failure(&checks) {
+                return Err(e);
             }
         }
         let weight_bytes = 4 * (spec.parameter_count() + policy.as_ref().map_or(0, |p| policy_params(p.net)));
@@ -251,6 +193,26 @@ pub fn compile(
             Err(e)
         }
     }
+}
+
+/// The policy's keep probabilities on the segmenter run's validation and training volumes, turned into
+/// the `--budget` calibration (see [`BudgetPoint::curve`]). Both sets are used because a validation
+/// split of a few volumes alone gives a curve of a few coarse steps. None without the run's data (a
+/// network built in code).
+fn budget_calibration(policy: &PolicyNet, cfg: &TrainConfig, arch: &Architecture) -> Result<Vec<BudgetPoint>> {
+    let ids: Vec<String> = cfg.val_ids.iter().chain(&cfg.train_ids).cloned().collect();
+    if ids.is_empty() || !cfg.data.is_dir() {
+        return Ok(Vec::new());
+    }
+    let dataset = crate::dataset::Dataset::open(&cfg.data, Some(cfg.layout))?;
+    let probabilities = crate::train::segment::cases_by_id(&dataset, &ids)?
+        .iter()
+        .map(|c| {
+            let s = crate::train::data::load_sample(c, &cfg.preprocessing)?;
+            crate::train::policy::keep_probabilities(policy, &s.image, cfg.spec.policy.input)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(BudgetPoint::curve(&probabilities, arch))
 }
 
 fn policy_params(p: &PolicyNet) -> u64 {

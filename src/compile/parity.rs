@@ -1,0 +1,188 @@
+//! Parity of a bundle with the model it came from, segment by segment, against an **f64** copy of the
+//! model. ONNX Runtime's f32 output and Candle's f32 output must both lie within [`TOLERANCE`] of the
+//! f64 reference: f32 rounding then cannot fail a correct export, and an export bug cannot hide behind
+//! it. Each segment is fed the reference's own input (cast to f32), so an error is charged to the
+//! segment that makes it, and the first failing segment is the one named.
+
+use autopath_models::deeplab::{DeepLab3d, Path as BlockPath};
+use autopath_models::policy::PolicyNet;
+use candle_core::{DType, Device, Tensor};
+use ndarray::{Array5, ArrayView5};
+use rand::SeedableRng;
+use rand_distr::{Distribution, Normal};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::runtime::chain::Segment;
+use crate::runtime::Sessions;
+use crate::train::predict::probabilities;
+
+/// Relative error (largest absolute difference over the reference's largest magnitude) above which
+/// a parity check fails.
+pub const TOLERANCE: f64 = 1e-4;
+
+/// One comparison made at compile time: a bundle graph (ONNX Runtime, f32) and the Candle model (f32)
+/// against the f64 reference on the same input.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// The segment or composition compared: `stem`, `block_03`, `shortcut_04`, `head`, `full.onnx`,
+    /// `chain …`, `policy`.
+    pub name: String,
+    /// ONNX Runtime vs the f64 reference: largest absolute difference.
+    pub max_abs: f64,
+    /// ONNX Runtime vs the f64 reference: `max_abs` over the reference's largest magnitude.
+    pub max_rel: f64,
+    /// Candle f32 vs the f64 reference, relative as `max_rel` (absent where Candle has no such
+    /// segment, e.g. the chain).
+    pub candle_max_rel: Option<f64>,
+    /// Both within [`TOLERANCE`].
+    pub passed: bool,
+}
+
+impl Check {
+    /// The line `compile` prints, and the reason a failing check gives.
+    pub fn describe(&self) -> String {
+        let candle = self.candle_max_rel.map(|r| format!(", Candle f32 rel {r:.2e}")).unwrap_or_default();
+        format!(
+            "{}: ONNX Runtime max abs {:.2e}, rel {:.2e}{candle} (vs the f64 model; limit {TOLERANCE:e})",
+            self.name, self.max_abs, self.max_rel
+        )
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> Error {
+    Error::invalid("compile", e.to_string())
+}
+
+/// Largest absolute and relative difference of `got` from `want`.
+fn difference(got: &[f32], want: &[f64]) -> (f64, f64) {
+    if got.len() != want.len() {
+        return (f64::INFINITY, f64::INFINITY);
+    }
+    let max_abs = got.iter().zip(want).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+    let scale = want.iter().map(|v| v.abs()).fold(0.0, f64::max).max(1e-6);
+    (max_abs, max_abs / scale)
+}
+
+fn check(name: String, ort: &[f32], candle: Option<&Tensor>, want: &Tensor) -> Result<Check> {
+    let want = f64s(want)?;
+    let (max_abs, max_rel) = difference(ort, &want);
+    let candle_max_rel = candle.map(|c| f32s(c).map(|c| difference(&c, &want).1)).transpose()?;
+    let passed = max_rel <= TOLERANCE && candle_max_rel.is_none_or(|r| r <= TOLERANCE);
+    Ok(Check { name, max_abs, max_rel, candle_max_rel, passed })
+}
+
+fn f64s(t: &Tensor) -> Result<Vec<f64>> {
+    t.to_dtype(DType::F64).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).map_err(err)
+}
+
+fn f32s(t: &Tensor) -> Result<Vec<f32>> {
+    t.to_dtype(DType::F32).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).map_err(err)
+}
+
+fn tensor(x: ArrayView5<f32>, dtype: DType) -> Result<Tensor> {
+    let x = x.as_standard_layout();
+    Tensor::from_slice(x.as_slice().unwrap_or_default(), x.shape(), &Device::Cpu)
+        .and_then(|t| t.to_dtype(dtype))
+        .map_err(err)
+}
+
+fn array(t: &Tensor) -> Result<Array5<f32>> {
+    let (n, c, d, h, w) = t.dims5().map_err(err)?;
+    Array5::from_shape_vec((n, c, d, h, w), f32s(t)?).map_err(err)
+}
+
+/// A probe input: values spread like a normalised CT tile.
+pub(crate) fn probe(shape: [usize; 5], seed: u64) -> Array5<f32> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let n = Normal::new(0.0f32, 0.5).expect("valid");
+    Array5::from_shape_simple_fn(shape, || n.sample(&mut rng))
+}
+
+/// Every segment of the segmenter, then the compositions (full graph, chains), then the policy.
+pub fn verify(net: &DeepLab3d, policy: Option<&PolicyNet>, s: &mut Sessions, tile: [usize; 3]) -> Result<Vec<Check>> {
+    let spec = net.spec();
+    let reference = net.to_dtype(DType::F64).map_err(err)?;
+    let x = probe([1, spec.in_channels, tile[0], tile[1], tile[2]], 1);
+    let mut checks = Vec::new();
+
+    // Stem, each block (kept and, with a projection, dropped), head: each fed the reference's input.
+    let x64 = tensor(x.view(), DType::F64)?;
+    let mut h = reference.stem(&x64, false).map_err(err)?;
+    let ort = s.run_segment(Segment::Stem, x.view())?;
+    let candle = net.stem(&tensor(x.view(), DType::F32)?, false).map_err(err)?;
+    checks.push(check("stem".into(), ort.as_slice().unwrap_or_default(), Some(&candle), &h)?);
+    for (n, (b64, b32)) in reference.blocks.iter().zip(&net.blocks).enumerate() {
+        let input = array(&h)?;
+        let input32 = tensor(input.view(), DType::F32)?;
+        if b64.shortcut.is_some() {
+            let want = b64.shortcut(&h, false).map_err(err)?;
+            let ort = s.run_segment(Segment::Shortcut(n), input.view())?;
+            let candle = b32.shortcut(&input32, false).map_err(err)?;
+            checks.push(check(format!("shortcut_{n:02}"), ort.as_slice().unwrap_or_default(), Some(&candle), &want)?);
+        }
+        let want = b64.forward(&h, autopath_models::block::BlockKeep::All, false).map_err(err)?;
+        let ort = s.run_segment(Segment::Block(n), input.view())?;
+        let candle = b32.forward(&input32, autopath_models::block::BlockKeep::All, false).map_err(err)?;
+        checks.push(check(format!("block_{n:02}"), ort.as_slice().unwrap_or_default(), Some(&candle), &want)?);
+        h = want;
+    }
+    let features = array(&h)?;
+    let probs = |net: &DeepLab3d, f: &Tensor| {
+        net.head(f, tile, false).and_then(|l| probabilities(&l, spec.output)).map_err(err)
+    };
+    let want = probs(&reference, &h)?;
+    let ort = s.run_segment(Segment::Head, features.view())?;
+    let candle = probs(net, &tensor(features.view(), DType::F32)?)?;
+    checks.push(check("head".into(), ort.as_slice().unwrap_or_default(), Some(&candle), &want)?);
+
+    // Compositions on the probe: what the runtime actually runs.
+    let forward = |net: &DeepLab3d, x: &Tensor, path: BlockPath| {
+        net.forward(x, path, false).and_then(|l| probabilities(&l, spec.output)).map_err(err)
+    };
+    let x32 = tensor(x.view(), DType::F32)?;
+    let full = forward(&reference, &x64, BlockPath::Full)?;
+    let ort = s.run_full(x.view())?;
+    let candle = forward(net, &x32, BlockPath::Full)?;
+    checks.push(check("full.onnx".into(), ort.as_slice().unwrap_or_default(), Some(&candle), &full)?);
+    let all = vec![true; spec.num_blocks()];
+    let chain = s.run_chain(x.view(), &all)?;
+    checks.push(check("chain, all blocks kept".into(), chain.as_slice().unwrap_or_default(), None, &full)?);
+    let alternate: Vec<bool> = (0..spec.num_blocks()).map(|n| n % 2 == 0).collect();
+    let want = forward(&reference, &x64, BlockPath::Shared(&alternate))?;
+    let chain = s.run_chain(x.view(), &alternate)?;
+    let candle = forward(net, &x32, BlockPath::Shared(&alternate))?;
+    checks.push(check("chain, odd blocks dropped".into(), chain.as_slice().unwrap_or_default(), Some(&candle), &want)?);
+
+    if let Some(p) = policy {
+        let pi = spec.policy.input;
+        let v = probe([2, spec.in_channels, pi[0], pi[1], pi[2]], 2);
+        let v64 = tensor(v.view(), DType::F64)?;
+        let want = p.to_dtype(DType::F64).and_then(|r| r.forward(&v64, false)).map_err(err)?;
+        let ort = s.run_policy(v.view())?;
+        let candle = p.forward(&tensor(v.view(), DType::F32)?, false).map_err(err)?;
+        checks.push(check("policy".into(), ort.as_slice().unwrap_or_default(), Some(&candle), &want)?);
+    }
+    Ok(checks)
+}
+
+/// The error for the first failing check, naming the segment. When Candle's own f32 evaluation misses
+/// the f64 model as well, the export is not what is wrong: the model is ill-conditioned in f32, and the
+/// message says so.
+pub fn failure(checks: &[Check]) -> Option<Error> {
+    let bad = checks.iter().find(|c| !c.passed)?;
+    let cause = if bad.candle_max_rel.is_some_and(|r| r > TOLERANCE) {
+        "; Candle's f32 model misses the f64 model too, so the model is ill-conditioned in f32 rather than \
+         mis-exported (for example BatchNorm statistics that lag the weights, as in checkpoints written before \
+         `autopath train` recomputed them at each validation: train it again)"
+    } else {
+        ""
+    };
+    Some(Error::invalid(
+        "compile",
+        format!(
+            "parity check failed at {}{cause}; the bundle was not written (`--no-verify` skips the check)",
+            bad.describe()
+        ),
+    ))
+}
