@@ -140,6 +140,75 @@ pub struct PolicyEntry {
     pub threshold: f32,
     /// Training settings (τ, α, β, curriculum), as recorded by `train-policy`.
     pub training: serde_json::Value,
+    /// What each keep threshold spends: the policy's mean FLOP fraction over the calibration volumes
+    /// (the segmenter run's validation and training volumes) at every threshold where it changes,
+    /// ascending in threshold. `--budget` picks from it; empty for bundles compiled without data.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub budget: Vec<BudgetPoint>,
+}
+
+/// One point of the budget calibration.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct BudgetPoint {
+    /// Keep threshold.
+    pub threshold: f32,
+    /// Mean FLOP fraction of the full network that the policy's paths spend at it.
+    pub flop_fraction: f64,
+}
+
+impl BudgetPoint {
+    /// The calibration curve of a policy from its keep probabilities on some volumes: one point at
+    /// every threshold where a volume's path changes (each distinct probability, as `p ≥ t` keeps),
+    /// plus 1.0; thresholds ascending, so FLOP fractions descending.
+    pub fn curve(probabilities: &[Vec<f32>], arch: &Architecture) -> Vec<BudgetPoint> {
+        if probabilities.is_empty() {
+            return Vec::new();
+        }
+        let mut thresholds: Vec<f32> = probabilities.iter().flatten().copied().filter(|p| *p <= 1.0).collect();
+        thresholds.push(0.0);
+        thresholds.push(1.0);
+        thresholds.sort_by(f32::total_cmp);
+        thresholds.dedup();
+        let full = arch.full_flops() as f64;
+        let mut curve: Vec<BudgetPoint> = thresholds
+            .into_iter()
+            .map(|t| {
+                let spend = probabilities
+                    .iter()
+                    .map(|p| arch.path_flops(&p.iter().map(|&v| v >= t).collect::<Vec<_>>()) as f64 / full)
+                    .sum::<f64>();
+                BudgetPoint { threshold: t, flop_fraction: spend / probabilities.len() as f64 }
+            })
+            .collect();
+        // Only the lowest threshold of each spend matters (it keeps the most blocks for that spend).
+        curve.dedup_by(|later, earlier| later.flop_fraction == earlier.flop_fraction);
+        curve
+    }
+}
+
+impl PolicyEntry {
+    /// The lowest keep threshold (so the most blocks, and the best Dice) whose calibrated mean FLOP
+    /// fraction is within `budget`.
+    pub fn threshold_for_budget(&self, budget: f64) -> Result<f32> {
+        if !(budget > 0.0 && budget <= 1.0) {
+            return Err(Error::invalid("budget", format!("{budget} is not a FLOP fraction in (0, 1]")));
+        }
+        let Some(last) = self.budget.last() else {
+            return Err(Error::invalid(
+                "budget",
+                "this bundle has no budget calibration (compiled without the segmenter's data); use --threshold",
+            ));
+        };
+        self.budget.iter().find(|p| p.flop_fraction <= budget).map(|p| p.threshold).ok_or_else(|| {
+            Error::invalid(
+                "budget",
+                format!(
+                    "{budget} is below the cheapest calibrated spend of this policy ({:.3} of the full FLOPs)",
+                    last.flop_fraction
+                ),
+            )
+        })
+    }
 }
 
 /// A file of the bundle.

@@ -193,6 +193,8 @@ pub fn run(o: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoOutcome> {
         let _ = std::fs::remove_dir_all(&pol);
         let cfg = PolicyConfig {
             seg: std::path::absolute(&seg).map_err(|e| Error::io(&seg, e))?,
+            method: crate::train::policy::Method::Paper,
+            dice_tolerance: crate::train::policy::DICE_TOLERANCE,
             tau: o.tau,
             alpha: 0.8,
             beta: 0.1,
@@ -221,7 +223,7 @@ pub fn run(o: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoOutcome> {
     stage("4/7 evaluate", ev.join("results.json").exists(), &mut redo, &mut || {
         let opts = EvalOptions {
             seg: seg.clone(),
-            policy: Some(pol.clone()),
+            policies: vec![pol.clone()],
             out: ev.clone(),
             random_repeats: Some(o.random_repeats),
             seed: o.seed,
@@ -245,7 +247,7 @@ pub fn run(o: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoOutcome> {
             true,
         )?;
         for c in &r.checks {
-            say(&format!("      {:<48} max rel error {:.1e}", c.name, c.max_rel));
+            say(&format!("      {}", c.describe()));
         }
         Ok(())
     })?;

@@ -11,16 +11,15 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use autopath_models::reward::reward;
-
-use crate::bundle::Bundle;
+use crate::bundle::{Architecture, Bundle};
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
 use crate::figures::{histogram, line_chart, overlay_png, Series, AUTOPATH, FULL, TRUTH};
 use crate::paths::PathEvaluator;
 use crate::runtime::{SessionOptions, Sessions};
-use crate::train::data::load_sample;
-use crate::train::policy::{keep_probabilities, load_policy};
+use crate::search::{search, Objective, Scored, BEAM_WIDTH, EXHAUSTIVE_MAX_BLOCKS};
+use crate::train::data::{load_sample, Sample};
+use crate::train::policy::{keep_probabilities, load_policy, Method, DICE_TOLERANCE};
 use crate::train::segment::{cases_by_id, load_segmenter};
 use crate::volume::{read_volume, ReadOptions};
 use plotters::style::RGBColor;
@@ -30,8 +29,8 @@ use plotters::style::RGBColor;
 pub struct EvalOptions {
     /// Segmenter run.
     pub seg: PathBuf,
-    /// Policy run (AutoPath rows need it).
-    pub policy: Option<PathBuf>,
+    /// Policy runs, one AutoPath row each (labelled by their method).
+    pub policies: Vec<PathBuf>,
     /// Report folder.
     pub out: PathBuf,
     /// Random masks per dropping level (default 100 for N ≤ 8, else 500).
@@ -69,6 +68,36 @@ impl Stats {
     }
 }
 
+/// One policy's path on one test volume.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct PolicyPath {
+    /// Keep mask at the policy's threshold, e.g. `11011100`.
+    pub mask: String,
+    /// Dice.
+    pub dice: f64,
+    /// Blocks dropped.
+    pub dropped: usize,
+    /// FLOPs relative to the full network.
+    pub flop_fraction: f64,
+    /// The policy's keep probabilities.
+    pub probabilities: Vec<f32>,
+    /// The same volume at each threshold of [`SWEEP`]: `(FLOP fraction, Dice)`, for the Pareto figure.
+    pub sweep: Vec<(f64, f64)>,
+}
+
+/// An oracle's path on one test volume.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct OraclePath {
+    /// Keep mask.
+    pub mask: String,
+    /// Dice.
+    pub dice: f64,
+    /// Blocks dropped.
+    pub dropped: usize,
+    /// FLOPs relative to the full network.
+    pub flop_fraction: f64,
+}
+
 /// Per test volume.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct VolumeResult {
@@ -82,24 +111,15 @@ pub struct VolumeResult {
     pub drop_first: Vec<f64>,
     /// Dice dropping the last n blocks, n = 1..N−1.
     pub drop_last: Vec<f64>,
-    /// AutoPath keep mask.
-    pub autopath_mask: Option<String>,
-    /// AutoPath Dice.
-    pub autopath: Option<f64>,
-    /// Blocks AutoPath dropped.
-    pub autopath_dropped: Option<usize>,
-    /// AutoPath FLOP fraction.
-    pub autopath_flops: Option<f64>,
-    /// The path with the highest reward on this volume among all 2^N (N ≤ 10): what a perfect policy
-    /// would choose, and so whether one path fits all volumes or paths should differ.
-    #[serde(default)]
-    pub oracle_mask: Option<String>,
-    /// The oracle path's Dice.
-    #[serde(default)]
-    pub oracle: Option<f64>,
-    /// Blocks the oracle path drops.
-    #[serde(default)]
-    pub oracle_dropped: Option<usize>,
+    /// Each evaluated policy's path, in the order of [`Results::policies`].
+    pub autopath: Vec<PolicyPath>,
+    /// The path with the highest reward (the paper's, with [`Summary::oracle_tau`]): what a perfect
+    /// policy for that reward would pick.
+    pub oracle: OraclePath,
+    /// The cheapest path within [`Summary::dice_tolerance`] of the full network's Dice on this volume.
+    pub tolerance_oracle: OraclePath,
+    /// The tolerance oracle at each tolerance of [`ORACLE_TOLERANCES`], for the Pareto figure.
+    pub oracle_sweep: Vec<(f64, f64)>,
 }
 
 /// One row of Table 1.
@@ -117,6 +137,49 @@ pub struct TableRow {
     pub dice_std: Option<f64>,
 }
 
+/// The headline numbers of one path strategy over the test volumes.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct StrategySummary {
+    /// Strategy.
+    pub label: String,
+    /// Mean Dice.
+    pub dice: f64,
+    /// Full-network Dice minus this.
+    pub dice_drop: f64,
+    /// Mean fraction of blocks dropped.
+    pub drop_ratio: f64,
+    /// Mean blocks dropped.
+    pub blocks_dropped_mean: f64,
+    /// Mean FLOP fraction.
+    pub flop_fraction: f64,
+    /// Distinct paths over the test volumes.
+    pub distinct_paths: usize,
+}
+
+/// The headline numbers of a study.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Summary {
+    /// Mean Dice of the full network.
+    pub full_dice: f64,
+    /// Test volumes.
+    pub test_volumes: usize,
+    /// Each policy, in the order of [`Results::policies`].
+    pub autopath: Vec<StrategySummary>,
+    /// The reward oracle.
+    pub oracle: StrategySummary,
+    /// The tolerance oracle.
+    pub tolerance_oracle: StrategySummary,
+    /// How the oracles searched: every path, or a beam search.
+    pub oracle_search: String,
+    /// τ of the reward oracle (the first paper-method policy's, else 50).
+    pub oracle_tau: f64,
+    /// Dice tolerance of the tolerance oracle (the first distilled policy's, else the default).
+    pub dice_tolerance: f64,
+    /// Whether the first policy's threshold sweep lies above DropRandomN's curve at every FLOP
+    /// fraction both cover.
+    pub above_random_at_every_budget: Option<bool>,
+}
+
 /// `results.json`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Results {
@@ -126,6 +189,8 @@ pub struct Results {
     pub test_ids: Vec<String>,
     /// Random masks per level.
     pub random_repeats: usize,
+    /// Row labels of the evaluated policies (`AutoPath (distil)`, `AutoPath (paper RL)`).
+    pub policies: Vec<String>,
     /// Per volume.
     pub volumes: Vec<VolumeResult>,
     /// DropN mean Dice per n (Fig. 3).
@@ -136,14 +201,23 @@ pub struct Results {
     pub drop_last: Vec<f64>,
     /// DropRandomN: per n = 1..N−1, statistics over repeats of the mean Dice over volumes (Figs. 6, 7).
     pub drop_random: Vec<Stats>,
+    /// DropRandomN: mean FLOP fraction per n = 1..N−1.
+    pub drop_random_flops: Vec<f64>,
+    /// DropFirstN and DropLastN FLOP fractions per n = 1..N−1.
+    pub drop_first_flops: Vec<f64>,
+    /// DropLastN FLOP fractions per n = 1..N−1.
+    pub drop_last_flops: Vec<f64>,
     /// Table 1.
     pub table1: Vec<TableRow>,
     /// Headline numbers.
-    pub summary: serde_json::Value,
+    pub summary: Summary,
 }
 
-/// Largest N for which every one of the 2^N paths is evaluated per volume.
-const ORACLE_MAX_BLOCKS: usize = 10;
+/// Keep thresholds of the Pareto sweep of each policy.
+pub const SWEEP: [f32; 13] = [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0];
+
+/// Dice tolerances of the oracle's Pareto sweep.
+pub const ORACLE_TOLERANCES: [f64; 7] = [0.0, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1];
 
 fn err(e: impl std::fmt::Display) -> Error {
     Error::invalid("eval", e.to_string())
@@ -153,10 +227,182 @@ fn mask_text(m: &[bool]) -> String {
     m.iter().map(|&k| if k { '1' } else { '0' }).collect()
 }
 
+/// A loaded policy with its row label.
+struct Policy {
+    label: String,
+    net: autopath_models::policy::PolicyNet,
+    threshold: f32,
+}
+
+fn load_policies(runs: &[PathBuf]) -> Result<(Vec<Policy>, f64, f64)> {
+    let mut policies = Vec::new();
+    let (mut tau, mut delta) = (None, None);
+    for run in runs {
+        let (net, pc, _) = load_policy(run, "best")?;
+        let label = match pc.method {
+            Method::Paper => {
+                tau.get_or_insert(pc.tau);
+                "AutoPath (paper RL)"
+            }
+            Method::Distil => {
+                delta.get_or_insert(pc.dice_tolerance);
+                "AutoPath (distil)"
+            }
+        };
+        let same = policies.iter().filter(|p: &&Policy| p.label.starts_with(label)).count();
+        let label = if same == 0 { label.to_string() } else { format!("{label} #{}", same + 1) };
+        policies.push(Policy { label, net, threshold: pc.threshold });
+    }
+    Ok((policies, tau.unwrap_or(50.0), delta.unwrap_or(DICE_TOLERANCE)))
+}
+
+/// The heuristic masks of the paper's study for N blocks: DropN, DropFirstN, DropLastN.
+fn heuristic_masks(n: usize) -> (Vec<Vec<bool>>, Vec<Vec<bool>>, Vec<Vec<bool>>) {
+    let drop_n = (0..n).map(|b| (0..n).map(|i| i != b).collect()).collect();
+    let first = (1..n).map(|k| (0..n).map(|i| i >= k).collect()).collect();
+    let last = (1..n).map(|k| (0..n).map(|i| i < n - k).collect()).collect();
+    (drop_n, first, last)
+}
+
+/// Random masks shared by all volumes: one repeat = one mask applied to the whole test set.
+fn random_masks(n: usize, repeats: usize, seed: u64) -> Vec<Vec<Vec<bool>>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (1..n)
+        .map(|k| {
+            (0..repeats)
+                .map(|_| {
+                    let mut m = vec![true; n];
+                    for i in sample(&mut rng, n, k) {
+                        m[i] = false;
+                    }
+                    m
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn oracle_path(s: &Scored) -> OraclePath {
+    OraclePath {
+        mask: mask_text(&s.mask),
+        dice: s.dice,
+        dropped: s.mask.iter().filter(|&&k| !k).count(),
+        flop_fraction: s.flop_fraction,
+    }
+}
+
+/// Everything one volume needs: the oracles' search, then every other mask of the study scored in one
+/// pass of the path evaluator (shared prefixes).
+struct VolumeStudy<'a> {
+    arch: &'a Architecture,
+    random: &'a [Vec<Vec<bool>>],
+    policies: &'a [Policy],
+    tau: f64,
+    delta: f64,
+    policy_input: [usize; 3],
+}
+
+impl VolumeStudy<'_> {
+    fn run(
+        &self,
+        ev: &mut PathEvaluator,
+        id: &str,
+        s: &Sample,
+        random_dice: &mut [Vec<Vec<f64>>],
+    ) -> Result<VolumeResult> {
+        let n = self.arch.blocks.len();
+        let prepared = ev.prepare(&s.image, s.record.pad_value, Some(s.labels.clone()))?;
+        let tolerance = Objective::DiceTolerance { delta: self.delta };
+        let mut table = search(ev, &prepared, self.arch, tolerance)?;
+        if !table.exhaustive {
+            // The reward oracle gets its own beam; its paths join the same table.
+            let more = search(ev, &prepared, self.arch, Objective::Reward { tau: self.tau })?;
+            let new: Vec<Scored> = more.paths.into_iter().filter(|p| table.get(&p.mask).is_none()).collect();
+            table.paths.extend(new);
+        }
+        let (drop_n, first, last) = heuristic_masks(n);
+        let mut probabilities = Vec::new();
+        for p in self.policies {
+            probabilities.push(keep_probabilities(&p.net, &s.image, self.policy_input)?);
+        }
+        let sweeps: Vec<Vec<Vec<bool>>> = probabilities
+            .iter()
+            .map(|pr| SWEEP.iter().map(|&t| pr.iter().map(|&v| v >= t).collect()).collect())
+            .collect();
+        let chosen: Vec<Vec<bool>> = probabilities
+            .iter()
+            .zip(self.policies)
+            .map(|(pr, p)| pr.iter().map(|&v| v >= p.threshold).collect())
+            .collect();
+        let wanted: Vec<Vec<bool>> = drop_n
+            .iter()
+            .chain(&first)
+            .chain(&last)
+            .chain(self.random.iter().flatten())
+            .chain(&chosen)
+            .chain(sweeps.iter().flatten())
+            .filter(|m| table.get(m).is_none())
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let outcomes = ev.evaluate(&prepared, &wanted, false)?;
+        let full_flops = self.arch.full_flops() as f64;
+        for (m, o) in wanted.into_iter().zip(outcomes) {
+            let flop_fraction = self.arch.path_flops(&m) as f64 / full_flops;
+            table.paths.push(Scored { mask: m, dice: o.dice, accuracy: o.accuracy, flop_fraction });
+        }
+        let lookup: HashMap<&[bool], &Scored> = table.paths.iter().map(|p| (p.mask.as_slice(), p)).collect();
+        let dice = |m: &Vec<bool>| lookup[m.as_slice()].dice;
+        for (level, masks) in self.random.iter().enumerate() {
+            for (r, m) in masks.iter().enumerate() {
+                random_dice[level][r].push(dice(m));
+            }
+        }
+        let autopath = self
+            .policies
+            .iter()
+            .enumerate()
+            .map(|(i, _)| {
+                let m = &chosen[i];
+                PolicyPath {
+                    mask: mask_text(m),
+                    dice: dice(m),
+                    dropped: m.iter().filter(|&&k| !k).count(),
+                    flop_fraction: lookup[m.as_slice()].flop_fraction,
+                    probabilities: probabilities[i].clone(),
+                    sweep: sweeps[i].iter().map(|m| (lookup[m.as_slice()].flop_fraction, dice(m))).collect(),
+                }
+            })
+            .collect();
+        let oracle_sweep = ORACLE_TOLERANCES
+            .iter()
+            .map(|&d| {
+                let b = table.best(Objective::DiceTolerance { delta: d });
+                (b.flop_fraction, b.dice)
+            })
+            .collect();
+        Ok(VolumeResult {
+            id: id.to_string(),
+            full: table.full_dice,
+            drop_n: drop_n.iter().map(dice).collect(),
+            drop_first: first.iter().map(dice).collect(),
+            drop_last: last.iter().map(dice).collect(),
+            autopath,
+            oracle: oracle_path(table.best(Objective::Reward { tau: self.tau })),
+            tolerance_oracle: oracle_path(table.best(tolerance)),
+            oracle_sweep,
+        })
+    }
+}
+
 /// Runs the study and writes `report.md`, `results.json` and the figures into `opts.out`.
 pub fn evaluate(opts: &EvalOptions, progress: &dyn Fn(usize, usize)) -> Result<Results> {
     let (net, cfg) = load_segmenter(&opts.seg, "best")?;
     let n_blocks = cfg.spec.num_blocks();
+    if n_blocks < 2 {
+        return Err(err(format!("the segmenter has {n_blocks} block(s); the study needs at least 2")));
+    }
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let seg_bundle = opts.out.join("segmenter");
     crate::compile::compile(&net, &cfg, None, None, &seg_bundle, true, true)?;
@@ -164,113 +410,174 @@ pub fn evaluate(opts: &EvalOptions, progress: &dyn Fn(usize, usize)) -> Result<R
     let arch = bundle.manifest.architecture.clone();
     let mut sessions = Sessions::open(&bundle, &SessionOptions::default())?;
     let mut ev = PathEvaluator::new(&mut sessions, cfg.window, opts.tile_batch, bundle.manifest.input.activation, 0.5);
-    let policy = opts.policy.as_deref().map(|p| load_policy(p, "best")).transpose()?;
-
+    let (policies, tau, delta) = load_policies(&opts.policies)?;
     let repeats = opts.random_repeats.unwrap_or(if n_blocks <= 8 { 100 } else { 500 });
-    // The oracle scores paths with the policy's reward (its τ; the paper's 50 without a policy).
-    let tau = policy.as_ref().map_or(50.0, |(_, pc, _)| pc.tau);
-    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
-    // Random masks are shared by all volumes: one repeat = one mask applied to the whole test set.
-    let random: Vec<Vec<Vec<bool>>> = (1..n_blocks)
-        .map(|n| {
-            (0..repeats)
-                .map(|_| {
-                    let mut m = vec![true; n_blocks];
-                    for i in sample(&mut rng, n_blocks, n) {
-                        m[i] = false;
-                    }
-                    m
-                })
-                .collect()
-        })
-        .collect();
-    let flops = |m: &[bool]| arch.path_flops(m) as f64 / arch.full_flops() as f64;
+    let random = random_masks(n_blocks, repeats, opts.seed);
 
     let dataset = Dataset::open(&cfg.data, Some(cfg.layout))?;
     let cases = cases_by_id(&dataset, &cfg.test_ids)?;
     if cases.is_empty() {
         return Err(err("the segmenter run has no test cases"));
     }
+    let study = VolumeStudy {
+        arch: &arch,
+        random: &random,
+        policies: &policies,
+        tau,
+        delta,
+        policy_input: cfg.spec.policy.input,
+    };
     let mut volumes = Vec::new();
     let mut random_dice: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); repeats]; n_blocks - 1]; // [n][repeat][volume]
-    let mut qualitative = Vec::new();
     for (ci, case) in cases.iter().enumerate() {
         progress(ci, cases.len());
         let s = load_sample(case, &cfg.preprocessing)?;
-        let prepared = ev.prepare(&s.image, s.record.pad_value, Some(s.labels.clone()))?;
-        let full = vec![true; n_blocks];
-        let drop_n: Vec<Vec<bool>> = (0..n_blocks).map(|n| (0..n_blocks).map(|i| i != n).collect()).collect();
-        let first: Vec<Vec<bool>> = (1..n_blocks).map(|n| (0..n_blocks).map(|i| i >= n).collect()).collect();
-        let last: Vec<Vec<bool>> = (1..n_blocks).map(|n| (0..n_blocks).map(|i| i < n_blocks - n).collect()).collect();
-        let auto = match &policy {
-            Some((p, pc, _)) => {
-                let probs = keep_probabilities(p, &s.image, cfg.spec.policy.input)?;
-                Some(probs.iter().map(|&v| v >= pc.threshold).collect::<Vec<bool>>())
-            }
-            None => None,
-        };
-        let mut unique: HashMap<Vec<bool>, usize> = HashMap::new();
-        let mut list = Vec::new();
-        // For N ≤ 10 every path is scored (for N = 8 DropRandomN already visits nearly all 256).
-        let every: Vec<Vec<bool>> = if n_blocks <= ORACLE_MAX_BLOCKS {
-            (0..1usize << n_blocks).map(|b| (0..n_blocks).map(|i| b >> i & 1 == 1).collect()).collect()
-        } else {
-            Vec::new()
-        };
-        let all = std::iter::once(&full)
-            .chain(&drop_n)
-            .chain(&first)
-            .chain(&last)
-            .chain(random.iter().flatten())
-            .chain(auto.iter())
-            .chain(&every);
-        for m in all {
-            unique.entry(m.clone()).or_insert_with(|| {
-                list.push(m.clone());
-                list.len() - 1
-            });
-        }
-        let outcomes = ev.evaluate(&prepared, &list, false)?;
-        let dice = |m: &Vec<bool>| outcomes[unique[m]].dice;
-        let kept = |m: &Vec<bool>| m.iter().filter(|&&k| k).count();
-        let oracle = every.iter().max_by(|a, b| {
-            let r = |m: &Vec<bool>| reward(outcomes[unique[m]].accuracy, kept(m), n_blocks, tau);
-            r(a).total_cmp(&r(b)).then(kept(b).cmp(&kept(a)))
-        });
-        for (n, level) in random.iter().enumerate() {
-            for (r, m) in level.iter().enumerate() {
-                random_dice[n][r].push(dice(m));
-            }
-        }
-        let v = VolumeResult {
-            id: case.id.clone(),
-            full: dice(&full),
-            drop_n: drop_n.iter().map(dice).collect(),
-            drop_first: first.iter().map(dice).collect(),
-            drop_last: last.iter().map(dice).collect(),
-            autopath_mask: auto.as_ref().map(|m| mask_text(m)),
-            autopath: auto.as_ref().map(dice),
-            autopath_dropped: auto.as_ref().map(|m| m.iter().filter(|&&k| !k).count()),
-            autopath_flops: auto.as_ref().map(|m| flops(m)),
-            oracle_mask: oracle.map(|m| mask_text(m)),
-            oracle: oracle.map(dice),
-            oracle_dropped: oracle.map(|m| n_blocks - kept(m)),
-        };
-        qualitative.push((ci, auto.clone()));
-        volumes.push(v);
+        volumes.push(study.run(&mut ev, &case.id, &s, &mut random_dice)?);
     }
     progress(cases.len(), cases.len());
 
-    let nv = volumes.len() as f64;
-    let mean = |f: &dyn Fn(&VolumeResult) -> f64| volumes.iter().map(f).sum::<f64>() / nv;
+    let flops = |m: &[bool]| arch.path_flops(m) as f64 / arch.full_flops() as f64;
+    let (_, first, last) = heuristic_masks(n_blocks);
+    let oracle_search = if n_blocks <= EXHAUSTIVE_MAX_BLOCKS {
+        format!("exhaustive ({} paths per volume)", 1usize << n_blocks)
+    } else {
+        format!("beam search (width {BEAM_WIDTH}; every path of a {n_blocks}-block network cannot be scored)")
+    };
+    let results = assemble(Assembly {
+        blocks: n_blocks,
+        test_ids: cfg.test_ids.clone(),
+        repeats,
+        labels: policies.iter().map(|p| p.label.clone()).collect(),
+        volumes,
+        random_dice,
+        random_flops: random.iter().map(|l| l.iter().map(|m| flops(m)).sum::<f64>() / repeats as f64).collect(),
+        first_flops: first.iter().map(|m| flops(m)).collect(),
+        last_flops: last.iter().map(|m| flops(m)).collect(),
+        oracle_search,
+        tau,
+        delta,
+    });
+    let overlays = overlays(&opts.out, &mut ev, &cases, &cfg.preprocessing, &results, policies.first())?;
+    write_report(&opts.out, &results, &overlays)?;
+    crate::train::checkpoint::write_json(&opts.out.join("results.json"), &results)?;
+    Ok(results)
+}
+
+/// The per-volume results and curves that [`assemble`] turns into Table 1 and the summary.
+struct Assembly {
+    blocks: usize,
+    test_ids: Vec<String>,
+    repeats: usize,
+    labels: Vec<String>,
+    volumes: Vec<VolumeResult>,
+    random_dice: Vec<Vec<Vec<f64>>>,
+    random_flops: Vec<f64>,
+    first_flops: Vec<f64>,
+    last_flops: Vec<f64>,
+    oracle_search: String,
+    tau: f64,
+    delta: f64,
+}
+
+fn strategy(label: &str, full_dice: f64, n: usize, paths: &[(&str, f64, usize, f64)]) -> StrategySummary {
+    let k = paths.len().max(1) as f64;
+    let dice = paths.iter().map(|p| p.1).sum::<f64>() / k;
+    let dropped = paths.iter().map(|p| p.2 as f64).sum::<f64>() / k;
+    StrategySummary {
+        label: label.to_string(),
+        dice,
+        dice_drop: full_dice - dice,
+        drop_ratio: dropped / n as f64,
+        blocks_dropped_mean: dropped,
+        flop_fraction: paths.iter().map(|p| p.3).sum::<f64>() / k,
+        distinct_paths: paths.iter().map(|p| p.0).collect::<std::collections::HashSet<_>>().len(),
+    }
+}
+
+/// Mean of `(x, y)` curves over volumes, point by point.
+fn mean_curve(curves: &[&[(f64, f64)]]) -> Vec<(f64, f64)> {
+    let k = curves.len().max(1) as f64;
+    let len = curves.iter().map(|c| c.len()).min().unwrap_or(0);
+    (0..len)
+        .map(|i| (curves.iter().map(|c| c[i].0).sum::<f64>() / k, curves.iter().map(|c| c[i].1).sum::<f64>() / k))
+        .collect()
+}
+
+/// `y` of a piecewise-linear curve (any order of points) at `x`, if `x` lies within its range.
+fn interpolate(curve: &[(f64, f64)], x: f64) -> Option<f64> {
+    let mut c = curve.to_vec();
+    c.sort_by(|a, b| a.0.total_cmp(&b.0));
+    c.windows(2).find(|w| w[0].0 <= x && x <= w[1].0).map(|w| {
+        if w[1].0 > w[0].0 {
+            w[0].1 + (w[1].1 - w[0].1) * (x - w[0].0) / (w[1].0 - w[0].0)
+        } else {
+            w[0].1.max(w[1].1)
+        }
+    })
+}
+
+impl Results {
+    /// A policy's mean Pareto sweep: `(FLOP fraction, Dice)` per threshold of [`SWEEP`].
+    pub fn policy_curve(&self, i: usize) -> Vec<(f64, f64)> {
+        mean_curve(&self.volumes.iter().map(|v| v.autopath[i].sweep.as_slice()).collect::<Vec<_>>())
+    }
+
+    /// The tolerance oracle's mean curve over [`ORACLE_TOLERANCES`].
+    pub fn oracle_curve(&self) -> Vec<(f64, f64)> {
+        mean_curve(&self.volumes.iter().map(|v| v.oracle_sweep.as_slice()).collect::<Vec<_>>())
+    }
+
+    /// DropRandomN's curve, the full network included.
+    pub fn random_curve(&self) -> Vec<(f64, f64)> {
+        let mut c = vec![(1.0, self.summary.full_dice)];
+        c.extend(self.drop_random_flops.iter().zip(&self.drop_random).map(|(&f, s)| (f, s.mean)));
+        c
+    }
+}
+
+fn assemble(a: Assembly) -> Results {
+    let n = a.blocks;
+    let nv = a.volumes.len() as f64;
+    let mean = |f: &dyn Fn(&VolumeResult) -> f64| a.volumes.iter().map(f).sum::<f64>() / nv;
     let full_dice = mean(&|v| v.full);
-    let drop_n: Vec<f64> = (0..n_blocks).map(|n| mean(&|v| v.drop_n[n])).collect();
-    let drop_first: Vec<f64> = (0..n_blocks - 1).map(|n| mean(&|v| v.drop_first[n])).collect();
-    let drop_last: Vec<f64> = (0..n_blocks - 1).map(|n| mean(&|v| v.drop_last[n])).collect();
-    let drop_random: Vec<Stats> = random_dice
+    let drop_n: Vec<f64> = (0..n).map(|i| mean(&|v| v.drop_n[i])).collect();
+    let drop_first: Vec<f64> = (0..n - 1).map(|i| mean(&|v| v.drop_first[i])).collect();
+    let drop_last: Vec<f64> = (0..n - 1).map(|i| mean(&|v| v.drop_last[i])).collect();
+    let drop_random: Vec<Stats> = a
+        .random_dice
         .iter()
         .map(|reps| {
             Stats::of(&reps.iter().map(|vols| vols.iter().sum::<f64>() / vols.len() as f64).collect::<Vec<_>>())
+        })
+        .collect();
+    let oracle_of = |label: &str, f: &dyn Fn(&VolumeResult) -> &OraclePath| {
+        let paths: Vec<(&str, f64, usize, f64)> = a
+            .volumes
+            .iter()
+            .map(|v| {
+                let o = f(v);
+                (o.mask.as_str(), o.dice, o.dropped, o.flop_fraction)
+            })
+            .collect();
+        strategy(label, full_dice, n, &paths)
+    };
+    let oracle = oracle_of(&format!("Oracle (best reward, τ = {})", a.tau), &|v| &v.oracle);
+    let tolerance_oracle =
+        oracle_of(&format!("Oracle (cheapest within Dice −{})", a.delta), &|v| &v.tolerance_oracle);
+    let autopath: Vec<StrategySummary> = a
+        .labels
+        .iter()
+        .enumerate()
+        .map(|(i, label)| {
+            let paths: Vec<(&str, f64, usize, f64)> = a
+                .volumes
+                .iter()
+                .map(|v| {
+                    let p = &v.autopath[i];
+                    (p.mask.as_str(), p.dice, p.dropped, p.flop_fraction)
+                })
+                .collect();
+            strategy(label, full_dice, n, &paths)
         })
         .collect();
 
@@ -281,90 +588,104 @@ pub fn evaluate(opts: &EvalOptions, progress: &dyn Fn(usize, usize)) -> Result<R
         dice: full_dice,
         dice_std: None,
     }];
-    let mut summary = serde_json::json!({"full_dice": full_dice, "test_volumes": volumes.len()});
-    if policy.is_some() {
-        let auto_drop = mean(&|v| v.autopath_dropped.unwrap_or(0) as f64);
-        let auto_dice = mean(&|v| v.autopath.unwrap_or(0.0));
-        let auto_flops = mean(&|v| v.autopath_flops.unwrap_or(1.0));
-        let level = (auto_drop.round() as usize).clamp(1, n_blocks - 1);
-        let first_mask: Vec<bool> = (0..n_blocks).map(|i| i >= level).collect();
-        let last_mask: Vec<bool> = (0..n_blocks).map(|i| i < n_blocks - level).collect();
-        let rand_flops = random[level - 1].iter().map(|m| flops(m)).sum::<f64>() / repeats as f64;
-        let ratio = level as f64 / n_blocks as f64;
+    let mut levels: Vec<usize> =
+        autopath.iter().map(|s| (s.blocks_dropped_mean.round() as usize).clamp(1, n - 1)).collect();
+    levels.dedup();
+    for &level in &levels {
+        let ratio = level as f64 / n as f64;
         table1.push(TableRow {
             strategy: format!("DropFirstN (n = {level})"),
             drop_ratio: ratio,
-            flop_fraction: flops(&first_mask),
+            flop_fraction: a.first_flops[level - 1],
             dice: drop_first[level - 1],
             dice_std: None,
         });
         table1.push(TableRow {
             strategy: format!("DropLastN (n = {level})"),
             drop_ratio: ratio,
-            flop_fraction: flops(&last_mask),
+            flop_fraction: a.last_flops[level - 1],
             dice: drop_last[level - 1],
             dice_std: None,
         });
         table1.push(TableRow {
-            strategy: format!("DropRandomN (n = {level}, {repeats} repeats)"),
+            strategy: format!("DropRandomN (n = {level}, {} repeats)", a.repeats),
             drop_ratio: ratio,
-            flop_fraction: rand_flops,
+            flop_fraction: a.random_flops[level - 1],
             dice: drop_random[level - 1].mean,
             dice_std: Some(drop_random[level - 1].std),
         });
+    }
+    for s in autopath.iter().chain([&tolerance_oracle, &oracle]) {
         table1.push(TableRow {
-            strategy: "AutoPath".into(),
-            drop_ratio: auto_drop / n_blocks as f64,
-            flop_fraction: auto_flops,
-            dice: auto_dice,
+            strategy: s.label.clone(),
+            drop_ratio: s.drop_ratio,
+            flop_fraction: s.flop_fraction,
+            dice: s.dice,
             dice_std: None,
         });
-        let distinct: std::collections::HashSet<&String> =
-            volumes.iter().filter_map(|v| v.autopath_mask.as_ref()).collect();
-        summary = serde_json::json!({
-            "full_dice": full_dice, "autopath_dice": auto_dice, "dice_drop": full_dice - auto_dice,
-            "blocks_dropped_mean": auto_drop, "drop_ratio": auto_drop / n_blocks as f64, "flop_fraction": auto_flops,
-            "level": level, "drop_first_dice": drop_first[level - 1], "drop_last_dice": drop_last[level - 1], "drop_random_dice": drop_random[level - 1].mean,
-            "distinct_paths": distinct.len(), "test_volumes": volumes.len(),
-        });
     }
-    let oracle: Vec<&VolumeResult> = volumes.iter().filter(|v| v.oracle.is_some()).collect();
-    if !oracle.is_empty() {
-        let distinct: std::collections::HashSet<&String> =
-            oracle.iter().filter_map(|v| v.oracle_mask.as_ref()).collect();
-        let m = |f: &dyn Fn(&VolumeResult) -> f64| oracle.iter().map(|v| f(v)).sum::<f64>() / oracle.len() as f64;
-        summary["oracle_distinct_paths"] = distinct.len().into();
-        summary["oracle_dice"] = m(&|v| v.oracle.unwrap_or(0.0)).into();
-        summary["oracle_blocks_dropped_mean"] = m(&|v| v.oracle_dropped.unwrap_or(0) as f64).into();
-        summary["oracle_tau"] = tau.into();
-    }
-    let results = Results {
-        blocks: n_blocks,
-        test_ids: cfg.test_ids.clone(),
-        random_repeats: repeats,
-        volumes,
+    let mut results = Results {
+        blocks: n,
+        test_ids: a.test_ids,
+        random_repeats: a.repeats,
+        policies: a.labels,
+        volumes: a.volumes,
         drop_n,
         drop_first,
         drop_last,
         drop_random,
+        drop_random_flops: a.random_flops,
+        drop_first_flops: a.first_flops,
+        drop_last_flops: a.last_flops,
         table1,
-        summary,
+        summary: Summary {
+            full_dice,
+            test_volumes: nv as usize,
+            autopath,
+            oracle,
+            tolerance_oracle,
+            oracle_search: a.oracle_search,
+            oracle_tau: a.tau,
+            dice_tolerance: a.delta,
+            above_random_at_every_budget: None,
+        },
     };
+    if !results.policies.is_empty() {
+        let random = results.random_curve();
+        let above = results.policy_curve(0).iter().all(|&(x, y)| interpolate(&random, x).is_none_or(|r| y >= r));
+        results.summary.above_random_at_every_budget = Some(above);
+    }
+    results
+}
 
-    // Qualitative: best, median and worst AutoPath volumes (or by full Dice without a policy).
+/// Qualitative overlays of the best, median and worst volumes of the first policy (by full Dice
+/// without a policy).
+fn overlays(
+    out: &Path,
+    ev: &mut PathEvaluator,
+    cases: &[crate::dataset::Case],
+    prep: &crate::preprocess::Preprocessing,
+    results: &Results,
+    policy: Option<&Policy>,
+) -> Result<Vec<(String, f64, PathBuf, PathBuf)>> {
+    let n_blocks = results.blocks;
     let mut ranked: Vec<usize> = (0..results.volumes.len()).collect();
-    let score = |i: usize| results.volumes[i].autopath.unwrap_or(results.volumes[i].full);
+    let score = |i: usize| results.volumes[i].autopath.first().map_or(results.volumes[i].full, |p| p.dice);
     ranked.sort_by(|&a, &b| score(b).total_cmp(&score(a)));
     let mut picks = vec![ranked[0], ranked[ranked.len() / 2], ranked[ranked.len() - 1]];
     picks.dedup();
     let mut overlays = Vec::new();
     for &i in &picks {
-        let case = &cases[qualitative[i].0];
-        let s = load_sample(case, &cfg.preprocessing)?;
+        let case = &cases[i];
+        let s = load_sample(case, prep)?;
         let ct = read_volume(&case.image, &ReadOptions::default())?;
         let prepared = ev.prepare(&s.image, s.record.pad_value, Some(s.labels.clone()))?;
         let mut masks = vec![vec![true; n_blocks]];
-        masks.extend(qualitative[i].1.clone());
+        if policy.is_some() {
+            if let Some(p) = results.volumes[i].autopath.first() {
+                masks.push(p.mask.chars().map(|c| c == '1').collect());
+            }
+        }
         let preds = ev.evaluate(&prepared, &masks, true)?;
         let truth = s.labels.mapv(|l| u8::from(l > 0));
         let full_pred = preds[0].prediction.clone().unwrap_or_else(|| Array3::zeros(truth.dim()));
@@ -376,15 +697,13 @@ pub fn evaluate(opts: &EvalOptions, progress: &dyn Fn(usize, usize)) -> Result<R
         let z = best_slice(&truth, 0);
         let y = best_slice(&truth, 1);
         let sp = ct.geometry.spacing;
-        let axial = opts.out.join(format!("overlay_case{}_axial.png", case.id));
-        let coronal = opts.out.join(format!("overlay_case{}_coronal.png", case.id));
+        let axial = out.join(format!("overlay_case{}_axial.png", case.id));
+        let coronal = out.join(format!("overlay_case{}_coronal.png", case.id));
         overlay_png(&axial, &ct.data, &layers, 0, z, 3, 1.0)?;
         overlay_png(&coronal, &ct.data, &layers, 1, y, 3, sp[2] / sp[0])?;
         overlays.push((case.id.clone(), score(i), axial, coronal));
     }
-    write_report(&opts.out, &results, &overlays)?;
-    crate::train::checkpoint::write_json(&opts.out.join("results.json"), &results)?;
-    Ok(results)
+    Ok(overlays)
 }
 
 /// Index along `axis` with the most foreground.
@@ -397,6 +716,49 @@ fn best_slice(mask: &Array3<u8>, axis: usize) -> usize {
 
 fn file_name(p: &Path) -> String {
     p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// Dice against FLOP fraction: each policy across keep thresholds, DropRandomN, DropFirstN, DropLastN
+/// and the tolerance oracle across tolerances.
+fn pareto_figure(dir: &Path, r: &Results) -> Result<()> {
+    let colours = [RGBColor(214, 39, 40), RGBColor(148, 103, 189), RGBColor(227, 119, 194)];
+    let line = |label: &str, points: Vec<(f64, f64)>, color: RGBColor, markers_only: bool| {
+        let mut points = points;
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Series { label: label.into(), points, color, band: None, markers_only }
+    };
+    let full = (1.0, r.summary.full_dice);
+    let with_full = |v: Vec<(f64, f64)>| std::iter::once(full).chain(v).collect::<Vec<_>>();
+    let mut series = vec![
+        line("DropRandomN (mean)", r.random_curve(), RGBColor(31, 119, 180), false),
+        line(
+            "DropFirstN",
+            with_full(r.drop_first_flops.iter().copied().zip(r.drop_first.iter().copied()).collect()),
+            RGBColor(255, 127, 14),
+            false,
+        ),
+        line(
+            "DropLastN",
+            with_full(r.drop_last_flops.iter().copied().zip(r.drop_last.iter().copied()).collect()),
+            RGBColor(44, 160, 44),
+            false,
+        ),
+        line("oracle (cheapest within a Dice tolerance)", r.oracle_curve(), RGBColor(120, 120, 120), false),
+    ];
+    for (i, label) in r.policies.iter().enumerate() {
+        series.push(line(&format!("{label} (thresholds)"), r.policy_curve(i), colours[i % colours.len()], false));
+    }
+    let lowest = series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).fold(1.0f64, f64::min);
+    line_chart(
+        dir,
+        "fig_pareto",
+        "Dice against FLOPs",
+        "FLOP fraction of the full network",
+        "mean Dice",
+        &series,
+        ((lowest - 0.05).max(0.0), 1.0),
+    )?;
+    Ok(())
 }
 
 fn write_report(dir: &Path, r: &Results, overlays: &[(String, f64, PathBuf, PathBuf)]) -> Result<()> {
@@ -501,46 +863,54 @@ fn write_report(dir: &Path, r: &Results, overlays: &[(String, f64, PathBuf, Path
         ],
         (ymin(&mins), 1.0),
     )?;
-    let dropped: Vec<usize> = r.volumes.iter().filter_map(|v| v.autopath_dropped).collect();
+    let dropped: Vec<usize> = r.volumes.iter().filter_map(|v| v.autopath.first().map(|p| p.dropped)).collect();
     if !dropped.is_empty() {
         histogram(
             dir,
             "fig8_autopath_dropped",
-            "Fig. 8 - blocks dropped by AutoPath per test volume",
+            &format!("Fig. 8 - blocks dropped by {} per test volume", r.policies[0]),
             "blocks dropped",
             &dropped,
             n,
         )?;
     }
+    pareto_figure(dir, r)?;
 
     let mut md = String::new();
     let _ = writeln!(md, "# AutoPath evaluation\n\n{} test volumes ({}), N = {} blocks, whole volumes with sliding windows. Dice per volume = (2|P∩G| + ε)/(|P| + |G| + ε), averaged over volumes.\n", r.volumes.len(), r.test_ids.join(", "), n);
-    let _ = writeln!(md, "## Table 1 — strategies at AutoPath's dropping level\n\n| strategy | blocks dropped | FLOPs vs full | mean Dice |\n|---|---:|---:|---:|");
+    let _ = writeln!(md, "## Table 1 — strategies at AutoPath's dropping level, and the per-volume oracles\n\n| strategy | blocks dropped | FLOPs vs full | mean Dice | distinct paths |\n|---|---:|---:|---:|---:|");
+    let distinct = |label: &str| {
+        let s = &r.summary;
+        s.autopath.iter().chain([&s.oracle, &s.tolerance_oracle]).find(|x| x.label == label).map(|x| x.distinct_paths)
+    };
     for row in &r.table1 {
         let std = row.dice_std.map(|s| format!(" ± {s:.4}")).unwrap_or_default();
         let _ = writeln!(
             md,
-            "| {} | {:.1} % | {:.1} % | {:.4}{std} |",
+            "| {} | {:.1} % | {:.1} % | {:.4}{std} | {} |",
             row.strategy,
             100.0 * row.drop_ratio,
             100.0 * row.flop_fraction,
-            row.dice
+            row.dice,
+            distinct(&row.strategy).map_or("-".into(), |d| d.to_string())
         );
     }
-    if let Some(d) = r.summary.get("oracle_distinct_paths") {
-        let f = |k: &str| r.summary.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
-        let auto = r.summary.get("distinct_paths").map_or("-".to_string(), |v| v.to_string());
+    let _ = writeln!(
+        md,
+        "\nOracles: per volume, the best of the scored paths ({}): by the paper's reward with τ = {}, and the fewest FLOPs within Dice {} of the full network's on that volume. They bound what a policy could pick.",
+        r.summary.oracle_search, r.summary.oracle_tau, r.summary.dice_tolerance
+    );
+    if let Some(above) = r.summary.above_random_at_every_budget {
         let _ = writeln!(
             md,
-            "\nPer-volume oracle (best reward among all 2^N paths, τ = {}): mean Dice {:.4}, {:.2} blocks dropped on average, {d} distinct paths over {} volumes (AutoPath: {auto}).",
-            f("oracle_tau"),
-            f("oracle_dice"),
-            f("oracle_blocks_dropped_mean"),
-            r.volumes.len()
+            "\n{}'s threshold sweep lies {} DropRandomN's curve at every FLOP fraction both cover (Pareto figure).",
+            r.policies[0],
+            if above { "above" } else { "NOT above" }
         );
     }
     let _ = writeln!(md, "\n## Figures\n");
     for (f, t) in [
+        ("fig_pareto", "Dice against FLOPs: AutoPath across keep thresholds, the heuristics and the oracle"),
         ("fig3_drop_n", "Fig. 3 — block dependency (DropN)"),
         ("fig4_drop_first", "Fig. 4 — DropFirstN"),
         ("fig5_drop_last", "Fig. 5 — DropLastN"),
@@ -561,24 +931,23 @@ fn write_report(dir: &Path, r: &Results, overlays: &[(String, f64, PathBuf, Path
             file_name(coronal)
         );
     }
+    let mut head = "| case | full |".to_string();
+    let mut rule = "|---|---:|".to_string();
+    for p in &r.policies {
+        head += &format!(" {p} | mask | FLOPs |");
+        rule += "---:|---|---:|";
+    }
     let _ = writeln!(
         md,
-        "## Per volume\n\nOracle: the path with the highest reward on that volume among all 2^N (the policy's τ), i.e. what a perfect policy would pick.\n\n| case | full | AutoPath | mask | dropped | FLOPs | oracle | oracle mask | oracle dropped |\n|---|---:|---:|---|---:|---:|---:|---|---:|"
+        "## Per volume\n\n{head} tolerance oracle | mask | reward oracle | mask |\n{rule}---:|---|---:|---|"
     );
     for v in &r.volumes {
-        let _ = writeln!(
-            md,
-            "| {} | {:.4} | {} | {} | {} | {} | {} | {} | {} |",
-            v.id,
-            v.full,
-            v.autopath.map_or("-".into(), |d| format!("{d:.4}")),
-            v.autopath_mask.clone().unwrap_or_default(),
-            v.autopath_dropped.map_or("-".into(), |d| d.to_string()),
-            v.autopath_flops.map_or("-".into(), |f| format!("{:.1} %", 100.0 * f)),
-            v.oracle.map_or("-".into(), |d| format!("{d:.4}")),
-            v.oracle_mask.clone().unwrap_or_default(),
-            v.oracle_dropped.map_or("-".into(), |d| d.to_string()),
-        );
+        let mut row = format!("| {} | {:.4} |", v.id, v.full);
+        for p in &v.autopath {
+            row += &format!(" {:.4} | {} | {:.1} % |", p.dice, p.mask, 100.0 * p.flop_fraction);
+        }
+        let (t, o) = (&v.tolerance_oracle, &v.oracle);
+        let _ = writeln!(md, "{row} {:.4} | {} | {:.4} | {} |", t.dice, t.mask, o.dice, o.mask);
     }
     let _ = writeln!(md, "\n## DropN / DropFirstN / DropLastN / DropRandomN (mean Dice)\n\n| n | DropN (block n) | DropFirstN | DropLastN | DropRandomN mean ± std [min, max] |\n|---:|---:|---:|---:|---|");
     for i in 0..n {

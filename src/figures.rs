@@ -119,7 +119,9 @@ pub fn line_chart(
 ) -> Result<Vec<PathBuf>> {
     let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
     let (x0, x1) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(x), b.max(x)));
-    let x = if x0.is_finite() { (x0 - 0.5, x1 + 0.5) } else { (0.0, 1.0) };
+    // Integer axes (block indices) get half a unit of margin, fractions a few hundredths.
+    let pad = if x1 - x0 <= 1.0 { 0.02 } else { 0.5 };
+    let x = if x0.is_finite() { (x0 - pad, x1 + pad) } else { (0.0, 1.0) };
     let mut out = Vec::new();
     if !font_available() {
         return Ok(out);

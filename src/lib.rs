@@ -26,6 +26,8 @@ pub mod onnxruntime;
 pub mod paths;
 pub mod preprocess;
 pub mod runtime;
+#[cfg(feature = "train")]
+pub mod search;
 pub mod serve;
 pub mod synth;
 #[cfg(feature = "train")]

@@ -133,6 +133,8 @@ impl Metrics {
 struct AppState {
     jobs: SyncSender<Job>,
     manifest: String,
+    /// The bundle's policy entry, for `?budget=` (its calibration).
+    policy: Option<crate::bundle::PolicyEntry>,
     metrics: Arc<Metrics>,
     token: Option<String>,
     timeout: Duration,
@@ -260,6 +262,23 @@ async fn segment_inner(state: &AppState, headers: &HeaderMap, q: &HashMap<String
         Some(Ok(t)) if (0.0..=1.0).contains(&t) => Some(t),
         Some(_) => return plain(StatusCode::BAD_REQUEST, "threshold must be a number in [0, 1]"),
     };
+    let threshold = match (threshold, q.get("budget")) {
+        (t, None) => t,
+        (Some(_), Some(_)) => return plain(StatusCode::BAD_REQUEST, "give either threshold or budget, not both"),
+        (None, Some(b)) => {
+            let Some(policy) = &state.policy else {
+                return plain(StatusCode::BAD_REQUEST, "the bundle has no policy: budget needs one");
+            };
+            match b
+                .parse::<f64>()
+                .map_err(|e| e.to_string())
+                .and_then(|b| policy.threshold_for_budget(b).map_err(|e| e.to_string()))
+            {
+                Ok(t) => Some(t),
+                Err(e) => return plain(StatusCode::BAD_REQUEST, format!("budget {b}: {e}")),
+            }
+        }
+    };
     let choice = match path.parse::<PathChoice>() {
         Ok(PathChoice::Auto { .. }) => PathChoice::Auto { threshold },
         Ok(c) => c,
@@ -323,6 +342,7 @@ pub async fn serve(opts: ServeOptions, ready: impl FnOnce(std::net::SocketAddr))
     let (tx, rx) = sync_channel::<Job>(opts.queue);
     let rx = Arc::new(Mutex::new(rx));
     let mut manifest = String::new();
+    let mut policy_entry = None;
     let mut blocks = 0;
     let mut predictors = Vec::new();
     for _ in 0..opts.workers.max(1) {
@@ -331,6 +351,7 @@ pub async fn serve(opts: ServeOptions, ready: impl FnOnce(std::net::SocketAddr))
         manifest =
             serde_json::to_string_pretty(&p.bundle.manifest).map_err(|e| Error::invalid("manifest", e.to_string()))?;
         blocks = p.num_blocks();
+        policy_entry = p.bundle.manifest.policy.clone();
         predictors.push(p);
     }
     let metrics = Arc::new(Metrics {
@@ -356,6 +377,7 @@ pub async fn serve(opts: ServeOptions, ready: impl FnOnce(std::net::SocketAddr))
     let state = Arc::new(AppState {
         jobs: tx,
         manifest,
+        policy: policy_entry,
         metrics: metrics.clone(),
         token: opts.token.clone(),
         timeout: opts.timeout,

@@ -7,7 +7,7 @@ use std::process::Command;
 use autopath::dataset::Dataset;
 use autopath::preprocess::Preprocessing;
 use autopath::train::checkpoint::{save, write_json};
-use autopath::train::policy::{load_policy, train_policy, PolicyConfig};
+use autopath::train::policy::{load_policy, train_policy, Method, PolicyConfig};
 use autopath::train::predict::{labels, predict_probabilities};
 use autopath::train::segment::{CheckpointMeta, Model, TrainConfig};
 use autopath::volume::{read_volume, write_labels, ReadOptions};
@@ -21,8 +21,15 @@ use autopath_models::spec::ArchSpec;
 /// keeping the next block then applies a ReLU that matters.)
 const IDENTITY: [usize; 2] = [0, 1];
 
-#[test]
-fn the_policy_learns_to_drop_exactly_the_identity_blocks() {
+/// Phantoms labelled by a random r18 whose blocks 0 and 1 are identities, saved as a segmenter run.
+struct Fixture {
+    dir: tempfile::TempDir,
+    seg: std::path::PathBuf,
+    spec: ArchSpec,
+    ds: Dataset,
+}
+
+fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let ok = Command::new(env!("CARGO_BIN_EXE_autopath"))
@@ -107,35 +114,49 @@ fn the_policy_learns_to_drop_exactly_the_identity_blocks() {
         dropout: (0, 0),
     };
     save(&seg, "best", &model.tensors(), &meta).unwrap();
+    Fixture { dir, seg, spec, ds }
+}
 
-    let started = std::time::Instant::now();
-    let pcfg = PolicyConfig {
-        seg: seg.clone(),
+fn config(seg: &std::path::Path, method: Method) -> PolicyConfig {
+    PolicyConfig {
+        method,
         tau: 50.0,
-        alpha: 0.8,
-        beta: 0.1,
         curriculum_epochs: 5,
         lr: 0.003,
         batch: 6,
-        epochs: 400,
-        val_every: 50,
+        epochs: if method == Method::Paper { 400 } else { 60 },
+        val_every: if method == Method::Paper { 50 } else { 10 },
         seed: 3,
-        threshold: 0.5,
         tile_batch: 2,
-    };
-    let run = dir.path().join("policy");
-    train_policy(pcfg, &run, &|_| {}).unwrap();
-    let seconds = started.elapsed().as_secs_f64();
+        ..PolicyConfig::new(seg.to_path_buf())
+    }
+}
 
+/// Trains a policy with `method` and checks that it keeps every needed block and drops both identities
+/// on every volume.
+fn learns_the_identities(method: Method) {
+    let f = fixture();
+    let run = f.dir.path().join("policy");
+    train_policy(config(&f.seg, method), &run, &|_| {}).unwrap();
     let (policy, _, meta) = load_policy(&run, "last").unwrap();
-    assert!(meta.forced.iter().all(|&f| !f), "the curriculum reached every block");
-    for case in &ds.cases {
+    assert!(meta.forced.iter().all(|&f| !f), "every block is learned");
+    let prep = Preprocessing::default();
+    for case in &f.ds.cases {
         let vol = read_volume(&case.image, &ReadOptions::default()).unwrap();
         let (img, _) = prep.image(&vol).unwrap();
-        let p: Vec<f32> = autopath::train::policy::keep_probabilities(&policy, &img, spec.policy.input).unwrap();
+        let p: Vec<f32> = autopath::train::policy::keep_probabilities(&policy, &img, f.spec.policy.input).unwrap();
         let keep: Vec<bool> = p.iter().map(|&v| v >= 0.5).collect();
         let want: Vec<bool> = (0..8).map(|n| !IDENTITY.contains(&n)).collect();
-        assert_eq!(keep, want, "case {}: keep probabilities {p:?}", case.id);
+        assert_eq!(keep, want, "{method:?}, case {}: keep probabilities {p:?}", case.id);
     }
-    assert!(seconds < 60.0, "took {seconds:.1} s");
+}
+
+#[test]
+fn the_paper_policy_learns_to_drop_exactly_the_identity_blocks() {
+    learns_the_identities(Method::Paper);
+}
+
+#[test]
+fn the_distilled_policy_learns_to_drop_exactly_the_identity_blocks() {
+    learns_the_identities(Method::Distil);
 }

@@ -32,9 +32,15 @@ struct Cli {
     /// Block path: `auto` (the policy), `full`, or a mask like 11011111.
     #[arg(long, default_value = "auto")]
     path: PathChoice,
-    /// Keep threshold for the policy's probabilities (default: the bundle's).
-    #[arg(long)]
+    /// Keep threshold for the policy's probabilities (default: the bundle's). For experts: --budget
+    /// says the same in FLOPs.
+    #[arg(long, conflicts_with = "budget")]
     threshold: Option<f32>,
+    /// Mean fraction of the full network's FLOPs to spend, e.g. 0.7: mapped to a keep threshold by the
+    /// bundle's calibration (made at compile time on the segmenter's validation and training volumes).
+    /// Easy volumes still spend less and hard ones more; the mean is what is budgeted.
+    #[arg(long)]
+    budget: Option<f64>,
     /// Execution provider.
     #[arg(long, value_enum, default_value = "cpu")]
     ep: ExecutionProvider,
@@ -193,7 +199,20 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         predictor.window.overlap = 1.0 - step;
     }
     let choice = match cli.path {
-        PathChoice::Auto { .. } => PathChoice::Auto { threshold: cli.threshold },
+        PathChoice::Auto { .. } => PathChoice::Auto {
+            threshold: match cli.budget {
+                Some(b) => Some(
+                    predictor
+                        .bundle
+                        .manifest
+                        .policy
+                        .as_ref()
+                        .ok_or_else(|| anyhow::anyhow!("--budget needs a bundle with a policy"))?
+                        .threshold_for_budget(b)?,
+                ),
+                None => cli.threshold,
+            },
+        },
         other => other,
     };
     let pairs = plan(&input, &output, cli.shard)?;

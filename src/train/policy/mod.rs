@@ -19,21 +19,42 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+mod distil;
+
 use super::checkpoint::{self, read_json, write_json};
 use super::data::load_sample;
 use super::segment::{cases_by_id, load_segmenter, TrainConfig};
-use crate::bundle::Bundle;
+use crate::bundle::{Architecture, Bundle};
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
 use crate::paths::{PathEvaluator, Prepared};
 use crate::preprocess::resample_linear;
 use crate::runtime::{SessionOptions, Sessions};
 
+/// How the policy learns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// The paper's REINFORCE with a self-critical baseline and curriculum, exactly as method.md.
+    #[default]
+    Paper,
+    /// Ours: on every training volume the paths are scored with the segmenter itself (all 2^N, or a
+    /// beam search for large N), the cheapest paths within `dice_tolerance` of the full network's Dice
+    /// become soft per-block keep targets, and the policy learns them by cross-entropy.
+    Distil,
+}
+
 /// Settings of a policy run, saved as `config.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PolicyConfig {
     /// The segmenter run.
     pub seg: PathBuf,
+    /// How the policy learns (runs from before the choice existed used the paper's method).
+    #[serde(default)]
+    pub method: Method,
+    /// Distil: largest Dice loss against the full network that a target path may have.
+    #[serde(default = "default_dice_tolerance")]
+    pub dice_tolerance: f64,
     /// Penalty per wrong voxel (paper: 50).
     pub tau: f64,
     /// Exploration bound α (0.8).
@@ -56,6 +77,40 @@ pub struct PolicyConfig {
     pub threshold: f32,
     /// Tiles per ORT call.
     pub tile_batch: usize,
+}
+
+fn default_dice_tolerance() -> f64 {
+    DICE_TOLERANCE
+}
+
+/// Default Dice tolerance of the distilled targets: half of the 0.01 mean loss we accept, leaving the
+/// other half for the policy's own mistakes on unseen volumes.
+pub const DICE_TOLERANCE: f64 = 0.005;
+
+/// Default epochs of the distilled policy: each is a few cheap steps of the policy alone (the paths are
+/// scored once, before the first).
+pub const DISTIL_EPOCHS: usize = 60;
+
+impl PolicyConfig {
+    /// The defaults of `autopath train-policy` (the distilled method) for a segmenter run.
+    pub fn new(seg: PathBuf) -> PolicyConfig {
+        PolicyConfig {
+            seg,
+            method: Method::Distil,
+            dice_tolerance: DICE_TOLERANCE,
+            tau: 50.0,
+            alpha: 0.8,
+            beta: 0.1,
+            curriculum_epochs: 10,
+            lr: 1e-3,
+            batch: 4,
+            epochs: DISTIL_EPOCHS,
+            val_every: 1,
+            seed: 0,
+            threshold: 0.5,
+            tile_batch: 4,
+        }
+    }
 }
 
 /// Checkpoint sidecar.
@@ -97,7 +152,11 @@ pub struct PolicyEpoch {
     pub advantage: f64,
     /// Mean blocks dropped by sampled paths.
     pub dropped: f64,
-    /// Validation (greedy) reward, Dice and drop ratio, when validated.
+    /// Distil: mean cross-entropy of the epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    /// Validation score of the greedy paths (paper: reward; distil: FLOP saving less the Dice loss
+    /// beyond the tolerance), when validated.
     pub val_reward: Option<f64>,
     /// Validation Dice.
     pub val_dice: Option<f64>,
@@ -187,6 +246,152 @@ struct Item {
     prepared: Prepared,
 }
 
+/// One policy run in progress: the frozen segmenter's path evaluator, the prepared volumes, the policy
+/// and its optimiser. Both methods train through it.
+struct Run<'a, 's> {
+    cfg: &'a PolicyConfig,
+    out: &'a Path,
+    n_blocks: usize,
+    input: [usize; 3],
+    arch: Architecture,
+    evaluator: PathEvaluator<'s>,
+    train: Vec<Item>,
+    val: Vec<Item>,
+    model: PolicyModel,
+    adam: Adam,
+    rng: ChaCha8Rng,
+    meta: PolicyMeta,
+    log: std::fs::File,
+}
+
+impl Run<'_, '_> {
+    /// The policy inputs of `items` as one batch `[B, 1, d, h, w]`.
+    fn batch_input(&self, items: &[&Item]) -> Result<Tensor> {
+        let d = self.input;
+        let mut v = Vec::with_capacity(items.len() * d.iter().product::<usize>());
+        for it in items {
+            v.extend(it.policy_input.iter().copied());
+        }
+        Tensor::from_vec(v, (items.len(), 1, d[0], d[1], d[2]), &Device::Cpu).map_err(candle)
+    }
+
+    /// Keep probabilities of the deployed policy (evaluation mode, forced blocks kept) for one volume.
+    fn deployed_probabilities(&self, item: &Item) -> Result<Vec<f32>> {
+        let deployed = force_keep(&self.model.net, &self.meta.forced)?;
+        deployed
+            .forward(&self.batch_input(&[item])?, false)
+            .and_then(|p| p.flatten_all())
+            .and_then(|p| p.to_vec1())
+            .map_err(candle)
+    }
+
+    /// Saves `last` (and `best` when `best`), logs the epoch and reports it.
+    fn finish_epoch(&mut self, report: PolicyEpoch, best: bool, on_epoch: &dyn Fn(&PolicyEpoch)) -> Result<()> {
+        self.meta.epoch = report.epoch;
+        self.meta.steps = self.adam.steps();
+        self.meta.rng_word_pos = self.rng.get_word_pos().to_string();
+        if best {
+            checkpoint::save(self.out, "best", &self.model.tensors(), &self.meta)?;
+        }
+        let mut tensors = self.model.tensors();
+        tensors.extend(self.adam.state());
+        checkpoint::save(self.out, "last", &tensors, &self.meta)?;
+        let log = self.out.join("log.jsonl");
+        writeln!(self.log, "{}", serde_json::to_string(&report).map_err(|e| Error::invalid("log", e.to_string()))?)
+            .map_err(|e| Error::io(&log, e))?;
+        on_epoch(&report);
+        Ok(())
+    }
+
+    /// One epoch of the paper's REINFORCE with its curriculum, then greedy validation by reward.
+    fn paper_epoch(&mut self, epoch: usize, on_epoch: &dyn Fn(&PolicyEpoch)) -> Result<()> {
+        let (cfg, n_blocks) = (self.cfg, self.n_blocks);
+        let t0 = Instant::now();
+        let learned = learned_blocks(n_blocks, epoch, cfg.curriculum_epochs);
+        let learned_t =
+            Tensor::new(learned.iter().map(|&l| f32::from(u8::from(l))).collect::<Vec<_>>().as_slice(), &Device::Cpu)
+                .map_err(candle)?;
+        let mut order: Vec<usize> = (0..self.train.len()).collect();
+        rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut self.rng);
+        let (mut r_sum, mut a_sum, mut drop_sum, mut count) = (0.0, 0.0, 0.0, 0usize);
+        for chunk in order.chunks(cfg.batch.max(1)) {
+            let items: Vec<&Item> = chunk.iter().map(|&i| &self.train[i]).collect();
+            let p = self.model.net.forward(&self.batch_input(&items)?, true).map_err(candle)?;
+            let pb = bounded(&p, cfg.alpha).map_err(candle)?;
+            let (pv, pbv): (Vec<Vec<f32>>, Vec<Vec<f32>>) =
+                (p.to_vec2().map_err(candle)?, pb.to_vec2().map_err(candle)?);
+            let mut actions = Vec::new();
+            let mut advantages = Vec::new();
+            for (b, item) in items.iter().enumerate() {
+                let sampled: Vec<bool> =
+                    (0..n_blocks).map(|n| !learned[n] || self.rng.random::<f32>() < pbv[b][n]).collect();
+                let greedy: Vec<bool> = (0..n_blocks).map(|n| !learned[n] || pv[b][n] >= cfg.threshold).collect();
+                let outcomes = self.evaluator.evaluate(&item.prepared, &[sampled.clone(), greedy.clone()], false)?;
+                let kept = |m: &[bool]| m.iter().filter(|&&k| k).count();
+                let rs = reward(outcomes[0].accuracy, kept(&sampled), n_blocks, cfg.tau);
+                let rg = reward(outcomes[1].accuracy, kept(&greedy), n_blocks, cfg.tau);
+                advantages.push((rs - rg) as f32);
+                actions.extend(sampled.iter().map(|&k| f32::from(u8::from(k))));
+                r_sum += rs;
+                a_sum += rs - rg;
+                drop_sum += (n_blocks - kept(&sampled)) as f64;
+                count += 1;
+            }
+            let actions = Tensor::from_vec(actions, (items.len(), n_blocks), &Device::Cpu).map_err(candle)?;
+            let adv = Tensor::from_vec(advantages, items.len(), &Device::Cpu).map_err(candle)?;
+            let loss = reinforce_loss(&pb, &actions, &adv, &learned_t, cfg.beta).map_err(candle)?;
+            self.adam.step(&loss.backward().map_err(candle)?).map_err(candle)?;
+        }
+        let done = epoch + 1;
+        self.meta.forced = learned.iter().map(|&l| !l).collect();
+        let validate = done % cfg.val_every.max(1) == 0 || done == cfg.epochs;
+        let (mut vr, mut vd, mut vdrop, mut best) = (None, None, None, false);
+        if validate {
+            let (mut rsum, mut dsum, mut dropped) = (0.0, 0.0, 0.0);
+            for i in 0..self.val.len() {
+                let p = self.deployed_probabilities(&self.val[i])?;
+                let greedy: Vec<bool> = p.iter().map(|&v| v >= cfg.threshold).collect();
+                let o = &self.evaluator.evaluate(&self.val[i].prepared, std::slice::from_ref(&greedy), false)?[0];
+                let kept = greedy.iter().filter(|&&k| k).count();
+                rsum += reward(o.accuracy, kept, n_blocks, cfg.tau);
+                dsum += o.dice;
+                dropped += (n_blocks - kept) as f64 / n_blocks as f64;
+            }
+            let nv = self.val.len().max(1) as f64;
+            (vr, vd, vdrop) = (Some(rsum / nv), Some(dsum / nv), Some(dropped / nv));
+            best = self.record_validation(vr, vd, vdrop, done);
+        }
+        let c = count.max(1) as f64;
+        let report = PolicyEpoch {
+            epoch: done,
+            epochs: cfg.epochs,
+            learned: learned.iter().filter(|&&l| l).count(),
+            reward: r_sum / c,
+            advantage: a_sum / c,
+            dropped: drop_sum / c,
+            loss: None,
+            val_reward: vr,
+            val_dice: vd,
+            val_dropped: vdrop,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        self.finish_epoch(report, best, on_epoch)
+    }
+
+    /// Records a validation in the sidecar; true when its score (`val_reward`) is the best so far.
+    fn record_validation(&mut self, score: Option<f64>, dice: Option<f64>, dropped: Option<f64>, epoch: usize) -> bool {
+        self.meta.val_reward = score;
+        self.meta.val_dice = dice;
+        self.meta.val_dropped = dropped;
+        let better = score.is_some_and(|s| self.meta.best_reward.is_none_or(|b| s > b));
+        if better {
+            self.meta.best_reward = score;
+            self.meta.best_epoch = Some(epoch);
+        }
+        better
+    }
+}
+
 /// Trains a policy into `out`.
 pub fn train_policy(cfg: PolicyConfig, out: &Path, on_epoch: &dyn Fn(&PolicyEpoch)) -> Result<()> {
     if out.join("config.json").exists() {
@@ -247,10 +452,11 @@ fn run(
     let mut adam = Adam::new(model.trainable(), cfg.lr).map_err(candle)?;
     adam.lr = cfg.lr;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5a3);
+    let forced = vec![cfg.method == Method::Paper; n_blocks];
     let mut meta = PolicyMeta {
         epoch: 0,
         steps: 0,
-        forced: vec![true; n_blocks],
+        forced,
         val_reward: None,
         val_dice: None,
         val_dropped: None,
@@ -264,111 +470,33 @@ fn run(
         rng.set_word_pos(m.rng_word_pos.parse().map_err(|_| Error::invalid("checkpoint", "bad generator position"))?);
         meta = m;
     }
-    let d = spec.policy.input;
-    let batch_input = |items: &[&Item]| -> Result<Tensor> {
-        let mut v = Vec::with_capacity(items.len() * d.iter().product::<usize>());
-        for it in items {
-            v.extend(it.policy_input.iter().copied());
-        }
-        Tensor::from_vec(v, (items.len(), 1, d[0], d[1], d[2]), &Device::Cpu).map_err(candle)
-    };
-    let mut log = std::fs::OpenOptions::new()
+    let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(out.join("log.jsonl"))
         .map_err(|e| Error::io(out.join("log.jsonl"), e))?;
-
-    for epoch in meta.epoch..cfg.epochs {
-        let t0 = Instant::now();
-        let learned = learned_blocks(n_blocks, epoch, cfg.curriculum_epochs);
-        let learned_t =
-            Tensor::new(learned.iter().map(|&l| f32::from(u8::from(l))).collect::<Vec<_>>().as_slice(), &Device::Cpu)
-                .map_err(candle)?;
-        let mut order: Vec<usize> = (0..train.len()).collect();
-        rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rng);
-        let (mut r_sum, mut a_sum, mut drop_sum, mut count) = (0.0, 0.0, 0.0, 0usize);
-        for chunk in order.chunks(cfg.batch.max(1)) {
-            let items: Vec<&Item> = chunk.iter().map(|&i| &train[i]).collect();
-            let p = model.net.forward(&batch_input(&items)?, true).map_err(candle)?;
-            let pb = bounded(&p, cfg.alpha).map_err(candle)?;
-            let (pv, pbv): (Vec<Vec<f32>>, Vec<Vec<f32>>) =
-                (p.to_vec2().map_err(candle)?, pb.to_vec2().map_err(candle)?);
-            let mut actions = Vec::new();
-            let mut advantages = Vec::new();
-            for (b, item) in items.iter().enumerate() {
-                let sampled: Vec<bool> =
-                    (0..n_blocks).map(|n| !learned[n] || rng.random::<f32>() < pbv[b][n]).collect();
-                let greedy: Vec<bool> = (0..n_blocks).map(|n| !learned[n] || pv[b][n] >= cfg.threshold).collect();
-                let outcomes = evaluator.evaluate(&item.prepared, &[sampled.clone(), greedy.clone()], false)?;
-                let kept = |m: &[bool]| m.iter().filter(|&&k| k).count();
-                let rs = reward(outcomes[0].accuracy, kept(&sampled), n_blocks, cfg.tau);
-                let rg = reward(outcomes[1].accuracy, kept(&greedy), n_blocks, cfg.tau);
-                advantages.push((rs - rg) as f32);
-                actions.extend(sampled.iter().map(|&k| f32::from(u8::from(k))));
-                r_sum += rs;
-                a_sum += rs - rg;
-                drop_sum += (n_blocks - kept(&sampled)) as f64;
-                count += 1;
+    let mut run = Run {
+        cfg: &cfg,
+        out,
+        n_blocks,
+        input: spec.policy.input,
+        arch: bundle.manifest.architecture.clone(),
+        evaluator,
+        train,
+        val,
+        model,
+        adam,
+        rng,
+        meta,
+        log,
+    };
+    match cfg.method {
+        Method::Paper => {
+            for epoch in run.meta.epoch..cfg.epochs {
+                run.paper_epoch(epoch, on_epoch)?;
             }
-            let actions = Tensor::from_vec(actions, (items.len(), n_blocks), &Device::Cpu).map_err(candle)?;
-            let adv = Tensor::from_vec(advantages, items.len(), &Device::Cpu).map_err(candle)?;
-            let loss = reinforce_loss(&pb, &actions, &adv, &learned_t, cfg.beta).map_err(candle)?;
-            adam.step(&loss.backward().map_err(candle)?).map_err(candle)?;
+            Ok(())
         }
-        let done = epoch + 1;
-        meta.epoch = done;
-        meta.steps = adam.steps();
-        meta.forced = learned.iter().map(|&l| !l).collect();
-        meta.rng_word_pos = rng.get_word_pos().to_string();
-        let validate = done % cfg.val_every.max(1) == 0 || done == cfg.epochs;
-        let (mut vr, mut vd, mut vdrop) = (None, None, None);
-        if validate {
-            // The policy as it would be deployed: evaluation-mode BatchNorm, forced blocks kept.
-            let deployed = force_keep(&model.net, &meta.forced)?;
-            let (mut rsum, mut dsum, mut dropped) = (0.0, 0.0, 0.0);
-            for item in &val {
-                let p: Vec<f32> = deployed
-                    .forward(&batch_input(&[item])?, false)
-                    .and_then(|p| p.flatten_all())
-                    .and_then(|p| p.to_vec1())
-                    .map_err(candle)?;
-                let greedy: Vec<bool> = p.iter().map(|&v| v >= cfg.threshold).collect();
-                let o = &evaluator.evaluate(&item.prepared, std::slice::from_ref(&greedy), false)?[0];
-                let kept = greedy.iter().filter(|&&k| k).count();
-                rsum += reward(o.accuracy, kept, n_blocks, cfg.tau);
-                dsum += o.dice;
-                dropped += (n_blocks - kept) as f64 / n_blocks as f64;
-            }
-            let nv = val.len().max(1) as f64;
-            (vr, vd, vdrop) = (Some(rsum / nv), Some(dsum / nv), Some(dropped / nv));
-            meta.val_reward = vr;
-            meta.val_dice = vd;
-            meta.val_dropped = vdrop;
-            if meta.best_reward.is_none_or(|b| rsum / nv > b) {
-                meta.best_reward = vr;
-                meta.best_epoch = Some(done);
-                checkpoint::save(out, "best", &model.tensors(), &meta)?;
-            }
-        }
-        let mut tensors = model.tensors();
-        tensors.extend(adam.state());
-        checkpoint::save(out, "last", &tensors, &meta)?;
-        let c = count.max(1) as f64;
-        let report = PolicyEpoch {
-            epoch: done,
-            epochs: cfg.epochs,
-            learned: learned.iter().filter(|&&l| l).count(),
-            reward: r_sum / c,
-            advantage: a_sum / c,
-            dropped: drop_sum / c,
-            val_reward: vr,
-            val_dice: vd,
-            val_dropped: vdrop,
-            seconds: t0.elapsed().as_secs_f64(),
-        };
-        writeln!(log, "{}", serde_json::to_string(&report).map_err(|e| Error::invalid("log", e.to_string()))?)
-            .map_err(|e| Error::io(out.join("log.jsonl"), e))?;
-        on_epoch(&report);
+        Method::Distil => distil::train(&mut run, on_epoch),
     }
-    Ok(())
 }
