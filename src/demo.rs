@@ -12,7 +12,7 @@ use crate::preprocess::Preprocessing;
 use crate::runtime::{PathChoice, Predictor, SessionOptions};
 use crate::synth::{synthesize, SynthConfig};
 use crate::train::checkpoint::read_json;
-use crate::train::policy::{train_policy, PolicyConfig};
+use crate::train::policy::{train_policy, Method, PolicyConfig, DISTIL_EPOCHS};
 use crate::train::segment::{self, plan_split, TrainConfig};
 use crate::window::{Blend, WindowConfig};
 use autopath_models::spec::ArchSpec;
@@ -38,7 +38,7 @@ pub struct DemoOptions {
     pub lr: f64,
     /// Stochastic depth of the segmenter training.
     pub drop_path: f64,
-    /// Policy epochs.
+    /// Epochs of the paper-method policy (the distilled one uses its default).
     pub policy_epochs: usize,
     /// Volumes per policy step.
     pub policy_batch: usize,
@@ -118,10 +118,11 @@ pub fn run(o: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoOutcome> {
         std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let (data, seg, pol, ev, bundle, segs, bench_dir) = (
+    let (data, seg, pol, paper, ev, bundle, segs, bench_dir) = (
         out.join("data"),
         out.join("seg"),
         out.join("policy"),
+        out.join("policy-paper"),
         out.join("eval"),
         out.join("bundle"),
         out.join("segmentations"),
@@ -143,12 +144,12 @@ pub fn run(o: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoOutcome> {
         Ok(())
     };
 
-    stage("1/7 synthesise phantoms", data.join("phantoms.json").exists(), &mut redo, &mut || {
+    stage("1/8 synthesise phantoms", data.join("phantoms.json").exists(), &mut redo, &mut || {
         synthesize(&data, &SynthConfig { cases: o.cases, seed: o.seed, size: o.size }, &|_| {}).map(|_| ())
     })?;
 
     let seg_done = read_json::<segment::CheckpointMeta>(&seg.join("last.json")).is_ok_and(|m| m.epoch >= o.epochs);
-    stage("2/7 train segmenter", seg_done, &mut redo, &mut || {
+    stage("2/8 train segmenter", seg_done, &mut redo, &mut || {
         let _ = std::fs::remove_dir_all(&seg);
         let spec = ArchSpec::preset("r18", o.width, o.patch).ok_or_else(|| Error::invalid("arch", "r18"))?;
         let ds = Dataset::open(&data, None)?;
@@ -187,43 +188,45 @@ pub fn run(o: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoOutcome> {
         Ok(())
     })?;
 
-    let pol_done =
-        read_json::<crate::train::policy::PolicyMeta>(&pol.join("last.json")).is_ok_and(|m| m.epoch >= o.policy_epochs);
-    stage("3/7 train policy", pol_done, &mut redo, &mut || {
+    let seg_abs = std::path::absolute(&seg).map_err(|e| Error::io(&seg, e))?;
+    let policy_done = |dir: &Path, epochs: usize| {
+        read_json::<crate::train::policy::PolicyMeta>(&dir.join("last.json")).is_ok_and(|m| m.epoch >= epochs)
+    };
+    let report = |r: &crate::train::policy::PolicyEpoch| {
+        if let (Some(d), Some(dr)) = (r.val_dice, r.val_dropped) {
+            say(&format!(
+                "      epoch {:>3}/{}: learning {} blocks, validation Dice {d:.4}, {:.0} % dropped",
+                r.epoch,
+                r.epochs,
+                r.learned,
+                100.0 * dr
+            ));
+        }
+    };
+    stage("3/8 train policy (ours: distilled paths)", policy_done(&pol, DISTIL_EPOCHS), &mut redo, &mut || {
         let _ = std::fs::remove_dir_all(&pol);
+        let cfg = PolicyConfig { seed: o.seed, val_every: 5, ..PolicyConfig::new(seg_abs.clone()) };
+        train_policy(cfg, &pol, &report)
+    })?;
+    stage("4/8 train policy (the paper's REINFORCE)", policy_done(&paper, o.policy_epochs), &mut redo, &mut || {
+        let _ = std::fs::remove_dir_all(&paper);
         let cfg = PolicyConfig {
-            seg: std::path::absolute(&seg).map_err(|e| Error::io(&seg, e))?,
-            method: crate::train::policy::Method::Paper,
-            dice_tolerance: crate::train::policy::DICE_TOLERANCE,
+            method: Method::Paper,
             tau: o.tau,
-            alpha: 0.8,
-            beta: 0.1,
             curriculum_epochs: o.curriculum_epochs,
-            lr: 1e-3,
             batch: o.policy_batch,
             epochs: o.policy_epochs,
             val_every: 2,
             seed: o.seed,
-            threshold: 0.5,
-            tile_batch: 4,
+            ..PolicyConfig::new(seg_abs.clone())
         };
-        train_policy(cfg, &pol, &|r| {
-            if let (Some(d), Some(dr)) = (r.val_dice, r.val_dropped) {
-                say(&format!(
-                    "      epoch {:>3}/{}: learning {} blocks, validation Dice {d:.4}, {:.0} % dropped",
-                    r.epoch,
-                    r.epochs,
-                    r.learned,
-                    100.0 * dr
-                ));
-            }
-        })
+        train_policy(cfg, &paper, &report)
     })?;
 
-    stage("4/7 evaluate", ev.join("results.json").exists(), &mut redo, &mut || {
+    stage("5/8 evaluate", ev.join("results.json").exists(), &mut redo, &mut || {
         let opts = EvalOptions {
             seg: seg.clone(),
-            policies: vec![pol.clone()],
+            policies: vec![pol.clone(), paper.clone()],
             out: ev.clone(),
             random_repeats: Some(o.random_repeats),
             seed: o.seed,
@@ -232,10 +235,10 @@ pub fn run(o: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoOutcome> {
         evaluate(&opts, &|_, _| {}).map(|_| ())
     })?;
 
-    stage("5/7 compile bundle", bundle.join("manifest.json").exists(), &mut redo, &mut || {
+    stage("6/8 compile bundle", bundle.join("manifest.json").exists(), &mut redo, &mut || {
         let (net, cfg) = segment::load_segmenter(&seg, "best")?;
         let (p, pc, m) = crate::train::policy::load_policy(&pol, "best")?;
-        let training = serde_json::json!({"tau": pc.tau, "alpha": pc.alpha, "beta": pc.beta, "curriculum_epochs": pc.curriculum_epochs, "epochs": m.epoch, "forced_keep": m.forced});
+        let training = crate::train::policy::training_record(&pc, &m);
         let evaluation = read_json::<serde_json::Value>(&ev.join("results.json")).ok().map(|v| v["summary"].clone());
         let r = crate::compile::compile(
             &net,
@@ -257,7 +260,7 @@ pub fn run(o: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoOutcome> {
     let test = segment::cases_by_id(&ds, &cfg.test_ids)?;
     let outputs: Vec<PathBuf> = test.iter().map(|c| segs.join(c.image.file_name().unwrap_or_default())).collect();
     stage(
-        "6/7 segment test volumes with autopath-run's runtime",
+        "7/8 segment test volumes with autopath-run's runtime",
         outputs.iter().all(|p| p.exists()),
         &mut redo,
         &mut || {
@@ -280,7 +283,7 @@ pub fn run(o: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoOutcome> {
     )?;
 
     let bench_inputs: Vec<PathBuf> = test.iter().take(o.bench_volumes).map(|c| c.image.clone()).collect();
-    stage("7/7 benchmark", bench_dir.join("bench.json").exists(), &mut redo, &mut || {
+    stage("8/8 benchmark", bench_dir.join("bench.json").exists(), &mut redo, &mut || {
         let r = bench(
             &bundle,
             &bench_inputs,

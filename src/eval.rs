@@ -256,8 +256,11 @@ fn load_policies(runs: &[PathBuf]) -> Result<(Vec<Policy>, f64, f64)> {
     Ok((policies, tau.unwrap_or(50.0), delta.unwrap_or(DICE_TOLERANCE)))
 }
 
+/// Keep masks, one per row.
+type Masks = Vec<Vec<bool>>;
+
 /// The heuristic masks of the paper's study for N blocks: DropN, DropFirstN, DropLastN.
-fn heuristic_masks(n: usize) -> (Vec<Vec<bool>>, Vec<Vec<bool>>, Vec<Vec<bool>>) {
+fn heuristic_masks(n: usize) -> (Masks, Masks, Masks) {
     let drop_n = (0..n).map(|b| (0..n).map(|i| i != b).collect()).collect();
     let first = (1..n).map(|k| (0..n).map(|i| i >= k).collect()).collect();
     let last = (1..n).map(|k| (0..n).map(|i| i < n - k).collect()).collect();

@@ -160,3 +160,77 @@ fn the_paper_policy_learns_to_drop_exactly_the_identity_blocks() {
 fn the_distilled_policy_learns_to_drop_exactly_the_identity_blocks() {
     learns_the_identities(Method::Distil);
 }
+
+/// `autopath-run --budget F` on volumes the calibration never saw spends F of the full FLOPs on average
+/// (within 5 points) at every calibrated point, and a budget below the cheapest is refused by name.
+#[test]
+fn the_budget_calibration_holds_on_held_out_volumes() {
+    let f = fixture();
+    let run = f.dir.path().join("policy");
+    train_policy(config(&f.seg, Method::Distil), &run, &|_| {}).unwrap();
+    let bundle = f.dir.path().join("bundle");
+    let out = Command::new(env!("CARGO_BIN_EXE_autopath"))
+        .args(["compile", "--seg", f.seg.to_str().unwrap(), "--policy", run.to_str().unwrap(), "--out"])
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
+    let curve: Vec<(f64, f64)> = manifest["policy"]["budget"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["threshold"].as_f64().unwrap(), p["flop_fraction"].as_f64().unwrap()))
+        .collect();
+    assert!(curve.len() >= 2 && curve.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 > w[1].1), "{curve:?}");
+    assert_eq!(curve[0].1, 1.0, "the lowest threshold keeps every block");
+
+    // Held-out volumes: phantoms of another seed.
+    let held_out = f.dir.path().join("held-out");
+    let ok = Command::new(env!("CARGO_BIN_EXE_autopath"))
+        .args(["synth", "--quiet", "--cases", "4", "--size", "16,32,32", "--seed", "99", "--out"])
+        .arg(&held_out)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let images: Vec<_> = Dataset::open(&held_out, None).unwrap().cases.into_iter().map(|c| c.image).collect();
+    let inputs = f.dir.path().join("held-out-images");
+    std::fs::create_dir_all(&inputs).unwrap();
+    for i in &images {
+        std::fs::copy(i, inputs.join(i.file_name().unwrap())).unwrap();
+    }
+    for &(_, budget) in &curve {
+        let dir = f.dir.path().join(format!("budget-{budget:.4}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let report = dir.join("report.jsonl");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_autopath-run"));
+        cmd.args(["--bundle", bundle.to_str().unwrap(), "--budget", &budget.to_string(), "--quiet", "-o"])
+            .arg(&dir)
+            .arg("--report")
+            .arg(&report)
+            .arg("-i")
+            .arg(&inputs);
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let spent: Vec<f64> = std::fs::read_to_string(&report)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter_map(|v| v["flop_fraction"].as_f64())
+            .collect();
+        assert_eq!(spent.len(), images.len());
+        let mean = spent.iter().sum::<f64>() / spent.len() as f64;
+        assert!((mean - budget).abs() <= 0.05, "budget {budget}: held-out volumes spent {mean}");
+    }
+    let cheapest = curve.last().unwrap().1;
+    let out = Command::new(env!("CARGO_BIN_EXE_autopath-run"))
+        .args(["--bundle", bundle.to_str().unwrap(), "--budget", &(cheapest / 2.0).to_string(), "-o"])
+        .arg(f.dir.path().join("none"))
+        .arg("-i")
+        .arg(&images[0])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("below the cheapest"), "{err}");
+}

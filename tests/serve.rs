@@ -135,6 +135,11 @@ fn segments_like_the_batch_cli_and_survives_bad_bodies() {
     }
     let (status, _, _) = server.request("POST", "/v1/segment?path=123", &[], &body);
     assert_eq!(status, 400);
+    // A FLOP budget needs the policy's calibration, and excludes an explicit threshold.
+    let (status, _, msg) = server.request("POST", "/v1/segment?budget=0.7", &[], &body);
+    assert_eq!((status, String::from_utf8_lossy(&msg).contains("budget needs one")), (400, true));
+    let (status, _, msg) = server.request("POST", "/v1/segment?budget=0.7&threshold=0.5", &[], &body);
+    assert_eq!((status, String::from_utf8_lossy(&msg).contains("not both")), (400, true));
     // Oversize.
     let (status, _, _) = server.request("POST", "/v1/segment", &[], &vec![0u8; 2 * 1024 * 1024]);
     assert_eq!(status, 413);

@@ -582,7 +582,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let policy_input = loaded.as_ref().map(|(p, c, m)| autopath::compile::PolicyInput {
                 net: p,
                 threshold: c.threshold,
-                training: serde_json::json!({"tau": c.tau, "alpha": c.alpha, "beta": c.beta, "curriculum_epochs": c.curriculum_epochs, "epochs": m.epoch, "forced_keep": m.forced, "val_reward": m.val_reward, "val_dice": m.val_dice, "val_dropped": m.val_dropped}),
+                training: autopath::train::policy::training_record(c, m),
             });
             let evaluation = policy
                 .as_deref()

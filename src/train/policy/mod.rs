@@ -224,6 +224,15 @@ pub fn force_keep(net: &PolicyNet, forced: &[bool]) -> Result<PolicyNet> {
     Ok(out)
 }
 
+/// What a bundle records of how its policy was trained.
+pub fn training_record(c: &PolicyConfig, m: &PolicyMeta) -> serde_json::Value {
+    serde_json::json!({
+        "method": c.method, "dice_tolerance": c.dice_tolerance, "tau": c.tau, "alpha": c.alpha, "beta": c.beta,
+        "curriculum_epochs": c.curriculum_epochs, "epochs": m.epoch, "forced_keep": m.forced,
+        "val_score": m.val_reward, "val_dice": m.val_dice, "val_dropped": m.val_dropped,
+    })
+}
+
 /// Loads a trained policy (`best` or `last`) with its curriculum forcing applied, and its config.
 pub fn load_policy(run: &Path, which: &str) -> Result<(PolicyNet, PolicyConfig, PolicyMeta)> {
     let cfg: PolicyConfig = read_json(&run.join("config.json"))?;
@@ -344,7 +353,7 @@ impl Run<'_, '_> {
         }
         let done = epoch + 1;
         self.meta.forced = learned.iter().map(|&l| !l).collect();
-        let validate = done % cfg.val_every.max(1) == 0 || done == cfg.epochs;
+        let validate = done.is_multiple_of(cfg.val_every.max(1)) || done == cfg.epochs;
         let (mut vr, mut vd, mut vdrop, mut best) = (None, None, None, false);
         if validate {
             let (mut rsum, mut dsum, mut dropped) = (0.0, 0.0, 0.0);
