@@ -145,7 +145,12 @@ pub fn run(o: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoOutcome> {
     };
 
     stage("1/8 synthesise phantoms", data.join("phantoms.json").exists(), &mut redo, &mut || {
-        synthesize(&data, &SynthConfig { cases: o.cases, seed: o.seed, size: o.size }, &|_| {}).map(|_| ())
+        synthesize(
+            &data,
+            &SynthConfig { cases: o.cases, seed: o.seed, size: o.size, ..SynthConfig::default() },
+            &|_| {},
+        )
+        .map(|_| ())
     })?;
 
     let seg_done = read_json::<segment::CheckpointMeta>(&seg.join("last.json")).is_ok_and(|m| m.epoch >= o.epochs);

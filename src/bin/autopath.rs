@@ -123,6 +123,10 @@ enum Command {
         /// Volume shape D,H,W (slices, rows, columns).
         #[arg(long, default_value = "48,128,128", value_parser = parse_shape)]
         size: [usize; 3],
+        /// `ct`: abdominal CT with liver labels; `mr`: T1-like MR heads with a brain label (arbitrary
+        /// units and a bias field: train with `--intensity zscore`).
+        #[arg(long, default_value = "ct", value_parser = ["ct", "mr"])]
+        family: String,
     },
     /// Train the segmenter (3D DeepLab V3 on a ResNet backbone).
     Train(TrainArgs),
@@ -468,8 +472,9 @@ fn train(args: TrainArgs, quiet: bool) -> anyhow::Result<()> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Synth { out, cases, seed, size } => {
-            let cfg = SynthConfig { cases, seed, size };
+        Command::Synth { out, cases, seed, size, family } => {
+            let family = if family == "mr" { autopath::synth::Family::Mr } else { autopath::synth::Family::Ct };
+            let cfg = SynthConfig { cases, seed, size, family };
             let bar = progress(cases as u64, "synth", cli.quiet);
             let infos = synthesize(&out, &cfg, &|done| bar.set_position(done as u64))
                 .with_context(|| format!("synthesising into {}", out.display()))?;

@@ -1,5 +1,7 @@
-//! Synthetic abdominal CT phantoms with liver labels, so that every stage can be trained, tested and
-//! demonstrated without downloading patient data.
+//! Synthetic phantoms, so that every stage can be trained, tested and demonstrated without downloading
+//! patient data: abdominal CT with liver labels (the demo's family), and T1-like MR heads with a brain
+//! label ([`head`]), a second family with other intensities, shape and spacing that the defaults are
+//! never tuned on.
 //!
 //! Anatomy is defined in normalised coordinates (x, y, z ∈ [-1, 1] across the field of view) and
 //! rendered on a grid whose spacing varies per case, with the matching affine. Cases are spread over a
@@ -17,6 +19,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::volume::{write_image_i16, write_labels, Geometry};
+
+pub mod head;
+
+/// Which kind of phantom.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// Abdominal CT in HU, liver (and lesion) labels.
+    #[default]
+    Ct,
+    /// T1-like MR head in arbitrary units with a bias field, brain label (train with `--intensity zscore`).
+    Mr,
+}
 
 /// Tissue intensities in HU (non-liver values from typical portal-venous abdominal CT).
 #[allow(missing_docs)] // the names say what they are
@@ -49,11 +64,13 @@ pub struct SynthConfig {
     pub seed: u64,
     /// Volume shape `[D, H, W]`.
     pub size: [usize; 3],
+    /// Which phantoms.
+    pub family: Family,
 }
 
 impl Default for SynthConfig {
     fn default() -> Self {
-        SynthConfig { cases: 24, seed: 0, size: [48, 128, 128] }
+        SynthConfig { cases: 24, seed: 0, size: [48, 128, 128], family: Family::Ct }
     }
 }
 
@@ -78,26 +95,26 @@ pub struct PhantomInfo {
 
 /// An ellipsoid in normalised coordinates.
 #[derive(Debug, Clone, Copy)]
-struct Ellipsoid {
-    centre: [f32; 3],
-    axes: [f32; 3],
+pub(crate) struct Ellipsoid {
+    pub(crate) centre: [f32; 3],
+    pub(crate) axes: [f32; 3],
 }
 
 impl Ellipsoid {
     /// < 1 inside, 1 on the surface.
-    fn level(&self, p: [f32; 3]) -> f32 {
+    pub(crate) fn level(&self, p: [f32; 3]) -> f32 {
         (0..3).map(|a| ((p[a] - self.centre[a]) / self.axes[a]).powi(2)).sum()
     }
 }
 
 /// A smooth random displacement: a few low-frequency sinusoids per axis.
 #[derive(Debug, Clone)]
-struct Deformation {
+pub(crate) struct Deformation {
     waves: Vec<([f32; 3], f32, usize, f32)>, // (frequency vector, phase, displaced axis, amplitude)
 }
 
 impl Deformation {
-    fn random(rng: &mut ChaCha8Rng, amplitude: f32) -> Self {
+    pub(crate) fn random(rng: &mut ChaCha8Rng, amplitude: f32) -> Self {
         let waves = (0..6)
             .map(|i| {
                 let freq = [rng.random_range(-3.0..3.0), rng.random_range(-3.0..3.0), rng.random_range(-2.0..2.0)];
@@ -107,7 +124,7 @@ impl Deformation {
         Deformation { waves }
     }
 
-    fn apply(&self, p: [f32; 3]) -> [f32; 3] {
+    pub(crate) fn apply(&self, p: [f32; 3]) -> [f32; 3] {
         let mut q = p;
         for (f, phase, axis, amp) in &self.waves {
             q[*axis] += amp * (f[0] * p[0] + f[1] * p[1] + f[2] * p[2] + phase).sin();
@@ -130,7 +147,7 @@ struct Anatomy {
     noise_sd: f32,
 }
 
-fn lerp(a: f32, b: f32, t: f32) -> f32 {
+pub(crate) fn lerp(a: f32, b: f32, t: f32) -> f32 {
     a + (b - a) * t
 }
 
@@ -238,7 +255,7 @@ pub fn difficulties(cases: usize, seed: u64) -> Vec<f32> {
     d
 }
 
-fn case_rng(seed: u64, case: usize, stream: u64) -> ChaCha8Rng {
+pub(crate) fn case_rng(seed: u64, case: usize, stream: u64) -> ChaCha8Rng {
     let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ case as u64);
     rng.set_stream(stream);
     rng
@@ -310,7 +327,10 @@ pub fn synthesize(out: &Path, cfg: &SynthConfig, progress: &(dyn Fn(usize) + Syn
     let difficulty = difficulties(cfg.cases, cfg.seed);
     let mut infos = Vec::with_capacity(cfg.cases);
     for (k, &d) in difficulty.iter().enumerate() {
-        let (image, labels, geometry, info) = phantom(k, d, cfg);
+        let (image, labels, geometry, info) = match cfg.family {
+            Family::Ct => phantom(k, d, cfg),
+            Family::Mr => head::phantom(k, d, cfg),
+        };
         write_image_i16(&out.join(format!("volume-{k}.nii.gz")), &image, &geometry)?;
         write_labels(&out.join(format!("segmentation-{k}.nii.gz")), &labels, &geometry)?;
         infos.push(info);
