@@ -133,6 +133,9 @@ pub fn bench(bundle: &Path, inputs: &[PathBuf], scratch: &Path, opts: &BenchOpti
     if inputs.is_empty() {
         return Err(Error::invalid("--data", "no volumes to benchmark"));
     }
+    if opts.repeats == 0 {
+        return Err(Error::invalid("--repeats", "must be at least 1 (medians of no runs do not exist)"));
+    }
     let mut p = Predictor::from_bundle(bundle, &opts.session)?;
     p.tile_batch = opts.tile_batch.max(1);
     std::fs::create_dir_all(scratch).map_err(|e| Error::io(scratch, e))?;

@@ -241,6 +241,47 @@ pub struct Manifest {
     pub files: BTreeMap<String, FileEntry>,
 }
 
+impl Manifest {
+    /// The values the runtime relies on, checked once at load so that no later step can index out of
+    /// bounds or divide by zero on a hand-edited manifest.
+    fn validate(&self) -> std::result::Result<(), String> {
+        let arch = &self.architecture;
+        if arch.blocks.is_empty() {
+            return Err("architecture.blocks is empty".into());
+        }
+        for (n, b) in arch.blocks.iter().enumerate() {
+            if b.index != n {
+                return Err(format!("architecture.blocks[{n}].index is {}, expected {n}", b.index));
+            }
+        }
+        self.input.window.validate().map_err(|e| format!("input.window: {e}"))?;
+        let unit = |name: &str, v: f32| {
+            if (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{name} = {v} is not in [0, 1]"))
+            }
+        };
+        unit("input.threshold", self.input.threshold)?;
+        if let Some(p) = &self.policy {
+            unit("policy.threshold", p.threshold)?;
+            if p.input.contains(&0) {
+                return Err(format!("policy.input = {:?} has a zero extent", p.input));
+            }
+            for (i, b) in p.budget.iter().enumerate() {
+                unit(&format!("policy.budget[{i}].threshold"), b.threshold)?;
+                if !(b.flop_fraction > 0.0 && b.flop_fraction <= 1.0) {
+                    return Err(format!("policy.budget[{i}].flop_fraction = {} is not in (0, 1]", b.flop_fraction));
+                }
+            }
+            if p.budget.windows(2).any(|w| w[0].threshold >= w[1].threshold) {
+                return Err("policy.budget thresholds are not ascending".into());
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Hex SHA-256 of bytes.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
@@ -311,6 +352,7 @@ impl Bundle {
                 return Err(bundle_error(dir, format!("{f} is used but not listed with a checksum")));
             }
         }
+        manifest.validate().map_err(|reason| bundle_error(dir, format!("manifest.json: {reason}")))?;
         Ok(Bundle { dir: dir.to_path_buf(), manifest, hash: sha256_hex(&bytes) })
     }
 

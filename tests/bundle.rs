@@ -137,6 +137,23 @@ fn a_tampered_bundle_is_refused_naming_the_file() {
     std::fs::write(copy.join("manifest.json"), m).unwrap();
     let err = String::from_utf8_lossy(&autopath(&["inspect", copy.to_str().unwrap()]).stderr).to_string();
     assert!(err.contains("schema version 99"), "{err}");
+    // Hand-edited values the runtime would divide or index by are refused at load, by field.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    for (what, edit) in [
+        ("input.threshold = 1.5", ("/input/threshold", serde_json::json!(1.5))),
+        ("input.window", ("/input/window/overlap", serde_json::json!(1.0))),
+        ("architecture.blocks[2].index is 7", ("/architecture/blocks/2/index", serde_json::json!(7))),
+    ] {
+        let copy = dir.path().join(format!("edited-{}", edit.0.replace('/', "-")));
+        copy_dir(&out, &copy);
+        let mut m = manifest.clone();
+        *m.pointer_mut(edit.0).unwrap() = edit.1;
+        std::fs::write(copy.join("manifest.json"), serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+        let res = autopath(&["inspect", copy.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&res.stderr);
+        assert!(!res.status.success() && err.contains(what) && err.contains("manifest.json"), "{what}: {err}");
+    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {

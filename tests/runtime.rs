@@ -208,6 +208,18 @@ fn bad_inputs_fail_per_file_and_leave_nothing_behind() {
 }
 
 #[test]
+fn bench_refuses_zero_repeats_with_a_clear_error() {
+    let f = fixture();
+    let out = Command::new(env!("CARGO_BIN_EXE_autopath"))
+        .args(["bench", "--bundle", f.bundle().to_str().unwrap(), "--data", f.data().to_str().unwrap()])
+        .args(["--repeats", "0", "--out", f.root.join("bench").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--repeats") && !err.contains("panicked"), "{err}");
+}
+
+#[test]
 fn continue_and_shard_split_the_work_without_overlap() {
     let f = fixture();
     let mut seen = Vec::new();

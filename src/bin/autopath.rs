@@ -546,7 +546,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let inputs = bench_inputs(&data, limit)?;
             let opts = autopath::bench::BenchOptions {
-                repeats: repeats.max(1),
+                repeats,
                 warmup,
                 session: autopath::runtime::SessionOptions {
                     ep,

@@ -168,7 +168,19 @@ impl Predictor {
         let (d, h, w) = small.dim();
         let batch =
             small.into_shape_with_order((1, 1, d, h, w)).map_err(|e| Error::invalid("policy input", e.to_string()))?;
-        Ok(self.sessions.run_policy(batch.view())?.row(0).to_vec())
+        let p = self.sessions.run_policy(batch.view())?.row(0).to_vec();
+        // A policy graph that answers for another number of blocks would index past the chain.
+        if p.len() != self.num_blocks() {
+            return Err(Error::Bundle {
+                path: self.bundle.dir.clone(),
+                reason: format!(
+                    "policy.onnx gives {} keep probabilities; the network has {} blocks",
+                    p.len(),
+                    self.num_blocks()
+                ),
+            });
+        }
+        Ok(p)
     }
 
     /// The keep mask for a volume and the probabilities it came from.
