@@ -294,14 +294,18 @@ fn train_policy(args: PolicyArgs, quiet: bool) -> anyhow::Result<()> {
             .val_dice
             .map(|d| format!(" | val Dice {d:.4} dropped {:.0} %", 100.0 * r.val_dropped.unwrap_or(0.0)))
             .unwrap_or_default();
-        bar.set_message(format!("learning {} blocks, reward {:.3}{val}", r.learned, r.reward));
+        // The paper's method reports its mean sampled reward, ours its cross-entropy.
+        let train = match r.loss {
+            Some(l) => format!("loss {l:.4}"),
+            None => format!("reward {:.4}", r.reward),
+        };
+        bar.set_message(format!("learning {} blocks, {train}{val}", r.learned));
         if (quiet || bar.is_hidden()) && r.val_dice.is_some() {
             eprintln!(
-                "epoch {}/{}: learning {} blocks, reward {:.4}, val reward {:.4}, val Dice {:.4}, dropped {:.1} %",
+                "epoch {}/{}: learning {} blocks, {train}, val score {:.4}, val Dice {:.4}, dropped {:.1} %",
                 r.epoch,
                 r.epochs,
                 r.learned,
-                r.reward,
                 r.val_reward.unwrap_or(f64::NAN),
                 r.val_dice.unwrap_or(f64::NAN),
                 100.0 * r.val_dropped.unwrap_or(0.0)
@@ -345,7 +349,7 @@ fn train_policy(args: PolicyArgs, quiet: bool) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let meta: autopath::train::policy::PolicyMeta = autopath::train::checkpoint::read_json(&out.join("best.json"))?;
     println!(
-        "policy trained: best validation reward {:.4} at epoch {} (Dice {:.4}, {:.1} % of blocks dropped); checkpoints in {}",
+        "policy trained: best validation score {:.4} at epoch {} (Dice {:.4}, {:.1} % of blocks dropped); checkpoints in {}",
         meta.best_reward.unwrap_or(f64::NAN),
         meta.best_epoch.unwrap_or(0),
         meta.val_dice.unwrap_or(f64::NAN),
