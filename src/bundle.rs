@@ -190,16 +190,23 @@ impl PolicyEntry {
     /// The lowest keep threshold (so the most blocks, and the best Dice) whose calibrated mean FLOP
     /// fraction is within `budget`.
     pub fn threshold_for_budget(&self, budget: f64) -> Result<f32> {
+        BudgetPoint::threshold_for(&self.budget, budget)
+    }
+}
+
+impl BudgetPoint {
+    /// The lowest keep threshold of `curve` whose mean FLOP fraction is within `budget`.
+    pub fn threshold_for(curve: &[BudgetPoint], budget: f64) -> Result<f32> {
         if !(budget > 0.0 && budget <= 1.0) {
             return Err(Error::invalid("budget", format!("{budget} is not a FLOP fraction in (0, 1]")));
         }
-        let Some(last) = self.budget.last() else {
+        let Some(last) = curve.last() else {
             return Err(Error::invalid(
                 "budget",
                 "this bundle has no budget calibration (compiled without the segmenter's data); use --threshold",
             ));
         };
-        self.budget.iter().find(|p| p.flop_fraction <= budget).map(|p| p.threshold).ok_or_else(|| {
+        curve.iter().find(|p| p.flop_fraction <= budget).map(|p| p.threshold).ok_or_else(|| {
             Error::invalid(
                 "budget",
                 format!(
