@@ -3,12 +3,10 @@
 //! uses `--intensity zscore`), a large folded structure instead of a liver, near-isotropic 1 mm
 //! spacing — so that defaults tuned on the CT phantoms can be checked on data they were not tuned on.
 
-use ndarray::{Array3, Axis};
+use ndarray::Array3;
 use rand::Rng;
-use rand_distr::{Distribution, Normal};
-use rayon::prelude::*;
 
-use super::{case_rng, lerp, Deformation, Ellipsoid, PhantomInfo, SynthConfig};
+use super::{case_rng, centred_geometry, lerp, render, Deformation, Ellipsoid, PhantomInfo, SynthConfig};
 use crate::volume::Geometry;
 
 /// Intensities in arbitrary scanner units (T1-like: fat bright, white matter brighter than grey, CSF
@@ -89,36 +87,14 @@ pub fn phantom(case: usize, difficulty: f32, cfg: &SynthConfig) -> (Array3<i16>,
     let inplane: f64 = rng.random_range(0.9..1.2);
     let slice: f64 = rng.random_range(1.0..1.5);
     let (head, scale) = Head::draw(&mut rng, difficulty);
-    let [d, h, w] = cfg.size;
-    let mut image = Array3::<i16>::zeros(cfg.size);
-    let mut labels = Array3::<u8>::zeros(cfg.size);
-    let norm = |i: usize, n: usize| if n > 1 { 2.0 * i as f32 / (n - 1) as f32 - 1.0 } else { 0.0 };
-    image.axis_iter_mut(Axis(0)).into_par_iter().zip(labels.axis_iter_mut(Axis(0))).enumerate().for_each(
-        |(k, (mut img, mut lab))| {
-            let mut noise_rng = case_rng(cfg.seed ^ 0x4d52, case, 1 + k as u64);
-            let noise = Normal::new(0.0f32, head.noise_sd).expect("positive noise sd");
-            let z = norm(k, d);
-            for j in 0..h {
-                for i in 0..w {
-                    let p = [norm(i, w), norm(j, h), z];
-                    let (v, l) = head.sample(p);
-                    let b = head.bias.apply([p[0] * 0.7, p[1] * 0.7, p[2] * 0.7]);
-                    let bias = 1.0 + head.bias_strength * (b[0] - p[0] * 0.7).sin();
-                    // Magnitude images: the noise folds at zero (Rician-like).
-                    let v = (v * bias + noise.sample(&mut noise_rng)).abs();
-                    img[[j, i]] = v.round().clamp(0.0, 4000.0) as i16;
-                    lab[[j, i]] = l;
-                }
-            }
-        },
-    );
-    let affine = [
-        [inplane, 0.0, 0.0, -inplane * (w as f64 - 1.0) / 2.0],
-        [0.0, inplane, 0.0, -inplane * (h as f64 - 1.0) / 2.0],
-        [0.0, 0.0, slice, -slice * (d as f64 - 1.0) / 2.0],
-        [0.0, 0.0, 0.0, 1.0],
-    ];
-    let geometry = Geometry::new(cfg.size, affine);
+    let (image, labels) = render(cfg.size, (cfg.seed ^ 0x4d52, case), head.noise_sd, |p, n| {
+        let (v, l) = head.sample(p);
+        let b = head.bias.apply([p[0] * 0.7, p[1] * 0.7, p[2] * 0.7]);
+        let bias = 1.0 + head.bias_strength * (b[0] - p[0] * 0.7).sin();
+        // Magnitude images: the noise folds at zero (Rician-like).
+        ((v * bias + n).abs().round().clamp(0.0, 4000.0), l)
+    });
+    let geometry = centred_geometry(cfg.size, inplane, slice, false);
     let fraction = labels.iter().filter(|&&l| l > 0).count() as f32 / labels.len() as f32;
     let info = PhantomInfo {
         id: case.to_string(),

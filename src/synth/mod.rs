@@ -261,44 +261,62 @@ pub(crate) fn case_rng(seed: u64, case: usize, stream: u64) -> ChaCha8Rng {
     rng
 }
 
+/// Renders a volume of `size` voxel by voxel from normalised coordinates: `voxel(p, n)` gives the
+/// stored intensity and label at `p` with `n` a noise sample of standard deviation `noise_sd`. One
+/// noise stream per slice, so the output is identical whatever the thread count.
+pub(crate) fn render(
+    size: [usize; 3],
+    (seed, case): (u64, usize),
+    noise_sd: f32,
+    voxel: impl Fn([f32; 3], f32) -> (f32, u8) + Sync,
+) -> (Array3<i16>, Array3<u8>) {
+    let [d, h, w] = size;
+    let mut image = Array3::<i16>::zeros(size);
+    let mut labels = Array3::<u8>::zeros(size);
+    let norm = |i: usize, n: usize| if n > 1 { 2.0 * i as f32 / (n - 1) as f32 - 1.0 } else { 0.0 };
+    image.axis_iter_mut(Axis(0)).into_par_iter().zip(labels.axis_iter_mut(Axis(0))).enumerate().for_each(
+        |(k, (mut img, mut lab))| {
+            let mut noise_rng = case_rng(seed, case, 1 + k as u64);
+            let noise = Normal::new(0.0f32, noise_sd).expect("positive noise sd");
+            let z = norm(k, d);
+            for j in 0..h {
+                for i in 0..w {
+                    let (v, l) = voxel([norm(i, w), norm(j, h), z], noise.sample(&mut noise_rng));
+                    img[[j, i]] = v.round() as i16;
+                    lab[[j, i]] = l;
+                }
+            }
+        },
+    );
+    (image, labels)
+}
+
+/// A grid of `size` with in-plane and slice spacing, centred on the origin; `flip` mirrors i and j
+/// (patient-style, LPS-like orientation).
+pub(crate) fn centred_geometry(size: [usize; 3], inplane: f64, slice: f64, flip: bool) -> Geometry {
+    let [d, h, w] = size.map(|v| v as f64);
+    let s = if flip { -inplane } else { inplane };
+    let affine = [
+        [s, 0.0, 0.0, -s * (w - 1.0) / 2.0],
+        [0.0, s, 0.0, -s * (h - 1.0) / 2.0],
+        [0.0, 0.0, slice, -slice * (d - 1.0) / 2.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ];
+    Geometry::new(size, affine)
+}
+
 /// Renders one phantom: HU image, labels, geometry and the parameters drawn.
 pub fn phantom(case: usize, difficulty: f32, cfg: &SynthConfig) -> (Array3<i16>, Array3<u8>, Geometry, PhantomInfo) {
     let mut rng = case_rng(cfg.seed, case, 0);
     let inplane: f64 = rng.random_range(0.6..0.9);
     let slice: f64 = rng.random_range(1.0..5.0);
     let (anatomy, scale) = Anatomy::draw(&mut rng, difficulty);
-    let [d, h, w] = cfg.size;
-    let mut image = Array3::<i16>::zeros(cfg.size);
-    let mut labels = Array3::<u8>::zeros(cfg.size);
-    let norm = |i: usize, n: usize| if n > 1 { 2.0 * i as f32 / (n - 1) as f32 - 1.0 } else { 0.0 };
-    image.axis_iter_mut(Axis(0)).into_par_iter().zip(labels.axis_iter_mut(Axis(0))).enumerate().for_each(
-        |(k, (mut img, mut lab))| {
-            // One noise stream per slice: identical output whatever the thread count.
-            let mut noise_rng = case_rng(cfg.seed, case, 1 + k as u64);
-            let noise = Normal::new(0.0f32, anatomy.noise_sd).expect("positive noise sd");
-            let z = norm(k, d);
-            for j in 0..h {
-                for i in 0..w {
-                    let (v, l) = anatomy.sample([norm(i, w), norm(j, h), z]);
-                    let v = if v > hu::AIR {
-                        v + noise.sample(&mut noise_rng)
-                    } else {
-                        v + noise.sample(&mut noise_rng) * 0.2
-                    };
-                    img[[j, i]] = v.round().clamp(-1024.0, 3071.0) as i16;
-                    lab[[j, i]] = l;
-                }
-            }
-        },
-    );
-    // Patient-style orientation (LPS-like: i and j flipped) with the volume centred on the origin.
-    let affine = [
-        [-inplane, 0.0, 0.0, inplane * (w as f64 - 1.0) / 2.0],
-        [0.0, -inplane, 0.0, inplane * (h as f64 - 1.0) / 2.0],
-        [0.0, 0.0, slice, -slice * (d as f64 - 1.0) / 2.0],
-        [0.0, 0.0, 0.0, 1.0],
-    ];
-    let geometry = Geometry::new(cfg.size, affine);
+    let (image, labels) = render(cfg.size, (cfg.seed, case), anatomy.noise_sd, |p, n| {
+        let (v, l) = anatomy.sample(p);
+        let v = if v > hu::AIR { v + n } else { v + n * 0.2 };
+        (v.round().clamp(-1024.0, 3071.0), l)
+    });
+    let geometry = centred_geometry(cfg.size, inplane, slice, true);
     let liver_fraction = labels.iter().filter(|&&l| l > 0).count() as f32 / labels.len() as f32;
     let info = PhantomInfo {
         id: case.to_string(),
