@@ -234,11 +234,18 @@ struct Policy {
     threshold: f32,
 }
 
-fn load_policies(runs: &[PathBuf]) -> Result<(Vec<Policy>, f64, f64)> {
+fn load_policies(runs: &[PathBuf], blocks: usize) -> Result<(Vec<Policy>, f64, f64)> {
     let mut policies = Vec::new();
     let (mut tau, mut delta) = (None, None);
     for run in runs {
         let (net, pc, _) = load_policy(run, "best")?;
+        if net.num_blocks() != blocks {
+            return Err(err(format!(
+                "policy {} decides on {} blocks; the segmenter has {blocks} (a policy of another segmenter run?)",
+                run.display(),
+                net.num_blocks()
+            )));
+        }
         let label = match pc.method {
             Method::Paper => {
                 tau.get_or_insert(pc.tau);
@@ -413,7 +420,7 @@ pub fn evaluate(opts: &EvalOptions, progress: &dyn Fn(usize, usize)) -> Result<R
     let arch = bundle.manifest.architecture.clone();
     let mut sessions = Sessions::open(&bundle, &SessionOptions::default())?;
     let mut ev = PathEvaluator::new(&mut sessions, cfg.window, opts.tile_batch, bundle.manifest.input.activation, 0.5);
-    let (policies, tau, delta) = load_policies(&opts.policies)?;
+    let (policies, tau, delta) = load_policies(&opts.policies, n_blocks)?;
     let repeats = opts.random_repeats.unwrap_or(if n_blocks <= 8 { 100 } else { 500 });
     let random = random_masks(n_blocks, repeats, opts.seed);
 

@@ -163,3 +163,21 @@ fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
     }
 }
+
+#[test]
+fn a_policy_for_another_number_of_blocks_is_refused_by_compile() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = random_model("r18", 5);
+    let r50 = ArchSpec::preset("r50", 8, [16, 32, 32]).unwrap();
+    let vars = candle_nn::VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&vars, candle_core::DType::F32, &Device::Cpu);
+    let policy = autopath_models::policy::PolicyNet::load(vb, &r50).unwrap();
+    let input = autopath::compile::PolicyInput { net: &policy, threshold: 0.5, training: serde_json::json!({}) };
+    let out = dir.path().join("bundle");
+    let err = compile(&model.net, &config(model.net.spec().clone()), Some(input), None, &out, false, false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("16 blocks") && err.contains("has 8"), "{err}");
+    assert!(!out.exists(), "nothing is written");
+}

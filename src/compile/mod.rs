@@ -68,6 +68,12 @@ pub fn compile(
         return Err(Error::invalid("--out", format!("{} exists; pass --force to replace it", out.display())));
     }
     let spec = net.spec();
+    if let Some(p) = policy.as_ref().filter(|p| p.net.num_blocks() != spec.num_blocks()) {
+        return Err(Error::invalid(
+            "--policy",
+            format!("the policy decides on {} blocks; the segmenter has {}", p.net.num_blocks(), spec.num_blocks()),
+        ));
+    }
     let tile = cfg.window.patch;
     let graphs =
         autopath_export::compile(net, policy.as_ref().map(|p| p.net), tile, env!("CARGO_PKG_VERSION")).map_err(err)?;
