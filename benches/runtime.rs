@@ -14,7 +14,7 @@ use ndarray::{Array3, Array5};
 
 fn bundle(dir: &std::path::Path) -> autopath::bundle::Bundle {
     let spec = ArchSpec::preset("r18", 16, [32, 96, 96]).expect("preset");
-    let model = Model::new(&spec, 1).expect("model");
+    let model = Model::new(&spec, 1, &candle_core::Device::Cpu).expect("model");
     let policy_vars = autopath_models::init::SeededVarMap::new(2);
     let policy = autopath_models::policy::PolicyNet::load(
         policy_vars.var_builder(candle_core::DType::F32, &candle_core::Device::Cpu),

@@ -54,6 +54,8 @@ pub struct DemoOptions {
     pub bench_volumes: usize,
     /// Seed.
     pub seed: u64,
+    /// Where Candle trains.
+    pub device: candle_core::Device,
 }
 
 impl DemoOptions {
@@ -78,6 +80,7 @@ impl DemoOptions {
             bench_repeats: 3,
             bench_volumes: 2,
             seed: 0,
+            device: candle_core::Device::Cpu,
         }
     }
 
@@ -180,7 +183,7 @@ pub fn run(o: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoOutcome> {
             tile_batch: 2,
             drop_path: o.drop_path,
         };
-        let s = segment::train(cfg, &seg, &|r| {
+        let s = segment::train(cfg, &seg, &o.device, &|r| {
             if let Some(d) = r.val_dice {
                 say(&format!("      epoch {:>3}/{}: loss {:.4}, validation Dice {d:.4}", r.epoch, r.epochs, r.loss));
             }
@@ -211,7 +214,7 @@ pub fn run(o: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoOutcome> {
     stage("3/8 train policy (ours: distilled paths)", policy_done(&pol, DISTIL_EPOCHS), &mut redo, &mut || {
         let _ = std::fs::remove_dir_all(&pol);
         let cfg = PolicyConfig { seed: o.seed, val_every: 5, ..PolicyConfig::new(seg_abs.clone()) };
-        train_policy(cfg, &pol, &report)
+        train_policy(cfg, &pol, &o.device, &report)
     })?;
     stage("4/8 train policy (the paper's REINFORCE)", policy_done(&paper, o.policy_epochs), &mut redo, &mut || {
         let _ = std::fs::remove_dir_all(&paper);
@@ -225,7 +228,7 @@ pub fn run(o: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoOutcome> {
             seed: o.seed,
             ..PolicyConfig::new(seg_abs.clone())
         };
-        train_policy(cfg, &paper, &report)
+        train_policy(cfg, &paper, &o.device, &report)
     })?;
 
     stage("5/8 evaluate", ev.join("results.json").exists(), &mut redo, &mut || {

@@ -22,7 +22,7 @@ fn config(spec: ArchSpec) -> TrainConfig {
 /// identity, so that folding is exercised.
 fn random_model(name: &str, seed: u64) -> Model {
     let spec = ArchSpec::preset(name, 8, [16, 32, 32]).unwrap();
-    let model = Model::new(&spec, seed).unwrap();
+    let model = Model::new(&spec, seed, &candle_core::Device::Cpu).unwrap();
     for (i, (n, v)) in model.state().into_iter().enumerate() {
         let t = v.as_tensor();
         let r = Tensor::rand(0.5f32, 1.5, t.shape(), &Device::Cpu).unwrap();

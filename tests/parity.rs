@@ -135,7 +135,7 @@ fn briefly_trained_segmenters_compile_with_every_segment_within_tolerance_of_the
 fn a_bundle_that_differs_from_its_model_in_one_block_is_refused_naming_that_block() {
     let dir = tempfile::tempdir().unwrap();
     let spec = ArchSpec::preset("r18", 8, [16, 32, 32]).unwrap();
-    let model = Model::new(&spec, 4).unwrap();
+    let model = Model::new(&spec, 4, &candle_core::Device::Cpu).unwrap();
     let cfg = TrainConfig::for_spec(spec);
     let out = dir.path().join("bundle");
     compile(&model.net, &cfg, None, None, &out, false, false).unwrap();

@@ -160,3 +160,27 @@ fn training_refuses_an_existing_run_folder_and_bad_data() {
     let err = String::from_utf8_lossy(&res.stderr);
     assert!(!res.status.success() && err.contains("segmentation-2.nii.gz") && !err.contains("panicked"), "{err}");
 }
+
+/// Without a usable GPU, `--device cuda` stops before any work with one line naming the cause, and
+/// the default says which device it chose.
+#[test]
+fn cuda_without_a_gpu_fails_in_one_line_and_the_default_names_its_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    synth(&data);
+    let out = dir.path().join("run");
+    let res = autopath()
+        .args(train_args(&data))
+        .args(["--epochs", "1", "--device", "cuda:0", "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success(), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("cuda:0") && (err.contains("no CUDA support") || err.contains("cannot be opened")), "{err}");
+    assert!(!out.join("config.json").exists(), "nothing is written before the device opens");
+    let res =
+        autopath().args(train_args(&data)).args(["--epochs", "1", "--out", out.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.success() && err.contains("device: cpu"), "{err}");
+}

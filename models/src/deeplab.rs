@@ -198,6 +198,11 @@ impl DeepLab3d {
         &self.spec
     }
 
+    /// Where the weights live: inputs must be created there.
+    pub fn device(&self) -> &candle_core::Device {
+        self.stem.conv.weight().device()
+    }
+
     /// A copy in `dtype`: `compile` checks every exported graph against an f64 copy, so that f32
     /// rounding in Candle or ONNX Runtime cannot pass for an export error, nor hide one.
     pub fn to_dtype(&self, dtype: DType) -> Result<Self> {

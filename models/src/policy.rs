@@ -72,6 +72,11 @@ impl PolicyNet {
         self.num_blocks
     }
 
+    /// Where the weights live: inputs must be created there.
+    pub fn device(&self) -> &candle_core::Device {
+        self.stem.conv.weight().device()
+    }
+
     /// Keep logits `[B, N]` for a downsampled volume `[B, 1, d, h, w]`.
     pub fn logits(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut h = max_pool3d(&self.stem.forward_relu(x, train)?, STEM_POOL)?;

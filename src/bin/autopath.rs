@@ -10,6 +10,7 @@ use autopath::cli::{parse_shape, progress, report};
 use autopath::dataset::{Dataset, Layout, Split};
 use autopath::preprocess::{Intensity, LabelMapping, Preprocessing};
 use autopath::synth::{synthesize, SynthConfig};
+use autopath::train::device::DeviceChoice;
 use autopath::train::segment::{self, plan_split, TrainConfig};
 use autopath::window::{Blend, WindowConfig};
 use autopath_models::spec::{ArchSpec, Output};
@@ -78,6 +79,10 @@ enum Command {
         /// Redo every stage.
         #[arg(long)]
         fresh: bool,
+        /// Where Candle trains: cpu, cuda or cuda:N [default: cuda:0 when this build has CUDA and a
+        /// GPU answers, else cpu].
+        #[arg(long)]
+        device: Option<DeviceChoice>,
         /// Phantoms to synthesise.
         #[arg(long)]
         cases: Option<usize>,
@@ -132,6 +137,10 @@ enum Command {
     Train(TrainArgs),
     /// Train the block-dropping policy on a frozen segmenter (distilled paths, or the paper's REINFORCE).
     TrainPolicy(PolicyArgs),
+    /// Check Candle training on a device against the CPU kernels: every conv/pool shape with
+    /// gradients, a seeded loss curve, and the time of a step. `--device cpu` checks the composed
+    /// path that CUDA runs, on the CPU.
+    DeviceCheck(DeviceCheckArgs),
     /// Reproduce the paper's study on the test split: heuristics vs AutoPath, Table 1, figures.
     Eval {
         /// Segmenter run folder.
@@ -229,6 +238,10 @@ enum MethodArg {
 
 #[derive(clap::Args)]
 struct PolicyArgs {
+    /// Where Candle computes: cpu, cuda or cuda:N [default: cuda:0 when this build has CUDA and a GPU
+    /// answers, else cpu].
+    #[arg(long)]
+    device: Option<DeviceChoice>,
     /// Segmenter run folder (from `autopath train`); its data split is used.
     #[arg(long, required_unless_present = "resume")]
     seg: Option<PathBuf>,
@@ -312,8 +325,9 @@ fn train_policy(args: PolicyArgs, quiet: bool) -> anyhow::Result<()> {
             );
         }
     };
+    let device = open_device(args.device)?;
     let out = if let Some(run) = args.resume {
-        resume_policy(&run, args.epochs, &on_epoch)?;
+        resume_policy(&run, args.epochs, &device, &on_epoch)?;
         run
     } else {
         let seg = args.seg.expect("required");
@@ -343,7 +357,7 @@ fn train_policy(args: PolicyArgs, quiet: bool) -> anyhow::Result<()> {
             threshold: args.threshold,
             tile_batch: args.tile_batch,
         };
-        train_policy(cfg, &out, &on_epoch)?;
+        train_policy(cfg, &out, &device, &on_epoch)?;
         out
     };
     bar.finish_and_clear();
@@ -361,6 +375,10 @@ fn train_policy(args: PolicyArgs, quiet: bool) -> anyhow::Result<()> {
 
 #[derive(clap::Args)]
 struct TrainArgs {
+    /// Where Candle computes: cpu, cuda or cuda:N [default: cuda:0 when this build has CUDA and a GPU
+    /// answers, else cpu].
+    #[arg(long)]
+    device: Option<DeviceChoice>,
     #[command(flatten)]
     data: DataArgs,
     /// Run folder: config.json, best/last checkpoints, log.jsonl.
@@ -413,6 +431,84 @@ struct TrainArgs {
     drop_path: f64,
 }
 
+#[derive(clap::Args)]
+struct DeviceCheckArgs {
+    /// The device to check: cuda, cuda:N, or cpu (the composed path on the CPU).
+    #[arg(long)]
+    device: Option<DeviceChoice>,
+    /// Seeded training steps compared with the CPU kernels (r18, width 16, patch 32,96,96).
+    #[arg(long, default_value_t = 30)]
+    steps: usize,
+    /// Also time a training step at this patch D,H,W (e.g. the paper's 48,256,256).
+    #[arg(long, value_parser = parse_shape)]
+    time_patch: Option<[usize; 3]>,
+    /// Width of the timed network (64 = the paper's).
+    #[arg(long, default_value_t = 64)]
+    time_width: usize,
+    /// Crops per timed step.
+    #[arg(long, default_value_t = 2)]
+    time_batch: usize,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn device_check(args: DeviceCheckArgs) -> anyhow::Result<()> {
+    use autopath::train::device_check::*;
+    let device = open_device(args.device)?;
+    let mut failed = Vec::new();
+    println!("| check | value | tolerance | verdict |\n|---|---:|---:|---|");
+    let mut row = |what: &str, value: f64, tol: f64| {
+        let ok = value <= tol;
+        if !ok {
+            failed.push(what.to_string());
+        }
+        println!("| {what} | {value:.2e} | {tol:.0e} | {} |", if ok { "ok" } else { "FAIL" });
+    };
+    let ops = check_ops(&device)?;
+    for o in &ops {
+        row(&format!("{}: output", o.name), o.output, OP_TOLERANCE);
+        row(&format!("{}: input gradient", o.name), o.input_grad, OP_TOLERANCE);
+        if !o.name.starts_with("max pool") {
+            row(&format!("{}: weight gradient", o.name), o.weight_grad, OP_TOLERANCE);
+        }
+    }
+    let spec = ArchSpec::preset("r18", 16, [32, 96, 96]).ok_or_else(|| anyhow::anyhow!("r18 preset"))?;
+    let steps = check_steps(&spec, args.steps, 0, &device)?;
+    for (i, tol) in [(0, FIRST_STEP_TOLERANCE), (1, SECOND_STEP_TOLERANCE)] {
+        if let Some(&r) = steps.rel.get(i) {
+            row(&format!("training step {}: loss", i + 1), r, tol);
+        }
+    }
+    row(&format!("training steps 1..{}: mean loss", args.steps), steps.mean_rel, MEAN_TOLERANCE);
+    let mut timed = None;
+    if let Some(patch) = args.time_patch {
+        let spec = ArchSpec::preset("r18", args.time_width, patch).ok_or_else(|| anyhow::anyhow!("r18 preset"))?;
+        let ms = time_step(&spec, args.time_batch, 3, &device)?;
+        println!(
+            "| training step r18 width {}, {}×{}×{}, batch {} | {ms:.0} ms | | measured |",
+            args.time_width, patch[0], patch[1], patch[2], args.time_batch
+        );
+        timed = Some(ms);
+    }
+    if let Some(path) = args.json {
+        let v = serde_json::json!({ "ops": ops, "steps": steps, "step_ms": timed });
+        autopath::train::checkpoint::write_json(&path, &v)?;
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("device check failed: {}", failed.join(", "))
+    }
+}
+
+/// Opens the Candle device and says which one was chosen.
+fn open_device(choice: Option<DeviceChoice>) -> anyhow::Result<candle_core::Device> {
+    let (device, why) = autopath::train::device::open(choice)?;
+    eprintln!("device: {why}");
+    Ok(device)
+}
+
 fn train(args: TrainArgs, quiet: bool) -> anyhow::Result<()> {
     let bar = progress(0, "train", quiet);
     let on_epoch = |r: &segment::EpochReport| {
@@ -426,8 +522,9 @@ fn train(args: TrainArgs, quiet: bool) -> anyhow::Result<()> {
             }
         }
     };
+    let device = open_device(args.device)?;
     let (summary, out) = if let Some(run) = args.resume {
-        (segment::resume(&run, args.epochs, &on_epoch)?, run)
+        (segment::resume(&run, args.epochs, &device, &on_epoch)?, run)
     } else {
         let data = args.data;
         let folder = data.data.clone().ok_or_else(|| anyhow::anyhow!("--data is required (or --resume RUN)"))?;
@@ -460,7 +557,7 @@ fn train(args: TrainArgs, quiet: bool) -> anyhow::Result<()> {
             tile_batch: args.tile_batch,
             drop_path: args.drop_path,
         };
-        (segment::train(cfg, &out, &on_epoch)?, out)
+        (segment::train(cfg, &out, &device, &on_epoch)?, out)
     };
     bar.finish_and_clear();
     println!(
@@ -498,6 +595,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             quick,
             fresh,
+            device,
             cases,
             epochs,
             width,
@@ -512,6 +610,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             use autopath::demo::{run, DemoOptions};
             let mut o = if quick { DemoOptions::quick(out.clone()) } else { DemoOptions::standard(out.clone()) };
             o.fresh = fresh;
+            o.device = open_device(device)?;
             o.cases = cases.unwrap_or(o.cases);
             o.epochs = epochs.unwrap_or(o.epochs);
             o.width = width.unwrap_or(o.width);
@@ -535,6 +634,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::TrainPolicy(args) => train_policy(args, cli.quiet),
+        Command::DeviceCheck(args) => device_check(args),
         Command::Bench {
             bundle,
             data,

@@ -77,7 +77,8 @@ pub fn restore(vars: &[(String, Var)], tensors: &HashMap<String, Tensor>, source
                 ),
             ));
         }
-        var.set(&t.to_dtype(var.dtype()).map_err(|e| candle_err(source, e))?).map_err(|e| candle_err(source, e))?;
+        let t = t.to_dtype(var.dtype()).and_then(|t| t.to_device(var.device())).map_err(|e| candle_err(source, e))?;
+        var.set(&t).map_err(|e| candle_err(source, e))?;
     }
     Ok(())
 }

@@ -3,6 +3,8 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod device;
+pub mod device_check;
 pub mod policy;
 pub mod predict;
 pub mod segment;

@@ -3,7 +3,7 @@
 
 use autopath_models::deeplab::{DeepLab3d, Path};
 use autopath_models::spec::Output;
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use ndarray::{Array3, Array4, Axis};
 
 use crate::error::{Error, Result};
@@ -34,7 +34,7 @@ pub fn predict_probabilities(
         for &t in chunk {
             data.extend(extract(&padded.view(), t, p).iter());
         }
-        let x = Tensor::from_vec(data, (chunk.len(), 1, p[0], p[1], p[2]), &Device::Cpu).map_err(candle)?;
+        let x = Tensor::from_vec(data, (chunk.len(), 1, p[0], p[1], p[2]), net.device()).map_err(candle)?;
         let logits = net.forward(&x, path, false).map_err(candle)?;
         let probs = probabilities(&logits, output).map_err(candle)?;
         let (b, k) = (chunk.len(), output.channels());

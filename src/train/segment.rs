@@ -198,10 +198,10 @@ pub struct Model {
 }
 
 impl Model {
-    /// Fresh, seeded initialisation.
-    pub fn new(spec: &ArchSpec, seed: u64) -> Result<Model> {
+    /// Fresh, seeded initialisation on `device` (values drawn on the host: the same on every device).
+    pub fn new(spec: &ArchSpec, seed: u64, device: &Device) -> Result<Model> {
         let vars = SeededVarMap::new(seed);
-        let net = DeepLab3d::load(vars.var_builder(DType::F32, &Device::Cpu), spec).map_err(candle)?;
+        let net = DeepLab3d::load(vars.var_builder(DType::F32, device), spec).map_err(candle)?;
         Ok(Model { net, vars })
     }
 
@@ -273,7 +273,7 @@ fn recalibrate(net: &DeepLab3d, train_set: &[Sample], sampler: &Sampler, cfg: &T
             let (x, _) = sampler.crop(&train_set[(i * batch + k) % train_set.len()], &mut rng);
             xs.extend(x.iter().copied());
         }
-        let x = Tensor::from_vec(xs, (batch, 1, p[0], p[1], p[2]), &Device::Cpu)?;
+        let x = Tensor::from_vec(xs, (batch, 1, p[0], p[1], p[2]), net.device())?;
         net.forward(&x, BlockPath::Full, true).map(|_| ())
     })
     .map_err(candle)?;
@@ -285,8 +285,8 @@ fn lr_at(cfg: &TrainConfig, epoch: usize) -> f64 {
     cfg.lr * cfg.lr_gamma.powi((epoch / cfg.lr_step.max(1)) as i32)
 }
 
-/// Starts a new run in `out` (created; must not already hold a run).
-pub fn train(cfg: TrainConfig, out: &Path, on_epoch: &dyn Fn(&EpochReport)) -> Result<Summary> {
+/// Starts a new run in `out` (created; must not already hold a run), computing on `device`.
+pub fn train(cfg: TrainConfig, out: &Path, device: &Device, on_epoch: &dyn Fn(&EpochReport)) -> Result<Summary> {
     if out.join("config.json").exists() {
         return Err(Error::invalid(
             "--out",
@@ -295,11 +295,11 @@ pub fn train(cfg: TrainConfig, out: &Path, on_epoch: &dyn Fn(&EpochReport)) -> R
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     write_json(&out.join("config.json"), &cfg)?;
-    run(cfg, out, None, on_epoch)
+    run(cfg, out, None, device, on_epoch)
 }
 
-/// Continues a run from its `last` checkpoint; `epochs` may extend it.
-pub fn resume(out: &Path, epochs: Option<usize>, on_epoch: &dyn Fn(&EpochReport)) -> Result<Summary> {
+/// Continues a run from its `last` checkpoint (on any device); `epochs` may extend it.
+pub fn resume(out: &Path, epochs: Option<usize>, device: &Device, on_epoch: &dyn Fn(&EpochReport)) -> Result<Summary> {
     let mut cfg: TrainConfig = read_json(&out.join("config.json"))?;
     if let Some(e) = epochs {
         cfg.epochs = e;
@@ -307,13 +307,14 @@ pub fn resume(out: &Path, epochs: Option<usize>, on_epoch: &dyn Fn(&EpochReport)
     }
     let state =
         if out.join("last.json").exists() { Some(checkpoint::load::<CheckpointMeta>(out, "last")?) } else { None };
-    run(cfg, out, state, on_epoch)
+    run(cfg, out, state, device, on_epoch)
 }
 
 fn run(
     cfg: TrainConfig,
     out: &Path,
     state: Option<(HashMap<String, Tensor>, CheckpointMeta)>,
+    device: &Device,
     on_epoch: &dyn Fn(&EpochReport),
 ) -> Result<Summary> {
     let started = Instant::now();
@@ -325,7 +326,7 @@ fn run(
     let val_set =
         cases_by_id(&dataset, &cfg.val_ids)?.iter().map(|c| load_sample(c, &prep)).collect::<Result<Vec<_>>>()?;
 
-    let model = Model::new(&cfg.spec, cfg.seed)?;
+    let model = Model::new(&cfg.spec, cfg.seed, device)?;
     let mut adam = Adam::new(model.trainable(), cfg.lr).map_err(candle)?;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut meta = CheckpointMeta {
@@ -341,7 +342,7 @@ fn run(
     if let Some((tensors, m)) = state {
         let src = out.join("last.safetensors");
         checkpoint::restore(&model.state(), &tensors, &src)?;
-        adam.load_state(&|k| tensors.get(k).cloned(), m.steps).map_err(candle)?;
+        adam.load_state(&|k| tensors.get(k).and_then(|t| t.to_device(device).ok()), m.steps).map_err(candle)?;
         rng.set_word_pos(m.rng_word_pos.parse().map_err(|_| Error::invalid("checkpoint", "bad generator position"))?);
         meta = m;
     }
@@ -371,8 +372,8 @@ fn run(
                 ys.extend(y.iter().map(|&v| v as f32));
             }
             let b = idx.len();
-            let x = Tensor::from_vec(xs, (b, 1, p[0], p[1], p[2]), &Device::Cpu).map_err(candle)?;
-            let y = Tensor::from_vec(ys, (b, p[0], p[1], p[2]), &Device::Cpu).map_err(candle)?;
+            let x = Tensor::from_vec(xs, (b, 1, p[0], p[1], p[2]), device).map_err(candle)?;
+            let y = Tensor::from_vec(ys, (b, p[0], p[1], p[2]), device).map_err(candle)?;
             let masks: Vec<Vec<bool>> = (0..b)
                 .map(|_| (0..cfg.spec.num_blocks()).map(|_| rng.random::<f64>() >= cfg.drop_path).collect())
                 .collect();

@@ -78,7 +78,7 @@ impl BatchNorm3d {
     }
 
     fn apply(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
-        if !x.device().is_cpu() {
+        if !crate::ops::cpu_kernels(x) {
             let y = self.forward_composed(x, train)?;
             return if relu { y.relu() } else { Ok(y) };
         }

@@ -143,7 +143,11 @@ impl CustomOp2 for MaxPool3dGrad {
 }
 
 /// Max pooling over `[N, C, D, H, W]`, differentiable (gradient to the first maximum of each window).
+/// On devices other than the CPU: the composed [`crate::ops::generic::max_pool3d_taps`].
 pub fn max_pool3d(x: &Tensor, params: MaxPool3dParams) -> Result<Tensor> {
+    if !crate::ops::cpu_kernels(x) {
+        return crate::ops::generic::max_pool3d_taps(x, params);
+    }
     x.contiguous()?.apply_op1(MaxPool3d(params))
 }
 

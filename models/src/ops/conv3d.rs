@@ -527,10 +527,11 @@ impl CustomOp2 for Conv3dInputGrad {
     }
 }
 
-/// 3D convolution without bias, differentiable in both arguments.
+/// 3D convolution without bias, differentiable in both arguments: the tiled kernel on the CPU, the
+/// composed [`super::generic::conv3d_taps`] elsewhere.
 pub fn conv3d(x: &Tensor, w: &Tensor, params: Conv3dParams) -> Result<Tensor> {
-    if !x.device().is_cpu() {
-        bail!("conv3d: only the CPU path is implemented (tensor on {:?})", x.device().location())
+    if !super::cpu_kernels(x) {
+        return super::generic::conv3d_taps(x, w, params);
     }
     x.contiguous()?.apply_op2(&w.contiguous()?, Conv3d(params))
 }

@@ -2,5 +2,22 @@
 
 pub mod batch_norm;
 pub mod conv3d;
+pub mod generic;
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use conv3d::{conv3d, Conv3dParams};
+
+static COMPOSED: AtomicBool = AtomicBool::new(false);
+
+/// Makes CPU tensors take the composed, device-generic path (what CUDA runs) instead of the CPU
+/// kernels, for this whole process. Why: a machine without a GPU can then train exactly the code a
+/// GPU would run and compare it with the fast path (`autopath device-check`).
+pub fn set_composed(on: bool) {
+    COMPOSED.store(on, Ordering::Relaxed);
+}
+
+/// Whether `t` goes through the CPU kernels: it is on the CPU and the composed path is not forced.
+pub(crate) fn cpu_kernels(t: &candle_core::Tensor) -> bool {
+    t.device().is_cpu() && !COMPOSED.load(Ordering::Relaxed)
+}

@@ -23,7 +23,7 @@
 use std::time::Instant;
 
 use autopath_models::layers::precise_statistics;
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::{candle, Item, PolicyEpoch, Run};
@@ -173,7 +173,7 @@ pub(super) fn train(run: &mut Run, on_epoch: &dyn Fn(&PolicyEpoch)) -> Result<()
         for chunk in order.chunks(cfg.batch.max(1)) {
             let items: Vec<&Item> = chunk.iter().map(|&i| &run.train[i]).collect();
             let t: Vec<f32> = chunk.iter().flat_map(|&i| targets[i].iter().copied()).collect();
-            let t = Tensor::from_vec(t, (chunk.len(), n), &Device::Cpu).map_err(candle)?;
+            let t = Tensor::from_vec(t, (chunk.len(), n), run.model.net.device()).map_err(candle)?;
             let logits = run.model.net.logits(&run.batch_input(&items)?, true).map_err(candle)?;
             let loss = cross_entropy(&logits, &t).map_err(candle)?;
             run.adam.step(&loss.backward().map_err(candle)?).map_err(candle)?;

@@ -1,0 +1,216 @@
+//! `autopath device-check`: does training on a device compute what the CPU computes?
+//!
+//! Three measurements, each against the CPU kernels as reference:
+//! 1. every convolution and pooling shape of the networks, forward and both gradients;
+//! 2. the loss curve of the same seeded training steps (same initial weights, same batches);
+//! 3. the time of one training step at a chosen size.
+//!
+//! On a GPU the device is CUDA. Without one, `--device cpu` runs the composed path that CUDA takes on
+//! the CPU ([`autopath_models::ops::set_composed`]), so the same code is checked before a GPU exists.
+
+use std::time::Instant;
+
+use autopath_models::deeplab::{Path as BlockPath, STEM_POOL};
+use autopath_models::layers::{max_pool3d, MaxPool3dParams};
+use autopath_models::loss::segmentation_loss;
+use autopath_models::ops::{conv3d, set_composed, Conv3dParams};
+use autopath_models::optim::Adam;
+use autopath_models::spec::ArchSpec;
+use candle_core::{Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use super::segment::Model;
+use crate::error::{Error, Result};
+
+fn candle(e: candle_core::Error) -> Error {
+    Error::invalid("device check", e.to_string())
+}
+
+/// One operator shape compared on the device against the CPU kernel.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpCheck {
+    /// Which layer of the networks this shape is.
+    pub name: String,
+    /// max |device − cpu| / max |cpu| of the output.
+    pub output: f64,
+    /// The same for the input gradient.
+    pub input_grad: f64,
+    /// The same for the weight gradient (0 for pooling, which has none).
+    pub weight_grad: f64,
+}
+
+/// Training steps from one seed on the CPU kernels and on the device.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepCheck {
+    /// Loss per step with the CPU kernels.
+    pub cpu: Vec<f64>,
+    /// Loss per step on the device.
+    pub device: Vec<f64>,
+    /// |device − cpu| / |cpu| of the loss, step by step.
+    pub rel: Vec<f64>,
+    /// |mean device loss − mean cpu loss| / mean cpu loss over all steps.
+    pub mean_rel: f64,
+}
+
+/// Relative tolerance of the operator comparisons.
+pub const OP_TOLERANCE: f64 = 1e-5;
+/// Relative tolerance of the first training step's loss (one forward pass: rounding only).
+pub const FIRST_STEP_TOLERANCE: f64 = 1e-4;
+/// Relative tolerance of the second step's loss (after one Adam update).
+pub const SECOND_STEP_TOLERANCE: f64 = 1e-3;
+/// Relative tolerance of the mean loss over all steps. Why not step by step: Adam's first updates
+/// are nearly `lr · sign(gradient)`, so a rounding-level difference in a near-zero gradient flips a
+/// whole step of that weight. Measured between the CPU kernels and the composed path on the CPU
+/// (both correct to 1e-6 per op): identical first loss, 1e-4 apart at step 2, up to 2.1 % apart at
+/// single later steps, 0.03 % apart in the mean over 10 steps.
+pub const MEAN_TOLERANCE: f64 = 1e-2;
+
+fn random(shape: &[usize], rng: &mut ChaCha8Rng, device: &Device) -> Result<Tensor> {
+    let v: Vec<f32> = (0..shape.iter().product::<usize>()).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
+    Tensor::from_vec(v, shape, device).map_err(candle)
+}
+
+fn rel(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let a = a.to_device(&Device::Cpu).map_err(candle)?;
+    let diff = (&a - b).and_then(|d| d.abs()).and_then(|d| d.max_all()).map_err(candle)?;
+    let scale = b.abs().and_then(|d| d.max_all()).map_err(candle)?;
+    let (d, s) = (diff.to_scalar::<f32>().map_err(candle)?, scale.to_scalar::<f32>().map_err(candle)?);
+    Ok(f64::from(d) / f64::from(s).max(f64::from(f32::MIN_POSITIVE)))
+}
+
+/// Output and gradients of `sum(op(x, w) · r)` for a fixed `r`, with the kernels of `device`.
+fn conv_run(x: &Tensor, w: &Tensor, p: Conv3dParams, device: &Device, composed: bool) -> Result<[Tensor; 3]> {
+    set_composed(composed);
+    let xv = Var::from_tensor(&x.to_device(device).map_err(candle)?).map_err(candle)?;
+    let wv = Var::from_tensor(&w.to_device(device).map_err(candle)?).map_err(candle)?;
+    let y = conv3d(xv.as_tensor(), wv.as_tensor(), p).map_err(candle)?;
+    let r = random(y.dims(), &mut ChaCha8Rng::seed_from_u64(99), device)?;
+    let grads = (&y * &r).and_then(|t| t.sum_all()).and_then(|t| t.backward()).map_err(candle)?;
+    set_composed(false);
+    let g = |v: &Var| grads.get(v.as_tensor()).cloned().ok_or_else(|| Error::invalid("device check", "no gradient"));
+    Ok([y, g(&xv)?, g(&wv)?])
+}
+
+/// Every convolution and pooling shape of the networks on `device` against the CPU kernels.
+pub fn check_ops(device: &Device) -> Result<Vec<OpCheck>> {
+    let composed = device.is_cpu();
+    let p = |s: [usize; 3], pad: usize, dil: usize| Conv3dParams { stride: s, padding: [pad; 3], dilation: [dil; 3] };
+    let convs: [(&str, [usize; 5], [usize; 5], Conv3dParams); 7] = [
+        ("conv stem 7³ stride 2", [2, 1, 16, 40, 40], [16, 1, 7, 7, 7], p([2; 3], 3, 1)),
+        ("conv 3³ stride 1", [2, 16, 8, 20, 20], [16, 16, 3, 3, 3], p([1; 3], 1, 1)),
+        ("conv 3³ stride (1,2,2)", [2, 16, 8, 20, 20], [32, 16, 3, 3, 3], p([1, 2, 2], 1, 1)),
+        ("conv 3³ stride 2", [2, 16, 8, 20, 20], [32, 16, 3, 3, 3], p([2; 3], 1, 1)),
+        ("conv ASPP dilation 6", [2, 32, 6, 10, 10], [16, 32, 3, 3, 3], p([1; 3], 6, 6)),
+        ("conv ASPP dilation 18", [2, 32, 6, 10, 10], [16, 32, 3, 3, 3], p([1; 3], 18, 18)),
+        ("conv 1³ projection (1,2,2)", [2, 16, 8, 20, 20], [32, 16, 1, 1, 1], p([1, 2, 2], 0, 1)),
+    ];
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let mut out = Vec::new();
+    for (name, xs, ws, params) in convs {
+        let (x, w) = (random(&xs, &mut rng, &Device::Cpu)?, random(&ws, &mut rng, &Device::Cpu)?);
+        let reference = conv_run(&x, &w, params, &Device::Cpu, false)?;
+        let got = conv_run(&x, &w, params, device, composed)?;
+        out.push(OpCheck {
+            name: name.into(),
+            output: rel(&got[0], &reference[0])?,
+            input_grad: rel(&got[1], &reference[1])?,
+            weight_grad: rel(&got[2], &reference[2])?,
+        });
+    }
+    let pools: [(&str, [usize; 5], MaxPool3dParams); 1] = [("max pool 3³ stride 2", [2, 16, 8, 20, 20], STEM_POOL)];
+    for (name, xs, params) in pools {
+        let x = random(&xs, &mut rng, &Device::Cpu)?;
+        let run = |dev: &Device, composed: bool| -> Result<[Tensor; 2]> {
+            set_composed(composed);
+            let xv = Var::from_tensor(&x.to_device(dev).map_err(candle)?).map_err(candle)?;
+            let y = max_pool3d(xv.as_tensor(), params).map_err(candle)?;
+            let r = random(y.dims(), &mut ChaCha8Rng::seed_from_u64(98), dev)?;
+            let grads = (&y * &r).and_then(|t| t.sum_all()).and_then(|t| t.backward()).map_err(candle)?;
+            set_composed(false);
+            let g = grads.get(xv.as_tensor()).cloned().ok_or_else(|| Error::invalid("device check", "no gradient"))?;
+            Ok([y, g])
+        };
+        let (reference, got) = (run(&Device::Cpu, false)?, run(device, composed)?);
+        out.push(OpCheck {
+            name: name.into(),
+            output: rel(&got[0], &reference[0])?,
+            input_grad: rel(&got[1], &reference[1])?,
+            weight_grad: 0.0,
+        });
+    }
+    Ok(out)
+}
+
+/// A synthetic batch: noise with a bright ball, labelled as the ball. The same on every device.
+fn batch(spec: &ArchSpec, batch: usize, step: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    let p = spec.patch;
+    let mut rng = ChaCha8Rng::seed_from_u64(1000 + step as u64);
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for _ in 0..batch {
+        let c: Vec<f64> = p.iter().map(|&n| n as f64 * rng.random_range(0.3..0.7)).collect();
+        let r = p.iter().copied().min().unwrap_or(1) as f64 * 0.3;
+        for z in 0..p[0] {
+            for y in 0..p[1] {
+                for x in 0..p[2] {
+                    let d = ((z as f64 - c[0]).powi(2) + (y as f64 - c[1]).powi(2) + (x as f64 - c[2]).powi(2)).sqrt();
+                    let inside = d < r;
+                    xs.push(f32::from(u8::from(inside)) + rng.random::<f32>() * 0.5 - 0.25);
+                    ys.push(f32::from(u8::from(inside)));
+                }
+            }
+        }
+    }
+    let x = Tensor::from_vec(xs, (batch, 1, p[0], p[1], p[2]), device).map_err(candle)?;
+    let y = Tensor::from_vec(ys, (batch, p[0], p[1], p[2]), device).map_err(candle)?;
+    Ok((x, y))
+}
+
+/// Losses of `steps` Adam steps from `seed` on `device` (composed kernels when `composed`).
+fn losses(spec: &ArchSpec, steps: usize, seed: u64, device: &Device, composed: bool) -> Result<Vec<f64>> {
+    set_composed(composed);
+    let model = Model::new(spec, seed, device)?;
+    let mut adam = Adam::new(model.trainable(), 1e-3).map_err(candle)?;
+    let mut out = Vec::with_capacity(steps);
+    for step in 0..steps {
+        let (x, y) = batch(spec, 2, step, device)?;
+        let logits = model.net.forward(&x, BlockPath::Full, true).map_err(candle)?;
+        let loss = segmentation_loss(&logits, &y, spec.output).map_err(candle)?;
+        adam.step(&loss.backward().map_err(candle)?).map_err(candle)?;
+        out.push(f64::from(loss.to_scalar::<f32>().map_err(candle)?));
+    }
+    set_composed(false);
+    Ok(out)
+}
+
+/// The same seeded training steps with the CPU kernels and on `device`.
+pub fn check_steps(spec: &ArchSpec, steps: usize, seed: u64, device: &Device) -> Result<StepCheck> {
+    let cpu = losses(spec, steps, seed, &Device::Cpu, false)?;
+    let dev = losses(spec, steps, seed, device, device.is_cpu())?;
+    let rel = cpu.iter().zip(&dev).map(|(a, b)| (a - b).abs() / a.abs().max(1e-12)).collect();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let mean_rel = (mean(&dev) - mean(&cpu)).abs() / mean(&cpu).abs().max(1e-12);
+    Ok(StepCheck { cpu, device: dev, rel, mean_rel })
+}
+
+/// Milliseconds per training step (forward, loss, backward, Adam) at `spec`'s patch and `batch`,
+/// after one warm-up step; the median of `repeats`.
+pub fn time_step(spec: &ArchSpec, batch_size: usize, repeats: usize, device: &Device) -> Result<f64> {
+    let model = Model::new(spec, 0, device)?;
+    let mut adam = Adam::new(model.trainable(), 1e-3).map_err(candle)?;
+    let (x, y) = batch(spec, batch_size, 0, device)?;
+    let mut times = Vec::new();
+    for i in 0..=repeats.max(1) {
+        let t = Instant::now();
+        let logits = model.net.forward(&x, BlockPath::Full, true).map_err(candle)?;
+        let loss = segmentation_loss(&logits, &y, spec.output).map_err(candle)?;
+        adam.step(&loss.backward().map_err(candle)?).map_err(candle)?;
+        device.synchronize().map_err(candle)?;
+        if i > 0 {
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
