@@ -12,7 +12,7 @@ CARGO    ?= cargo
 export ORT_DYLIB_PATH ?= $(ORT_LIB)
 export AUTOPATH_PYTHONPATH := $(CURDIR)/$(PYDEPS)
 
-.PHONY: setup build test demo lint clean-deps setup-cuda check-cuda
+.PHONY: setup build test demo lint clean-deps setup-cuda check-cuda setup-gpu
 
 setup: $(STAMP)
 
@@ -42,6 +42,26 @@ demo: setup
 
 clean-deps:
 	rm -rf $(DEPS)
+
+# --- GPU ONNX Runtime (for autopath-run --ep cuda|tensorrt) ------------------------------------------
+# onnxruntime-gpu with the CUDA 13 and cuDNN 9 libraries it needs, in its own folder (the CPU and GPU
+# wheels install into the same onnxruntime/ package and would overwrite each other). The runtime finds
+# the NVIDIA libraries beside it and loads them itself: no LD_LIBRARY_PATH. Use it with
+#   ORT_DYLIB_PATH=$(GPU_ORT_LIB) autopath-run --ep cuda ...
+GPU_PYDEPS   := $(DEPS)/python-gpu
+GPU_ORT_LIB  := $(CURDIR)/$(GPU_PYDEPS)/onnxruntime/capi/libonnxruntime.so.1.31.1
+GPU_STAMP    := $(DEPS)/setup-gpu.stamp
+
+setup-gpu: $(GPU_STAMP)
+
+$(GPU_STAMP): python/requirements-gpu.txt
+	@mkdir -p $(DEPS)
+	@rm -rf $(GPU_PYDEPS).tmp
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-warn-script-location --target $(GPU_PYDEPS).tmp -r python/requirements-gpu.txt
+	@rm -rf $(GPU_PYDEPS) && mv $(GPU_PYDEPS).tmp $(GPU_PYDEPS)
+	@test -f $(GPU_ORT_LIB) || { echo "onnxruntime-gpu wheel did not provide $(GPU_ORT_LIB)"; exit 1; }
+	@touch $@
+	@echo "GPU ONNX Runtime: ORT_DYLIB_PATH=$(GPU_ORT_LIB)"
 
 # --- CUDA build (no GPU needed) -------------------------------------------------------------------
 # The CUDA 13.0 compiler, headers and the libraries Candle links, from PyPI into .deps/cuda; a stub

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use autopath::cli::{progress, report};
+use autopath::cli::{progress, report, ProviderArgs};
 use autopath::runtime::batch::{plan, Shard};
-use autopath::runtime::{ExecutionProvider, IoBindingMode, PathChoice, Predictor, SessionOptions};
+use autopath::runtime::{PathChoice, Predictor};
 
 #[derive(Parser)]
 #[command(
@@ -41,24 +41,8 @@ struct Cli {
     /// Easy volumes still spend less and hard ones more; the mean is what is budgeted.
     #[arg(long)]
     budget: Option<f64>,
-    /// Execution provider.
-    #[arg(long, value_enum, default_value = "cpu")]
-    ep: ExecutionProvider,
-    /// Run on CPU if the requested GPU provider cannot be used (otherwise that is an error).
-    #[arg(long)]
-    allow_fallback: bool,
-    /// Threads of the shared ONNX Runtime pool (default: one per core).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// TensorRT engine/timing cache folder (keyed by bundle hash).
-    #[arg(long)]
-    trt_cache: Option<PathBuf>,
-    /// TensorRT FP16.
-    #[arg(long)]
-    fp16: bool,
-    /// Keep block outputs in device memory between sessions (auto: on GPU providers).
-    #[arg(long, value_enum, default_value = "auto")]
-    io_binding: IoBindingMode,
+    #[command(flatten)]
+    provider: ProviderArgs,
     /// Tiles per network call.
     #[arg(long, default_value_t = 2)]
     tile_batch: usize,
@@ -112,18 +96,8 @@ enum Sub {
         /// File holding a bearer token required on everything but /healthz and /readyz.
         #[arg(long)]
         token_file: Option<PathBuf>,
-        /// Execution provider.
-        #[arg(long, value_enum, default_value = "cpu")]
-        ep: ExecutionProvider,
-        /// Accept CPU if the GPU provider fails.
-        #[arg(long)]
-        allow_fallback: bool,
-        /// Keep block outputs in device memory between sessions (auto: on GPU providers).
-        #[arg(long, value_enum, default_value = "auto")]
-        io_binding: IoBindingMode,
-        /// Threads of the shared ONNX Runtime pool.
-        #[arg(long)]
-        threads: Option<usize>,
+        #[command(flatten)]
+        provider: ProviderArgs,
         /// Tiles per network call.
         #[arg(long, default_value_t = 2)]
         tile_batch: usize,
@@ -131,20 +105,7 @@ enum Sub {
 }
 
 fn serve(sub: Sub) -> anyhow::Result<bool> {
-    let Sub::Serve {
-        bundle,
-        addr,
-        workers,
-        queue,
-        max_body_mb,
-        timeout,
-        token_file,
-        ep,
-        allow_fallback,
-        io_binding,
-        threads,
-        tile_batch,
-    } = sub;
+    let Sub::Serve { bundle, addr, workers, queue, max_body_mb, timeout, token_file, provider, tile_batch } = sub;
     let token = match token_file {
         Some(f) => {
             Some(std::fs::read_to_string(&f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?.trim().to_string())
@@ -159,7 +120,7 @@ fn serve(sub: Sub) -> anyhow::Result<bool> {
         max_body: max_body_mb * 1024 * 1024,
         timeout: std::time::Duration::from_secs(timeout),
         token,
-        session: SessionOptions { ep, allow_fallback, threads, io_binding, ..Default::default() },
+        session: provider.options(tile_batch),
         tile_batch,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -179,18 +140,20 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         let (path, _) = autopath::onnxruntime::load(None)?;
         println!("ONNX Runtime loaded from {}", path.display());
         println!("{}", autopath::onnxruntime::build_info()?);
+        let (cuda, cudnn) = autopath::runtime::gpu::wheel_library_dirs(path);
+        let dir = |d: Option<std::path::PathBuf>| {
+            d.map_or("not beside the library (system search)".into(), |d| d.display().to_string())
+        };
+        println!("CUDA libraries:  {}\ncuDNN libraries: {}", dir(cuda), dir(cudnn));
+        println!("execution providers:");
+        for p in autopath::runtime::gpu::provider_report()? {
+            println!("  {:<9} {:<13} {}", p.name, if p.usable { "available" } else { "not available" }, p.detail);
+        }
         return Ok(true);
     }
     let (bundle, input, output) =
         (cli.bundle.expect("required"), cli.input.expect("required"), cli.output.expect("required"));
-    let opts = SessionOptions {
-        ep: cli.ep,
-        allow_fallback: cli.allow_fallback,
-        threads: cli.threads,
-        trt_cache: cli.trt_cache,
-        fp16: cli.fp16,
-        io_binding: cli.io_binding,
-    };
+    let opts = cli.provider.options(cli.tile_batch);
     let mut predictor = Predictor::from_bundle(&bundle, &opts)?;
     predictor.tile_batch = cli.tile_batch.max(1);
     predictor.read_options.max_voxels = cli.max_voxels;

@@ -174,18 +174,8 @@ enum Command {
         /// At most this many volumes.
         #[arg(long)]
         limit: Option<usize>,
-        /// Execution provider.
-        #[arg(long, value_enum, default_value = "cpu")]
-        ep: autopath::runtime::ExecutionProvider,
-        /// Accept CPU if the GPU provider fails.
-        #[arg(long)]
-        allow_fallback: bool,
-        /// ONNX Runtime threads.
-        #[arg(long)]
-        threads: Option<usize>,
-        /// Keep block outputs in device memory between sessions (auto: on GPU providers).
-        #[arg(long, value_enum, default_value = "auto")]
-        io_binding: autopath::runtime::IoBindingMode,
+        #[command(flatten)]
+        provider: autopath::cli::ProviderArgs,
         /// Timed repeats per measurement.
         #[arg(long, default_value_t = 5)]
         repeats: usize,
@@ -635,32 +625,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::TrainPolicy(args) => train_policy(args, cli.quiet),
         Command::DeviceCheck(args) => device_check(args),
-        Command::Bench {
-            bundle,
-            data,
-            limit,
-            ep,
-            allow_fallback,
-            threads,
-            io_binding,
-            repeats,
-            warmup,
-            tile_batch,
-            out,
-        } => {
+        Command::Bench { bundle, data, limit, provider, repeats, warmup, tile_batch, out } => {
             let inputs = bench_inputs(&data, limit)?;
-            let opts = autopath::bench::BenchOptions {
-                repeats,
-                warmup,
-                session: autopath::runtime::SessionOptions {
-                    ep,
-                    allow_fallback,
-                    threads,
-                    io_binding,
-                    ..Default::default()
-                },
-                tile_batch,
-            };
+            let opts =
+                autopath::bench::BenchOptions { repeats, warmup, session: provider.options(tile_batch), tile_batch };
             let report = autopath::bench::bench(&bundle, &inputs, &out, &opts)?;
             write_bench(&out, &report)?;
             println!("{}", autopath::bench::markdown(&report));

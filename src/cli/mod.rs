@@ -39,3 +39,58 @@ pub fn parse_shape(s: &str) -> Result<[usize; 3], String> {
     }
     Ok(out)
 }
+
+/// How ONNX Runtime runs the graphs: the same flags on `autopath-run`, `serve` and `autopath bench`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProviderArgs {
+    /// Execution provider.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub ep: crate::runtime::ExecutionProvider,
+    /// When the requested GPU provider cannot be used, take the next of TensorRT → CUDA → CPU (one
+    /// warning names what failed) instead of stopping.
+    #[arg(long)]
+    pub allow_fallback: bool,
+    /// GPU ordinal for CUDA and TensorRT.
+    #[arg(long, default_value_t = 0)]
+    pub device_id: i32,
+    /// Threads of the shared ONNX Runtime pool (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// TensorRT engine and timing cache folder, a sub-folder per bundle
+    /// [default: $XDG_CACHE_HOME/autopath/tensorrt or ~/.cache/autopath/tensorrt].
+    #[arg(long)]
+    pub trt_cache: Option<std::path::PathBuf>,
+    /// Build TensorRT engines anew at every start (no cache).
+    #[arg(long, conflicts_with = "trt_cache")]
+    pub no_trt_cache: bool,
+    /// TensorRT FP16 kernels (TensorRT only: CUDA runs the fp32 graphs).
+    #[arg(long)]
+    pub fp16: bool,
+    /// cuDNN convolution algorithm choice under CUDA.
+    #[arg(long, value_enum, default_value = "heuristic")]
+    pub cudnn_search: crate::runtime::CudnnSearch,
+    /// Keep block outputs in device memory between sessions (auto: on GPU providers).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub io_binding: crate::runtime::IoBindingMode,
+}
+
+impl ProviderArgs {
+    /// Session options for calls of up to `tile_batch` tiles.
+    pub fn options(&self, tile_batch: usize) -> crate::runtime::SessionOptions {
+        crate::runtime::SessionOptions {
+            ep: self.ep,
+            allow_fallback: self.allow_fallback,
+            threads: self.threads,
+            trt_cache: if self.no_trt_cache {
+                None
+            } else {
+                self.trt_cache.clone().or_else(crate::runtime::session::default_trt_cache)
+            },
+            fp16: self.fp16,
+            io_binding: self.io_binding,
+            device_id: self.device_id,
+            cudnn_search: self.cudnn_search,
+            max_tile_batch: tile_batch.max(1),
+        }
+    }
+}

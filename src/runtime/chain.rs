@@ -38,13 +38,13 @@ fn run_bound(
 
 /// Memory the chain's intermediate values are bound to, if any.
 fn chain_memory(residency: Residency) -> Result<Option<MemoryInfo<'static>>> {
-    let info = |device, memory| {
-        MemoryInfo::new(device, 0, AllocatorType::Device, memory).map(Some).map_err(|e| ort_err("memory info", e))
+    let info = |device, id, memory| {
+        MemoryInfo::new(device, id, AllocatorType::Device, memory).map(Some).map_err(|e| ort_err("memory info", e))
     };
     match residency {
         Residency::Host => Ok(None),
-        Residency::BoundHost => info(AllocationDevice::CPU, MemoryType::Default),
-        Residency::Cuda => info(AllocationDevice::CUDA, MemoryType::Default),
+        Residency::BoundHost => info(AllocationDevice::CPU, 0, MemoryType::Default),
+        Residency::Cuda(id) => info(AllocationDevice::CUDA, id, MemoryType::Default),
     }
 }
 
@@ -121,7 +121,7 @@ impl Sessions {
 
     /// Probabilities from the monolithic `full.onnx`.
     pub fn run_full(&mut self, tiles: ArrayView5<f32>) -> Result<Array5<f32>> {
-        let p = run_one(&mut self.full, "full", "image", to_value(tiles)?, "probabilities")?;
+        let p = run_one(self.full()?, "full", "image", to_value(tiles)?, "probabilities")?;
         to_array(&p, "full")
     }
 

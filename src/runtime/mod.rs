@@ -2,8 +2,9 @@
 
 pub mod batch;
 pub mod chain;
+pub mod gpu;
 pub mod predict;
 pub mod session;
 
 pub use predict::{PathChoice, Predictor, VolumeReport};
-pub use session::{ExecutionProvider, IoBindingMode, Residency, SessionOptions, Sessions};
+pub use session::{CudnnSearch, ExecutionProvider, IoBindingMode, Residency, SessionOptions, Sessions};

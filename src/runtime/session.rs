@@ -25,16 +25,36 @@ pub enum ExecutionProvider {
 pub struct SessionOptions {
     /// Execution provider.
     pub ep: ExecutionProvider,
-    /// Accept CPU when the requested GPU provider cannot be registered.
+    /// When the requested GPU provider cannot be used, take the next in TensorRT → CUDA → CPU (with
+    /// one warning) instead of stopping.
     pub allow_fallback: bool,
     /// Threads of the shared intra-op pool (None: ONNX Runtime's default, one per core).
     pub threads: Option<usize>,
-    /// TensorRT engine and timing caches (a sub-folder per bundle hash).
+    /// TensorRT engine and timing caches (a sub-folder per bundle hash); None builds engines anew at
+    /// every start.
     pub trt_cache: Option<PathBuf>,
-    /// TensorRT FP16 kernels.
+    /// TensorRT FP16 kernels (refused under CUDA, which runs the fp32 graphs as they are).
     pub fp16: bool,
     /// Whether activations stay in the provider's memory between block sessions (IoBinding).
     pub io_binding: IoBindingMode,
+    /// GPU ordinal for CUDA and TensorRT.
+    pub device_id: i32,
+    /// How cuDNN picks convolution algorithms under CUDA.
+    pub cudnn_search: CudnnSearch,
+    /// Largest number of tiles per call: the batch of TensorRT's optimisation profiles, so one
+    /// engine per graph serves every chunk, the smaller last one included.
+    pub max_tile_batch: usize,
+}
+
+/// cuDNN's convolution algorithm choice under the CUDA provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+pub enum CudnnSearch {
+    /// cuDNN's heuristics: no benchmarking at start-up, no extra workspace (the default: about 20
+    /// sessions each benchmarking with maximum workspace run small GPUs out of memory).
+    #[default]
+    Heuristic,
+    /// Benchmark every algorithm on the first run of each shape: slower start, sometimes faster runs.
+    Exhaustive,
 }
 
 /// When block outputs are bound to device memory instead of coming back to the host after every
@@ -57,8 +77,8 @@ pub enum Residency {
     Host,
     /// Outputs bound to CPU memory through IoBinding (the binding path, on the host).
     BoundHost,
-    /// Outputs bound to the memory of CUDA device 0: no host round trip between blocks.
-    Cuda,
+    /// Outputs bound to the memory of this CUDA device: no host round trip between blocks.
+    Cuda(i32),
 }
 
 impl Default for SessionOptions {
@@ -70,22 +90,78 @@ impl Default for SessionOptions {
             trt_cache: None,
             fp16: false,
             io_binding: IoBindingMode::Auto,
+            device_id: 0,
+            cudnn_search: CudnnSearch::Heuristic,
+            max_tile_batch: 2,
         }
     }
+}
+
+/// The default TensorRT cache: `$XDG_CACHE_HOME/autopath/tensorrt` or `~/.cache/autopath/tensorrt`.
+pub fn default_trt_cache() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("autopath").join("tensorrt"))
 }
 
 fn ort_err(what: impl std::fmt::Display, e: impl std::fmt::Display) -> Error {
     Error::OnnxRuntime(format!("{what}: {e}"))
 }
 
-fn providers(opts: &SessionOptions, bundle_hash: &str) -> Result<Vec<ExecutionProviderDispatch>> {
-    Ok(match opts.ep {
+/// A graph's input as TensorRT's optimisation profile needs it: its name and the shape of one sample.
+#[derive(Debug, Clone)]
+pub struct GraphInput {
+    /// Input name in the graph.
+    pub name: &'static str,
+    /// Shape without the batch axis.
+    pub sample: Vec<usize>,
+}
+
+/// TensorRT profile shapes (min, opt, max) for batches of 1 to `max_batch` samples of `input`:
+/// `name:1x…`, `name:Bx…`, `name:Bx…`.
+pub fn trt_profile(input: &GraphInput, max_batch: usize) -> (String, String, String) {
+    let dims = |b: usize| {
+        std::iter::once(b).chain(input.sample.iter().copied()).map(|d| d.to_string()).collect::<Vec<_>>().join("x")
+    };
+    let b = max_batch.max(1);
+    (
+        format!("{}:{}", input.name, dims(1)),
+        format!("{}:{}", input.name, dims(b)),
+        format!("{}:{}", input.name, dims(b)),
+    )
+}
+
+fn cuda_provider(opts: &SessionOptions) -> ExecutionProviderDispatch {
+    use ort::ep::{cuda::ConvAlgorithmSearch, ArenaExtendStrategy};
+    let search = match opts.cudnn_search {
+        CudnnSearch::Heuristic => ConvAlgorithmSearch::Heuristic,
+        CudnnSearch::Exhaustive => ConvAlgorithmSearch::Exhaustive,
+    };
+    ort::ep::CUDA::default()
+        .with_device_id(opts.device_id)
+        .with_conv_algorithm_search(search)
+        .with_conv_max_workspace(opts.cudnn_search == CudnnSearch::Exhaustive)
+        // Grow the arena by what is asked, not to the next power of two: ~20 sessions share the GPU.
+        .with_arena_extend_strategy(ArenaExtendStrategy::SameAsRequested)
+        .build()
+        .error_on_failure()
+}
+
+fn providers(
+    ep: ExecutionProvider,
+    opts: &SessionOptions,
+    bundle_hash: &str,
+    input: Option<&GraphInput>,
+) -> Result<Vec<ExecutionProviderDispatch>> {
+    Ok(match ep {
         ExecutionProvider::Cpu => vec![],
-        ExecutionProvider::Cuda => vec![ort::ep::CUDA::default().build().error_on_failure()],
+        ExecutionProvider::Cuda => vec![cuda_provider(opts)],
         ExecutionProvider::Tensorrt => {
-            let mut trt = ort::ep::TensorRT::default().with_fp16(opts.fp16);
+            let mut trt = ort::ep::TensorRT::default().with_device_id(opts.device_id).with_fp16(opts.fp16);
             if let Some(dir) = &opts.trt_cache {
-                let d = dir.join(&bundle_hash[..16]);
+                let d = dir.join(&bundle_hash[..16.min(bundle_hash.len())]);
                 std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
                 let d = d.display().to_string();
                 trt = trt
@@ -94,36 +170,87 @@ fn providers(opts: &SessionOptions, bundle_hash: &str) -> Result<Vec<ExecutionPr
                     .with_timing_cache(true)
                     .with_timing_cache_path(&d);
             }
+            if let Some(input) = input {
+                let (min, opt, max) = trt_profile(input, opts.max_tile_batch);
+                trt = trt.with_profile_min_shapes(min).with_profile_opt_shapes(opt).with_profile_max_shapes(max);
+            }
             // CUDA behind TensorRT for the nodes TensorRT does not take.
-            vec![trt.build().error_on_failure(), ort::ep::CUDA::default().build().error_on_failure()]
+            vec![trt.build().error_on_failure(), cuda_provider(opts)]
         }
     })
 }
 
+/// The providers to try, in order: the requested one, then (with fallback) TensorRT → CUDA → CPU.
+fn attempts(opts: &SessionOptions) -> Vec<ExecutionProvider> {
+    use ExecutionProvider::*;
+    match (opts.ep, opts.allow_fallback) {
+        (Tensorrt, true) => vec![Tensorrt, Cuda, Cpu],
+        (Cuda, true) => vec![Cuda, Cpu],
+        (ep, _) => vec![ep],
+    }
+}
+
+/// Prints each distinct warning once per process: every graph of a bundle meets the same failure.
+fn warn_once(message: String) {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if !seen.contains(&message) {
+        eprintln!("{message}");
+        seen.push(message);
+    }
+}
+
 /// Creates a session for one graph file with the requested provider; a provider that fails to
-/// register is an error naming the file and the provider, unless fallback to CPU was allowed.
-/// Returns the session and the provider it actually runs on.
-pub fn open(path: &Path, opts: &SessionOptions, bundle_hash: &str) -> Result<(Session, ExecutionProvider)> {
-    let (_, env) = crate::onnxruntime::load(opts.threads)?;
-    let build = |eps: Vec<ExecutionProviderDispatch>| -> std::result::Result<Session, String> {
+/// register is an error naming the file and the provider, unless fallback was allowed, in which case
+/// the next of TensorRT → CUDA → CPU is tried with one warning. Returns the session and the provider
+/// it actually runs on. `input` gives TensorRT its optimisation profile.
+pub fn open(
+    path: &Path,
+    opts: &SessionOptions,
+    bundle_hash: &str,
+    input: Option<&GraphInput>,
+) -> Result<(Session, ExecutionProvider)> {
+    if opts.fp16 && opts.ep != ExecutionProvider::Tensorrt {
+        return Err(Error::invalid(
+            "--fp16",
+            format!("applies to TensorRT only; the {:?} provider runs the fp32 graphs as they are", opts.ep),
+        ));
+    }
+    let (library, env) = crate::onnxruntime::load(opts.threads)?;
+    let build = |ep: ExecutionProvider| -> std::result::Result<Session, String> {
+        if ep != ExecutionProvider::Cpu {
+            super::gpu::prepare(library).map_err(|e| e.to_string())?;
+        }
+        let eps = providers(ep, opts, bundle_hash, input).map_err(|e| e.to_string())?;
         let b = Session::builder(env).map_err(|e| e.to_string())?;
         let b = b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(|e| e.to_string())?;
-        let b = if eps.is_empty() { b } else { b.with_execution_providers(eps).map_err(|e| e.to_string())? };
-        let mut b = b;
+        let mut b = if eps.is_empty() { b } else { b.with_execution_providers(eps).map_err(|e| e.to_string())? };
         b.commit_from_file(path).map_err(|e| e.to_string())
     };
-    match build(providers(opts, bundle_hash)?) {
-        Ok(s) => Ok((s, opts.ep)),
-        Err(e) if opts.ep != ExecutionProvider::Cpu && opts.allow_fallback => {
-            eprintln!("warning: {:?} provider unavailable for {} ({e}); running on CPU as --allow-fallback permits", opts.ep, path.display());
-            Ok((build(vec![]).map_err(|e| ort_err(path.display(), e))?, ExecutionProvider::Cpu))
+    let tries = attempts(opts);
+    let mut failures: Vec<String> = Vec::new();
+    for (i, &ep) in tries.iter().enumerate() {
+        match build(ep) {
+            Ok(s) => {
+                if i > 0 {
+                    warn_once(format!(
+                        "warning: {}; running on {ep:?} as --allow-fallback permits",
+                        failures.join("; ")
+                    ));
+                }
+                return Ok((s, ep));
+            }
+            Err(e) => failures.push(format!("{ep:?} unavailable ({})", e.lines().next().unwrap_or_default())),
         }
-        Err(e) if opts.ep != ExecutionProvider::Cpu => Err(ort_err(
-            path.display(),
-            format!("the {:?} execution provider could not be used: {e}. Install the onnxruntime-gpu library (ORT_DYLIB_PATH) and GPU drivers, or pass --allow-fallback to run on CPU", opts.ep),
-        )),
-        Err(e) => Err(ort_err(path.display(), e)),
     }
+    let last = failures.join("; ");
+    if opts.ep == ExecutionProvider::Cpu {
+        return Err(ort_err(path.display(), last));
+    }
+    Err(ort_err(
+        path.display(),
+        format!("{last}. Install the GPU library (make setup-gpu; see `autopath-run --check-ort`) and an NVIDIA driver, or pass --allow-fallback"),
+    ))
 }
 
 /// Every session a bundle needs.
@@ -136,37 +263,57 @@ pub struct Sessions {
     pub shortcuts: Vec<Option<Session>>,
     /// Head.
     pub head: Session,
-    /// The whole network.
-    pub full: Session,
+    /// The whole network, opened on first use (most runs never need it; on a GPU it is the largest
+    /// graph and its own arena).
+    full: Option<Session>,
+    full_graph: (PathBuf, GraphInput, String),
     /// The policy, if the bundle has one.
     pub policy: Option<Session>,
     /// Where the block chain keeps its intermediate values.
     pub residency: Residency,
+    /// The provider the sessions run on (after any fallback) and the options they were built with.
+    pub options: SessionOptions,
+}
+
+/// The per-sample input of every graph of a bundle, for TensorRT's profiles.
+fn inputs(bundle: &Bundle) -> (GraphInput, Vec<GraphInput>, GraphInput, GraphInput) {
+    let a = &bundle.manifest.architecture;
+    let image =
+        GraphInput { name: "image", sample: [1].into_iter().chain(bundle.manifest.input.window.patch).collect() };
+    let blocks = a.blocks.iter().map(|b| GraphInput { name: "x", sample: b.input.to_vec() }).collect();
+    let head_in = a.blocks.last().map_or(a.stem_output, |b| b.output);
+    let head = GraphInput { name: "x", sample: head_in.to_vec() };
+    (image.clone(), blocks, head, image)
 }
 
 impl Sessions {
-    /// Opens all graphs of a verified bundle.
+    /// Opens all graphs of a verified bundle (`full.onnx` waits for its first use). The provider is
+    /// settled on the stem: after a fallback every other graph opens on the provider that worked.
     pub fn open(bundle: &Bundle, opts: &SessionOptions) -> Result<Sessions> {
         let a = &bundle.manifest.architecture;
         let h = &bundle.hash;
-        // Every chain session must run on the same provider for their values to be bound to one
-        // device; after a partial fallback the chain stays on the host.
-        let on_gpu = std::cell::Cell::new(opts.ep != ExecutionProvider::Cpu);
-        let o = |f: &str| -> Result<Session> {
-            let (s, used) = open(&bundle.path(f), opts, h)?;
-            if used == ExecutionProvider::Cpu {
-                on_gpu.set(false);
+        let (image, block_inputs, head_input, full_input) = inputs(bundle);
+        let (stem, used) = open(&bundle.path(&a.stem_file), opts, h, Some(&image))?;
+        let settled = SessionOptions { ep: used, allow_fallback: false, ..opts.clone() };
+        let o = |f: &str, input: &GraphInput| open(&bundle.path(f), &settled, h, Some(input)).map(|(s, _)| s);
+        let blocks = a.blocks.iter().zip(&block_inputs).map(|(b, i)| o(&b.file, i)).collect::<Result<_>>()?;
+        let shortcuts = a
+            .blocks
+            .iter()
+            .zip(&block_inputs)
+            .map(|(b, i)| b.shortcut_file.as_deref().map(|f| o(f, i)).transpose())
+            .collect::<Result<_>>()?;
+        let head = o(&a.head_file, &head_input)?;
+        let policy = match &bundle.manifest.policy {
+            Some(p) => {
+                let input = GraphInput { name: "volume", sample: [1].into_iter().chain(p.input).collect() };
+                Some(o(&p.file, &input)?)
             }
-            Ok(s)
+            None => None,
         };
-        let stem = o(&a.stem_file)?;
-        let blocks = a.blocks.iter().map(|b| o(&b.file)).collect::<Result<_>>()?;
-        let shortcuts =
-            a.blocks.iter().map(|b| b.shortcut_file.as_deref().map(o).transpose()).collect::<Result<_>>()?;
-        let head = o(&a.head_file)?;
-        let residency = match (opts.io_binding, on_gpu.get()) {
+        let residency = match (opts.io_binding, used != ExecutionProvider::Cpu) {
             (IoBindingMode::Off, _) => Residency::Host,
-            (_, true) => Residency::Cuda,
+            (_, true) => Residency::Cuda(opts.device_id),
             (IoBindingMode::On, false) => Residency::BoundHost,
             (IoBindingMode::Auto, false) => Residency::Host,
         };
@@ -175,9 +322,20 @@ impl Sessions {
             blocks,
             shortcuts,
             head,
-            full: o(&a.full_file)?,
-            policy: bundle.manifest.policy.as_ref().map(|p| o(&p.file)).transpose()?,
+            full: None,
+            full_graph: (bundle.path(&a.full_file), full_input, h.clone()),
+            policy,
             residency,
+            options: settled,
         })
+    }
+
+    /// The whole-network session, opened now if this is its first use.
+    pub fn full(&mut self) -> Result<&mut Session> {
+        if self.full.is_none() {
+            let (path, input, hash) = &self.full_graph;
+            self.full = Some(open(path, &self.options, hash, Some(input))?.0);
+        }
+        self.full.as_mut().ok_or_else(|| Error::OnnxRuntime("full.onnx did not open".into()))
     }
 }
