@@ -89,7 +89,8 @@ $(CUDA_STAMP): Makefile scripts/cuda_link_stub.py
 
 check-cuda: setup-cuda
 	$(CUDA_ENV) $(CARGO) build --release --features cuda --bins --target-dir $(CUDA_TARGET)
-	$(CUDA_ENV) $(CARGO) clippy --workspace --all-targets --features cuda --target-dir $(CUDA_TARGET) -- -D warnings
+	@# --release: the same profile as the build, so candle-kernels' nvcc output is reused, not rebuilt.
+	$(CUDA_ENV) $(CARGO) clippy --release --features cuda --lib --bins --target-dir $(CUDA_TARGET) -- -D warnings
 	@# Without a GPU (the stub driver answers "no device"), --device cuda must fail in one line.
 	@out=$$(LD_LIBRARY_PATH=$(CUDA_HOME_)/lib/stubs:$(CUDA_HOME_)/lib $(CUDA_TARGET)/release/autopath train --data /nonexistent --out /nonexistent --device cuda 2>&1); \
 	  echo "$$out" | grep -q "cuda:0 cannot be opened" || { echo "check-cuda: unexpected answer to --device cuda: $$out"; exit 1; }; \

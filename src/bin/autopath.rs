@@ -217,6 +217,9 @@ enum Command {
         /// Print the manifest as JSON.
         #[arg(long)]
         json: bool,
+        /// Tiles per call for the GPU memory estimate (as `autopath-run --tile-batch`).
+        #[arg(long, default_value_t = 2)]
+        tile_batch: usize,
     },
 }
 
@@ -683,7 +686,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Inspect { bundle, json } => inspect(&bundle, json),
+        Command::Inspect { bundle, json, tile_batch } => inspect(&bundle, json, tile_batch),
     }
 }
 
@@ -770,7 +773,7 @@ fn table1_text(r: &autopath::eval::Results) -> String {
     s
 }
 
-fn inspect(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
+fn inspect(dir: &std::path::Path, json: bool, tile_batch: usize) -> anyhow::Result<()> {
     let b = autopath::bundle::Bundle::load(dir)?;
     let m = &b.manifest;
     if json {
@@ -827,6 +830,17 @@ fn inspect(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
     if let Some(e) = &m.evaluation {
         println!("evaluation: {e}");
     }
+    let g = autopath::runtime::memory::estimate(&b, tile_batch);
+    println!(
+        "GPU memory per worker (estimate, tile batch {tile_batch}): {:.0} MB = weights {:.0} + activations {:.0} + margin {:.0}; \
+         + {:.0} MB when full.onnx is used (--path full, bench); + ~{:.0} MB CUDA context per process",
+        g.per_worker_mb(),
+        g.weights_mb,
+        g.activations_mb,
+        g.margin_mb,
+        g.full_graph_mb,
+        g.cuda_context_mb
+    );
     Ok(())
 }
 

@@ -86,7 +86,7 @@ pub fn provider_report() -> Result<Vec<ProviderStatus>> {
             })
         };
         out.push(match status {
-            Ok(()) => ProviderStatus { name, usable: true, detail: "registers".into() },
+            Ok(()) => ProviderStatus { name, usable: true, detail: "its libraries load and it registers".into() },
             Err(detail) => ProviderStatus { name, usable: false, detail },
         });
     }

@@ -3,6 +3,7 @@
 pub mod batch;
 pub mod chain;
 pub mod gpu;
+pub mod memory;
 pub mod predict;
 pub mod session;
 
