@@ -192,8 +192,18 @@ enum Command {
     /// Export trained models as a deployable bundle of ONNX graphs (one per block) with a manifest.
     Compile {
         /// Segmenter run folder (from `autopath train`).
-        #[arg(long)]
-        seg: PathBuf,
+        #[arg(long, required_unless_present = "untrained")]
+        seg: Option<PathBuf>,
+        /// Instead of --seg: a seeded, untrained network of this architecture (r18, r50) with a
+        /// seeded policy, to measure latency at sizes nobody trained here (e.g. the paper's, on a GPU).
+        #[arg(long, conflicts_with_all = ["seg", "policy"], value_parser = ["r18", "r34", "r50"])]
+        untrained: Option<String>,
+        /// Width of the untrained network.
+        #[arg(long, default_value_t = 64, requires = "untrained")]
+        width: usize,
+        /// Tile D,H,W of the untrained network.
+        #[arg(long, default_value = "48,256,256", value_parser = parse_shape, requires = "untrained")]
+        patch: [usize; 3],
         /// Policy run folder (from `autopath train-policy`); without it the bundle runs the full path.
         #[arg(long)]
         policy: Option<PathBuf>,
@@ -656,7 +666,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("report: {}", out.join("report.md").display());
             Ok(())
         }
-        Command::Compile { seg, policy, checkpoint, out, force, no_verify } => {
+        Command::Compile { seg, untrained, width, patch, policy, checkpoint, out, force, no_verify } => {
+            if let Some(arch) = untrained {
+                return compile_untrained(&arch, width, patch, &out, !no_verify, force);
+            }
+            let seg = seg.ok_or_else(|| anyhow::anyhow!("--seg is required (or --untrained ARCH)"))?;
             let (net, cfg) = segment::load_segmenter(&seg, &checkpoint)?;
             let loaded = policy.as_deref().map(|p| autopath::train::policy::load_policy(p, "best")).transpose()?;
             let policy_input = loaded.as_ref().map(|(p, c, m)| autopath::compile::PolicyInput {
@@ -688,6 +702,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Inspect { bundle, json, tile_batch } => inspect(&bundle, json, tile_batch),
     }
+}
+
+/// A bundle of a seeded, untrained network and policy: the graphs and costs of a trained one, for
+/// latency measurements.
+fn compile_untrained(
+    arch: &str,
+    width: usize,
+    patch: [usize; 3],
+    out: &std::path::Path,
+    verify: bool,
+    force: bool,
+) -> anyhow::Result<()> {
+    use candle_core::{DType, Device};
+    let spec = ArchSpec::preset(arch, width, patch).ok_or_else(|| anyhow::anyhow!("unknown architecture {arch}"))?;
+    let model = segment::Model::new(&spec, 1, &Device::Cpu)?;
+    let vars = autopath_models::init::SeededVarMap::new(2);
+    let policy = autopath_models::policy::PolicyNet::load(vars.var_builder(DType::F32, &Device::Cpu), &spec)?;
+    let input = autopath::compile::PolicyInput { net: &policy, threshold: 0.5, training: serde_json::Value::Null };
+    let report =
+        autopath::compile::compile(&model.net, &TrainConfig::for_spec(spec), Some(input), None, out, verify, force)?;
+    println!(
+        "compiled an untrained {arch} (width {width}, tile {patch:?}): {} graphs into {} in {:.1} s",
+        report.files,
+        out.display(),
+        report.seconds
+    );
+    Ok(())
 }
 
 /// Image files to benchmark: a dataset folder's images, other folders' NIfTI files, or files.
