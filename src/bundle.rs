@@ -169,13 +169,12 @@ impl BudgetPoint {
         thresholds.push(1.0);
         thresholds.sort_by(f32::total_cmp);
         thresholds.dedup();
-        let full = arch.full_flops() as f64;
         let mut curve: Vec<BudgetPoint> = thresholds
             .into_iter()
             .map(|t| {
                 let spend = probabilities
                     .iter()
-                    .map(|p| arch.path_flops(&p.iter().map(|&v| v >= t).collect::<Vec<_>>()) as f64 / full)
+                    .map(|p| crate::labels::flop_fraction(arch, &p.iter().map(|&v| v >= t).collect::<Vec<_>>()))
                     .sum::<f64>();
                 BudgetPoint { threshold: t, flop_fraction: spend / probabilities.len() as f64 }
             })

@@ -223,9 +223,7 @@ fn err(e: impl std::fmt::Display) -> Error {
     Error::invalid("eval", e.to_string())
 }
 
-fn mask_text(m: &[bool]) -> String {
-    m.iter().map(|&k| if k { '1' } else { '0' }).collect()
-}
+use crate::labels::mask_text;
 
 /// A loaded policy with its row label.
 struct Policy {
@@ -357,10 +355,8 @@ impl VolumeStudy<'_> {
             .into_iter()
             .collect();
         let outcomes = ev.evaluate(&prepared, &wanted, false)?;
-        let full_flops = self.arch.full_flops() as f64;
         for (m, o) in wanted.into_iter().zip(outcomes) {
-            let flop_fraction = self.arch.path_flops(&m) as f64 / full_flops;
-            table.paths.push(Scored { mask: m, dice: o.dice, accuracy: o.accuracy, flop_fraction });
+            table.paths.push(Scored::new(m, &o, &self.arch));
         }
         let lookup: HashMap<&[bool], &Scored> = table.paths.iter().map(|p| (p.mask.as_slice(), p)).collect();
         let dice = |m: &Vec<bool>| lookup[m.as_slice()].dice;
@@ -419,7 +415,13 @@ pub fn evaluate(opts: &EvalOptions, progress: &dyn Fn(usize, usize)) -> Result<R
     let bundle = Bundle::load(&seg_bundle)?;
     let arch = bundle.manifest.architecture.clone();
     let mut sessions = Sessions::open(&bundle, &SessionOptions::default())?;
-    let mut ev = PathEvaluator::new(&mut sessions, cfg.window, opts.tile_batch, bundle.manifest.input.activation, 0.5);
+    let mut ev = PathEvaluator::new(
+        &mut sessions,
+        cfg.window,
+        opts.tile_batch,
+        bundle.manifest.input.activation,
+        bundle.manifest.input.threshold,
+    );
     let (policies, tau, delta) = load_policies(&opts.policies, n_blocks)?;
     let repeats = opts.random_repeats.unwrap_or(if n_blocks <= 8 { 100 } else { 500 });
     let random = random_masks(n_blocks, repeats, opts.seed);
@@ -446,7 +448,7 @@ pub fn evaluate(opts: &EvalOptions, progress: &dyn Fn(usize, usize)) -> Result<R
     }
     progress(cases.len(), cases.len());
 
-    let flops = |m: &[bool]| arch.path_flops(m) as f64 / arch.full_flops() as f64;
+    let flops = |m: &[bool]| crate::labels::flop_fraction(&arch, m);
     let (_, first, last) = heuristic_masks(n_blocks);
     let oracle_search = if n_blocks <= EXHAUSTIVE_MAX_BLOCKS {
         format!("exhaustive ({} paths per volume)", 1usize << n_blocks)

@@ -22,6 +22,7 @@ pub mod error;
 pub mod eval;
 #[cfg(feature = "train")]
 pub mod figures;
+pub mod labels;
 pub mod onnxruntime;
 pub mod paths;
 pub mod preprocess;

@@ -118,27 +118,9 @@ impl<'s> PathEvaluator<'s> {
             }
         }
         let probs = acc.finish(prep.shape);
-        let pred = match self.activation {
-            Activation::Sigmoid => probs.index_axis(Axis(0), 0).mapv(|p| u8::from(p >= self.threshold)),
-            Activation::Softmax { .. } => {
-                let (_, d, h, w) = probs.dim();
-                Array3::from_shape_fn((d, h, w), |(z, y, x)| {
-                    (0..k).max_by(|&a, &b| probs[[a, z, y, x]].total_cmp(&probs[[b, z, y, x]])).unwrap_or(0) as u8
-                })
-            }
-        };
+        let pred = crate::labels::from_probabilities(&probs, self.activation, self.threshold);
         let (accuracy, dice) = match &prep.labels {
-            Some(l) => {
-                let (mut same, mut inter, mut p, mut g) = (0u64, 0u64, 0u64, 0u64);
-                for (&a, &b) in pred.iter().zip(l.iter()) {
-                    same += u64::from(a == b);
-                    let (fa, fb) = (a > 0, b > 0);
-                    inter += u64::from(fa && fb);
-                    p += u64::from(fa);
-                    g += u64::from(fb);
-                }
-                (same as f64 / pred.len() as f64, (2.0 * inter as f64 + 1e-5) / ((p + g) as f64 + 1e-5))
-            }
+            Some(l) => crate::labels::accuracy_and_dice(&pred, l),
             None => (f64::NAN, f64::NAN),
         };
         Ok(Outcome { accuracy, dice, prediction: keep_prediction.then_some(pred) })

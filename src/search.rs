@@ -50,6 +50,12 @@ pub struct Scored {
 }
 
 impl Scored {
+    /// A path's evaluation on one volume, with its FLOP fraction.
+    pub fn new(mask: Vec<bool>, outcome: &crate::paths::Outcome, arch: &Architecture) -> Scored {
+        let flop_fraction = crate::labels::flop_fraction(arch, &mask);
+        Scored { mask, dice: outcome.dice, accuracy: outcome.accuracy, flop_fraction }
+    }
+
     fn kept(&self) -> usize {
         self.mask.iter().filter(|&&k| k).count()
     }
@@ -108,10 +114,8 @@ fn score_masks(
 ) -> Result<()> {
     let new: Vec<Vec<bool>> = masks.iter().filter(|m| !seen.contains_key(*m)).cloned().collect();
     let outcomes = ev.evaluate(prep, &new, false)?;
-    let full = arch.full_flops() as f64;
     for (m, o) in new.into_iter().zip(outcomes) {
-        let flop_fraction = arch.path_flops(&m) as f64 / full;
-        seen.insert(m.clone(), Scored { mask: m, dice: o.dice, accuracy: o.accuracy, flop_fraction });
+        seen.insert(m.clone(), Scored::new(m, &o, arch));
     }
     Ok(())
 }

@@ -176,9 +176,9 @@ fn work(p: &mut Predictor, scratch: &Path, job: &Job, metrics: &Metrics) -> Resu
             let arch = &p.bundle.manifest.architecture;
             Ok(Reply::Segmentation {
                 nifti,
-                keep: seg.keep.iter().map(|&k| if k { '1' } else { '0' }).collect(),
+                keep: crate::labels::mask_text(&seg.keep),
                 kept: seg.keep.iter().filter(|&&k| k).count(),
-                flop_fraction: arch.path_flops(&seg.keep) as f64 / arch.full_flops() as f64,
+                flop_fraction: crate::labels::flop_fraction(arch, &seg.keep),
                 times,
             })
         }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use autopath_models::deeplab::DeepLab3d;
 use autopath_models::policy::PolicyNet;
-use autopath_models::spec::{BlockKind, Output};
+use autopath_models::spec::BlockKind;
 use serde::Serialize;
 
 use crate::bundle::{
@@ -110,10 +110,7 @@ pub fn compile(
                 shortcut_flops: c.shortcut_flops,
             })
             .collect();
-        let activation = match spec.output {
-            Output::Sigmoid => Activation::Sigmoid,
-            Output::Softmax { classes } => Activation::Softmax { classes },
-        };
+        let activation = crate::train::predict::activation(spec.output);
         let architecture = Architecture {
             name: spec.name.clone(),
             block: match spec.block {
@@ -143,7 +140,7 @@ pub fn compile(
                 preprocessing: cfg.preprocessing,
                 window: cfg.window,
                 activation,
-                threshold: 0.5,
+                threshold: crate::labels::FOREGROUND_THRESHOLD,
                 labels: match activation {
                     Activation::Sigmoid => vec!["background".into(), "liver".into()],
                     Activation::Softmax { .. } => vec!["background".into(), "liver".into(), "tumour".into()],

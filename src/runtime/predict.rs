@@ -9,7 +9,7 @@ use ndarray::{Array3, Array4, Array5, Axis};
 use serde::Serialize;
 
 use super::session::{SessionOptions, Sessions};
-use crate::bundle::{Activation, Bundle};
+use crate::bundle::Bundle;
 use crate::error::{Error, Result};
 use crate::preprocess::{resample_linear, Record};
 use crate::volume::{read_volume, write_labels, ReadOptions, Volume};
@@ -130,10 +130,6 @@ pub struct Predictor {
     pub use_full_graph: bool,
 }
 
-fn mask_text(keep: &[bool]) -> String {
-    keep.iter().map(|&k| if k { '1' } else { '0' }).collect()
-}
-
 impl Predictor {
     /// Loads and verifies a bundle and opens every session.
     pub fn from_bundle(dir: &Path, opts: &SessionOptions) -> Result<Predictor> {
@@ -191,7 +187,7 @@ impl Predictor {
             PathChoice::Mask(m) if m.len() == n => Ok((m.clone(), None)),
             PathChoice::Mask(m) => Err(Error::invalid(
                 "--path",
-                format!("mask {} has {} entries; the bundle has {n} blocks", mask_text(m), m.len()),
+                format!("mask {} has {} entries; the bundle has {n} blocks", crate::labels::mask_text(m), m.len()),
             )),
             PathChoice::Auto { threshold } => {
                 if self.bundle.manifest.policy.is_none() {
@@ -244,16 +240,7 @@ impl Predictor {
     /// Labels from blended probabilities.
     pub fn labels(&self, probs: &Array4<f32>) -> Array3<u8> {
         let m = &self.bundle.manifest.input;
-        match m.activation {
-            Activation::Sigmoid => probs.index_axis(Axis(0), 0).mapv(|p| u8::from(p >= m.threshold)),
-            Activation::Softmax { .. } => {
-                let (_, d, h, w) = probs.dim();
-                Array3::from_shape_fn((d, h, w), |(z, y, x)| {
-                    (0..probs.dim().0).max_by(|&a, &b| probs[[a, z, y, x]].total_cmp(&probs[[b, z, y, x]])).unwrap_or(0)
-                        as u8
-                })
-            }
-        }
+        crate::labels::from_probabilities(probs, m.activation, m.threshold)
     }
 
     /// Preprocesses a volume as the manifest says.
@@ -295,10 +282,10 @@ impl Predictor {
             output: output.display().to_string(),
             shape: volume.geometry.shape,
             spacing: volume.geometry.spacing,
-            keep: mask_text(&keep),
+            keep: crate::labels::mask_text(&keep),
             keep_probabilities: probs,
             blocks_kept: keep.iter().filter(|&&k| k).count(),
-            flop_fraction: arch.path_flops(&keep) as f64 / arch.full_flops() as f64,
+            flop_fraction: crate::labels::flop_fraction(arch, &keep),
             tiles,
             seconds: times,
             peak_rss_mb: peak_rss_mb(),

@@ -56,21 +56,16 @@ pub fn probabilities(logits: &Tensor, output: Output) -> candle_core::Result<Ten
     }
 }
 
-/// Labels from probabilities: foreground where p ≥ 0.5 (sigmoid), or the most probable class.
+/// Labels from probabilities, as the runtime makes them ([`crate::labels::from_probabilities`] at
+/// the manifest's default threshold).
 pub fn labels(probs: &Array4<f32>, output: Output) -> Array3<u8> {
+    crate::labels::from_probabilities(probs, activation(output), crate::labels::FOREGROUND_THRESHOLD)
+}
+
+/// The bundle's name for a network's output.
+pub fn activation(output: Output) -> crate::bundle::Activation {
     match output {
-        Output::Sigmoid => probs.index_axis(Axis(0), 0).mapv(|p| u8::from(p >= 0.5)),
-        Output::Softmax { .. } => {
-            let (_, d, h, w) = probs.dim();
-            Array3::from_shape_fn((d, h, w), |(z, y, x)| {
-                let mut best = 0;
-                for k in 1..probs.dim().0 {
-                    if probs[[k, z, y, x]] > probs[[best, z, y, x]] {
-                        best = k;
-                    }
-                }
-                best as u8
-            })
-        }
+        Output::Sigmoid => crate::bundle::Activation::Sigmoid,
+        Output::Softmax { classes } => crate::bundle::Activation::Softmax { classes },
     }
 }

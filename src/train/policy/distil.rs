@@ -82,10 +82,8 @@ fn score_missing(run: &mut Run, table: &mut PathTable, item: usize, masks: &[Vec
     let missing: Vec<Vec<bool>> = masks.iter().filter(|m| table.get(m).is_none()).cloned().collect();
     let prepared = if val { &run.val[item].prepared } else { &run.train[item].prepared };
     let outcomes = run.evaluator.evaluate(prepared, &missing, false)?;
-    let full = run.arch.full_flops() as f64;
     for (m, o) in missing.into_iter().zip(outcomes) {
-        let flop_fraction = run.arch.path_flops(&m) as f64 / full;
-        table.paths.push(Scored { mask: m, dice: o.dice, accuracy: o.accuracy, flop_fraction });
+        table.paths.push(Scored::new(m, &o, &run.arch));
     }
     Ok(())
 }

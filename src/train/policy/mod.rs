@@ -451,8 +451,8 @@ fn run(
     }
     let bundle = Bundle::load(&seg_bundle)?;
     let mut sessions = Sessions::open(&bundle, &SessionOptions::default())?;
-    let activation = bundle.manifest.input.activation;
-    let mut evaluator = PathEvaluator::new(&mut sessions, seg_cfg.window, cfg.tile_batch, activation, 0.5);
+    let (activation, threshold) = (bundle.manifest.input.activation, bundle.manifest.input.threshold);
+    let mut evaluator = PathEvaluator::new(&mut sessions, seg_cfg.window, cfg.tile_batch, activation, threshold);
 
     let dataset = Dataset::open(&seg_cfg.data, Some(seg_cfg.layout))?;
     let prep = seg_cfg.preprocessing;

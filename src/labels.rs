@@ -1,0 +1,60 @@
+//! From probabilities to labels, and the numbers we judge labels by: one definition each, shared by
+//! training, evaluation, the path evaluator and the runtime, so that Candle and ONNX Runtime label the
+//! same probabilities the same way.
+
+use ndarray::{Array3, Array4, Axis};
+
+use crate::bundle::{Activation, Architecture};
+
+/// Foreground threshold on sigmoid probabilities: what `compile` records in the manifest and what
+/// training and evaluation use before a manifest exists.
+pub const FOREGROUND_THRESHOLD: f32 = 0.5;
+
+/// Labels from class probabilities `[K, D, H, W]`: foreground where p ≥ `threshold` (sigmoid), or the
+/// most probable class, the first one on ties (as `argmax` in NumPy and PyTorch).
+pub fn from_probabilities(probs: &Array4<f32>, activation: Activation, threshold: f32) -> Array3<u8> {
+    match activation {
+        Activation::Sigmoid => probs.index_axis(Axis(0), 0).mapv(|p| u8::from(p >= threshold)),
+        Activation::Softmax { .. } => {
+            let (k, d, h, w) = probs.dim();
+            Array3::from_shape_fn((d, h, w), |(z, y, x)| {
+                let mut best = 0;
+                for c in 1..k {
+                    if probs[[c, z, y, x]] > probs[[best, z, y, x]] {
+                        best = c;
+                    }
+                }
+                best as u8
+            })
+        }
+    }
+}
+
+/// Dice of binary masks: `(2|P∩G| + ε) / (|P| + |G| + ε)` with ε = 1e-5 (1.0 when both are empty).
+pub fn dice(pred: impl Iterator<Item = bool>, truth: impl Iterator<Item = bool>) -> f64 {
+    let (mut inter, mut p, mut g) = (0u64, 0u64, 0u64);
+    for (a, b) in pred.zip(truth) {
+        inter += u64::from(a && b);
+        p += u64::from(a);
+        g += u64::from(b);
+    }
+    const EPS: f64 = 1e-5;
+    (2.0 * inter as f64 + EPS) / ((p + g) as f64 + EPS)
+}
+
+/// Voxel accuracy (the paper's reward term) and foreground Dice of a label map against the truth.
+pub fn accuracy_and_dice(pred: &Array3<u8>, truth: &Array3<u8>) -> (f64, f64) {
+    let same = pred.iter().zip(truth.iter()).filter(|(a, b)| a == b).count();
+    let d = dice(pred.iter().map(|&v| v > 0), truth.iter().map(|&v| v > 0));
+    (same as f64 / pred.len().max(1) as f64, d)
+}
+
+/// A keep mask as text, block 0 first: `10110111`.
+pub fn mask_text(keep: &[bool]) -> String {
+    keep.iter().map(|&k| if k { '1' } else { '0' }).collect()
+}
+
+/// The FLOPs of a path as a fraction of the full network's.
+pub fn flop_fraction(arch: &Architecture, keep: &[bool]) -> f64 {
+    arch.path_flops(keep) as f64 / arch.full_flops().max(1) as f64
+}
