@@ -356,7 +356,7 @@ impl VolumeStudy<'_> {
             .collect();
         let outcomes = ev.evaluate(&prepared, &wanted, false)?;
         for (m, o) in wanted.into_iter().zip(outcomes) {
-            table.paths.push(Scored::new(m, &o, &self.arch));
+            table.paths.push(Scored::new(m, &o, self.arch));
         }
         let lookup: HashMap<&[bool], &Scored> = table.paths.iter().map(|p| (p.mask.as_slice(), p)).collect();
         let dice = |m: &Vec<bool>| lookup[m.as_slice()].dice;
