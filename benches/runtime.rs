@@ -24,7 +24,8 @@ fn bundle(dir: &std::path::Path) -> autopath::bundle::Bundle {
     let cfg = TrainConfig::for_spec(spec);
     let p = autopath::compile::PolicyInput { net: &policy, threshold: 0.5, training: serde_json::Value::Null };
     let out = dir.join("bundle");
-    compile(&model.net, &cfg, Some(p), None, &out, false, true).expect("compile");
+    compile(&model.net, &cfg, Some(p), None, &out, autopath::compile::CompileOptions { verify: false, force: true })
+        .expect("compile");
     autopath::bundle::Bundle::load(&out).expect("bundle")
 }
 

@@ -244,19 +244,9 @@ pub fn run(o: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoOutcome> {
     })?;
 
     stage("6/8 compile bundle", bundle.join("manifest.json").exists(), &mut redo, &mut || {
-        let (net, cfg) = segment::load_segmenter(&seg, "best")?;
-        let (p, pc, m) = crate::train::policy::load_policy(&pol, "best")?;
-        let training = crate::train::policy::training_record(&pc, &m);
-        let evaluation = read_json::<serde_json::Value>(&ev.join("results.json")).ok().map(|v| v["summary"].clone());
-        let r = crate::compile::compile(
-            &net,
-            &cfg,
-            Some(crate::compile::PolicyInput { net: &p, threshold: pc.threshold, training }),
-            evaluation,
-            &bundle,
-            true,
-            true,
-        )?;
+        let opts = crate::compile::CompileOptions { verify: true, force: true };
+        let results = ev.join("results.json");
+        let r = crate::compile::compile_runs(&seg, "best", Some(&pol), Some(&results), &bundle, opts)?;
         for c in &r.checks {
             say(&format!("      {}", c.describe()));
         }

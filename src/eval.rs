@@ -411,7 +411,14 @@ pub fn evaluate(opts: &EvalOptions, progress: &dyn Fn(usize, usize)) -> Result<R
     }
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let seg_bundle = opts.out.join("segmenter");
-    crate::compile::compile(&net, &cfg, None, None, &seg_bundle, true, true)?;
+    crate::compile::compile(
+        &net,
+        &cfg,
+        None,
+        None,
+        &seg_bundle,
+        crate::compile::CompileOptions { verify: true, force: true },
+    )?;
     let bundle = Bundle::load(&seg_bundle)?;
     let arch = bundle.manifest.architecture.clone();
     let mut sessions = Sessions::open(&bundle, &SessionOptions::default())?;

@@ -53,7 +53,15 @@ fn every_graph_passes_the_onnx_checker_and_dropping_each_block_matches_candle() 
         let model = random_model(name, seed);
         let cfg = config(model.net.spec().clone());
         let out = dir.path().join("bundle");
-        let report = compile(&model.net, &cfg, None, None, &out, true, false).unwrap();
+        let report = compile(
+            &model.net,
+            &cfg,
+            None,
+            None,
+            &out,
+            autopath::compile::CompileOptions { verify: true, force: false },
+        )
+        .unwrap();
         assert!(
             report.checks.len() >= 3 && report.checks.iter().all(|c| c.passed && c.max_rel <= 1e-4),
             "{:?}",
@@ -105,7 +113,15 @@ fn a_tampered_bundle_is_refused_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let model = random_model("r18", 3);
     let out = dir.path().join("bundle");
-    compile(&model.net, &config(model.net.spec().clone()), None, None, &out, false, false).unwrap();
+    compile(
+        &model.net,
+        &config(model.net.spec().clone()),
+        None,
+        None,
+        &out,
+        autopath::compile::CompileOptions { verify: false, force: false },
+    )
+    .unwrap();
     let ok = autopath(&["inspect", out.to_str().unwrap()]);
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     for victim in ["block_03.onnx", "head.onnx", "stem.onnx"] {
@@ -174,10 +190,17 @@ fn a_policy_for_another_number_of_blocks_is_refused_by_compile() {
     let policy = autopath_models::policy::PolicyNet::load(vb, &r50).unwrap();
     let input = autopath::compile::PolicyInput { net: &policy, threshold: 0.5, training: serde_json::json!({}) };
     let out = dir.path().join("bundle");
-    let err = compile(&model.net, &config(model.net.spec().clone()), Some(input), None, &out, false, false)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = compile(
+        &model.net,
+        &config(model.net.spec().clone()),
+        Some(input),
+        None,
+        &out,
+        autopath::compile::CompileOptions { verify: false, force: false },
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(err.contains("16 blocks") && err.contains("has 8"), "{err}");
     assert!(!out.exists(), "nothing is written");
 }

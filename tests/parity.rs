@@ -99,8 +99,9 @@ fn briefly_trained_segmenters_compile_with_every_segment_within_tolerance_of_the
         let run = train(&data, dir.path(), arch, width, patch, epochs, drop_path);
         let (net, cfg) = load_segmenter(&run, "best").unwrap();
         let out = dir.path().join(format!("bundle-{}", run.file_name().unwrap().to_string_lossy()));
-        let report = compile(&net, &cfg, None, None, &out, true, false)
-            .unwrap_or_else(|e| panic!("{arch} w{width} {patch} {epochs} epochs drop-path {drop_path}: {e}"));
+        let report =
+            compile(&net, &cfg, None, None, &out, autopath::compile::CompileOptions { verify: true, force: false })
+                .unwrap_or_else(|e| panic!("{arch} w{width} {patch} {epochs} epochs drop-path {drop_path}: {e}"));
         let names: Vec<&str> = report.checks.iter().map(|c| c.name.as_str()).collect();
         let n = net.blocks.len();
         // Every segment is checked on its own, then the compositions the runtime runs.
@@ -138,7 +139,8 @@ fn a_bundle_that_differs_from_its_model_in_one_block_is_refused_naming_that_bloc
     let model = Model::new(&spec, 4, &candle_core::Device::Cpu).unwrap();
     let cfg = TrainConfig::for_spec(spec);
     let out = dir.path().join("bundle");
-    compile(&model.net, &cfg, None, None, &out, false, false).unwrap();
+    compile(&model.net, &cfg, None, None, &out, autopath::compile::CompileOptions { verify: false, force: false })
+        .unwrap();
     // The model changes after compiling: block 3's last BatchNorm scale is doubled.
     let name = format!("{}.bn2.weight", model.net.blocks[3].spec().name());
     let (_, var) = model.state().into_iter().find(|(n, _)| *n == name).unwrap();

@@ -207,6 +207,9 @@ enum Command {
         /// Policy run folder (from `autopath train-policy`); without it the bundle runs the full path.
         #[arg(long)]
         policy: Option<PathBuf>,
+        /// An `autopath eval` results.json whose summary the manifest records.
+        #[arg(long)]
+        evaluation: Option<PathBuf>,
         /// Which checkpoint of the segmenter.
         #[arg(long, default_value = "best", value_parser = ["best", "last"])]
         checkpoint: String,
@@ -666,26 +669,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("report: {}", out.join("report.md").display());
             Ok(())
         }
-        Command::Compile { seg, untrained, width, patch, policy, checkpoint, out, force, no_verify } => {
+        Command::Compile { seg, untrained, width, patch, policy, evaluation, checkpoint, out, force, no_verify } => {
+            let opts = autopath::compile::CompileOptions { verify: !no_verify, force };
             if let Some(arch) = untrained {
-                return compile_untrained(&arch, width, patch, &out, !no_verify, force);
+                return compile_untrained(&arch, width, patch, &out, opts);
             }
             let seg = seg.ok_or_else(|| anyhow::anyhow!("--seg is required (or --untrained ARCH)"))?;
-            let (net, cfg) = segment::load_segmenter(&seg, &checkpoint)?;
-            let loaded = policy.as_deref().map(|p| autopath::train::policy::load_policy(p, "best")).transpose()?;
-            let policy_input = loaded.as_ref().map(|(p, c, m)| autopath::compile::PolicyInput {
-                net: p,
-                threshold: c.threshold,
-                training: autopath::train::policy::training_record(c, m),
-            });
-            let evaluation = policy
-                .as_deref()
-                .map(|p| p.join("eval/results.json"))
-                .filter(|p| p.exists())
-                .map(|p| autopath::train::checkpoint::read_json::<serde_json::Value>(&p))
-                .transpose()?
-                .map(|v| v["summary"].clone());
-            let report = autopath::compile::compile(&net, &cfg, policy_input, evaluation, &out, !no_verify, force)?;
+            let report = autopath::compile::compile_runs(
+                &seg,
+                &checkpoint,
+                policy.as_deref(),
+                evaluation.as_deref(),
+                &out,
+                opts,
+            )?;
             for c in &report.checks {
                 println!("  {}  {}", c.describe(), if c.passed { "ok" } else { "FAILED" });
             }
@@ -711,8 +708,7 @@ fn compile_untrained(
     width: usize,
     patch: [usize; 3],
     out: &std::path::Path,
-    verify: bool,
-    force: bool,
+    opts: autopath::compile::CompileOptions,
 ) -> anyhow::Result<()> {
     use candle_core::{DType, Device};
     let spec = ArchSpec::preset(arch, width, patch).ok_or_else(|| anyhow::anyhow!("unknown architecture {arch}"))?;
@@ -720,8 +716,7 @@ fn compile_untrained(
     let vars = autopath_models::init::SeededVarMap::new(2);
     let policy = autopath_models::policy::PolicyNet::load(vars.var_builder(DType::F32, &Device::Cpu), &spec)?;
     let input = autopath::compile::PolicyInput { net: &policy, threshold: 0.5, training: serde_json::Value::Null };
-    let report =
-        autopath::compile::compile(&model.net, &TrainConfig::for_spec(spec), Some(input), None, out, verify, force)?;
+    let report = autopath::compile::compile(&model.net, &TrainConfig::for_spec(spec), Some(input), None, out, opts)?;
     println!(
         "compiled an untrained {arch} (width {width}, tile {patch:?}): {} graphs into {} in {:.1} s",
         report.files,

@@ -53,6 +53,46 @@ fn err(e: impl std::fmt::Display) -> Error {
     Error::invalid("compile", e.to_string())
 }
 
+/// Whether to check the graphs and whether to replace an existing folder.
+#[derive(Debug, Clone, Copy)]
+pub struct CompileOptions {
+    /// Run the parity checks against an f64 copy of the model (`--no-verify` turns them off).
+    pub verify: bool,
+    /// Replace an existing bundle folder.
+    pub force: bool,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions { verify: true, force: false }
+    }
+}
+
+/// Compiles trained runs into a bundle: the segmenter run's `checkpoint`, the policy run's best (with
+/// how it was trained), and the summary of an `eval` report, if given. `autopath compile` and the demo
+/// both come through here, so their manifests record the same things.
+pub fn compile_runs(
+    seg: &Path,
+    checkpoint: &str,
+    policy: Option<&Path>,
+    evaluation: Option<&Path>,
+    out: &Path,
+    opts: CompileOptions,
+) -> Result<CompileReport> {
+    let (net, cfg) = crate::train::segment::load_segmenter(seg, checkpoint)?;
+    let loaded = policy.map(|p| crate::train::policy::load_policy(p, "best")).transpose()?;
+    let policy_input = loaded.as_ref().map(|(p, c, m)| PolicyInput {
+        net: p,
+        threshold: c.threshold,
+        training: crate::train::policy::training_record(c, m),
+    });
+    let evaluation = evaluation
+        .map(|p| crate::train::checkpoint::read_json::<serde_json::Value>(p))
+        .transpose()?
+        .map(|v| v["summary"].clone());
+    compile(&net, &cfg, policy_input, evaluation, out, opts)
+}
+
 /// Compiles a trained segmenter (and optionally a policy) into `out`.
 pub fn compile(
     net: &DeepLab3d,
@@ -60,9 +100,9 @@ pub fn compile(
     policy: Option<PolicyInput>,
     evaluation: Option<serde_json::Value>,
     out: &Path,
-    verify: bool,
-    force: bool,
+    opts: CompileOptions,
 ) -> Result<CompileReport> {
+    let CompileOptions { verify, force } = opts;
     let t0 = Instant::now();
     if out.exists() && !force {
         return Err(Error::invalid("--out", format!("{} exists; pass --force to replace it", out.display())));

@@ -447,7 +447,14 @@ fn run(
     // The frozen segmenter runs as its compiled graphs: fast, and exactly what will be deployed.
     let seg_bundle = out.join("segmenter");
     if !seg_bundle.join("manifest.json").exists() {
-        crate::compile::compile(&net, &seg_cfg, None, None, &seg_bundle, true, true)?;
+        crate::compile::compile(
+            &net,
+            &seg_cfg,
+            None,
+            None,
+            &seg_bundle,
+            crate::compile::CompileOptions { verify: true, force: true },
+        )?;
     }
     let bundle = Bundle::load(&seg_bundle)?;
     let mut sessions = Sessions::open(&bundle, &SessionOptions::default())?;
