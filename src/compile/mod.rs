@@ -87,7 +87,7 @@ pub fn compile_runs(
         training: crate::train::policy::training_record(c, m),
     });
     let evaluation = evaluation
-        .map(|p| crate::train::checkpoint::read_json::<serde_json::Value>(p))
+        .map(crate::train::checkpoint::read_json::<serde_json::Value>)
         .transpose()?
         .map(|v| v["summary"].clone());
     compile(&net, &cfg, policy_input, evaluation, out, opts)
