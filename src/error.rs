@@ -32,7 +32,7 @@ pub enum VolumeError {
     BadPixdim([f32; 3]),
     #[error("header field {field} is not finite")]
     NonFiniteField { field: &'static str },
-    #[error("{count} voxels are NaN or infinite (first at index {first})")]
+    #[error("{count} voxels are NaN or infinite (first at index {first}); `--nan zero` or `--nan min` replaces them")]
     NonFiniteVoxels { count: usize, first: usize },
     #[error("separate .hdr/.img pairs are not supported; convert to a single .nii or .nii.gz")]
     HeaderPair,

@@ -6,7 +6,7 @@ mod common;
 use std::io::Write;
 use std::path::Path;
 
-use autopath::volume::{read_geometry, read_volume, write_image_i16, write_labels, Geometry, ReadOptions};
+use autopath::volume::{read_geometry, read_volume, write_image_i16, write_labels, Geometry, NonFinite, ReadOptions};
 use autopath::VolumeError;
 use ndarray::Array3;
 
@@ -338,7 +338,19 @@ fn nan_voxels_are_refused() {
     vals[5] = f32::NAN;
     vals[6] = f32::INFINITY;
     raw.data = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
-    assert_eq!(refusal(&raw.write(dir.path(), "nan.nii")), VolumeError::NonFiniteVoxels { count: 2, first: 5 });
+    let path = raw.write(dir.path(), "nan.nii");
+    assert_eq!(refusal(&path), VolumeError::NonFiniteVoxels { count: 2, first: 5 });
+    // Replacing them is the user's choice, offered in the error.
+    vals[0] = -3.0;
+    raw.data = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let path = raw.write(dir.path(), "nan2.nii");
+    let err = read_volume(&path, &ReadOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("nan2.nii") && err.contains("--nan zero"), "{err}");
+    for (policy, fill) in [(NonFinite::Zero, 0.0f32), (NonFinite::Min, -3.0)] {
+        let v = read_volume(&path, &ReadOptions { non_finite: policy, ..Default::default() }).unwrap();
+        let got: Vec<f32> = v.data.iter().copied().collect();
+        assert_eq!(got, vec![-3.0, 1.0, 1.0, 1.0, 1.0, fill, fill, 1.0], "{policy:?}");
+    }
 }
 
 #[test]
@@ -363,4 +375,30 @@ fn failed_writes_leave_nothing_behind() {
     let err = write_labels(&dir.path().join("missing/seg.nii.gz"), &Array3::zeros([5, 6, 7]), &geometry).unwrap_err();
     assert!(err.to_string().contains("seg.nii.gz"), "{err}");
     assert!(common::listing(dir.path()).is_empty(), "{:?}", common::listing(dir.path()));
+}
+
+#[test]
+fn labels_for_a_nifti2_input_are_nifti1_on_its_grid() {
+    // NIfTI-2 carries f64 geometry; the label map (NIfTI-1, f32 fields) must place voxels where the
+    // input's do, to float precision, with the same codes.
+    let dir = tempfile::tempdir().unwrap();
+    common::python_json("nifti_fixtures.py", &[dir.path().to_str().unwrap()]);
+    for name in ["nifti2_float32.nii.gz", "nifti2_qform_only.nii"] {
+        let src = dir.path().join(name);
+        let vol = read_volume(&src, &ReadOptions::default()).unwrap();
+        let out = dir.path().join(format!("seg-{name}"));
+        write_labels(&out, &vol.data.mapv(|v| u8::from(v > 0.0)), &vol.geometry).unwrap();
+        let (a, b) = (src.display().to_string(), out.display().to_string());
+        let seen = common::python_json("nifti_inspect.py", &[&a, &b]);
+        for key in ["shape", "qform_code", "sform_code"] {
+            assert_eq!(seen[&a][key], seen[&b][key], "{name}: {key}");
+        }
+        for r in 0..4 {
+            for c in 0..4 {
+                let (x, y) = (seen[&a]["affine"][r][c].as_f64().unwrap(), seen[&b]["affine"][r][c].as_f64().unwrap());
+                assert!((x - y).abs() < 1e-4, "{name}: affine[{r}][{c}] {x} vs {y}");
+            }
+        }
+        assert_eq!(seen[&b]["dtype"], "uint8");
+    }
 }

@@ -61,6 +61,10 @@ struct Cli {
     /// Refuse volumes with more voxels than this.
     #[arg(long, default_value_t = autopath::volume::DEFAULT_MAX_VOXELS)]
     max_voxels: u64,
+    /// NaN or infinite voxels: refuse the volume (default), or replace them with zero or with the
+    /// volume's smallest finite value (the NaN background resampling tools leave).
+    #[arg(long, default_value = "refuse")]
+    nan: autopath::volume::NonFinite,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -157,6 +161,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
     let mut predictor = Predictor::from_bundle(&bundle, &opts)?;
     predictor.tile_batch = cli.tile_batch.max(1);
     predictor.read_options.max_voxels = cli.max_voxels;
+    predictor.read_options.non_finite = cli.nan;
     if let Some(step) = cli.step {
         anyhow::ensure!(step > 0.0 && step <= 1.0, "--step {step} must be in (0, 1]");
         predictor.window.overlap = 1.0 - step;

@@ -9,7 +9,7 @@
 mod read;
 mod write;
 
-pub use read::{read_geometry, read_volume, ReadOptions, DEFAULT_MAX_VOXELS};
+pub use read::{read_geometry, read_volume, NonFinite, ReadOptions, DEFAULT_MAX_VOXELS};
 pub use write::{write_image_i16, write_labels};
 
 use ndarray::Array3;

@@ -1,4 +1,5 @@
-//! Reading NIfTI-1 without trusting the header: every size is checked before anything is allocated.
+//! Reading NIfTI-1 and NIfTI-2 without trusting the header: every size is checked before anything is
+//! allocated.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -20,17 +21,45 @@ pub const DEFAULT_MAX_VOXELS: u64 = 512 * 512 * 2000;
 pub struct ReadOptions {
     /// Refuse images with more voxels than this (checked on the header, before allocation).
     pub max_voxels: u64,
-    /// Refuse images containing NaN or infinite voxels (after scaling).
-    pub reject_non_finite: bool,
+    /// What to do with NaN or infinite voxels (after scaling).
+    pub non_finite: NonFinite,
 }
 
 impl Default for ReadOptions {
     fn default() -> Self {
-        ReadOptions { max_voxels: DEFAULT_MAX_VOXELS, reject_non_finite: true }
+        ReadOptions { max_voxels: DEFAULT_MAX_VOXELS, non_finite: NonFinite::Refuse }
+    }
+}
+
+/// NaN or infinite voxels: refused by default (they poison every normalisation), or replaced, which
+/// suits the NaN background that resampling tools leave outside the field of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub enum NonFinite {
+    /// An error naming the file, the count and the first index.
+    #[default]
+    Refuse,
+    /// Replace with 0.
+    Zero,
+    /// Replace with the volume's smallest finite value (air in CT, background in MR).
+    Min,
+}
+
+impl std::str::FromStr for NonFinite {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "refuse" => Ok(NonFinite::Refuse),
+            "zero" => Ok(NonFinite::Zero),
+            "min" => Ok(NonFinite::Min),
+            _ => Err(format!("{s:?}: expected refuse, zero or min")),
+        }
     }
 }
 
 const HEADER_BYTES: u64 = 348;
+/// NIfTI-2: 540 bytes, 64-bit dims and offsets, f64 geometry (nibabel writes it for large images).
+const HEADER2_BYTES: u64 = 540;
 
 fn open(path: &Path) -> Result<Box<dyn Read>> {
     let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
@@ -85,9 +114,19 @@ fn read_full(path: &Path, reader: &mut dyn Read, buf: &mut [u8], what: &'static 
     Ok(())
 }
 
-fn parse_header(path: &Path, reader: &mut dyn Read) -> Result<NiftiHeader> {
+/// Reads the header (NIfTI-1 or NIfTI-2) and returns it as a NIfTI-1 header with its length in the
+/// file.
+fn parse_header(path: &Path, reader: &mut dyn Read) -> Result<(NiftiHeader, u64)> {
     let mut raw = [0u8; HEADER_BYTES as usize];
     read_full(path, reader, &mut raw, "header")?;
+    let size_le = i32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
+    if (size_le == HEADER2_BYTES as i32 || size_le.swap_bytes() == HEADER2_BYTES as i32) && &raw[4..8] == b"n+2\0" {
+        let mut rest = [0u8; (HEADER2_BYTES - HEADER_BYTES) as usize];
+        read_full(path, reader, &mut rest, "header")?;
+        let mut full = raw.to_vec();
+        full.extend_from_slice(&rest);
+        return Ok((nifti2(path, &full, size_le == HEADER2_BYTES as i32)?, HEADER2_BYTES));
+    }
     let magic = [raw[344], raw[345], raw[346], raw[347]];
     if &magic != b"n+1\0" && &magic != b"ni1\0" {
         return Err(Error::volume(path, VolumeError::BadMagic(magic)));
@@ -120,7 +159,85 @@ fn parse_header(path: &Path, reader: &mut dyn Read) -> Result<NiftiHeader> {
         NiftiHeader::from_reader(&raw[..]).map_err(|e| Error::volume(path, VolumeError::Gzip(e.to_string())))?;
     // qfac outside ±1 is common in the wild; NIfTI says treat it as 1.
     header.fix();
-    Ok(header)
+    Ok((header, HEADER_BYTES))
+}
+
+/// A NIfTI-2 header as the NIfTI-1 header the rest of the reader works with. Geometry goes from f64 to
+/// f32 (well below a micrometre for any scanner's coordinates); a dimension beyond NIfTI-1's 65 535 is
+/// refused as too large.
+fn nifti2(path: &Path, b: &[u8], little: bool) -> Result<NiftiHeader> {
+    let f64_at = |o: usize| {
+        let a: [u8; 8] = b[o..o + 8].try_into().expect("8 bytes");
+        if little {
+            f64::from_le_bytes(a)
+        } else {
+            f64::from_be_bytes(a)
+        }
+    };
+    let i64_at = |o: usize| {
+        let a: [u8; 8] = b[o..o + 8].try_into().expect("8 bytes");
+        if little {
+            i64::from_le_bytes(a)
+        } else {
+            i64::from_be_bytes(a)
+        }
+    };
+    let i32_at = |o: usize| {
+        let a: [u8; 4] = b[o..o + 4].try_into().expect("4 bytes");
+        if little {
+            i32::from_le_bytes(a)
+        } else {
+            i32::from_be_bytes(a)
+        }
+    };
+    let i16_at = |o: usize| {
+        let a: [u8; 2] = b[o..o + 2].try_into().expect("2 bytes");
+        if little {
+            i16::from_le_bytes(a)
+        } else {
+            i16::from_be_bytes(a)
+        }
+    };
+    let dim64: Vec<i64> = (0..8).map(|i| i64_at(16 + 8 * i)).collect();
+    let saturated: Vec<u16> = dim64.iter().map(|&d| d.clamp(0, u16::MAX as i64) as u16).collect();
+    if !(1..=7).contains(&dim64[0]) {
+        return Err(Error::volume(path, VolumeError::NotThreeD { dims: saturated }));
+    }
+    let n = dim64[0] as usize;
+    if dim64[1..=n].iter().any(|&d| d < 0 || d > u16::MAX as i64) {
+        let voxels = dim64[1..=n.min(3)].iter().fold(1u64, |acc, &d| acc.saturating_mul(d.max(0) as u64));
+        return Err(Error::volume(
+            path,
+            VolumeError::TooManyVoxels { dims: saturated[1..=n].to_vec(), voxels, limit: u16::MAX as u64 },
+        ));
+    }
+    let mut h = NiftiHeader {
+        sizeof_hdr: HEADER_BYTES as i32,
+        dim: std::array::from_fn(|i| dim64[i] as u16),
+        datatype: i16_at(12),
+        bitpix: i16_at(14),
+        pixdim: std::array::from_fn(|i| f64_at(104 + 8 * i) as f32),
+        vox_offset: i64_at(168) as f32,
+        scl_slope: f64_at(176) as f32,
+        scl_inter: f64_at(184) as f32,
+        qform_code: i32_at(344) as i16,
+        sform_code: i32_at(348) as i16,
+        quatern_b: f64_at(352) as f32,
+        quatern_c: f64_at(360) as f32,
+        quatern_d: f64_at(368) as f32,
+        quatern_x: f64_at(376) as f32,
+        quatern_y: f64_at(384) as f32,
+        quatern_z: f64_at(392) as f32,
+        srow_x: std::array::from_fn(|i| f64_at(400 + 8 * i) as f32),
+        srow_y: std::array::from_fn(|i| f64_at(432 + 8 * i) as f32),
+        srow_z: std::array::from_fn(|i| f64_at(464 + 8 * i) as f32),
+        xyzt_units: i32_at(500).clamp(0, 255) as u8,
+        magic: *b"n+1\0",
+        endianness: if little { Endianness::Little } else { Endianness::Big },
+        ..NiftiHeader::default()
+    };
+    h.fix();
+    Ok(h)
 }
 
 /// Validated facts from a header: what we need to read the data and place it in the world.
@@ -131,7 +248,7 @@ struct Layout {
     voxels: u64,
 }
 
-fn validate(path: &Path, h: &NiftiHeader, opts: &ReadOptions) -> Result<Layout> {
+fn validate(path: &Path, h: &NiftiHeader, header_len: u64, opts: &ReadOptions) -> Result<Layout> {
     let bad = |kind| Err(Error::volume(path, kind));
     let ndim = h.dim[0] as usize;
     let dims: Vec<u16> = h.dim[1..=ndim.min(7)].to_vec();
@@ -167,7 +284,7 @@ fn validate(path: &Path, h: &NiftiHeader, opts: &ReadOptions) -> Result<Layout> 
         return bad(VolumeError::BitpixMismatch { datatype: h.datatype, bitpix: h.bitpix, expected: expected_bits });
     }
     let off = h.vox_offset;
-    if !off.is_finite() || off < 352.0 || off.fract() != 0.0 || off > 1.0e8 {
+    if !off.is_finite() || off < (header_len + 4) as f32 || off.fract() != 0.0 || off > 1.0e8 {
         return bad(VolumeError::BadVoxOffset(off));
     }
     let spacing = [h.pixdim[1], h.pixdim[2], h.pixdim[3]];
@@ -212,19 +329,20 @@ fn geometry(h: &NiftiHeader, shape: [usize; 3]) -> Geometry {
 /// Reads only the header: shape, spacing and affine, validated as [`read_volume`] would.
 pub fn read_geometry(path: &Path, opts: &ReadOptions) -> Result<Geometry> {
     let mut reader = open(path)?;
-    let header = parse_header(path, reader.as_mut())?;
-    let layout = validate(path, &header, opts)?;
+    let (header, header_len) = parse_header(path, reader.as_mut())?;
+    let layout = validate(path, &header, header_len, opts)?;
     Ok(geometry(&header, layout.shape))
 }
 
-/// Reads a 3D NIfTI-1 image (`.nii` or gzip-compressed, detected by content) as `f32` world values.
+/// Reads a 3D NIfTI-1 or NIfTI-2 image (`.nii` or gzip-compressed, detected by content) as `f32` world
+/// values.
 pub fn read_volume(path: &Path, opts: &ReadOptions) -> Result<Volume> {
     let mut reader = open(path)?;
-    let header = parse_header(path, reader.as_mut())?;
-    let layout = validate(path, &header, opts)?;
+    let (header, header_len) = parse_header(path, reader.as_mut())?;
+    let layout = validate(path, &header, header_len, opts)?;
 
     // Skip extensions between the header and the data.
-    let gap = layout.data_offset - HEADER_BYTES;
+    let gap = layout.data_offset - header_len;
     let copied = std::io::copy(&mut reader.as_mut().take(gap), &mut std::io::sink()).map_err(|e| match e.kind() {
         std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData => {
             Error::volume(path, VolumeError::Gzip(e.to_string()))
@@ -249,15 +367,27 @@ pub fn read_volume(path: &Path, opts: &ReadOptions) -> Result<Volume> {
     if slope != 1.0 || inter != 0.0 {
         data.iter_mut().for_each(|v| *v = *v * slope + inter);
     }
-    if opts.reject_non_finite {
-        let mut bad = data.iter().enumerate().filter(|(_, v)| !v.is_finite());
-        if let Some((first, _)) = bad.next() {
-            let count = 1 + bad.count();
-            return Err(Error::volume(path, VolumeError::NonFiniteVoxels { count, first }));
-        }
-    }
+    replace_non_finite(path, &mut data, opts.non_finite)?;
     let data = Array3::from_shape_vec(layout.shape, data).expect("length equals product of validated dims");
     Ok(Volume { data, geometry: geometry(&header, layout.shape) })
+}
+
+fn replace_non_finite(path: &Path, data: &mut [f32], policy: NonFinite) -> Result<()> {
+    let mut bad = data.iter().enumerate().filter(|(_, v)| !v.is_finite());
+    let Some((first, _)) = bad.next() else { return Ok(()) };
+    let count = 1 + bad.count();
+    let value = match policy {
+        NonFinite::Refuse => return Err(Error::volume(path, VolumeError::NonFiniteVoxels { count, first })),
+        NonFinite::Zero => 0.0,
+        NonFinite::Min => data
+            .iter()
+            .copied()
+            .filter(|v| v.is_finite())
+            .reduce(f32::min)
+            .ok_or_else(|| Error::volume(path, VolumeError::NonFiniteVoxels { count, first }))?,
+    };
+    data.iter_mut().filter(|v| !v.is_finite()).for_each(|v| *v = value);
+    Ok(())
 }
 
 fn decode(raw: &[u8], datatype: NiftiType, endianness: Endianness) -> Vec<f32> {

@@ -12,8 +12,8 @@ rng = np.random.default_rng(7)
 expect = {}
 
 
-def save(name, data, affine, qform=None, sform=None, slope=None, inter=None, dtype=None):
-    img = nib.Nifti1Image(data, affine)
+def save(name, data, affine, qform=None, sform=None, slope=None, inter=None, dtype=None, cls=nib.Nifti1Image):
+    img = cls(data, affine)
     hdr = img.header
     if dtype is not None:
         hdr.set_data_dtype(dtype)
@@ -65,6 +65,12 @@ save("qform_only.nii", rng.normal(0, 1, shape).astype("float32"), aff, qform=(q_
 # Both set and different: sform wins.
 s_aff = aff.copy(); s_aff[:3, 3] = [5.0, 6.0, 7.0]
 save("sform_and_qform.nii", rng.normal(0, 1, shape).astype("float32"), aff, qform=(q_aff, 1), sform=(s_aff, 2))
+# NIfTI-2 (nibabel's format for large images): every type, scaling, and qform-only placement.
+for dt in ["uint8", "int16", "uint16", "int32", "float32", "float64"]:
+    d = rng.integers(0, 200, shape) if dt == "uint8" else rng.normal(0, 100, shape)
+    save(f"nifti2_{dt}.nii.gz", d.astype(dt), aff, cls=nib.Nifti2Image)
+save("nifti2_int16_scaled.nii", (rng.integers(-1000, 1000, shape)).astype("int16"), aff, slope=0.5, inter=-1024.0, cls=nib.Nifti2Image)
+save("nifti2_qform_only.nii", rng.normal(0, 1, shape).astype("float32"), aff, qform=(q_aff, 1), sform=(aff, 0), cls=nib.Nifti2Image)
 # Big-endian file.
 img = nib.Nifti1Image(rng.integers(-500, 500, shape).astype(">i2"), aff)
 nib.save(img, f"{out}/big_endian.nii")
