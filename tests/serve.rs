@@ -190,7 +190,17 @@ fn sigterm_lets_the_request_in_flight_finish() {
     let server = std::sync::Arc::new(Server::start(&bundle, &[]));
     let s = server.clone();
     let h = std::thread::spawn(move || s.request("POST", "/v1/segment", &[], &body));
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Signal only once the server reports the request in flight (its own metrics), not after a guess.
+    let in_flight = || {
+        let (_, _, m) = server.request("GET", "/metrics", &[], b"");
+        String::from_utf8_lossy(&m).lines().any(|l| l == "autopath_in_flight 1")
+    };
+    let mut polls = 0;
+    while !in_flight() {
+        polls += 1;
+        assert!(polls < 10_000 && !h.is_finished(), "the request never showed as in flight");
+        std::thread::yield_now();
+    }
     Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
     let (status, _, nifti) = h.join().unwrap();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&nifti));
