@@ -197,16 +197,16 @@ impl BudgetPoint {
     /// The lowest keep threshold of `curve` whose mean FLOP fraction is within `budget`.
     pub fn threshold_for(curve: &[BudgetPoint], budget: f64) -> Result<f32> {
         if !(budget > 0.0 && budget <= 1.0) {
-            return Err(Error::invalid("budget", format!("{budget} is not a FLOP fraction in (0, 1]")));
+            return Err(Error::request("budget", format!("{budget} is not a FLOP fraction in (0, 1]")));
         }
         let Some(last) = curve.last() else {
-            return Err(Error::invalid(
+            return Err(Error::request(
                 "budget",
                 "this bundle has no budget calibration (compiled without the segmenter's data); use --threshold",
             ));
         };
         curve.iter().find(|p| p.flop_fraction <= budget).map(|p| p.threshold).ok_or_else(|| {
-            Error::invalid(
+            Error::request(
                 "budget",
                 format!(
                     "{budget} is below the cheapest calibrated spend of this policy ({:.3} of the full FLOPs)",

@@ -50,6 +50,10 @@ pub enum Error {
     Dataset { root: PathBuf, reason: String },
     #[error("invalid {what}: {reason}")]
     InvalidArgument { what: &'static str, reason: String },
+    /// What a caller asked of a loaded bundle cannot be done (a mask of the wrong length, a budget out
+    /// of range): the request's fault, 4xx over HTTP, where every other failure is the server's.
+    #[error("{what}: {reason}")]
+    Request { what: &'static str, reason: String },
     #[error("bundle {}: {reason}", path.display())]
     Bundle { path: PathBuf, reason: String },
     #[error("ONNX Runtime: {0}")]
@@ -73,6 +77,17 @@ impl Error {
     /// A bad argument, with the reason.
     pub fn invalid(what: &'static str, reason: impl Into<String>) -> Self {
         Error::InvalidArgument { what, reason: reason.into() }
+    }
+
+    /// A request the loaded bundle cannot serve, with the reason.
+    pub fn request(what: &'static str, reason: impl Into<String>) -> Self {
+        Error::Request { what, reason: reason.into() }
+    }
+
+    /// Whether the caller's input caused it (a volume that cannot be read, an impossible request):
+    /// HTTP answers those with 4xx and everything else with 500.
+    pub fn is_caller_fault(&self) -> bool {
+        matches!(self, Error::Volume { .. } | Error::Request { .. })
     }
 
     /// The reason a volume was refused, when that is what went wrong.

@@ -148,8 +148,12 @@ fn work(p: &mut Predictor, scratch: &Path, job: &Job, metrics: &Metrics) -> Resu
     let t = Instant::now();
     let vol = read_volume(&input, &p.read_options);
     let _ = std::fs::remove_file(&input);
-    let volume =
-        vol.map_err(|e| Error::invalid("body", e.to_string().replace(&input.display().to_string(), "request body")))?;
+    // The refusal keeps its kind; only the scratch file's name becomes "request body".
+    let volume = vol.map_err(|e| match e {
+        Error::Volume { kind, .. } => Error::volume("request body", kind),
+        Error::Io { source, .. } => Error::io("request body", source),
+        other => other,
+    })?;
     times.read = t.elapsed().as_secs_f64();
     match &job.task {
         Task::Policy => {
@@ -227,10 +231,8 @@ async fn submit(state: &AppState, task: Task, body: Bytes) -> std::result::Resul
         Err(_) => Err(plain(StatusCode::GATEWAY_TIMEOUT, format!("no result within {} s", state.timeout.as_secs()))),
         Ok(Err(_)) => Err(plain(StatusCode::INTERNAL_SERVER_ERROR, "worker stopped")),
         Ok(Ok(Err(e))) => {
-            let status = match e {
-                Error::Volume { .. } | Error::InvalidArgument { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            };
+            let status =
+                if e.is_caller_fault() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::INTERNAL_SERVER_ERROR };
             Err(plain(status, e.to_string()))
         }
         Ok(Ok(Ok(r))) => Ok(r),

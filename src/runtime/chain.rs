@@ -128,7 +128,7 @@ impl Sessions {
     /// Keep probabilities `[B, N]` for policy inputs `[B, 1, d, h, w]`.
     pub fn run_policy(&mut self, volumes: ArrayView5<f32>) -> Result<Array2<f32>> {
         let s = self.policy.as_mut().ok_or_else(|| {
-            Error::invalid("path", "the bundle has no policy (compiled without --policy); use --path full or a mask")
+            Error::request("path", "the bundle has no policy (compiled without --policy); use --path full or a mask")
         })?;
         let p = run_one(s, "policy", "volume", to_value(volumes)?, "keep")?;
         let a = p.try_extract_array::<f32>().map_err(|e| ort_err("policy", e))?;

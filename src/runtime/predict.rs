@@ -154,7 +154,7 @@ impl Predictor {
     /// The policy's input for a normalised volume: resampled to the policy size (voxel centres aligned).
     pub fn policy_input(&self, image: &Array3<f32>) -> Result<Array3<f32>> {
         let p =
-            self.bundle.manifest.policy.as_ref().ok_or_else(|| Error::invalid("path", "the bundle has no policy"))?;
+            self.bundle.manifest.policy.as_ref().ok_or_else(|| Error::request("path", "the bundle has no policy"))?;
         Ok(resample_linear(image, p.input))
     }
 
@@ -185,8 +185,8 @@ impl Predictor {
         match choice {
             PathChoice::Full => Ok((vec![true; n], None)),
             PathChoice::Mask(m) if m.len() == n => Ok((m.clone(), None)),
-            PathChoice::Mask(m) => Err(Error::invalid(
-                "--path",
+            PathChoice::Mask(m) => Err(Error::request(
+                "path",
                 format!("mask {} has {} entries; the bundle has {n} blocks", crate::labels::mask_text(m), m.len()),
             )),
             PathChoice::Auto { threshold } => {
