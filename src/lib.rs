@@ -29,6 +29,7 @@ pub mod preprocess;
 pub mod runtime;
 #[cfg(feature = "train")]
 pub mod search;
+#[cfg(feature = "serve")]
 pub mod serve;
 pub mod synth;
 #[cfg(feature = "train")]

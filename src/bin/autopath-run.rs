@@ -71,10 +71,12 @@ struct Cli {
     /// Load ONNX Runtime, print where it came from, and exit.
     #[arg(long)]
     check_ort: bool,
+    #[cfg(feature = "serve")]
     #[command(subcommand)]
     command: Option<Sub>,
 }
 
+#[cfg(feature = "serve")]
 #[derive(clap::Subcommand)]
 enum Sub {
     /// Serve segmentations over HTTP: POST /v1/segment, POST /v1/policy, GET /healthz, /readyz, /v1/bundle, /metrics.
@@ -108,6 +110,7 @@ enum Sub {
     },
 }
 
+#[cfg(feature = "serve")]
 fn serve(sub: Sub) -> anyhow::Result<bool> {
     let Sub::Serve { bundle, addr, workers, queue, max_body_mb, timeout, token_file, provider, tile_batch } = sub;
     let token = match token_file {
@@ -137,6 +140,7 @@ fn serve(sub: Sub) -> anyhow::Result<bool> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<bool> {
+    #[cfg(feature = "serve")]
     if let Some(sub) = cli.command {
         return serve(sub);
     }
