@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use autopath::cli::{progress, report, ProviderArgs};
-use autopath::runtime::batch::{plan, Shard};
+use autopath::runtime::batch::{plan, run_batch, BatchOptions, Event, Shard};
 use autopath::runtime::{PathChoice, Predictor};
 
 #[derive(Parser)]
@@ -202,52 +202,36 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         None => None,
     };
     let bar = progress(pairs.len() as u64, "segment", cli.quiet);
-    let (mut ok, mut failed, mut skipped, mut seconds) = (0, 0, 0, 0.0);
-    for (inp, out) in &pairs {
-        bar.set_message(inp.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
-        if cli.continue_ && out.exists() {
-            skipped += 1;
+    let quiet = cli.quiet || bar.is_hidden();
+    let opts = BatchOptions { skip_existing: cli.continue_ };
+    let report: Option<&mut dyn Write> = report.as_mut().map(|f| f as &mut dyn Write);
+    let s = run_batch(&mut predictor, &pairs, &choice, opts, report, &mut |event| match event {
+        Event::Start(inp) => {
+            bar.set_message(inp.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+        }
+        Event::Done(r, seconds) => {
+            if quiet {
+                eprintln!(
+                    "{} -> {}: kept {} of {} blocks ({}), {:.0} % of full FLOPs, {seconds:.2} s",
+                    r.input,
+                    r.output,
+                    r.blocks_kept,
+                    r.keep.len(),
+                    r.keep,
+                    100.0 * r.flop_fraction
+                );
+            }
             bar.inc(1);
-            continue;
         }
-        let t = std::time::Instant::now();
-        match predictor.segment_file(inp, out, &choice) {
-            Ok(r) => {
-                ok += 1;
-                seconds += t.elapsed().as_secs_f64();
-                if let Some(f) = report.as_mut() {
-                    writeln!(f, "{}", serde_json::to_string(&r)?)?;
-                }
-                if cli.quiet || bar.is_hidden() {
-                    eprintln!(
-                        "{} -> {}: kept {} of {} blocks ({}), {:.0} % of full FLOPs, {:.2} s",
-                        r.input,
-                        r.output,
-                        r.blocks_kept,
-                        r.keep.len(),
-                        r.keep,
-                        100.0 * r.flop_fraction,
-                        t.elapsed().as_secs_f64()
-                    );
-                }
-            }
-            Err(e) => {
-                failed += 1;
-                bar.suspend(|| eprintln!("error: {e}"));
-                if let Some(f) = report.as_mut() {
-                    writeln!(f, "{}", serde_json::json!({"input": inp.display().to_string(), "error": e.to_string()}))?;
-                }
-            }
+        Event::Failed(_, e) => {
+            bar.suspend(|| eprintln!("error: {e}"));
+            bar.inc(1);
         }
-        bar.inc(1);
-    }
+        Event::Skipped(_) => bar.inc(1),
+    })?;
     bar.finish_and_clear();
-    let summary = serde_json::json!({"summary": {"volumes": pairs.len(), "segmented": ok, "failed": failed, "skipped": skipped, "seconds": seconds, "peak_rss_mb": autopath::runtime::predict::peak_rss_mb()}});
-    if let Some(f) = report.as_mut() {
-        writeln!(f, "{summary}")?;
-    }
-    eprintln!("{ok} segmented, {failed} failed, {skipped} skipped ({:.1} s)", seconds);
-    Ok(failed == 0)
+    eprintln!("{} segmented, {} failed, {} skipped ({:.1} s)", s.segmented, s.failed, s.skipped, s.seconds);
+    Ok(s.failed == 0)
 }
 
 fn main() -> ExitCode {

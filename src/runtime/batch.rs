@@ -65,3 +65,84 @@ pub fn plan(input: &Path, output: &Path, shard: Option<Shard>) -> Result<Vec<(Pa
     }
     Ok(pairs)
 }
+
+/// How a batch runs: skip finished outputs, and where its per-volume report lines go.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BatchOptions {
+    /// Skip inputs whose output exists (a re-submitted array job picks up where it stopped).
+    pub skip_existing: bool,
+}
+
+/// What a batch did.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct BatchSummary {
+    /// Inputs planned.
+    pub volumes: usize,
+    /// Written.
+    pub segmented: usize,
+    /// Refused or failed, each reported with its reason.
+    pub failed: usize,
+    /// Skipped because their output existed.
+    pub skipped: usize,
+    /// Seconds spent on the segmented ones.
+    pub seconds: f64,
+}
+
+/// One volume's fate, for progress display.
+pub enum Event<'a> {
+    /// About to segment (or skip) this input.
+    Start(&'a Path),
+    /// Written, with its report and seconds.
+    Done(&'a super::VolumeReport, f64),
+    /// Failed, with the reason (the batch goes on).
+    Failed(&'a Path, &'a Error),
+    /// Skipped: its output exists.
+    Skipped(&'a Path),
+}
+
+/// Segments every pair in order. A failure is reported (to `report` as a JSON line with the input and
+/// the error, and to `on`) and the batch goes on; `report` gets one line per volume and a summary line.
+pub fn run_batch(
+    predictor: &mut super::Predictor,
+    pairs: &[(PathBuf, PathBuf)],
+    choice: &super::PathChoice,
+    opts: BatchOptions,
+    mut report: Option<&mut dyn std::io::Write>,
+    on: &mut dyn FnMut(Event),
+) -> Result<BatchSummary> {
+    let mut s = BatchSummary { volumes: pairs.len(), ..Default::default() };
+    let line = |report: &mut Option<&mut dyn std::io::Write>, v: String| -> Result<()> {
+        if let Some(f) = report.as_mut() {
+            writeln!(f, "{v}").map_err(|e| Error::io("--report", e))?;
+        }
+        Ok(())
+    };
+    for (inp, out) in pairs {
+        on(Event::Start(inp));
+        if opts.skip_existing && out.exists() {
+            s.skipped += 1;
+            on(Event::Skipped(inp));
+            continue;
+        }
+        let t = std::time::Instant::now();
+        match predictor.segment_file(inp, out, choice) {
+            Ok(r) => {
+                s.segmented += 1;
+                let seconds = t.elapsed().as_secs_f64();
+                s.seconds += seconds;
+                line(&mut report, serde_json::to_string(&r).map_err(|e| Error::invalid("report", e.to_string()))?)?;
+                on(Event::Done(&r, seconds));
+            }
+            Err(e) => {
+                s.failed += 1;
+                let failure = serde_json::json!({"input": inp.display().to_string(), "error": e.to_string()});
+                line(&mut report, failure.to_string())?;
+                on(Event::Failed(inp, &e));
+            }
+        }
+    }
+    let summary = serde_json::json!({"summary": {"volumes": s.volumes, "segmented": s.segmented, "failed": s.failed,
+        "skipped": s.skipped, "seconds": s.seconds, "peak_rss_mb": super::predict::peak_rss_mb()}});
+    line(&mut report, summary.to_string())?;
+    Ok(s)
+}
