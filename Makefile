@@ -33,7 +33,8 @@ test: setup
 
 lint:
 	$(CARGO) fmt --all --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@# --release: shares build scripts and proc-macros with `make test`'s build.
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
 # The demo runs the runtime in-process, so only the `autopath` binary is built.
 demo: setup
