@@ -310,6 +310,43 @@ pub fn resume(out: &Path, epochs: Option<usize>, device: &Device, on_epoch: &dyn
     run(cfg, out, state, device, on_epoch)
 }
 
+/// One epoch: every training case once, in a shuffled order, one crop each, `cfg.batch` crops per
+/// Adam step (with per-sample stochastic depth when `cfg.drop_path` > 0). Returns the summed loss.
+fn train_epoch(
+    model: &Model,
+    adam: &mut Adam,
+    train_set: &[Sample],
+    sampler: &Sampler,
+    cfg: &TrainConfig,
+    rng: &mut ChaCha8Rng,
+    device: &Device,
+) -> Result<f64> {
+    let p = cfg.spec.patch;
+    let mut loss_sum = 0.0;
+    let mut order: Vec<usize> = (0..train_set.len()).collect();
+    rand::seq::SliceRandom::shuffle(order.as_mut_slice(), rng);
+    for idx in order.chunks(cfg.batch.max(1)) {
+        let (mut xs, mut ys) = (Vec::new(), Vec::new());
+        for &i in idx {
+            let (x, y) = sampler.crop(&train_set[i], rng);
+            xs.extend(x.iter().copied());
+            ys.extend(y.iter().map(|&v| v as f32));
+        }
+        let b = idx.len();
+        let x = Tensor::from_vec(xs, (b, 1, p[0], p[1], p[2]), device).map_err(candle)?;
+        let y = Tensor::from_vec(ys, (b, p[0], p[1], p[2]), device).map_err(candle)?;
+        let masks: Vec<Vec<bool>> = (0..b)
+            .map(|_| (0..cfg.spec.num_blocks()).map(|_| rng.random::<f64>() >= cfg.drop_path).collect())
+            .collect();
+        let path = if cfg.drop_path > 0.0 { BlockPath::PerSample(&masks) } else { BlockPath::Full };
+        let logits = model.net.forward(&x, path, true).map_err(candle)?;
+        let loss = segmentation_loss(&logits, &y, cfg.spec.output).map_err(candle)?;
+        adam.step(&loss.backward().map_err(candle)?).map_err(candle)?;
+        loss_sum += loss.to_scalar::<f32>().map_err(candle)? as f64;
+    }
+    Ok(loss_sum)
+}
+
 fn run(
     cfg: TrainConfig,
     out: &Path,
@@ -350,7 +387,6 @@ fn run(
 
     let sampler = Sampler { patch: cfg.spec.patch, foreground_fraction: cfg.foreground_fraction, flips: true };
     let steps_per_epoch = train_set.len().div_ceil(cfg.batch);
-    let p = cfg.spec.patch;
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -359,31 +395,7 @@ fn run(
     for epoch in meta.epoch..cfg.epochs {
         let t0 = Instant::now();
         adam.lr = lr_at(&cfg, epoch);
-        let mut loss_sum = 0.0;
-        // Each epoch visits every training case once, in a shuffled order.
-        let mut order: Vec<usize> = (0..train_set.len()).collect();
-        rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rng);
-        for step in 0..steps_per_epoch {
-            let idx = &order[step * cfg.batch..((step + 1) * cfg.batch).min(order.len())];
-            let (mut xs, mut ys) = (Vec::new(), Vec::new());
-            for &i in idx {
-                let (x, y) = sampler.crop(&train_set[i], &mut rng);
-                xs.extend(x.iter().copied());
-                ys.extend(y.iter().map(|&v| v as f32));
-            }
-            let b = idx.len();
-            let x = Tensor::from_vec(xs, (b, 1, p[0], p[1], p[2]), device).map_err(candle)?;
-            let y = Tensor::from_vec(ys, (b, p[0], p[1], p[2]), device).map_err(candle)?;
-            let masks: Vec<Vec<bool>> = (0..b)
-                .map(|_| (0..cfg.spec.num_blocks()).map(|_| rng.random::<f64>() >= cfg.drop_path).collect())
-                .collect();
-            let path = if cfg.drop_path > 0.0 { BlockPath::PerSample(&masks) } else { BlockPath::Full };
-            let logits = model.net.forward(&x, path, true).map_err(candle)?;
-            let loss = segmentation_loss(&logits, &y, cfg.spec.output).map_err(candle)?;
-            let grads = loss.backward().map_err(candle)?;
-            adam.step(&grads).map_err(candle)?;
-            loss_sum += loss.to_scalar::<f32>().map_err(candle)? as f64;
-        }
+        let loss_sum = train_epoch(&model, &mut adam, &train_set, &sampler, &cfg, &mut rng, device)?;
         let done = epoch + 1;
         let val_dice = if done % cfg.val_every.max(1) == 0 || done == cfg.epochs {
             recalibrate(&model.net, &train_set, &sampler, &cfg)?;
