@@ -139,66 +139,8 @@ pub fn bench(bundle: &Path, inputs: &[PathBuf], scratch: &Path, opts: &BenchOpti
     let mut p = Predictor::from_bundle(bundle, &opts.session)?;
     p.tile_batch = opts.tile_batch.max(1);
     std::fs::create_dir_all(scratch).map_err(|e| Error::io(scratch, e))?;
-    let n = p.num_blocks();
-    let arch = p.bundle.manifest.architecture.clone();
-    let mut volumes = Vec::new();
-    for input in inputs {
-        let vol = read_volume(input, &ReadOptions::default())?;
-        let (image, rec) = p.preprocess(&vol)?;
-        let (keep, _) = p.keep_mask(&image, &PathChoice::Auto { threshold: None })?;
-        let all = vec![true; n];
-        let mut samples: [Vec<f64>; 6] = Default::default();
-        let mut tiles = 0;
-        let out = scratch.join("bench_out.nii.gz");
-        for i in 0..opts.warmup + opts.repeats {
-            let (a, (_, t, _)) = time(|| p.probabilities(&image, rec.pad_value, &all, true))?;
-            let (b, _) = time(|| p.probabilities(&image, rec.pad_value, &all, false))?;
-            let (c, _) = time(|| p.probabilities(&image, rec.pad_value, &keep, false))?;
-            let (pol, _) = time(|| p.keep_mask(&image, &PathChoice::Auto { threshold: None }))?;
-            p.use_full_graph = true;
-            let (ae, _) = time(|| p.segment_file(input, &out, &PathChoice::Full))?;
-            p.use_full_graph = false;
-            let (ce, _) = time(|| p.segment_file(input, &out, &PathChoice::Auto { threshold: None }))?;
-            tiles = t;
-            if i >= opts.warmup {
-                for (s, v) in samples.iter_mut().zip([a, b, c, pol, ae, ce]) {
-                    s.push(v);
-                }
-            }
-        }
-        let _ = std::fs::remove_file(&out);
-        let [a, b, c, pol, ae, ce] = samples.map(Timing::of);
-        volumes.push(VolumeBench {
-            input: input.display().to_string(),
-            shape: vol.geometry.shape,
-            tiles,
-            keep: crate::labels::mask_text(&keep),
-            flop_fraction: crate::labels::flop_fraction(&arch, &keep),
-            full_graph: a,
-            chain_all: b,
-            autopath: c,
-            policy: pol,
-            full_e2e: ae,
-            autopath_e2e: ce,
-        });
-    }
-    let nv = volumes.len() as f64;
-    let mean = |f: &dyn Fn(&VolumeBench) -> f64| volumes.iter().map(f).sum::<f64>() / nv;
-    let flop_fraction = mean(&|v| v.flop_fraction);
-    let latency_fraction = mean(&|v| v.autopath.median / v.full_graph.median);
-    let summary = BenchSummary {
-        speedup: mean(&|v| v.full_graph.median / v.autopath.median),
-        speedup_e2e: mean(&|v| v.full_e2e.median / v.autopath_e2e.median),
-        chain_overhead: mean(&|v| v.chain_all.median / v.full_graph.median),
-        flop_fraction,
-        saving_ratio: if flop_fraction < 1.0 { (1.0 - latency_fraction) / (1.0 - flop_fraction) } else { f64::NAN },
-        policy_share: mean(&|v| v.policy.median / v.full_graph.median),
-        max_spread: volumes
-            .iter()
-            .flat_map(|v| [&v.full_graph, &v.chain_all, &v.autopath, &v.policy].map(Timing::spread))
-            .fold(0.0, f64::max),
-        peak_rss_mb: peak_rss_mb(),
-    };
+    let volumes = inputs.iter().map(|input| bench_volume(&mut p, input, scratch, opts)).collect::<Result<Vec<_>>>()?;
+    let summary = summarize(&volumes);
     let environment = serde_json::json!({
         "cpu": cpu_model(),
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
@@ -213,6 +155,71 @@ pub fn bench(bundle: &Path, inputs: &[PathBuf], scratch: &Path, opts: &BenchOpti
         "warmup": opts.warmup,
     });
     Ok(BenchReport { environment, volumes, summary })
+}
+
+/// Times one volume: (a) full.onnx, (b) the chain with every block, (c) the policy's path, the policy
+/// alone, and both end to end; medians after `opts.warmup` runs.
+fn bench_volume(p: &mut Predictor, input: &Path, scratch: &Path, opts: &BenchOptions) -> Result<VolumeBench> {
+    let n = p.num_blocks();
+    let vol = read_volume(input, &ReadOptions::default())?;
+    let (image, rec) = p.preprocess(&vol)?;
+    let (keep, _) = p.keep_mask(&image, &PathChoice::Auto { threshold: None })?;
+    let all = vec![true; n];
+    let mut samples: [Vec<f64>; 6] = Default::default();
+    let mut tiles = 0;
+    let out = scratch.join("bench_out.nii.gz");
+    for i in 0..opts.warmup + opts.repeats {
+        let (a, (_, t, _)) = time(|| p.probabilities(&image, rec.pad_value, &all, true))?;
+        let (b, _) = time(|| p.probabilities(&image, rec.pad_value, &all, false))?;
+        let (c, _) = time(|| p.probabilities(&image, rec.pad_value, &keep, false))?;
+        let (pol, _) = time(|| p.keep_mask(&image, &PathChoice::Auto { threshold: None }))?;
+        p.use_full_graph = true;
+        let (ae, _) = time(|| p.segment_file(input, &out, &PathChoice::Full))?;
+        p.use_full_graph = false;
+        let (ce, _) = time(|| p.segment_file(input, &out, &PathChoice::Auto { threshold: None }))?;
+        tiles = t;
+        if i >= opts.warmup {
+            for (s, v) in samples.iter_mut().zip([a, b, c, pol, ae, ce]) {
+                s.push(v);
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&out);
+    let [a, b, c, pol, ae, ce] = samples.map(Timing::of);
+    Ok(VolumeBench {
+        input: input.display().to_string(),
+        shape: vol.geometry.shape,
+        tiles,
+        keep: crate::labels::mask_text(&keep),
+        flop_fraction: crate::labels::flop_fraction(&p.bundle.manifest.architecture, &keep),
+        full_graph: a,
+        chain_all: b,
+        autopath: c,
+        policy: pol,
+        full_e2e: ae,
+        autopath_e2e: ce,
+    })
+}
+
+/// Means over the volumes: speed-ups, chain overhead, latency saving per FLOP saving, policy share.
+fn summarize(volumes: &[VolumeBench]) -> BenchSummary {
+    let nv = volumes.len() as f64;
+    let mean = |f: &dyn Fn(&VolumeBench) -> f64| volumes.iter().map(f).sum::<f64>() / nv;
+    let flop_fraction = mean(&|v| v.flop_fraction);
+    let latency_fraction = mean(&|v| v.autopath.median / v.full_graph.median);
+    BenchSummary {
+        speedup: mean(&|v| v.full_graph.median / v.autopath.median),
+        speedup_e2e: mean(&|v| v.full_e2e.median / v.autopath_e2e.median),
+        chain_overhead: mean(&|v| v.chain_all.median / v.full_graph.median),
+        flop_fraction,
+        saving_ratio: if flop_fraction < 1.0 { (1.0 - latency_fraction) / (1.0 - flop_fraction) } else { f64::NAN },
+        policy_share: mean(&|v| v.policy.median / v.full_graph.median),
+        max_spread: volumes
+            .iter()
+            .flat_map(|v| [&v.full_graph, &v.chain_all, &v.autopath, &v.policy].map(Timing::spread))
+            .fold(0.0, f64::max),
+        peak_rss_mb: peak_rss_mb(),
+    }
 }
 
 /// The markdown table of a report.
