@@ -434,6 +434,25 @@ pub fn resume_policy(
     run(cfg, out, state, device, on_epoch)
 }
 
+/// The segmenter run's training and validation volumes, each as the policy's input and as tiles
+/// ready for the path evaluator.
+fn prepare_volumes(seg_cfg: &TrainConfig, evaluator: &mut PathEvaluator) -> Result<(Vec<Item>, Vec<Item>)> {
+    let dataset = Dataset::open(&seg_cfg.data, Some(seg_cfg.layout))?;
+    let prep = seg_cfg.preprocessing;
+    let mut load = |ids: &[String]| -> Result<Vec<Item>> {
+        cases_by_id(&dataset, ids)?
+            .iter()
+            .map(|c| {
+                let s = load_sample(c, &prep)?;
+                let policy_input = resample_linear(&s.image, seg_cfg.spec.policy.input);
+                let prepared = evaluator.prepare(&s.image, s.record.pad_value, Some(s.labels))?;
+                Ok(Item { policy_input, prepared })
+            })
+            .collect()
+    };
+    Ok((load(&seg_cfg.train_ids)?, load(&seg_cfg.val_ids)?))
+}
+
 fn run(
     cfg: PolicyConfig,
     out: &Path,
@@ -461,21 +480,7 @@ fn run(
     let (activation, threshold) = (bundle.manifest.input.activation, bundle.manifest.input.threshold);
     let mut evaluator = PathEvaluator::new(&mut sessions, seg_cfg.window, cfg.tile_batch, activation, threshold);
 
-    let dataset = Dataset::open(&seg_cfg.data, Some(seg_cfg.layout))?;
-    let prep = seg_cfg.preprocessing;
-    let mut load = |ids: &[String]| -> Result<Vec<Item>> {
-        cases_by_id(&dataset, ids)?
-            .iter()
-            .map(|c| {
-                let s = load_sample(c, &prep)?;
-                let policy_input = resample_linear(&s.image, spec.policy.input);
-                let prepared = evaluator.prepare(&s.image, s.record.pad_value, Some(s.labels))?;
-                Ok(Item { policy_input, prepared })
-            })
-            .collect()
-    };
-    let train = load(&seg_cfg.train_ids)?;
-    let val = load(&seg_cfg.val_ids)?;
+    let (train, val) = prepare_volumes(&seg_cfg, &mut evaluator)?;
 
     let model = PolicyModel::new(&spec, cfg.seed, device)?;
     let mut adam = Adam::new(model.trainable(), cfg.lr).map_err(candle)?;
