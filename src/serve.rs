@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -337,6 +337,71 @@ async fn policy(State(state): State<Arc<AppState>>, headers: HeaderMap, body: By
     r
 }
 
+/// One thread per worker, each owning its predictor (ONNX Runtime sessions need `&mut`), taking jobs
+/// from the shared queue until it closes.
+fn spawn_workers(predictors: Vec<Predictor>, rx: Arc<Mutex<Receiver<Job>>>, metrics: &Arc<Metrics>, scratch: &Path) {
+    for mut p in predictors {
+        let (rx, m, scratch) = (rx.clone(), metrics.clone(), scratch.to_path_buf());
+        std::thread::spawn(move || loop {
+            let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+                Ok(j) => j,
+                Err(_) => break,
+            };
+            m.queued.fetch_sub(1, Ordering::Relaxed);
+            m.in_flight.fetch_add(1, Ordering::Relaxed);
+            let r = work(&mut p, &scratch, &job, &m);
+            m.in_flight.fetch_sub(1, Ordering::Relaxed);
+            let _ = job.reply.send(r);
+        });
+    }
+}
+
+/// The HTTP API: health and readiness (open), the manifest and metrics (token-guarded), segment and
+/// policy.
+fn routes(state: Arc<AppState>, max_body: usize) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ready: bundle loaded, sessions open\n" }))
+        .route(
+            "/v1/bundle",
+            get(|State(s): State<Arc<AppState>>, h: HeaderMap| async move {
+                if !authorised(&s, &h) {
+                    return plain(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+                }
+                ([(header::CONTENT_TYPE, "application/json")], s.manifest.clone()).into_response()
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|State(s): State<Arc<AppState>>, h: HeaderMap| async move {
+                if !authorised(&s, &h) {
+                    return plain(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+                }
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+            }),
+        )
+        .route("/v1/segment", post(segment))
+        .route("/v1/policy", post(policy))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+/// SIGTERM or Ctrl-C: stop accepting; requests in flight finish.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
 /// Serves until SIGTERM or Ctrl-C; `ready` receives the bound address once listening.
 pub async fn serve(opts: ServeOptions, ready: impl FnOnce(std::net::SocketAddr)) -> Result<()> {
     let scratch = std::env::temp_dir().join(format!("autopath-serve-{}", std::process::id()));
@@ -361,21 +426,7 @@ pub async fn serve(opts: ServeOptions, ready: impl FnOnce(std::net::SocketAddr))
         dropped: (0..blocks).map(|_| AtomicU64::new(0)).collect(),
         ..Default::default()
     });
-    let mut handles = Vec::new();
-    for mut p in predictors {
-        let (rx, m, scratch) = (rx.clone(), metrics.clone(), scratch.clone());
-        handles.push(std::thread::spawn(move || loop {
-            let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
-                Ok(j) => j,
-                Err(_) => break,
-            };
-            m.queued.fetch_sub(1, Ordering::Relaxed);
-            m.in_flight.fetch_add(1, Ordering::Relaxed);
-            let r = work(&mut p, &scratch, &job, &m);
-            m.in_flight.fetch_sub(1, Ordering::Relaxed);
-            let _ = job.reply.send(r);
-        }));
-    }
+    spawn_workers(predictors, rx, &metrics, &scratch);
     let state = Arc::new(AppState {
         jobs: tx,
         manifest,
@@ -384,51 +435,13 @@ pub async fn serve(opts: ServeOptions, ready: impl FnOnce(std::net::SocketAddr))
         token: opts.token.clone(),
         timeout: opts.timeout,
     });
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ready: bundle loaded, sessions open\n" }))
-        .route(
-            "/v1/bundle",
-            get(|State(s): State<Arc<AppState>>, h: HeaderMap| async move {
-                if !authorised(&s, &h) {
-                    return plain(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-                }
-                ([(header::CONTENT_TYPE, "application/json")], s.manifest.clone()).into_response()
-            }),
-        )
-        .route(
-            "/metrics",
-            get(|State(s): State<Arc<AppState>>, h: HeaderMap| async move {
-                if !authorised(&s, &h) {
-                    return plain(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-                }
-                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
-            }),
-        )
-        .route("/v1/segment", post(segment))
-        .route("/v1/policy", post(policy))
-        .layer(DefaultBodyLimit::max(opts.max_body))
-        .with_state(state.clone());
+    let app = routes(state.clone(), opts.max_body);
     let listener = tokio::net::TcpListener::bind(&opts.addr)
         .await
         .map_err(|e| Error::invalid("--addr", format!("{}: {e}", opts.addr)))?;
     ready(listener.local_addr().map_err(|e| Error::invalid("--addr", e.to_string()))?);
-    let shutdown = async {
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = term => {},
-            _ = tokio::signal::ctrl_c() => {},
-        }
-    };
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|e| Error::invalid("server", e.to_string()))?;
     drop(state);
