@@ -166,38 +166,20 @@ fn parse_header(path: &Path, reader: &mut dyn Read) -> Result<(NiftiHeader, u64)
 /// f32 (well below a micrometre for any scanner's coordinates); a dimension beyond NIfTI-1's 65 535 is
 /// refused as too large.
 fn nifti2(path: &Path, b: &[u8], little: bool) -> Result<NiftiHeader> {
-    let f64_at = |o: usize| {
-        let a: [u8; 8] = b[o..o + 8].try_into().expect("8 bytes");
-        if little {
-            f64::from_le_bytes(a)
-        } else {
-            f64::from_be_bytes(a)
-        }
-    };
-    let i64_at = |o: usize| {
-        let a: [u8; 8] = b[o..o + 8].try_into().expect("8 bytes");
-        if little {
-            i64::from_le_bytes(a)
-        } else {
-            i64::from_be_bytes(a)
-        }
-    };
-    let i32_at = |o: usize| {
-        let a: [u8; 4] = b[o..o + 4].try_into().expect("4 bytes");
-        if little {
-            i32::from_le_bytes(a)
-        } else {
-            i32::from_be_bytes(a)
-        }
-    };
-    let i16_at = |o: usize| {
-        let a: [u8; 2] = b[o..o + 2].try_into().expect("2 bytes");
-        if little {
-            i16::from_le_bytes(a)
-        } else {
-            i16::from_be_bytes(a)
-        }
-    };
+    // Readers of one field at a byte offset, in the header's byte order.
+    macro_rules! field {
+        ($t:ty) => {
+            |o: usize| {
+                let a = b[o..o + std::mem::size_of::<$t>()].try_into().expect("field within the header");
+                if little {
+                    <$t>::from_le_bytes(a)
+                } else {
+                    <$t>::from_be_bytes(a)
+                }
+            }
+        };
+    }
+    let (f64_at, i64_at, i32_at, i16_at) = (field!(f64), field!(i64), field!(i32), field!(i16));
     let dim64: Vec<i64> = (0..8).map(|i| i64_at(16 + 8 * i)).collect();
     let saturated: Vec<u16> = dim64.iter().map(|&d| d.clamp(0, u16::MAX as i64) as u16).collect();
     if !(1..=7).contains(&dim64[0]) {
