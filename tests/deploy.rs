@@ -6,9 +6,9 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 fn recipe(name: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/deploy").join(name)).unwrap()
@@ -103,17 +103,12 @@ fn the_serve_deployment_becomes_ready_and_exposes_metrics() {
     let (_, _, bundle) = common::trained_bundle(dir.path());
     let yaml = recipe("k8s-serve-deployment.yaml");
     let cmd = command_in(&yaml).replace("/bundle", bundle.to_str().unwrap()).replace("0.0.0.0:8080", "127.0.0.1:0");
-    let mut child = Command::new("sh")
-        .args(["-c", &format!("exec {cmd}")])
-        .env("PATH", path_with_binary())
-        .env("ORT_DYLIB_PATH", common::ort_library())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().strip_prefix("listening on http://").unwrap_or_else(|| panic!("{line}")).to_string();
+    let (mut child, addr) = common::spawn_server(
+        Command::new("sh")
+            .args(["-c", &format!("exec {cmd}")])
+            .env("PATH", path_with_binary())
+            .env("ORT_DYLIB_PATH", common::ort_library()),
+    );
     let get = |path: &str| {
         let mut s = std::net::TcpStream::connect(&addr).unwrap();
         write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();

@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use autopath::volume::{read_volume, ReadOptions};
 
@@ -18,20 +18,11 @@ struct Server {
 
 impl Server {
     fn start(bundle: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_autopath-run"))
-            .args(["serve", "--bundle", bundle.to_str().unwrap(), "--addr", "127.0.0.1:0"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("unexpected: {line}"))
-            .to_string();
+        let (child, addr) = common::spawn_server(
+            Command::new(env!("CARGO_BIN_EXE_autopath-run"))
+                .args(["serve", "--bundle", bundle.to_str().unwrap(), "--addr", "127.0.0.1:0"])
+                .args(extra),
+        );
         Server { child, addr }
     }
 

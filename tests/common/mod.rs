@@ -103,3 +103,14 @@ pub fn trained_bundle(root: &Path) -> (PathBuf, PathBuf, PathBuf) {
     autopath(&["compile", "--seg", run.to_str().unwrap(), "--out", bundle.to_str().unwrap()]);
     (data, run, bundle)
 }
+
+/// Spawns `command` (an `autopath-run serve …`) with stdout piped and returns the child and the
+/// address from its first line, `listening on http://ADDR`.
+pub fn spawn_server(command: &mut Command) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("listening on http://").unwrap_or_else(|| panic!("unexpected: {line}"));
+    (child, addr.to_string())
+}
