@@ -22,7 +22,7 @@ fn bundle(dir: &std::path::Path) -> autopath::bundle::Bundle {
     )
     .expect("policy");
     let cfg = TrainConfig::for_spec(spec);
-    let p = autopath::compile::PolicyInput { net: &policy, threshold: 0.5, training: serde_json::Value::Null };
+    let p = autopath::compile::PolicyInput { net: &policy, threshold: 0.5, training: None };
     let out = dir.join("bundle");
     compile(&model.net, &cfg, Some(p), None, &out, autopath::compile::CompileOptions { verify: false, force: true })
         .expect("compile");

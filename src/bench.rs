@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::runtime::predict::peak_rss_mb;
-use crate::runtime::{PathChoice, Predictor, SessionOptions};
+use crate::runtime::{ExecutionProvider, PathChoice, Predictor, SessionOptions};
 use crate::volume::{read_volume, ReadOptions};
 
 /// Benchmark settings.
@@ -100,11 +100,40 @@ pub struct BenchSummary {
     pub peak_rss_mb: f64,
 }
 
+/// Where and how a benchmark ran: timings mean little without it. Fields missing in reports of older
+/// versions read as defaults.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Environment {
+    /// CPU model name.
+    pub cpu: String,
+    /// Cores available to the process.
+    pub cores: usize,
+    /// Threads of ONNX Runtime's pool (None: its default).
+    pub threads: Option<usize>,
+    /// Execution provider asked for.
+    pub ep: ExecutionProvider,
+    /// Where the chain's values live between blocks.
+    pub chain_values: String,
+    /// ONNX Runtime version.
+    pub onnx_runtime: String,
+    /// The bundle's manifest hash.
+    pub bundle_sha256: String,
+    /// Tile shape.
+    pub tile: [usize; 3],
+    /// Tiles per network call.
+    pub tile_batch: usize,
+    /// Timed repeats per measurement.
+    pub repeats: usize,
+    /// Warm-up runs.
+    pub warmup: usize,
+}
+
 /// The report.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct BenchReport {
     /// Machine and software.
-    pub environment: serde_json::Value,
+    pub environment: Environment,
     /// Per volume.
     pub volumes: Vec<VolumeBench>,
     /// Aggregates.
@@ -141,19 +170,19 @@ pub fn bench(bundle: &Path, inputs: &[PathBuf], scratch: &Path, opts: &BenchOpti
     std::fs::create_dir_all(scratch).map_err(|e| Error::io(scratch, e))?;
     let volumes = inputs.iter().map(|input| bench_volume(&mut p, input, scratch, opts)).collect::<Result<Vec<_>>>()?;
     let summary = summarize(&volumes);
-    let environment = serde_json::json!({
-        "cpu": cpu_model(),
-        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        "threads": opts.session.threads,
-        "ep": opts.session.ep,
-        "chain_values": format!("{:?}", p.sessions.residency),
-        "onnx_runtime": crate::onnxruntime::ORT_VERSION,
-        "bundle_sha256": p.bundle.hash,
-        "tile": p.window.patch,
-        "tile_batch": p.tile_batch,
-        "repeats": opts.repeats,
-        "warmup": opts.warmup,
-    });
+    let environment = Environment {
+        cpu: cpu_model(),
+        cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        threads: opts.session.threads,
+        ep: opts.session.ep,
+        chain_values: format!("{:?}", p.sessions.residency),
+        onnx_runtime: crate::onnxruntime::ORT_VERSION.into(),
+        bundle_sha256: p.bundle.hash.clone(),
+        tile: p.window.patch,
+        tile_batch: p.tile_batch,
+        repeats: opts.repeats,
+        warmup: opts.warmup,
+    };
     Ok(BenchReport { environment, volumes, summary })
 }
 
@@ -226,7 +255,12 @@ fn summarize(volumes: &[VolumeBench]) -> BenchSummary {
 pub fn markdown(r: &BenchReport) -> String {
     let mut s = String::new();
     let e = &r.environment;
-    let _ = writeln!(s, "CPU {} ({} cores), EP {}, ONNX Runtime {}, bundle {}…, tile {} × batch {}, median of {} runs after {} warm-up\n", e["cpu"].as_str().unwrap_or(""), e["cores"], e["ep"], e["onnx_runtime"].as_str().unwrap_or(""), &e["bundle_sha256"].as_str().unwrap_or("")[..12.min(e["bundle_sha256"].as_str().unwrap_or("").len())], e["tile"], e["tile_batch"], e["repeats"], e["warmup"]);
+    let short: String = e.bundle_sha256.chars().take(12).collect();
+    let _ = writeln!(
+        s,
+        "CPU {} ({} cores), EP {:?}, ONNX Runtime {}, bundle {short}…, tile {:?} × batch {}, median of {} runs after {} warm-up\n",
+        e.cpu, e.cores, e.ep, e.onnx_runtime, e.tile, e.tile_batch, e.repeats, e.warmup
+    );
     let _ = writeln!(s, "| volume | tiles | path | FLOPs | (a) full.onnx ms | (b) chain all ms | (c) AutoPath ms | policy ms | e2e full ms | e2e AutoPath ms |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     for v in &r.volumes {
         let name = Path::new(&v.input).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

@@ -138,13 +138,47 @@ pub struct PolicyEntry {
     pub input: [usize; 3],
     /// Keep block n when p_n ≥ threshold.
     pub threshold: f32,
-    /// Training settings (τ, α, β, curriculum), as recorded by `train-policy`.
-    pub training: serde_json::Value,
+    /// How the policy was trained; None for a seeded, untrained policy (`compile --untrained`).
+    #[serde(default)]
+    pub training: Option<PolicyTraining>,
     /// What each keep threshold spends: the policy's mean FLOP fraction over the calibration volumes
     /// (the segmenter run's validation and training volumes) at every threshold where it changes,
     /// ascending in threshold. `--budget` picks from it; empty for bundles compiled without data.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub budget: Vec<BudgetPoint>,
+}
+
+/// What a bundle records of how its policy was trained, so that a deployed bundle can be traced to its
+/// settings and validation figures. Fields that older versions did not record read as defaults.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct PolicyTraining {
+    /// `paper` (REINFORCE as method.md) or `distil` (ours).
+    pub method: String,
+    /// Distil: the Dice tolerance of the targets.
+    pub dice_tolerance: f64,
+    /// Penalty per wrong voxel τ.
+    pub tau: f64,
+    /// Exploration bound α.
+    pub alpha: f64,
+    /// Entropy bonus β.
+    pub beta: f64,
+    /// Epochs per curriculum step.
+    pub curriculum_epochs: usize,
+    /// Epochs trained at the saved checkpoint.
+    pub epochs: usize,
+    /// Blocks the curriculum had not reached, kept whatever the policy says.
+    pub forced_keep: Vec<bool>,
+    /// Validation score of the saved checkpoint.
+    pub val_score: Option<f64>,
+    /// Validation Dice of the saved checkpoint.
+    pub val_dice: Option<f64>,
+    /// Validation drop ratio of the saved checkpoint.
+    pub val_dropped: Option<f64>,
+    /// Keep threshold deployed.
+    pub threshold: Option<f32>,
+    /// Whether that threshold was chosen on the validation volumes.
+    pub threshold_from_validation: bool,
 }
 
 /// One point of the budget calibration.
@@ -241,7 +275,9 @@ pub struct Manifest {
     pub input: InputContract,
     /// The policy; without one the runtime always runs the full path.
     pub policy: Option<PolicyEntry>,
-    /// Evaluation the bundle was compiled from (Dice full vs AutoPath, drop ratio), if any.
+    /// The summary of the `eval` study the bundle was compiled with (Dice full vs AutoPath, drop ratio,
+    /// oracles), if any. Written from the study's typed summary and kept as JSON here: the runtime only
+    /// shows it, and bundles keep loading when the study gains fields.
     pub evaluation: Option<serde_json::Value>,
     /// Every graph file with its checksum.
     pub files: BTreeMap<String, FileEntry>,

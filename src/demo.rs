@@ -114,6 +114,57 @@ pub struct DemoOutcome {
     pub stages: Vec<(String, f64)>,
 }
 
+/// The demo's folders under `--out`.
+struct Folders {
+    data: PathBuf,
+    seg: PathBuf,
+    policy: PathBuf,
+    paper: PathBuf,
+    eval: PathBuf,
+    bundle: PathBuf,
+    segmentations: PathBuf,
+    bench: PathBuf,
+}
+
+impl Folders {
+    fn new(out: &Path) -> Self {
+        Folders {
+            data: out.join("data"),
+            seg: out.join("seg"),
+            policy: out.join("policy"),
+            paper: out.join("policy-paper"),
+            eval: out.join("eval"),
+            bundle: out.join("bundle"),
+            segmentations: out.join("segmentations"),
+            bench: out.join("bench"),
+        }
+    }
+}
+
+/// Runs stages in order, reusing finished ones until one has to run (every later one then runs too, as
+/// its inputs changed), and times those that ran.
+struct Stages<'a> {
+    say: &'a dyn Fn(&str),
+    redo: bool,
+    times: Vec<(String, f64)>,
+}
+
+impl Stages<'_> {
+    fn stage(&mut self, name: &str, done: bool, f: impl FnOnce() -> Result<()>) -> Result<()> {
+        if done && !self.redo {
+            (self.say)(&format!("[{name}] reusing finished stage"));
+            return Ok(());
+        }
+        self.redo = true;
+        (self.say)(&format!("[{name}] running"));
+        let t = Instant::now();
+        f()?;
+        self.times.push((name.to_string(), t.elapsed().as_secs_f64()));
+        (self.say)(&format!("[{name}] done in {:.1} s", t.elapsed().as_secs_f64()));
+        Ok(())
+    }
+}
+
 /// Runs (or reuses) every stage; `say` reports progress lines.
 pub fn run(o: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoOutcome> {
     let out = &o.out;
@@ -121,82 +172,104 @@ pub fn run(o: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoOutcome> {
         std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let (data, seg, pol, paper, ev, bundle, segs, bench_dir) = (
-        out.join("data"),
-        out.join("seg"),
-        out.join("policy"),
-        out.join("policy-paper"),
-        out.join("eval"),
-        out.join("bundle"),
-        out.join("segmentations"),
-        out.join("bench"),
-    );
-    let mut stages = Vec::new();
-    let mut redo = false;
-    let mut stage = |name: &str, done: bool, redo: &mut bool, f: &mut dyn FnMut() -> Result<()>| -> Result<()> {
-        if done && !*redo {
-            say(&format!("[{name}] reusing finished stage"));
-            return Ok(());
-        }
-        *redo = true;
-        say(&format!("[{name}] running"));
-        let t = Instant::now();
-        f()?;
-        stages.push((name.to_string(), t.elapsed().as_secs_f64()));
-        say(&format!("[{name}] done in {:.1} s", t.elapsed().as_secs_f64()));
-        Ok(())
-    };
+    let f = Folders::new(out);
+    let mut stages = Stages { say, redo: false, times: Vec::new() };
 
-    stage("1/8 synthesise phantoms", data.join("phantoms.json").exists(), &mut redo, &mut || {
-        synthesize(
-            &data,
-            &SynthConfig { cases: o.cases, seed: o.seed, size: o.size, ..SynthConfig::default() },
-            &|_| {},
-        )
-        .map(|_| ())
+    stages.stage("1/8 synthesise phantoms", f.data.join("phantoms.json").exists(), || {
+        let cfg = SynthConfig { cases: o.cases, seed: o.seed, size: o.size, ..SynthConfig::default() };
+        synthesize(&f.data, &cfg, &|_| {}).map(|_| ())
     })?;
-
-    let seg_done = read_json::<segment::CheckpointMeta>(&seg.join("last.json")).is_ok_and(|m| m.epoch >= o.epochs);
-    stage("2/8 train segmenter", seg_done, &mut redo, &mut || {
-        let _ = std::fs::remove_dir_all(&seg);
-        let spec = ArchSpec::preset("r18", o.width, o.patch).ok_or_else(|| Error::invalid("arch", "r18"))?;
-        let ds = Dataset::open(&data, None)?;
-        let (train_ids, val_ids, test_ids) =
-            plan_split(&ds, &Split::Ratio { test: 0.25, seed: o.seed }, (ds.cases.len() / 6).max(1), o.seed)?;
-        let cfg = TrainConfig {
-            spec,
-            preprocessing: Preprocessing::default(),
-            window: WindowConfig { patch: o.patch, overlap: 0.5, blend: Blend::default() },
-            data: std::path::absolute(&data).map_err(|e| Error::io(&data, e))?,
-            layout: ds.layout,
-            train_ids,
-            val_ids,
-            test_ids,
-            epochs: o.epochs,
-            batch: 2,
-            lr: o.lr,
-            lr_step: (o.epochs * 3 / 4).max(1),
-            lr_gamma: 0.1,
-            val_every: (o.epochs / 5).max(1),
-            foreground_fraction: 0.5,
+    let seg_done = read_json::<segment::CheckpointMeta>(&f.seg.join("last.json")).is_ok_and(|m| m.epoch >= o.epochs);
+    stages.stage("2/8 train segmenter", seg_done, || train_segmenter(o, &f, say))?;
+    train_policies(o, &f, &mut stages)?;
+    stages.stage("5/8 evaluate", f.eval.join("results.json").exists(), || {
+        let opts = EvalOptions {
+            seg: f.seg.clone(),
+            policies: vec![f.policy.clone(), f.paper.clone()],
+            out: f.eval.clone(),
+            random_repeats: Some(o.random_repeats),
             seed: o.seed,
-            tile_batch: 2,
-            drop_path: o.drop_path,
+            tile_batch: 4,
         };
-        let s = segment::train(cfg, &seg, &o.device, &|r| {
-            if let Some(d) = r.val_dice {
-                say(&format!("      epoch {:>3}/{}: loss {:.4}, validation Dice {d:.4}", r.epoch, r.epochs, r.loss));
-            }
-        })?;
-        say(&format!(
-            "      best validation Dice {:.4} at epoch {}",
-            s.best_dice.unwrap_or(f64::NAN),
-            s.best_epoch.unwrap_or(0)
-        ));
+        evaluate(&opts, &|_, _| {}).map(|_| ())
+    })?;
+    stages.stage("6/8 compile bundle", f.bundle.join("manifest.json").exists(), || {
+        let opts = crate::compile::CompileOptions { verify: true, force: true };
+        let results = f.eval.join("results.json");
+        let r = crate::compile::compile_runs(&f.seg, "best", Some(&f.policy), Some(&results), &f.bundle, opts)?;
+        for c in &r.checks {
+            say(&format!("      {}", c.describe()));
+        }
         Ok(())
     })?;
 
-    let seg_abs = std::path::absolute(&seg).map_err(|e| Error::io(&seg, e))?;
+    let cfg: TrainConfig = read_json(&f.seg.join("config.json"))?;
+    let ds = Dataset::open(&f.data, None)?;
+    let test = segment::cases_by_id(&ds, &cfg.test_ids)?;
+    let outputs: Vec<PathBuf> =
+        test.iter().map(|c| f.segmentations.join(c.image.file_name().unwrap_or_default())).collect();
+    let name = "7/8 segment test volumes with autopath-run's runtime";
+    stages.stage(name, outputs.iter().all(|p| p.exists()), || segment_tests(&f, &test, &outputs, say))?;
+    let bench_inputs: Vec<PathBuf> = test.iter().take(o.bench_volumes).map(|c| c.image.clone()).collect();
+    stages.stage("8/8 benchmark", f.bench.join("bench.json").exists(), || {
+        let opts =
+            BenchOptions { repeats: o.bench_repeats, warmup: 1, session: SessionOptions::default(), tile_batch: 2 };
+        let r = bench(&f.bundle, &bench_inputs, &f.bench, &opts)?;
+        crate::train::checkpoint::write_json(&f.bench.join("bench.json"), &r)?;
+        crate::atomic::write_bytes_atomically(&f.bench.join("bench.md"), markdown(&r).as_bytes())
+    })?;
+
+    let eval: Results = serde_json::from_value(read_json::<serde_json::Value>(&f.eval.join("results.json"))?)
+        .map_err(|e| Error::invalid("results", e.to_string()))?;
+    let bench: BenchReport = serde_json::from_value(read_json::<serde_json::Value>(&f.bench.join("bench.json"))?)
+        .map_err(|e| Error::invalid("bench", e.to_string()))?;
+    Ok(DemoOutcome { eval, bench, segmentations: outputs, stages: stages.times })
+}
+
+/// Stage 2: the segmenter on a seeded split of the phantoms (a sixth for validation, a quarter for test).
+fn train_segmenter(o: &DemoOptions, f: &Folders, say: &dyn Fn(&str)) -> Result<()> {
+    let _ = std::fs::remove_dir_all(&f.seg);
+    let spec = ArchSpec::preset("r18", o.width, o.patch).ok_or_else(|| Error::invalid("arch", "r18"))?;
+    let ds = Dataset::open(&f.data, None)?;
+    let (train_ids, val_ids, test_ids) =
+        plan_split(&ds, &Split::Ratio { test: 0.25, seed: o.seed }, (ds.cases.len() / 6).max(1), o.seed)?;
+    let cfg = TrainConfig {
+        spec,
+        preprocessing: Preprocessing::default(),
+        window: WindowConfig { patch: o.patch, overlap: 0.5, blend: Blend::default() },
+        data: std::path::absolute(&f.data).map_err(|e| Error::io(&f.data, e))?,
+        layout: ds.layout,
+        train_ids,
+        val_ids,
+        test_ids,
+        epochs: o.epochs,
+        batch: 2,
+        lr: o.lr,
+        lr_step: (o.epochs * 3 / 4).max(1),
+        lr_gamma: 0.1,
+        val_every: (o.epochs / 5).max(1),
+        foreground_fraction: 0.5,
+        seed: o.seed,
+        tile_batch: 2,
+        drop_path: o.drop_path,
+    };
+    let s = segment::train(cfg, &f.seg, &o.device, &|r| {
+        if let Some(d) = r.val_dice {
+            say(&format!("      epoch {:>3}/{}: loss {:.4}, validation Dice {d:.4}", r.epoch, r.epochs, r.loss));
+        }
+    })?;
+    say(&format!(
+        "      best validation Dice {:.4} at epoch {}",
+        s.best_dice.unwrap_or(f64::NAN),
+        s.best_epoch.unwrap_or(0)
+    ));
+    Ok(())
+}
+
+/// Stages 3 and 4: our distilled policy with its defaults, and the paper's REINFORCE with the demo's.
+fn train_policies(o: &DemoOptions, f: &Folders, stages: &mut Stages) -> Result<()> {
+    let say = stages.say;
+    let seg_abs = std::path::absolute(&f.seg).map_err(|e| Error::io(&f.seg, e))?;
     let policy_done = |dir: &Path, epochs: usize| {
         read_json::<crate::train::policy::PolicyMeta>(&dir.join("last.json")).is_ok_and(|m| m.epoch >= epochs)
     };
@@ -211,13 +284,13 @@ pub fn run(o: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoOutcome> {
             ));
         }
     };
-    stage("3/8 train policy (ours: distilled paths)", policy_done(&pol, DISTIL_EPOCHS), &mut redo, &mut || {
-        let _ = std::fs::remove_dir_all(&pol);
+    stages.stage("3/8 train policy (ours: distilled paths)", policy_done(&f.policy, DISTIL_EPOCHS), || {
+        let _ = std::fs::remove_dir_all(&f.policy);
         let cfg = PolicyConfig { seed: o.seed, val_every: 5, ..PolicyConfig::new(seg_abs.clone()) };
-        train_policy(cfg, &pol, &o.device, &report)
+        train_policy(cfg, &f.policy, &o.device, &report)
     })?;
-    stage("4/8 train policy (the paper's REINFORCE)", policy_done(&paper, o.policy_epochs), &mut redo, &mut || {
-        let _ = std::fs::remove_dir_all(&paper);
+    stages.stage("4/8 train policy (the paper's REINFORCE)", policy_done(&f.paper, o.policy_epochs), || {
+        let _ = std::fs::remove_dir_all(&f.paper);
         let cfg = PolicyConfig {
             method: Method::Paper,
             tau: o.tau,
@@ -228,75 +301,27 @@ pub fn run(o: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoOutcome> {
             seed: o.seed,
             ..PolicyConfig::new(seg_abs.clone())
         };
-        train_policy(cfg, &paper, &o.device, &report)
-    })?;
+        train_policy(cfg, &f.paper, &o.device, &report)
+    })
+}
 
-    stage("5/8 evaluate", ev.join("results.json").exists(), &mut redo, &mut || {
-        let opts = EvalOptions {
-            seg: seg.clone(),
-            policies: vec![pol.clone(), paper.clone()],
-            out: ev.clone(),
-            random_repeats: Some(o.random_repeats),
-            seed: o.seed,
-            tile_batch: 4,
-        };
-        evaluate(&opts, &|_, _| {}).map(|_| ())
-    })?;
-
-    stage("6/8 compile bundle", bundle.join("manifest.json").exists(), &mut redo, &mut || {
-        let opts = crate::compile::CompileOptions { verify: true, force: true };
-        let results = ev.join("results.json");
-        let r = crate::compile::compile_runs(&seg, "best", Some(&pol), Some(&results), &bundle, opts)?;
-        for c in &r.checks {
-            say(&format!("      {}", c.describe()));
-        }
-        Ok(())
-    })?;
-
-    let cfg: TrainConfig = read_json(&seg.join("config.json"))?;
-    let ds = Dataset::open(&data, None)?;
-    let test = segment::cases_by_id(&ds, &cfg.test_ids)?;
-    let outputs: Vec<PathBuf> = test.iter().map(|c| segs.join(c.image.file_name().unwrap_or_default())).collect();
-    stage(
-        "7/8 segment test volumes with autopath-run's runtime",
-        outputs.iter().all(|p| p.exists()),
-        &mut redo,
-        &mut || {
-            std::fs::create_dir_all(&segs).map_err(|e| Error::io(&segs, e))?;
-            let mut p = Predictor::from_bundle(&bundle, &SessionOptions::default())?;
-            for (c, o) in test.iter().zip(&outputs) {
-                let r = p.segment_file(&c.image, o, &PathChoice::Auto { threshold: None })?;
-                say(&format!(
-                    "      {} -> kept {} ({} of {} blocks, {:.0} % FLOPs), {:.2} s",
-                    display(&c.image),
-                    r.keep,
-                    r.blocks_kept,
-                    r.keep.len(),
-                    100.0 * r.flop_fraction,
-                    r.seconds.network + r.seconds.stitch + r.seconds.policy
-                ));
-            }
-            Ok(())
-        },
-    )?;
-
-    let bench_inputs: Vec<PathBuf> = test.iter().take(o.bench_volumes).map(|c| c.image.clone()).collect();
-    stage("8/8 benchmark", bench_dir.join("bench.json").exists(), &mut redo, &mut || {
-        let r = bench(
-            &bundle,
-            &bench_inputs,
-            &bench_dir,
-            &BenchOptions { repeats: o.bench_repeats, warmup: 1, session: SessionOptions::default(), tile_batch: 2 },
-        )?;
-        crate::train::checkpoint::write_json(&bench_dir.join("bench.json"), &r)?;
-        crate::atomic::write_bytes_atomically(&bench_dir.join("bench.md"), markdown(&r).as_bytes())
-    })?;
-
-    let eval: Results = serde_json::from_value(read_json::<serde_json::Value>(&ev.join("results.json"))?)
-        .map_err(|e| Error::invalid("results", e.to_string()))?;
-    let bench: BenchReport = serde_json::from_value(read_json::<serde_json::Value>(&bench_dir.join("bench.json"))?)
-        .map_err(|e| Error::invalid("bench", e.to_string()))?;
-    Ok(DemoOutcome { eval, bench, segmentations: outputs, stages })
+/// Stage 7: each test volume through the bundle with the runtime's own predictor.
+fn segment_tests(f: &Folders, test: &[crate::dataset::Case], outputs: &[PathBuf], say: &dyn Fn(&str)) -> Result<()> {
+    std::fs::create_dir_all(&f.segmentations).map_err(|e| Error::io(&f.segmentations, e))?;
+    let mut p = Predictor::from_bundle(&f.bundle, &SessionOptions::default())?;
+    for (c, o) in test.iter().zip(outputs) {
+        let r = p.segment_file(&c.image, o, &PathChoice::Auto { threshold: None })?;
+        say(&format!(
+            "      {} -> kept {} ({} of {} blocks, {:.0} % FLOPs), {:.2} s",
+            display(&c.image),
+            r.keep,
+            r.blocks_kept,
+            r.keep.len(),
+            100.0 * r.flop_fraction,
+            r.seconds.network + r.seconds.stitch + r.seconds.policy
+        ));
+    }
+    Ok(())
 }
 
 fn display(p: &Path) -> String {

@@ -58,6 +58,23 @@ pub enum Error {
     Bundle { path: PathBuf, reason: String },
     #[error("ONNX Runtime: {0}")]
     OnnxRuntime(String),
+    /// An ONNX Runtime call failed; `what` says which.
+    #[error("ONNX Runtime: {what}: {source}")]
+    Ort { what: String, source: Box<dyn std::error::Error + Send + Sync> },
+    /// A Candle computation failed (training, evaluation, compile's reference); `what` says which.
+    #[cfg(feature = "train")]
+    #[error("{what}: {source}")]
+    Candle { what: &'static str, source: candle_core::Error },
+    /// A checkpoint file could not be read or written by Candle.
+    #[cfg(feature = "train")]
+    #[error("checkpoint {}: {source}", path.display())]
+    Checkpoint { path: PathBuf, source: candle_core::Error },
+    #[error("{}: {source}", path.display())]
+    Json { path: PathBuf, source: serde_json::Error },
+    /// The ONNX exporter could not read the model.
+    #[cfg(feature = "train")]
+    #[error("compile: {0}")]
+    Export(#[from] autopath_export::Error),
 }
 
 /// Result with the library's error.
@@ -77,6 +94,17 @@ impl Error {
     /// A bad argument, with the reason.
     pub fn invalid(what: &'static str, reason: impl Into<String>) -> Self {
         Error::InvalidArgument { what, reason: reason.into() }
+    }
+
+    /// An ONNX Runtime failure in `what`, keeping its cause.
+    pub fn ort(what: impl std::fmt::Display, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Error::Ort { what: what.to_string(), source: source.into() }
+    }
+
+    /// A Candle failure in `what`, keeping its cause.
+    #[cfg(feature = "train")]
+    pub fn candle(what: &'static str) -> impl Fn(candle_core::Error) -> Self {
+        move |source| Error::Candle { what, source }
     }
 
     /// A request the loaded bundle cannot serve, with the reason.

@@ -15,9 +15,9 @@ use crate::bundle::{Architecture, Bundle};
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
 use crate::figures::{histogram, line_chart, overlay_png, Series, AUTOPATH, FULL, TRUTH};
-use crate::paths::PathEvaluator;
+use crate::paths::{PathEvaluator, Prepared};
 use crate::runtime::{SessionOptions, Sessions};
-use crate::search::{search, Objective, Scored, BEAM_WIDTH, EXHAUSTIVE_MAX_BLOCKS};
+use crate::search::{search, Objective, PathTable, Scored, BEAM_WIDTH, EXHAUSTIVE_MAX_BLOCKS};
 use crate::train::data::{load_sample, Sample};
 use crate::train::policy::{keep_probabilities, load_policy, Method, DICE_TOLERANCE};
 use crate::train::segment::{cases_by_id, load_segmenter};
@@ -236,7 +236,7 @@ fn load_policies(runs: &[PathBuf], blocks: usize) -> Result<(Vec<Policy>, f64, f
     let mut policies = Vec::new();
     let (mut tau, mut delta) = (None, None);
     for run in runs {
-        let (net, pc, _) = load_policy(run, "best")?;
+        let (net, pc, meta) = load_policy(run, "best")?;
         if net.num_blocks() != blocks {
             return Err(err(format!(
                 "policy {} decides on {} blocks; the segmenter has {blocks} (a policy of another segmenter run?)",
@@ -256,7 +256,7 @@ fn load_policies(runs: &[PathBuf], blocks: usize) -> Result<(Vec<Policy>, f64, f
         };
         let same = policies.iter().filter(|p: &&Policy| p.label.starts_with(label)).count();
         let label = if same == 0 { label.to_string() } else { format!("{label} #{}", same + 1) };
-        policies.push(Policy { label, net, threshold: pc.threshold });
+        policies.push(Policy { label, net, threshold: meta.deployed_threshold(&pc) });
     }
     Ok((policies, tau.unwrap_or(50.0), delta.unwrap_or(DICE_TOLERANCE)))
 }
@@ -299,6 +299,14 @@ fn oracle_path(s: &Scored) -> OraclePath {
     }
 }
 
+/// A volume's policy outputs: per policy, the keep probabilities, the masks across [`SWEEP`] and the
+/// mask at its threshold.
+struct PolicyMasks {
+    probabilities: Vec<Vec<f32>>,
+    sweeps: Vec<Vec<Vec<bool>>>,
+    chosen: Vec<Vec<bool>>,
+}
+
 /// Everything one volume needs: the oracles' search, then every other mask of the study scored in one
 /// pass of the path evaluator (shared prefixes).
 struct VolumeStudy<'a> {
@@ -321,43 +329,17 @@ impl VolumeStudy<'_> {
         let n = self.arch.blocks.len();
         let prepared = ev.prepare(&s.image, s.record.pad_value, Some(s.labels.clone()))?;
         let tolerance = Objective::DiceTolerance { delta: self.delta };
-        let mut table = search(ev, &prepared, self.arch, tolerance)?;
-        if !table.exhaustive {
-            // The reward oracle gets its own beam; its paths join the same table.
-            let more = search(ev, &prepared, self.arch, Objective::Reward { tau: self.tau })?;
-            let new: Vec<Scored> = more.paths.into_iter().filter(|p| table.get(&p.mask).is_none()).collect();
-            table.paths.extend(new);
-        }
+        let mut table = self.oracle_table(ev, &prepared)?;
         let (drop_n, first, last) = heuristic_masks(n);
-        let mut probabilities = Vec::new();
-        for p in self.policies {
-            probabilities.push(keep_probabilities(&p.net, &s.image, self.policy_input)?);
-        }
-        let sweeps: Vec<Vec<Vec<bool>>> = probabilities
-            .iter()
-            .map(|pr| SWEEP.iter().map(|&t| pr.iter().map(|&v| v >= t).collect()).collect())
-            .collect();
-        let chosen: Vec<Vec<bool>> = probabilities
-            .iter()
-            .zip(self.policies)
-            .map(|(pr, p)| pr.iter().map(|&v| v >= p.threshold).collect())
-            .collect();
-        let wanted: Vec<Vec<bool>> = drop_n
+        let PolicyMasks { probabilities, sweeps, chosen } = self.policy_masks(s)?;
+        let wanted = drop_n
             .iter()
             .chain(&first)
             .chain(&last)
             .chain(self.random.iter().flatten())
             .chain(&chosen)
-            .chain(sweeps.iter().flatten())
-            .filter(|m| table.get(m).is_none())
-            .cloned()
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let outcomes = ev.evaluate(&prepared, &wanted, false)?;
-        for (m, o) in wanted.into_iter().zip(outcomes) {
-            table.paths.push(Scored::new(m, &o, self.arch));
-        }
+            .chain(sweeps.iter().flatten());
+        self.score_missing(ev, &prepared, &mut table, wanted)?;
         let lookup: HashMap<&[bool], &Scored> = table.paths.iter().map(|p| (p.mask.as_slice(), p)).collect();
         let dice = |m: &Vec<bool>| lookup[m.as_slice()].dice;
         for (level, masks) in self.random.iter().enumerate() {
@@ -399,6 +381,58 @@ impl VolumeStudy<'_> {
             tolerance_oracle: oracle_path(table.best(tolerance)),
             oracle_sweep,
         })
+    }
+
+    /// The oracles' search on one volume: exhaustive up to [`crate::search`]'s limit, else a beam per
+    /// objective whose paths share one table.
+    fn oracle_table(&self, ev: &mut PathEvaluator, prepared: &Prepared) -> Result<PathTable> {
+        let mut table = search(ev, prepared, self.arch, Objective::DiceTolerance { delta: self.delta })?;
+        if !table.exhaustive {
+            let more = search(ev, prepared, self.arch, Objective::Reward { tau: self.tau })?;
+            let new: Vec<Scored> = more.paths.into_iter().filter(|p| table.get(&p.mask).is_none()).collect();
+            table.paths.extend(new);
+        }
+        Ok(table)
+    }
+
+    /// Each policy's keep probabilities on the volume, its masks across [`SWEEP`] and at its threshold.
+    fn policy_masks(&self, s: &Sample) -> Result<PolicyMasks> {
+        let probabilities = self
+            .policies
+            .iter()
+            .map(|p| keep_probabilities(&p.net, &s.image, self.policy_input))
+            .collect::<Result<Vec<_>>>()?;
+        let sweeps = probabilities
+            .iter()
+            .map(|pr| SWEEP.iter().map(|&t| pr.iter().map(|&v| v >= t).collect()).collect())
+            .collect();
+        let chosen = probabilities
+            .iter()
+            .zip(self.policies)
+            .map(|(pr, p)| pr.iter().map(|&v| v >= p.threshold).collect())
+            .collect();
+        Ok(PolicyMasks { probabilities, sweeps, chosen })
+    }
+
+    /// Scores the masks `table` lacks, each once, in one pass (shared prefixes).
+    fn score_missing<'m>(
+        &self,
+        ev: &mut PathEvaluator,
+        prepared: &Prepared,
+        table: &mut PathTable,
+        masks: impl Iterator<Item = &'m Vec<bool>>,
+    ) -> Result<()> {
+        let wanted: Vec<Vec<bool>> = masks
+            .filter(|m| table.get(m).is_none())
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let outcomes = ev.evaluate(prepared, &wanted, false)?;
+        for (m, o) in wanted.into_iter().zip(outcomes) {
+            table.paths.push(Scored::new(m, &o, self.arch));
+        }
+        Ok(())
     }
 }
 
@@ -570,15 +604,10 @@ fn assemble(a: Assembly) -> Results {
         })
         .collect();
     let oracle_of = |label: &str, f: &dyn Fn(&VolumeResult) -> &OraclePath| {
-        let paths: Vec<(&str, f64, usize, f64)> = a
-            .volumes
-            .iter()
-            .map(|v| {
-                let o = f(v);
-                (o.mask.as_str(), o.dice, o.dropped, o.flop_fraction)
-            })
-            .collect();
-        strategy(label, full_dice, n, &paths)
+        summarize_paths(label, full_dice, n, &a.volumes, &|v| {
+            let o = f(v);
+            (o.mask.as_str(), o.dice, o.dropped, o.flop_fraction)
+        })
     };
     let oracle = oracle_of(&format!("Oracle (best reward, τ = {})", a.tau), &|v| &v.oracle);
     let tolerance_oracle =
@@ -588,61 +617,22 @@ fn assemble(a: Assembly) -> Results {
         .iter()
         .enumerate()
         .map(|(i, label)| {
-            let paths: Vec<(&str, f64, usize, f64)> = a
-                .volumes
-                .iter()
-                .map(|v| {
-                    let p = &v.autopath[i];
-                    (p.mask.as_str(), p.dice, p.dropped, p.flop_fraction)
-                })
-                .collect();
-            strategy(label, full_dice, n, &paths)
+            summarize_paths(label, full_dice, n, &a.volumes, &|v| {
+                let p = &v.autopath[i];
+                (p.mask.as_str(), p.dice, p.dropped, p.flop_fraction)
+            })
         })
         .collect();
-
-    let mut table1 = vec![TableRow {
-        strategy: "Full backbone".into(),
-        drop_ratio: 0.0,
-        flop_fraction: 1.0,
-        dice: full_dice,
-        dice_std: None,
-    }];
-    let mut levels: Vec<usize> =
-        autopath.iter().map(|s| (s.blocks_dropped_mean.round() as usize).clamp(1, n - 1)).collect();
-    levels.dedup();
-    for &level in &levels {
-        let ratio = level as f64 / n as f64;
-        table1.push(TableRow {
-            strategy: format!("DropFirstN (n = {level})"),
-            drop_ratio: ratio,
-            flop_fraction: a.first_flops[level - 1],
-            dice: drop_first[level - 1],
-            dice_std: None,
-        });
-        table1.push(TableRow {
-            strategy: format!("DropLastN (n = {level})"),
-            drop_ratio: ratio,
-            flop_fraction: a.last_flops[level - 1],
-            dice: drop_last[level - 1],
-            dice_std: None,
-        });
-        table1.push(TableRow {
-            strategy: format!("DropRandomN (n = {level}, {} repeats)", a.repeats),
-            drop_ratio: ratio,
-            flop_fraction: a.random_flops[level - 1],
-            dice: drop_random[level - 1].mean,
-            dice_std: Some(drop_random[level - 1].std),
-        });
-    }
-    for s in autopath.iter().chain([&tolerance_oracle, &oracle]) {
-        table1.push(TableRow {
-            strategy: s.label.clone(),
-            drop_ratio: s.drop_ratio,
-            flop_fraction: s.flop_fraction,
-            dice: s.dice,
-            dice_std: None,
-        });
-    }
+    let heuristics = Heuristics {
+        first: &drop_first,
+        last: &drop_last,
+        random: &drop_random,
+        first_flops: &a.first_flops,
+        last_flops: &a.last_flops,
+        random_flops: &a.random_flops,
+        repeats: a.repeats,
+    };
+    let table1 = table1(full_dice, n, &heuristics, &autopath, [&tolerance_oracle, &oracle]);
     let mut results = Results {
         blocks: n,
         test_ids: a.test_ids,
@@ -675,6 +665,62 @@ fn assemble(a: Assembly) -> Results {
         results.summary.above_random_at_every_budget = Some(above);
     }
     results
+}
+
+/// One strategy's summary from the path `f` picks on each volume: `(mask, Dice, dropped, FLOP fraction)`.
+fn summarize_paths(
+    label: &str,
+    full_dice: f64,
+    n: usize,
+    volumes: &[VolumeResult],
+    f: &dyn Fn(&VolumeResult) -> (&str, f64, usize, f64),
+) -> StrategySummary {
+    let paths: Vec<(&str, f64, usize, f64)> = volumes.iter().map(f).collect();
+    strategy(label, full_dice, n, &paths)
+}
+
+/// The heuristics' mean Dice and FLOP fraction per number of dropped blocks (index n − 1).
+struct Heuristics<'a> {
+    first: &'a [f64],
+    last: &'a [f64],
+    random: &'a [Stats],
+    first_flops: &'a [f64],
+    last_flops: &'a [f64],
+    random_flops: &'a [f64],
+    repeats: usize,
+}
+
+/// Table 1: the full network, the heuristics at each policy's mean dropping level, the policies and
+/// the oracles.
+fn table1(
+    full_dice: f64,
+    n: usize,
+    h: &Heuristics,
+    autopath: &[StrategySummary],
+    oracles: [&StrategySummary; 2],
+) -> Vec<TableRow> {
+    let row = |strategy: String, drop_ratio: f64, flop_fraction: f64, dice: f64, dice_std: Option<f64>| TableRow {
+        strategy,
+        drop_ratio,
+        flop_fraction,
+        dice,
+        dice_std,
+    };
+    let mut table = vec![row("Full backbone".into(), 0.0, 1.0, full_dice, None)];
+    let mut levels: Vec<usize> =
+        autopath.iter().map(|s| (s.blocks_dropped_mean.round() as usize).clamp(1, n - 1)).collect();
+    levels.dedup();
+    for &level in &levels {
+        let (ratio, i) = (level as f64 / n as f64, level - 1);
+        table.push(row(format!("DropFirstN (n = {level})"), ratio, h.first_flops[i], h.first[i], None));
+        table.push(row(format!("DropLastN (n = {level})"), ratio, h.last_flops[i], h.last[i], None));
+        let label = format!("DropRandomN (n = {level}, {} repeats)", h.repeats);
+        table.push(row(label, ratio, h.random_flops[i], h.random[i].mean, Some(h.random[i].std)));
+    }
+    for s in autopath.iter().chain(oracles) {
+        table.push(row(s.label.clone(), s.drop_ratio, s.flop_fraction, s.dice, None));
+    }
+    table
 }
 
 /// Qualitative overlays of the best, median and worst volumes of the first policy (by full Dice
@@ -783,107 +829,8 @@ fn pareto_figure(dir: &Path, r: &Results) -> Result<()> {
 }
 
 fn write_report(dir: &Path, r: &Results, overlays: &[(String, f64, PathBuf, PathBuf)]) -> Result<()> {
-    let n = r.blocks;
-    let blue = RGBColor(31, 119, 180);
-    let orange = RGBColor(255, 127, 14);
-    let green = RGBColor(44, 160, 44);
-    let red = RGBColor(214, 39, 40);
-    let full_line = |len: usize, from: usize| Series {
-        label: "full backbone".into(),
-        points: (from..from + len).map(|i| (i as f64, r.table1[0].dice)).collect(),
-        color: RGBColor(120, 120, 120),
-        band: None,
-        markers_only: false,
-    };
-    let ymin = |v: &[f64]| (v.iter().copied().fold(1.0f64, f64::min) - 0.05).max(0.0);
-    line_chart(
-        dir,
-        "fig3_drop_n",
-        "Fig. 3 - DropN: drop only block n",
-        "block n",
-        "mean Dice",
-        &[
-            Series {
-                label: "DropN".into(),
-                points: r.drop_n.iter().enumerate().map(|(i, &d)| ((i + 1) as f64, d)).collect(),
-                color: blue,
-                band: None,
-                markers_only: true,
-            },
-            full_line(n, 1),
-        ],
-        (ymin(&r.drop_n), 1.0),
-    )?;
-    line_chart(
-        dir,
-        "fig4_drop_first",
-        "Fig. 4 - DropFirstN: drop blocks 1..n",
-        "n",
-        "mean Dice",
-        &[
-            Series {
-                label: "DropFirstN".into(),
-                points: r.drop_first.iter().enumerate().map(|(i, &d)| ((i + 1) as f64, d)).collect(),
-                color: orange,
-                band: None,
-                markers_only: false,
-            },
-            full_line(n - 1, 1),
-        ],
-        (ymin(&r.drop_first), 1.0),
-    )?;
-    line_chart(
-        dir,
-        "fig5_drop_last",
-        "Fig. 5 - DropLastN: drop the last n blocks",
-        "n",
-        "mean Dice",
-        &[
-            Series {
-                label: "DropLastN".into(),
-                points: r.drop_last.iter().enumerate().map(|(i, &d)| ((i + 1) as f64, d)).collect(),
-                color: green,
-                band: None,
-                markers_only: false,
-            },
-            full_line(n - 1, 1),
-        ],
-        (ymin(&r.drop_last), 1.0),
-    )?;
-    let means: Vec<f64> = r.drop_random.iter().map(|s| s.mean).collect();
-    let mins: Vec<f64> = r.drop_random.iter().map(|s| s.min).collect();
-    line_chart(
-        dir,
-        "fig6_drop_random",
-        &format!("Figs. 6-7 - DropRandomN ({} repeats): mean, ±std band, min, max", r.random_repeats),
-        "blocks dropped n",
-        "mean Dice",
-        &[
-            Series {
-                label: "mean (±std)".into(),
-                points: means.iter().enumerate().map(|(i, &d)| ((i + 1) as f64, d)).collect(),
-                color: red,
-                band: Some(r.drop_random.iter().map(|s| (s.mean - s.std, s.mean + s.std)).collect()),
-                markers_only: false,
-            },
-            Series {
-                label: "min".into(),
-                points: mins.iter().enumerate().map(|(i, &d)| ((i + 1) as f64, d)).collect(),
-                color: RGBColor(148, 103, 189),
-                band: None,
-                markers_only: false,
-            },
-            Series {
-                label: "max".into(),
-                points: r.drop_random.iter().enumerate().map(|(i, s)| ((i + 1) as f64, s.max)).collect(),
-                color: RGBColor(140, 86, 75),
-                band: None,
-                markers_only: false,
-            },
-            full_line(n - 1, 1),
-        ],
-        (ymin(&mins), 1.0),
-    )?;
+    heuristic_figures(dir, r)?;
+    drop_random_figure(dir, r)?;
     let dropped: Vec<usize> = r.volumes.iter().filter_map(|v| v.autopath.first().map(|p| p.dropped)).collect();
     if !dropped.is_empty() {
         histogram(
@@ -892,13 +839,95 @@ fn write_report(dir: &Path, r: &Results, overlays: &[(String, f64, PathBuf, Path
             &format!("Fig. 8 - blocks dropped by {} per test volume", r.policies[0]),
             "blocks dropped",
             &dropped,
-            n,
+            r.blocks,
         )?;
     }
     pareto_figure(dir, r)?;
-
     let mut md = String::new();
-    let _ = writeln!(md, "# AutoPath evaluation\n\n{} test volumes ({}), N = {} blocks, whole volumes with sliding windows. Dice per volume = (2|P∩G| + ε)/(|P| + |G| + ε), averaged over volumes.\n", r.volumes.len(), r.test_ids.join(", "), n);
+    table1_section(&mut md, r);
+    figures_section(&mut md, dir, overlays);
+    per_volume_section(&mut md, r);
+    heuristics_section(&mut md, r);
+    crate::atomic::write_bytes_atomically(&dir.join("report.md"), md.as_bytes())
+}
+
+/// The full network's Dice as a flat reference line over `len` x positions from `from`.
+fn full_line(r: &Results, len: usize, from: usize) -> Series {
+    Series {
+        label: "full backbone".into(),
+        points: (from..from + len).map(|i| (i as f64, r.table1[0].dice)).collect(),
+        color: RGBColor(120, 120, 120),
+        band: None,
+        markers_only: false,
+    }
+}
+
+/// Lower y bound of a figure: 0.05 under its lowest value.
+fn y_floor(v: &[f64]) -> f64 {
+    (v.iter().copied().fold(1.0f64, f64::min) - 0.05).max(0.0)
+}
+
+/// A curve over n = 1, 2, … of per-n values.
+fn over_n(label: &str, values: impl Iterator<Item = f64>, color: RGBColor, markers_only: bool) -> Series {
+    Series {
+        label: label.into(),
+        points: values.enumerate().map(|(i, d)| ((i + 1) as f64, d)).collect(),
+        color,
+        band: None,
+        markers_only,
+    }
+}
+
+/// Figs. 3–5: DropN, DropFirstN and DropLastN against the full network.
+fn heuristic_figures(dir: &Path, r: &Results) -> Result<()> {
+    let n = r.blocks;
+    for (file, title, label, values, color, len, markers) in [
+        ("fig3_drop_n", "Fig. 3 - DropN: drop only block n", "DropN", &r.drop_n, RGBColor(31, 119, 180), n, true),
+        (
+            "fig4_drop_first",
+            "Fig. 4 - DropFirstN: drop blocks 1..n",
+            "DropFirstN",
+            &r.drop_first,
+            RGBColor(255, 127, 14),
+            n - 1,
+            false,
+        ),
+        (
+            "fig5_drop_last",
+            "Fig. 5 - DropLastN: drop the last n blocks",
+            "DropLastN",
+            &r.drop_last,
+            RGBColor(44, 160, 44),
+            n - 1,
+            false,
+        ),
+    ] {
+        let x_label = if markers { "block n" } else { "n" };
+        let series = [over_n(label, values.iter().copied(), color, markers), full_line(r, len, 1)];
+        line_chart(dir, file, title, x_label, "mean Dice", &series, (y_floor(values), 1.0))?;
+    }
+    Ok(())
+}
+
+/// Figs. 6–7: DropRandomN's mean with its ±std band, minimum and maximum.
+fn drop_random_figure(dir: &Path, r: &Results) -> Result<()> {
+    let mins: Vec<f64> = r.drop_random.iter().map(|s| s.min).collect();
+    let mut mean = over_n("mean (±std)", r.drop_random.iter().map(|s| s.mean), RGBColor(214, 39, 40), false);
+    mean.band = Some(r.drop_random.iter().map(|s| (s.mean - s.std, s.mean + s.std)).collect());
+    let series = [
+        mean,
+        over_n("min", mins.iter().copied(), RGBColor(148, 103, 189), false),
+        over_n("max", r.drop_random.iter().map(|s| s.max), RGBColor(140, 86, 75), false),
+        full_line(r, r.blocks - 1, 1),
+    ];
+    let title = format!("Figs. 6-7 - DropRandomN ({} repeats): mean, ±std band, min, max", r.random_repeats);
+    line_chart(dir, "fig6_drop_random", &title, "blocks dropped n", "mean Dice", &series, (y_floor(&mins), 1.0))?;
+    Ok(())
+}
+
+/// The report's opening and Table 1 with the oracles' explanation.
+fn table1_section(md: &mut String, r: &Results) {
+    let _ = writeln!(md, "# AutoPath evaluation\n\n{} test volumes ({}), N = {} blocks, whole volumes with sliding windows. Dice per volume = (2|P∩G| + ε)/(|P| + |G| + ε), averaged over volumes.\n", r.volumes.len(), r.test_ids.join(", "), r.blocks);
     let _ = writeln!(md, "## Table 1 — strategies at AutoPath's dropping level, and the per-volume oracles\n\n| strategy | blocks dropped | FLOPs vs full | mean Dice | distinct paths |\n|---|---:|---:|---:|---:|");
     let distinct = |label: &str| {
         let s = &r.summary;
@@ -929,6 +958,10 @@ fn write_report(dir: &Path, r: &Results, overlays: &[(String, f64, PathBuf, Path
             if above { "above" } else { "NOT above" }
         );
     }
+}
+
+/// Links to the figures that were drawn and the qualitative overlays.
+fn figures_section(md: &mut String, dir: &Path, overlays: &[(String, f64, PathBuf, PathBuf)]) {
     let _ = writeln!(md, "\n## Figures\n");
     for (f, t) in [
         ("fig_pareto", "Dice against FLOPs: AutoPath across keep thresholds, the heuristics and the oracle"),
@@ -952,6 +985,10 @@ fn write_report(dir: &Path, r: &Results, overlays: &[(String, f64, PathBuf, Path
             file_name(coronal)
         );
     }
+}
+
+/// Each test volume: the full network, every policy's path and both oracles.
+fn per_volume_section(md: &mut String, r: &Results) {
     let mut head = "| case | full |".to_string();
     let mut rule = "|---|---:|".to_string();
     for p in &r.policies {
@@ -970,8 +1007,12 @@ fn write_report(dir: &Path, r: &Results, overlays: &[(String, f64, PathBuf, Path
         let (t, o) = (&v.tolerance_oracle, &v.oracle);
         let _ = writeln!(md, "{row} {:.4} | {} | {:.4} | {} |", t.dice, t.mask, o.dice, o.mask);
     }
+}
+
+/// The heuristics' mean Dice per n.
+fn heuristics_section(md: &mut String, r: &Results) {
     let _ = writeln!(md, "\n## DropN / DropFirstN / DropLastN / DropRandomN (mean Dice)\n\n| n | DropN (block n) | DropFirstN | DropLastN | DropRandomN mean ± std [min, max] |\n|---:|---:|---:|---:|---|");
-    for i in 0..n {
+    for i in 0..r.blocks {
         let f = |v: &[f64]| v.get(i).map_or("-".into(), |d| format!("{d:.4}"));
         let rnd = r
             .drop_random
@@ -979,5 +1020,4 @@ fn write_report(dir: &Path, r: &Results, overlays: &[(String, f64, PathBuf, Path
             .map_or("-".into(), |s| format!("{:.4} ± {:.4} [{:.4}, {:.4}]", s.mean, s.std, s.min, s.max));
         let _ = writeln!(md, "| {} | {} | {} | {} | {} |", i + 1, f(&r.drop_n), f(&r.drop_first), f(&r.drop_last), rnd);
     }
-    crate::atomic::write_bytes_atomically(&dir.join("report.md"), md.as_bytes())
 }

@@ -188,7 +188,7 @@ fn a_policy_for_another_number_of_blocks_is_refused_by_compile() {
     let vars = candle_nn::VarMap::new();
     let vb = candle_nn::VarBuilder::from_varmap(&vars, candle_core::DType::F32, &Device::Cpu);
     let policy = autopath_models::policy::PolicyNet::load(vb, &r50).unwrap();
-    let input = autopath::compile::PolicyInput { net: &policy, threshold: 0.5, training: serde_json::json!({}) };
+    let input = autopath::compile::PolicyInput { net: &policy, threshold: 0.5, training: None };
     let out = dir.path().join("bundle");
     let err = compile(
         &model.net,

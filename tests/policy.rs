@@ -185,6 +185,12 @@ fn the_budget_calibration_holds_on_held_out_volumes() {
         .collect();
     assert!(curve.len() >= 2 && curve.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 > w[1].1), "{curve:?}");
     assert_eq!(curve[0].1, 1.0, "the lowest threshold keeps every block");
+    // The manifest records how the policy was trained, and the threshold it deploys is that record's.
+    let training = &manifest["policy"]["training"];
+    assert_eq!(training["method"], "distil");
+    assert_eq!(training["threshold_from_validation"], false);
+    assert_eq!(training["threshold"].as_f64(), manifest["policy"]["threshold"].as_f64());
+    assert_eq!(manifest["policy"]["threshold"].as_f64(), Some(0.5));
 
     // Held-out volumes: phantoms of another seed.
     let held_out = f.dir.path().join("held-out");

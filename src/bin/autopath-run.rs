@@ -139,38 +139,27 @@ fn serve(sub: Sub) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-fn run(cli: Cli) -> anyhow::Result<bool> {
-    #[cfg(feature = "serve")]
-    if let Some(sub) = cli.command {
-        return serve(sub);
+/// `--check-ort`: which ONNX Runtime library loaded, its build, the NVIDIA library folders and which
+/// execution providers can run.
+fn check_ort() -> anyhow::Result<()> {
+    let (path, _) = autopath::onnxruntime::load(None)?;
+    println!("ONNX Runtime loaded from {}", path.display());
+    println!("{}", autopath::onnxruntime::build_info()?);
+    let (cuda, cudnn) = autopath::runtime::gpu::wheel_library_dirs(path);
+    let dir = |d: Option<std::path::PathBuf>| {
+        d.map_or("not beside the library (system search)".into(), |d| d.display().to_string())
+    };
+    println!("CUDA libraries:  {}\ncuDNN libraries: {}", dir(cuda), dir(cudnn));
+    println!("execution providers:");
+    for p in autopath::runtime::gpu::provider_report()? {
+        println!("  {:<9} {:<13} {}", p.name, if p.usable { "available" } else { "not available" }, p.detail);
     }
-    if cli.check_ort {
-        let (path, _) = autopath::onnxruntime::load(None)?;
-        println!("ONNX Runtime loaded from {}", path.display());
-        println!("{}", autopath::onnxruntime::build_info()?);
-        let (cuda, cudnn) = autopath::runtime::gpu::wheel_library_dirs(path);
-        let dir = |d: Option<std::path::PathBuf>| {
-            d.map_or("not beside the library (system search)".into(), |d| d.display().to_string())
-        };
-        println!("CUDA libraries:  {}\ncuDNN libraries: {}", dir(cuda), dir(cudnn));
-        println!("execution providers:");
-        for p in autopath::runtime::gpu::provider_report()? {
-            println!("  {:<9} {:<13} {}", p.name, if p.usable { "available" } else { "not available" }, p.detail);
-        }
-        return Ok(true);
-    }
-    let (bundle, input, output) =
-        (cli.bundle.expect("required"), cli.input.expect("required"), cli.output.expect("required"));
-    let opts = cli.provider.options(cli.tile_batch);
-    let mut predictor = Predictor::from_bundle(&bundle, &opts)?;
-    predictor.tile_batch = cli.tile_batch.max(1);
-    predictor.read_options.max_voxels = cli.max_voxels;
-    predictor.read_options.non_finite = cli.nan;
-    if let Some(step) = cli.step {
-        anyhow::ensure!(step > 0.0 && step <= 1.0, "--step {step} must be in (0, 1]");
-        predictor.window.overlap = 1.0 - step;
-    }
-    let choice = match cli.path {
+    Ok(())
+}
+
+/// The path choice with `--budget` turned into the bundle's calibrated keep threshold.
+fn path_choice(cli: &Cli, predictor: &Predictor) -> anyhow::Result<PathChoice> {
+    Ok(match &cli.path {
         PathChoice::Auto { .. } => PathChoice::Auto {
             threshold: match cli.budget {
                 Some(b) => Some(
@@ -185,8 +174,34 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 None => cli.threshold,
             },
         },
-        other => other,
-    };
+        other => other.clone(),
+    })
+}
+
+fn run(cli: Cli) -> anyhow::Result<bool> {
+    #[cfg(feature = "serve")]
+    if let Some(sub) = cli.command {
+        return serve(sub);
+    }
+    if cli.check_ort {
+        check_ort()?;
+        return Ok(true);
+    }
+    let (bundle, input, output) = (
+        cli.bundle.clone().expect("required"),
+        cli.input.clone().expect("required"),
+        cli.output.clone().expect("required"),
+    );
+    let opts = cli.provider.options(cli.tile_batch);
+    let mut predictor = Predictor::from_bundle(&bundle, &opts)?;
+    predictor.tile_batch = cli.tile_batch.max(1);
+    predictor.read_options.max_voxels = cli.max_voxels;
+    predictor.read_options.non_finite = cli.nan;
+    if let Some(step) = cli.step {
+        anyhow::ensure!(step > 0.0 && step <= 1.0, "--step {step} must be in (0, 1]");
+        predictor.window.overlap = 1.0 - step;
+    }
+    let choice = path_choice(&cli, &predictor)?;
     let pairs = plan(&input, &output, cli.shard)?;
     if input.is_dir() {
         std::fs::create_dir_all(&output).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", output.display()))?;

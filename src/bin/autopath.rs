@@ -69,70 +69,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// The whole product on synthetic data: synth, train, train-policy, eval, compile, run, bench.
-    Demo {
-        /// Output folder (stages found finished there are reused).
-        #[arg(long, default_value = "demo-out")]
-        out: PathBuf,
-        /// A smoke run in well under two minutes (tiny data and networks).
-        #[arg(long)]
-        quick: bool,
-        /// Redo every stage.
-        #[arg(long)]
-        fresh: bool,
-        /// Where Candle trains: cpu, cuda or cuda:N [default: cuda:0 when this build has CUDA and a
-        /// GPU answers, else cpu].
-        #[arg(long)]
-        device: Option<DeviceChoice>,
-        /// Phantoms to synthesise.
-        #[arg(long)]
-        cases: Option<usize>,
-        /// Segmenter epochs.
-        #[arg(long)]
-        epochs: Option<usize>,
-        /// Segmenter width.
-        #[arg(long)]
-        width: Option<usize>,
-        /// Policy epochs.
-        #[arg(long)]
-        policy_epochs: Option<usize>,
-        /// Volumes per policy step.
-        #[arg(long)]
-        policy_batch: Option<usize>,
-        /// Epochs per curriculum step.
-        #[arg(long)]
-        curriculum_epochs: Option<usize>,
-        /// Stochastic depth while training the segmenter.
-        #[arg(long)]
-        drop_path: Option<f64>,
-        /// τ of the reward.
-        #[arg(long)]
-        tau: Option<f64>,
-        /// DropRandomN repeats.
-        #[arg(long)]
-        random_repeats: Option<usize>,
-        /// Seed.
-        #[arg(long)]
-        seed: Option<u64>,
-    },
+    Demo(DemoArgs),
     /// Write synthetic abdominal CT phantoms with liver labels in the LiTS layout.
-    Synth {
-        /// Output folder (created if missing).
-        #[arg(long)]
-        out: PathBuf,
-        /// Number of cases.
-        #[arg(long, default_value_t = 24)]
-        cases: usize,
-        /// Seed: the same seed gives the same volumes, bit for bit.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Volume shape D,H,W (slices, rows, columns).
-        #[arg(long, default_value = "48,128,128", value_parser = parse_shape)]
-        size: [usize; 3],
-        /// `ct`: abdominal CT with liver labels; `mr`: T1-like MR heads with a brain label (arbitrary
-        /// units and a bias field: train with `--intensity zscore`).
-        #[arg(long, default_value = "ct", value_parser = ["ct", "mr"])]
-        family: String,
-    },
+    Synth(SynthArgs),
     /// Train the segmenter (3D DeepLab V3 on a ResNet backbone).
     Train(TrainArgs),
     /// Train the block-dropping policy on a frozen segmenter (distilled paths, or the paper's REINFORCE).
@@ -142,87 +81,11 @@ enum Command {
     /// path that CUDA runs, on the CPU.
     DeviceCheck(DeviceCheckArgs),
     /// Reproduce the paper's study on the test split: heuristics vs AutoPath, Table 1, figures.
-    Eval {
-        /// Segmenter run folder.
-        #[arg(long)]
-        seg: PathBuf,
-        /// Policy run folder, one AutoPath row each; repeat to compare methods (e.g. --policy distil
-        /// --policy paper).
-        #[arg(long, num_args = 1..)]
-        policy: Vec<PathBuf>,
-        /// Report folder: report.md, results.json, figures.
-        #[arg(long)]
-        out: PathBuf,
-        /// Random masks per dropping level for DropRandomN [default: 100 for N <= 8, 500 otherwise].
-        #[arg(long)]
-        random_repeats: Option<usize>,
-        /// Seed of the random masks.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Tiles per ONNX Runtime call.
-        #[arg(long, default_value_t = 4)]
-        tile_batch: usize,
-    },
+    Eval(EvalArgs),
     /// Measure AutoPath's latency against the full backbone with the runtime's code.
-    Bench {
-        /// Bundle folder.
-        #[arg(long)]
-        bundle: PathBuf,
-        /// A dataset folder (its images) or NIfTI files.
-        #[arg(long, num_args = 1..)]
-        data: Vec<PathBuf>,
-        /// At most this many volumes.
-        #[arg(long)]
-        limit: Option<usize>,
-        #[command(flatten)]
-        provider: autopath::cli::ProviderArgs,
-        /// Timed repeats per measurement.
-        #[arg(long, default_value_t = 5)]
-        repeats: usize,
-        /// Warm-up runs.
-        #[arg(long, default_value_t = 1)]
-        warmup: usize,
-        /// Tiles per network call.
-        #[arg(long, default_value_t = 2)]
-        tile_batch: usize,
-        /// Output folder: bench.md, bench.json, latency plot.
-        #[arg(long)]
-        out: PathBuf,
-    },
+    Bench(BenchArgs),
     /// Export trained models as a deployable bundle of ONNX graphs (one per block) with a manifest.
-    Compile {
-        /// Segmenter run folder (from `autopath train`).
-        #[arg(long, required_unless_present = "untrained")]
-        seg: Option<PathBuf>,
-        /// Instead of --seg: a seeded, untrained network of this architecture (r18, r50) with a
-        /// seeded policy, to measure latency at sizes nobody trained here (e.g. the paper's, on a GPU).
-        #[arg(long, conflicts_with_all = ["seg", "policy"], value_parser = ["r18", "r34", "r50"])]
-        untrained: Option<String>,
-        /// Width of the untrained network.
-        #[arg(long, default_value_t = 64, requires = "untrained")]
-        width: usize,
-        /// Tile D,H,W of the untrained network.
-        #[arg(long, default_value = "48,256,256", value_parser = parse_shape, requires = "untrained")]
-        patch: [usize; 3],
-        /// Policy run folder (from `autopath train-policy`); without it the bundle runs the full path.
-        #[arg(long)]
-        policy: Option<PathBuf>,
-        /// An `autopath eval` results.json whose summary the manifest records.
-        #[arg(long)]
-        evaluation: Option<PathBuf>,
-        /// Which checkpoint of the segmenter.
-        #[arg(long, default_value = "best", value_parser = ["best", "last"])]
-        checkpoint: String,
-        /// Bundle folder to create.
-        #[arg(long)]
-        out: PathBuf,
-        /// Replace an existing bundle folder.
-        #[arg(long)]
-        force: bool,
-        /// Skip the ONNX Runtime parity checks.
-        #[arg(long)]
-        no_verify: bool,
-    },
+    Compile(CompileArgs),
     /// Print a bundle's manifest and verify its checksums.
     Inspect {
         /// Bundle folder.
@@ -234,6 +97,158 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         tile_batch: usize,
     },
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Output folder (stages found finished there are reused).
+    #[arg(long, default_value = "demo-out")]
+    out: PathBuf,
+    /// A smoke run in well under two minutes (tiny data and networks).
+    #[arg(long)]
+    quick: bool,
+    /// Redo every stage.
+    #[arg(long)]
+    fresh: bool,
+    /// Where Candle trains: cpu, cuda or cuda:N [default: cuda:0 when this build has CUDA and a
+    /// GPU answers, else cpu].
+    #[arg(long)]
+    device: Option<DeviceChoice>,
+    /// Phantoms to synthesise.
+    #[arg(long)]
+    cases: Option<usize>,
+    /// Segmenter epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Segmenter width.
+    #[arg(long)]
+    width: Option<usize>,
+    /// Policy epochs.
+    #[arg(long)]
+    policy_epochs: Option<usize>,
+    /// Volumes per policy step.
+    #[arg(long)]
+    policy_batch: Option<usize>,
+    /// Epochs per curriculum step.
+    #[arg(long)]
+    curriculum_epochs: Option<usize>,
+    /// Stochastic depth while training the segmenter.
+    #[arg(long)]
+    drop_path: Option<f64>,
+    /// τ of the reward.
+    #[arg(long)]
+    tau: Option<f64>,
+    /// DropRandomN repeats.
+    #[arg(long)]
+    random_repeats: Option<usize>,
+    /// Seed.
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+#[derive(clap::Args)]
+struct SynthArgs {
+    /// Output folder (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+    /// Number of cases.
+    #[arg(long, default_value_t = 24)]
+    cases: usize,
+    /// Seed: the same seed gives the same volumes, bit for bit.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Volume shape D,H,W (slices, rows, columns).
+    #[arg(long, default_value = "48,128,128", value_parser = parse_shape)]
+    size: [usize; 3],
+    /// `ct`: abdominal CT with liver labels; `mr`: T1-like MR heads with a brain label (arbitrary
+    /// units and a bias field: train with `--intensity zscore`).
+    #[arg(long, default_value = "ct", value_parser = ["ct", "mr"])]
+    family: String,
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// Segmenter run folder.
+    #[arg(long)]
+    seg: PathBuf,
+    /// Policy run folder, one AutoPath row each; repeat to compare methods (e.g. --policy distil
+    /// --policy paper).
+    #[arg(long, num_args = 1..)]
+    policy: Vec<PathBuf>,
+    /// Report folder: report.md, results.json, figures.
+    #[arg(long)]
+    out: PathBuf,
+    /// Random masks per dropping level for DropRandomN [default: 100 for N <= 8, 500 otherwise].
+    #[arg(long)]
+    random_repeats: Option<usize>,
+    /// Seed of the random masks.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Tiles per ONNX Runtime call.
+    #[arg(long, default_value_t = 4)]
+    tile_batch: usize,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Bundle folder.
+    #[arg(long)]
+    bundle: PathBuf,
+    /// A dataset folder (its images) or NIfTI files.
+    #[arg(long, num_args = 1..)]
+    data: Vec<PathBuf>,
+    /// At most this many volumes.
+    #[arg(long)]
+    limit: Option<usize>,
+    #[command(flatten)]
+    provider: autopath::cli::ProviderArgs,
+    /// Timed repeats per measurement.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Warm-up runs.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Tiles per network call.
+    #[arg(long, default_value_t = 2)]
+    tile_batch: usize,
+    /// Output folder: bench.md, bench.json, latency plot.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct CompileArgs {
+    /// Segmenter run folder (from `autopath train`).
+    #[arg(long, required_unless_present = "untrained")]
+    seg: Option<PathBuf>,
+    /// Instead of --seg: a seeded, untrained network of this architecture (r18, r50) with a
+    /// seeded policy, to measure latency at sizes nobody trained here (e.g. the paper's, on a GPU).
+    #[arg(long, conflicts_with_all = ["seg", "policy"], value_parser = ["r18", "r34", "r50"])]
+    untrained: Option<String>,
+    /// Width of the untrained network.
+    #[arg(long, default_value_t = 64, requires = "untrained")]
+    width: usize,
+    /// Tile D,H,W of the untrained network.
+    #[arg(long, default_value = "48,256,256", value_parser = parse_shape, requires = "untrained")]
+    patch: [usize; 3],
+    /// Policy run folder (from `autopath train-policy`); without it the bundle runs the full path.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// An `autopath eval` results.json whose summary the manifest records.
+    #[arg(long)]
+    evaluation: Option<PathBuf>,
+    /// Which checkpoint of the segmenter.
+    #[arg(long, default_value = "best", value_parser = ["best", "last"])]
+    checkpoint: String,
+    /// Bundle folder to create.
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace an existing bundle folder.
+    #[arg(long)]
+    force: bool,
+    /// Skip the ONNX Runtime parity checks.
+    #[arg(long)]
+    no_verify: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -295,6 +310,9 @@ struct PolicyArgs {
     /// Keep threshold of the greedy path.
     #[arg(long, default_value_t = 0.5)]
     threshold: f32,
+    /// Distil: choose the keep threshold on the validation volumes (0.05 to 0.95; --threshold wins ties).
+    #[arg(long)]
+    calibrate_threshold: bool,
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -361,6 +379,7 @@ fn train_policy(args: PolicyArgs, quiet: bool) -> anyhow::Result<()> {
             val_every: args.val_every,
             seed: args.seed,
             threshold: args.threshold,
+            calibrate_threshold: args.calibrate_threshold,
             tile_batch: args.tile_batch,
         };
         train_policy(cfg, &out, &device, &on_epoch)?;
@@ -369,11 +388,13 @@ fn train_policy(args: PolicyArgs, quiet: bool) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let meta: autopath::train::policy::PolicyMeta = autopath::train::checkpoint::read_json(&out.join("best.json"))?;
     println!(
-        "policy trained: best validation score {:.4} at epoch {} (Dice {:.4}, {:.1} % of blocks dropped); checkpoints in {}",
+        "policy trained: best validation score {:.4} at epoch {} (Dice {:.4}, {:.1} % of blocks dropped, keep threshold {}{}); checkpoints in {}",
         meta.best_reward.unwrap_or(f64::NAN),
         meta.best_epoch.unwrap_or(0),
         meta.val_dice.unwrap_or(f64::NAN),
         100.0 * meta.val_dropped.unwrap_or(0.0),
+        meta.deployed_threshold(&autopath::train::checkpoint::read_json(&out.join("config.json"))?),
+        if meta.threshold.is_some() { ", chosen on validation" } else { "" },
         out.display()
     );
     Ok(())
@@ -579,126 +600,113 @@ fn train(args: TrainArgs, quiet: bool) -> anyhow::Result<()> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Synth { out, cases, seed, size, family } => {
-            let family = if family == "mr" { autopath::synth::Family::Mr } else { autopath::synth::Family::Ct };
-            let cfg = SynthConfig { cases, seed, size, family };
-            let bar = progress(cases as u64, "synth", cli.quiet);
-            let infos = synthesize(&out, &cfg, &|done| bar.set_position(done as u64))
-                .with_context(|| format!("synthesising into {}", out.display()))?;
-            bar.finish_and_clear();
-            let mean_liver = infos.iter().map(|i| i.liver_fraction).sum::<f32>() / infos.len() as f32;
-            println!(
-                "wrote {} phantoms of {:?} to {} (mean liver fraction {:.3})",
-                infos.len(),
-                size,
-                out.display(),
-                mean_liver
-            );
-            Ok(())
-        }
+        Command::Synth(args) => synth(args, cli.quiet),
         Command::Train(args) => train(args, cli.quiet),
-        Command::Demo {
-            out,
-            quick,
-            fresh,
-            device,
-            cases,
-            epochs,
-            width,
-            policy_epochs,
-            policy_batch,
-            curriculum_epochs,
-            drop_path,
-            tau,
-            random_repeats,
-            seed,
-        } => {
-            use autopath::demo::{run, DemoOptions};
-            let mut o = if quick { DemoOptions::quick(out.clone()) } else { DemoOptions::standard(out.clone()) };
-            o.fresh = fresh;
-            o.device = open_device(device)?;
-            o.cases = cases.unwrap_or(o.cases);
-            o.epochs = epochs.unwrap_or(o.epochs);
-            o.width = width.unwrap_or(o.width);
-            o.policy_epochs = policy_epochs.unwrap_or(o.policy_epochs);
-            o.policy_batch = policy_batch.unwrap_or(o.policy_batch).max(1);
-            o.curriculum_epochs = curriculum_epochs.unwrap_or(o.curriculum_epochs);
-            o.drop_path = drop_path.unwrap_or(o.drop_path);
-            o.tau = tau.unwrap_or(o.tau);
-            o.random_repeats = random_repeats.unwrap_or(o.random_repeats);
-            o.seed = seed.unwrap_or(o.seed);
-            let t = std::time::Instant::now();
-            let r = run(&o, &|line| eprintln!("{line}"))?;
-            println!("\nTable 1 (test volumes {}):\n{}", r.eval.test_ids.join(", "), table1_text(&r.eval));
-            println!("Latency (CPU, ONNX Runtime):\n{}", autopath::bench::markdown(&r.bench));
-            println!("report:        {}", out.join("eval/report.md").display());
-            println!("figures:       {}", out.join("eval").display());
-            println!("bundle:        {}", out.join("bundle").display());
-            println!("segmentations: {}", out.join("segmentations").display());
-            println!("benchmark:     {}", out.join("bench/bench.md").display());
-            println!("demo finished in {:.0} s", t.elapsed().as_secs_f64());
-            Ok(())
-        }
+        Command::Demo(args) => demo(args),
         Command::TrainPolicy(args) => train_policy(args, cli.quiet),
         Command::DeviceCheck(args) => device_check(args),
-        Command::Bench { bundle, data, limit, provider, repeats, warmup, tile_batch, out } => {
-            let inputs = bench_inputs(&data, limit)?;
-            let opts =
-                autopath::bench::BenchOptions { repeats, warmup, session: provider.options(tile_batch), tile_batch };
-            let report = autopath::bench::bench(&bundle, &inputs, &out, &opts)?;
-            write_bench(&out, &report)?;
-            println!("{}", autopath::bench::markdown(&report));
-            Ok(())
-        }
-        Command::Eval { seg, policy, out, random_repeats, seed, tile_batch } => {
-            let opts = autopath::eval::EvalOptions {
-                seg,
-                policies: policy,
-                out: out.clone(),
-                random_repeats,
-                seed,
-                tile_batch,
-            };
-            let bar = progress(0, "eval", cli.quiet);
-            let r = autopath::eval::evaluate(&opts, &|done, total| {
-                bar.set_length(total as u64);
-                bar.set_position(done as u64);
-            })?;
-            bar.finish_and_clear();
-            println!("{}", table1_text(&r));
-            println!("report: {}", out.join("report.md").display());
-            Ok(())
-        }
-        Command::Compile { seg, untrained, width, patch, policy, evaluation, checkpoint, out, force, no_verify } => {
-            let opts = autopath::compile::CompileOptions { verify: !no_verify, force };
-            if let Some(arch) = untrained {
-                return compile_untrained(&arch, width, patch, &out, opts);
-            }
-            let seg = seg.ok_or_else(|| anyhow::anyhow!("--seg is required (or --untrained ARCH)"))?;
-            let report = autopath::compile::compile_runs(
-                &seg,
-                &checkpoint,
-                policy.as_deref(),
-                evaluation.as_deref(),
-                &out,
-                opts,
-            )?;
-            for c in &report.checks {
-                println!("  {}  {}", c.describe(), if c.passed { "ok" } else { "FAILED" });
-            }
-            println!(
-                "compiled {} graphs into {} in {:.1} s: {:.1} MB ({:.2}x the {:.1} MB of fp32 weights)",
-                report.files,
-                out.display(),
-                report.seconds,
-                report.bundle_bytes as f64 / 1e6,
-                report.bundle_bytes as f64 / report.weight_bytes as f64,
-                report.weight_bytes as f64 / 1e6
-            );
-            Ok(())
-        }
+        Command::Bench(args) => bench(args),
+        Command::Eval(args) => eval(args, cli.quiet),
+        Command::Compile(args) => compile(args),
         Command::Inspect { bundle, json, tile_batch } => inspect(&bundle, json, tile_batch),
     }
+}
+
+fn synth(args: SynthArgs, quiet: bool) -> anyhow::Result<()> {
+    let SynthArgs { out, cases, seed, size, family } = args;
+    let family = if family == "mr" { autopath::synth::Family::Mr } else { autopath::synth::Family::Ct };
+    let cfg = SynthConfig { cases, seed, size, family };
+    let bar = progress(cases as u64, "synth", quiet);
+    let infos = synthesize(&out, &cfg, &|done| bar.set_position(done as u64))
+        .with_context(|| format!("synthesising into {}", out.display()))?;
+    bar.finish_and_clear();
+    let mean_liver = infos.iter().map(|i| i.liver_fraction).sum::<f32>() / infos.len() as f32;
+    println!(
+        "wrote {} phantoms of {:?} to {} (mean liver fraction {:.3})",
+        infos.len(),
+        size,
+        out.display(),
+        mean_liver
+    );
+    Ok(())
+}
+
+fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    use autopath::demo::{run, DemoOptions};
+    let out = args.out.clone();
+    let mut o = if args.quick { DemoOptions::quick(out.clone()) } else { DemoOptions::standard(out.clone()) };
+    o.fresh = args.fresh;
+    o.device = open_device(args.device)?;
+    o.cases = args.cases.unwrap_or(o.cases);
+    o.epochs = args.epochs.unwrap_or(o.epochs);
+    o.width = args.width.unwrap_or(o.width);
+    o.policy_epochs = args.policy_epochs.unwrap_or(o.policy_epochs);
+    o.policy_batch = args.policy_batch.unwrap_or(o.policy_batch).max(1);
+    o.curriculum_epochs = args.curriculum_epochs.unwrap_or(o.curriculum_epochs);
+    o.drop_path = args.drop_path.unwrap_or(o.drop_path);
+    o.tau = args.tau.unwrap_or(o.tau);
+    o.random_repeats = args.random_repeats.unwrap_or(o.random_repeats);
+    o.seed = args.seed.unwrap_or(o.seed);
+    let t = std::time::Instant::now();
+    let r = run(&o, &|line| eprintln!("{line}"))?;
+    println!("\nTable 1 (test volumes {}):\n{}", r.eval.test_ids.join(", "), table1_text(&r.eval));
+    println!("Latency (CPU, ONNX Runtime):\n{}", autopath::bench::markdown(&r.bench));
+    println!("report:        {}", out.join("eval/report.md").display());
+    println!("figures:       {}", out.join("eval").display());
+    println!("bundle:        {}", out.join("bundle").display());
+    println!("segmentations: {}", out.join("segmentations").display());
+    println!("benchmark:     {}", out.join("bench/bench.md").display());
+    println!("demo finished in {:.0} s", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let BenchArgs { bundle, data, limit, provider, repeats, warmup, tile_batch, out } = args;
+    let inputs = bench_inputs(&data, limit)?;
+    let opts = autopath::bench::BenchOptions { repeats, warmup, session: provider.options(tile_batch), tile_batch };
+    let report = autopath::bench::bench(&bundle, &inputs, &out, &opts)?;
+    write_bench(&out, &report)?;
+    println!("{}", autopath::bench::markdown(&report));
+    Ok(())
+}
+
+fn eval(args: EvalArgs, quiet: bool) -> anyhow::Result<()> {
+    let EvalArgs { seg, policy, out, random_repeats, seed, tile_batch } = args;
+    let opts =
+        autopath::eval::EvalOptions { seg, policies: policy, out: out.clone(), random_repeats, seed, tile_batch };
+    let bar = progress(0, "eval", quiet);
+    let r = autopath::eval::evaluate(&opts, &|done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    println!("{}", table1_text(&r));
+    println!("report: {}", out.join("report.md").display());
+    Ok(())
+}
+
+fn compile(args: CompileArgs) -> anyhow::Result<()> {
+    let CompileArgs { seg, untrained, width, patch, policy, evaluation, checkpoint, out, force, no_verify } = args;
+    let opts = autopath::compile::CompileOptions { verify: !no_verify, force };
+    if let Some(arch) = untrained {
+        return compile_untrained(&arch, width, patch, &out, opts);
+    }
+    let seg = seg.ok_or_else(|| anyhow::anyhow!("--seg is required (or --untrained ARCH)"))?;
+    let report =
+        autopath::compile::compile_runs(&seg, &checkpoint, policy.as_deref(), evaluation.as_deref(), &out, opts)?;
+    for c in &report.checks {
+        println!("  {}  {}", c.describe(), if c.passed { "ok" } else { "FAILED" });
+    }
+    println!(
+        "compiled {} graphs into {} in {:.1} s: {:.1} MB ({:.2}x the {:.1} MB of fp32 weights)",
+        report.files,
+        out.display(),
+        report.seconds,
+        report.bundle_bytes as f64 / 1e6,
+        report.bundle_bytes as f64 / report.weight_bytes as f64,
+        report.weight_bytes as f64 / 1e6
+    );
+    Ok(())
 }
 
 /// A bundle of a seeded, untrained network and policy: the graphs and costs of a trained one, for
@@ -715,7 +723,7 @@ fn compile_untrained(
     let model = segment::Model::new(&spec, 1, &Device::Cpu)?;
     let vars = autopath_models::init::SeededVarMap::new(2);
     let policy = autopath_models::policy::PolicyNet::load(vars.var_builder(DType::F32, &Device::Cpu), &spec)?;
-    let input = autopath::compile::PolicyInput { net: &policy, threshold: 0.5, training: serde_json::Value::Null };
+    let input = autopath::compile::PolicyInput { net: &policy, threshold: 0.5, training: None };
     let report = autopath::compile::compile(&model.net, &TrainConfig::for_spec(spec), Some(input), None, out, opts)?;
     println!(
         "compiled an untrained {arch} (width {width}, tile {patch:?}): {} graphs into {} in {:.1} s",

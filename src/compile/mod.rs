@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use autopath_models::deeplab::DeepLab3d;
 use autopath_models::policy::PolicyNet;
-use autopath_models::spec::BlockKind;
+use autopath_models::spec::{ArchSpec, BlockKind};
 use serde::Serialize;
 
 use crate::bundle::{
@@ -45,12 +45,8 @@ pub struct PolicyInput<'a> {
     pub net: &'a PolicyNet,
     /// Keep threshold.
     pub threshold: f32,
-    /// Training settings to record.
-    pub training: serde_json::Value,
-}
-
-fn err(e: impl std::fmt::Display) -> Error {
-    Error::invalid("compile", e.to_string())
+    /// How it was trained (None for an untrained policy).
+    pub training: Option<crate::bundle::PolicyTraining>,
 }
 
 /// Whether to check the graphs and whether to replace an existing folder.
@@ -83,17 +79,20 @@ pub fn compile_runs(
     let loaded = policy.map(|p| crate::train::policy::load_policy(p, "best")).transpose()?;
     let policy_input = loaded.as_ref().map(|(p, c, m)| PolicyInput {
         net: p,
-        threshold: c.threshold,
-        training: crate::train::policy::training_record(c, m),
+        threshold: m.deployed_threshold(c),
+        training: Some(crate::train::policy::training_record(c, m)),
     });
     let evaluation = evaluation
-        .map(crate::train::checkpoint::read_json::<serde_json::Value>)
+        .map(crate::train::checkpoint::read_json::<crate::eval::Results>)
         .transpose()?
-        .map(|v| v["summary"].clone());
+        .map(|r| serde_json::to_value(r.summary))
+        .transpose()
+        .map_err(|e| Error::invalid("--evaluation", e.to_string()))?;
     compile(&net, &cfg, policy_input, evaluation, out, opts)
 }
 
-/// Compiles a trained segmenter (and optionally a policy) into `out`.
+/// Compiles a trained segmenter (and optionally a policy) into `out`: the bundle is built and checked
+/// in a temporary sibling folder and renamed into place only when complete.
 pub fn compile(
     net: &DeepLab3d,
     cfg: &TrainConfig,
@@ -102,9 +101,8 @@ pub fn compile(
     out: &Path,
     opts: CompileOptions,
 ) -> Result<CompileReport> {
-    let CompileOptions { verify, force } = opts;
     let t0 = Instant::now();
-    if out.exists() && !force {
+    if out.exists() && !opts.force {
         return Err(Error::invalid("--out", format!("{} exists; pass --force to replace it", out.display())));
     }
     let spec = net.spec();
@@ -114,127 +112,149 @@ pub fn compile(
             format!("the policy decides on {} blocks; the segmenter has {}", p.net.num_blocks(), spec.num_blocks()),
         ));
     }
-    let tile = cfg.window.patch;
     let graphs =
-        autopath_export::compile(net, policy.as_ref().map(|p| p.net), tile, env!("CARGO_PKG_VERSION")).map_err(err)?;
+        autopath_export::compile(net, policy.as_ref().map(|p| p.net), cfg.window.patch, env!("CARGO_PKG_VERSION"))?;
 
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     let tmp = crate::atomic::temporary_sibling(out);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let result = (|| -> Result<CompileReport> {
-        let mut files = BTreeMap::new();
-        let mut bundle_bytes = 0;
-        for g in &graphs {
-            std::fs::write(tmp.join(&g.file), &g.bytes).map_err(|e| Error::io(tmp.join(&g.file), e))?;
-            bundle_bytes += g.bytes.len() as u64;
-            files.insert(
-                g.file.clone(),
-                FileEntry { sha256: sha256_hex(&g.bytes), bytes: g.bytes.len() as u64, role: g.role.clone() },
-            );
-        }
-        let cost = spec.cost(tile);
-        let blocks = spec
-            .blocks()
-            .iter()
-            .zip(&cost.blocks)
-            .enumerate()
-            .map(|(n, (b, c))| BlockEntry {
-                index: n,
-                name: b.name(),
-                file: format!("block_{n:02}.onnx"),
-                shortcut_file: b.projection.then(|| format!("shortcut_{n:02}.onnx")),
-                input: c.input,
-                output: c.output,
-                branch_flops: c.branch_flops,
-                shortcut_flops: c.shortcut_flops,
-            })
-            .collect();
-        let activation = crate::train::predict::activation(spec.output);
-        let architecture = Architecture {
-            name: spec.name.clone(),
-            block: match spec.block {
-                BlockKind::Basic => "basic".into(),
-                BlockKind::Bottleneck => "bottleneck".into(),
-            },
-            width: spec.width,
-            parameters: spec.parameter_count(),
-            stem_file: "stem.onnx".into(),
-            stem_flops: cost.stem_flops,
-            stem_output: cost.stem_output,
-            blocks,
-            head_file: "head.onnx".into(),
-            head_flops: cost.head_flops,
-            full_file: "full.onnx".into(),
-        };
-        let manifest = Manifest {
-            schema_version: SCHEMA_VERSION,
-            producer: Producer { autopath: env!("CARGO_PKG_VERSION").into(), onnx_opset: autopath_export::OPSET, onnx_ir_version: autopath_export::IR_VERSION, onnx_runtime: crate::onnxruntime::ORT_VERSION.into() },
-            architecture: architecture.clone(),
-            input: InputContract {
-                modality: match cfg.preprocessing.intensity {
-                    crate::preprocess::Intensity::Ct { .. } => "CT".into(),
-                    crate::preprocess::Intensity::Zscore => "MR".into(),
-                },
-                orientation: "voxels are processed in stored order; outputs carry the input's header geometry (dims, pixdim, qform/sform)".into(),
-                preprocessing: cfg.preprocessing,
-                window: cfg.window,
-                activation,
-                threshold: crate::labels::FOREGROUND_THRESHOLD,
-                labels: match activation {
-                    Activation::Sigmoid => vec!["background".into(), "liver".into()],
-                    Activation::Softmax { .. } => vec!["background".into(), "liver".into(), "tumour".into()],
-                },
-            },
-            policy: policy
-                .as_ref()
-                .map(|p| -> Result<PolicyEntry> {
-                    Ok(PolicyEntry {
-                        file: "policy.onnx".into(),
-                        input: spec.policy.input,
-                        threshold: p.threshold,
-                        training: p.training.clone(),
-                        budget: budget_calibration(p.net, cfg, &architecture)?,
-                    })
-                })
-                .transpose()?,
-            evaluation,
-            files,
-        };
-        crate::train::checkpoint::write_json(&tmp.join("manifest.json"), &manifest)?;
-
-        let mut checks = Vec::new();
-        if verify {
-            let bundle = Bundle::load(&tmp)?;
-            let mut s = Sessions::open(&bundle, &SessionOptions::default())?;
-            checks = parity::verify(net, policy.as_ref().map(|p| p.net), &mut s, tile)?;
-            if let Some(e) = parity::failure(&checks) {
-                return Err(e);
-            }
-        }
-        let weight_bytes = 4 * (spec.parameter_count() + policy.as_ref().map_or(0, |p| policy_params(p.net)));
-        Ok(CompileReport {
-            out: out.to_path_buf(),
-            files: graphs.len(),
-            bundle_bytes,
-            weight_bytes,
-            checks,
-            seconds: 0.0,
-        })
-    })();
-    match result {
-        Ok(mut report) => {
+    match build(&tmp, net, cfg, policy.as_ref(), evaluation, &graphs, opts.verify) {
+        Ok((bundle_bytes, checks)) => {
             if out.exists() {
                 std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
             }
             std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))?;
-            report.seconds = t0.elapsed().as_secs_f64();
-            Ok(report)
+            let weight_bytes = 4 * (spec.parameter_count() + policy.as_ref().map_or(0, |p| policy_params(p.net)));
+            Ok(CompileReport {
+                out: out.to_path_buf(),
+                files: graphs.len(),
+                bundle_bytes,
+                weight_bytes,
+                checks,
+                seconds: t0.elapsed().as_secs_f64(),
+            })
         }
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
             Err(e)
         }
+    }
+}
+
+/// Writes the graphs and the manifest into `dir` and, with `verify`, runs the parity checks on them.
+/// Returns the graphs' bytes and the checks.
+fn build(
+    dir: &Path,
+    net: &DeepLab3d,
+    cfg: &TrainConfig,
+    policy: Option<&PolicyInput>,
+    evaluation: Option<serde_json::Value>,
+    graphs: &[autopath_export::GraphFile],
+    verify: bool,
+) -> Result<(u64, Vec<Check>)> {
+    let spec = net.spec();
+    let mut files = BTreeMap::new();
+    let mut bundle_bytes = 0;
+    for g in graphs {
+        std::fs::write(dir.join(&g.file), &g.bytes).map_err(|e| Error::io(dir.join(&g.file), e))?;
+        bundle_bytes += g.bytes.len() as u64;
+        files.insert(
+            g.file.clone(),
+            FileEntry { sha256: sha256_hex(&g.bytes), bytes: g.bytes.len() as u64, role: g.role.clone() },
+        );
+    }
+    let architecture = architecture(spec, cfg.window.patch);
+    let manifest = Manifest {
+        schema_version: SCHEMA_VERSION,
+        producer: Producer {
+            autopath: env!("CARGO_PKG_VERSION").into(),
+            onnx_opset: autopath_export::OPSET,
+            onnx_ir_version: autopath_export::IR_VERSION,
+            onnx_runtime: crate::onnxruntime::ORT_VERSION.into(),
+        },
+        architecture: architecture.clone(),
+        input: input_contract(cfg, crate::train::predict::activation(spec.output)),
+        policy: policy
+            .map(|p| -> Result<PolicyEntry> {
+                Ok(PolicyEntry {
+                    file: "policy.onnx".into(),
+                    input: spec.policy.input,
+                    threshold: p.threshold,
+                    training: p.training.clone(),
+                    budget: budget_calibration(p.net, cfg, &architecture)?,
+                })
+            })
+            .transpose()?,
+        evaluation,
+        files,
+    };
+    crate::train::checkpoint::write_json(&dir.join("manifest.json"), &manifest)?;
+    let mut checks = Vec::new();
+    if verify {
+        let bundle = Bundle::load(dir)?;
+        let mut s = Sessions::open(&bundle, &SessionOptions::default())?;
+        checks = parity::verify(net, policy.map(|p| p.net), &mut s, cfg.window.patch)?;
+        if let Some(e) = parity::failure(&checks) {
+            return Err(e);
+        }
+    }
+    Ok((bundle_bytes, checks))
+}
+
+/// The manifest's architecture: every block's graph files, shapes and FLOPs at the tile `tile`.
+fn architecture(spec: &ArchSpec, tile: [usize; 3]) -> Architecture {
+    let cost = spec.cost(tile);
+    let blocks = spec
+        .blocks()
+        .iter()
+        .zip(&cost.blocks)
+        .enumerate()
+        .map(|(n, (b, c))| BlockEntry {
+            index: n,
+            name: b.name(),
+            file: format!("block_{n:02}.onnx"),
+            shortcut_file: b.projection.then(|| format!("shortcut_{n:02}.onnx")),
+            input: c.input,
+            output: c.output,
+            branch_flops: c.branch_flops,
+            shortcut_flops: c.shortcut_flops,
+        })
+        .collect();
+    Architecture {
+        name: spec.name.clone(),
+        block: match spec.block {
+            BlockKind::Basic => "basic".into(),
+            BlockKind::Bottleneck => "bottleneck".into(),
+        },
+        width: spec.width,
+        parameters: spec.parameter_count(),
+        stem_file: "stem.onnx".into(),
+        stem_flops: cost.stem_flops,
+        stem_output: cost.stem_output,
+        blocks,
+        head_file: "head.onnx".into(),
+        head_flops: cost.head_flops,
+        full_file: "full.onnx".into(),
+    }
+}
+
+/// What the bundle expects of its input and how it labels the output.
+fn input_contract(cfg: &TrainConfig, activation: Activation) -> InputContract {
+    InputContract {
+        modality: match cfg.preprocessing.intensity {
+            crate::preprocess::Intensity::Ct { .. } => "CT".into(),
+            crate::preprocess::Intensity::Zscore => "MR".into(),
+        },
+        orientation: "voxels are processed in stored order; outputs carry the input's header geometry (dims, pixdim, qform/sform)".into(),
+        preprocessing: cfg.preprocessing,
+        window: cfg.window,
+        activation,
+        threshold: crate::labels::FOREGROUND_THRESHOLD,
+        labels: match activation {
+            Activation::Sigmoid => vec!["background".into(), "liver".into()],
+            Activation::Softmax { .. } => vec!["background".into(), "liver".into(), "tumour".into()],
+        },
     }
 }
 

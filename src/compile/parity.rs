@@ -50,8 +50,8 @@ impl Check {
     }
 }
 
-fn err(e: impl std::fmt::Display) -> Error {
-    Error::invalid("compile", e.to_string())
+fn err(e: candle_core::Error) -> Error {
+    Error::candle("compile parity check")(e)
 }
 
 /// Largest absolute and relative difference of `got` from `want`.
@@ -89,7 +89,7 @@ fn tensor(x: ArrayView5<f32>, dtype: DType) -> Result<Tensor> {
 
 fn array(t: &Tensor) -> Result<Array5<f32>> {
     let (n, c, d, h, w) = t.dims5().map_err(err)?;
-    Array5::from_shape_vec((n, c, d, h, w), f32s(t)?).map_err(err)
+    Array5::from_shape_vec((n, c, d, h, w), f32s(t)?).map_err(|e| err(candle_core::Error::wrap(e)))
 }
 
 /// A probe input: values spread like a normalised CT tile.

@@ -9,8 +9,8 @@ use ort::value::{DynValue, Tensor, TensorRef};
 use super::session::{Residency, Sessions};
 use crate::error::{Error, Result};
 
-fn ort_err(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::OnnxRuntime(format!("{what}: {e}"))
+fn ort_err(what: &str, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
+    Error::ort(what, e)
 }
 
 fn run_one(session: &mut Session, what: &str, input: &str, value: DynValue, output: &str) -> Result<DynValue> {

@@ -10,9 +10,10 @@ use crate::bundle::Bundle;
 use crate::error::{Error, Result};
 
 /// Which hardware runs the graphs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 pub enum ExecutionProvider {
     /// ONNX Runtime's CPU kernels.
+    #[default]
     Cpu,
     /// NVIDIA CUDA (needs the onnxruntime-gpu library and a GPU).
     Cuda,
@@ -106,8 +107,8 @@ pub fn default_trt_cache() -> Option<PathBuf> {
     Some(base.join("autopath").join("tensorrt"))
 }
 
-fn ort_err(what: impl std::fmt::Display, e: impl std::fmt::Display) -> Error {
-    Error::OnnxRuntime(format!("{what}: {e}"))
+fn ort_err(what: impl std::fmt::Display, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
+    Error::ort(what, e)
 }
 
 /// A graph's input as TensorRT's optimisation profile needs it: its name and the shape of one sample.

@@ -10,7 +10,7 @@ use crate::atomic::{write_atomically, write_bytes_atomically};
 use crate::error::{Error, Result};
 
 fn candle_err(path: &Path, e: candle_core::Error) -> Error {
-    Error::invalid("checkpoint", format!("{}: {e}", path.display()))
+    Error::Checkpoint { path: path.to_path_buf(), source: e }
 }
 
 /// Writes `tensors` to `stem.safetensors` and `meta` to `stem.json`. The JSON goes last: a reader that
@@ -36,7 +36,7 @@ pub fn load<M: DeserializeOwned>(dir: &Path, stem: &str) -> Result<(HashMap<Stri
 /// Reads a JSON file.
 pub fn read_json<M: DeserializeOwned>(path: &Path) -> Result<M> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_slice(&bytes).map_err(|e| Error::invalid("JSON file", format!("{}: {e}", path.display())))
+    serde_json::from_slice(&bytes).map_err(|source| Error::Json { path: path.to_path_buf(), source })
 }
 
 /// Writes a JSON file atomically.
@@ -80,5 +80,32 @@ pub fn restore(vars: &[(String, Var)], tensors: &HashMap<String, Tensor>, source
         let t = t.to_dtype(var.dtype()).and_then(|t| t.to_device(var.device())).map_err(|e| candle_err(source, e))?;
         var.set(&t).map_err(|e| candle_err(source, e))?;
     }
+    Ok(())
+}
+
+/// Where a run stood at its `last` checkpoint: the optimiser's step count and the generator position.
+pub struct Progress<'a> {
+    /// Optimiser steps taken.
+    pub steps: u64,
+    /// The generator's word position, as saved.
+    pub rng_word_pos: &'a str,
+}
+
+/// Puts a run back where `last` left it: model variables, Adam's moments and step count, and the
+/// generator, so that a resumed run continues bit for bit.
+pub fn resume(
+    state: &[(String, Var)],
+    adam: &mut autopath_models::optim::Adam,
+    rng: &mut rand_chacha::ChaCha8Rng,
+    tensors: &HashMap<String, Tensor>,
+    source: &Path,
+    at: Progress,
+) -> Result<()> {
+    restore(state, tensors, source)?;
+    let device = state.first().map_or(Device::Cpu, |(_, v)| v.device().clone());
+    adam.load_state(&|k| tensors.get(k).and_then(|t| t.to_device(&device).ok()), at.steps)
+        .map_err(|e| candle_err(source, e))?;
+    let pos = at.rng_word_pos.parse().map_err(|_| Error::invalid("checkpoint", "bad generator position"))?;
+    rng.set_word_pos(pos);
     Ok(())
 }

@@ -25,7 +25,7 @@ use super::segment::Model;
 use crate::error::{Error, Result};
 
 fn candle(e: candle_core::Error) -> Error {
-    Error::invalid("device check", e.to_string())
+    Error::candle("device check")(e)
 }
 
 /// One operator shape compared on the device against the CPU kernel.

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::window::{extract, pad_to_patch, Accumulator, WindowConfig};
 
 fn candle(e: candle_core::Error) -> Error {
-    Error::invalid("network", e.to_string())
+    Error::candle("network")(e)
 }
 
 /// Class probabilities `[K, D, H, W]` for a normalised image `[D, H, W]`.

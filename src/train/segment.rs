@@ -149,7 +149,7 @@ pub struct Summary {
 }
 
 fn candle(e: candle_core::Error) -> Error {
-    Error::invalid("training", e.to_string())
+    Error::candle("training")(e)
 }
 
 /// Picks train/validation/test ids from a dataset.
@@ -347,6 +347,21 @@ fn train_epoch(
     Ok(loss_sum)
 }
 
+/// Saves `best` when this epoch's validation Dice is the highest yet (kept until a strictly better
+/// one), then `last` with the optimiser state.
+fn save_epoch(out: &Path, model: &Model, adam: &Adam, meta: &mut CheckpointMeta) -> Result<()> {
+    if let Some(d) = meta.val_dice {
+        if meta.best_dice.is_none_or(|b| d > b) {
+            meta.best_dice = Some(d);
+            meta.best_epoch = Some(meta.epoch);
+            checkpoint::save(out, "best", &model.tensors(), meta)?;
+        }
+    }
+    let mut tensors = model.tensors();
+    tensors.extend(adam.state());
+    checkpoint::save(out, "last", &tensors, meta)
+}
+
 fn run(
     cfg: TrainConfig,
     out: &Path,
@@ -358,10 +373,10 @@ fn run(
     cfg.window.validate()?;
     let dataset = Dataset::open(&cfg.data, Some(cfg.layout))?;
     let prep = cfg.preprocessing;
-    let train_set =
-        cases_by_id(&dataset, &cfg.train_ids)?.iter().map(|c| load_sample(c, &prep)).collect::<Result<Vec<_>>>()?;
-    let val_set =
-        cases_by_id(&dataset, &cfg.val_ids)?.iter().map(|c| load_sample(c, &prep)).collect::<Result<Vec<_>>>()?;
+    let load = |ids: &[String]| -> Result<Vec<_>> {
+        cases_by_id(&dataset, ids)?.iter().map(|c| load_sample(c, &prep)).collect()
+    };
+    let (train_set, val_set) = (load(&cfg.train_ids)?, load(&cfg.val_ids)?);
 
     let model = Model::new(&cfg.spec, cfg.seed, device)?;
     let mut adam = Adam::new(model.trainable(), cfg.lr).map_err(candle)?;
@@ -377,10 +392,8 @@ fn run(
         dropout: (cfg.seed, 0),
     };
     if let Some((tensors, m)) = state {
-        let src = out.join("last.safetensors");
-        checkpoint::restore(&model.state(), &tensors, &src)?;
-        adam.load_state(&|k| tensors.get(k).and_then(|t| t.to_device(device).ok()), m.steps).map_err(candle)?;
-        rng.set_word_pos(m.rng_word_pos.parse().map_err(|_| Error::invalid("checkpoint", "bad generator position"))?);
+        let at = checkpoint::Progress { steps: m.steps, rng_word_pos: &m.rng_word_pos };
+        checkpoint::resume(&model.state(), &mut adam, &mut rng, &tensors, &out.join("last.safetensors"), at)?;
         meta = m;
     }
     model.net.aspp.dropout.set_state(meta.dropout.0, meta.dropout.1);
@@ -409,17 +422,7 @@ fn run(
         meta.val_dice = val_dice;
         meta.rng_word_pos = rng.get_word_pos().to_string();
         meta.dropout = model.net.aspp.dropout.state();
-        if let Some(d) = val_dice {
-            // Best is the highest validation Dice ever seen, kept until a strictly better one.
-            if meta.best_dice.is_none_or(|b| d > b) {
-                meta.best_dice = Some(d);
-                meta.best_epoch = Some(done);
-                checkpoint::save(out, "best", &model.tensors(), &meta)?;
-            }
-        }
-        let mut tensors = model.tensors();
-        tensors.extend(adam.state());
-        checkpoint::save(out, "last", &tensors, &meta)?;
+        save_epoch(out, &model, &adam, &mut meta)?;
         let report = EpochReport {
             epoch: done,
             epochs: cfg.epochs,

@@ -24,7 +24,7 @@ mod distil;
 use super::checkpoint::{self, read_json, write_json};
 use super::data::load_sample;
 use super::segment::{cases_by_id, load_segmenter, TrainConfig};
-use crate::bundle::{Architecture, Bundle};
+use crate::bundle::{Architecture, Bundle, PolicyTraining};
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
 use crate::paths::{PathEvaluator, Prepared};
@@ -73,8 +73,13 @@ pub struct PolicyConfig {
     pub val_every: usize,
     /// Seed.
     pub seed: u64,
-    /// Keep threshold of the greedy path.
+    /// Keep threshold of the greedy path (distil with `calibrate_threshold`: where the search starts
+    /// and what it prefers on ties).
     pub threshold: f32,
+    /// Distil: choose the keep threshold on the validation volumes at each validation (off by default:
+    /// a handful of validation volumes overfits it, see `distil::validate_greedy`).
+    #[serde(default)]
+    pub calibrate_threshold: bool,
     /// Tiles per ORT call.
     pub tile_batch: usize,
 }
@@ -113,6 +118,7 @@ impl PolicyConfig {
             val_every: 1,
             seed: 0,
             threshold: 0.5,
+            calibrate_threshold: false,
             tile_batch: 4,
         }
     }
@@ -138,6 +144,10 @@ pub struct PolicyMeta {
     pub best_reward: Option<f64>,
     /// Epoch of the best.
     pub best_epoch: Option<usize>,
+    /// Keep threshold chosen on the validation volumes for this checkpoint (distil with
+    /// `calibrate_threshold`); `None`: the config's.
+    #[serde(default)]
+    pub threshold: Option<f32>,
     /// Generator position.
     pub rng_word_pos: String,
 }
@@ -172,7 +182,7 @@ pub struct PolicyEpoch {
 }
 
 fn candle(e: candle_core::Error) -> Error {
-    Error::invalid("policy training", e.to_string())
+    Error::candle("policy training")(e)
 }
 
 /// A policy with its variables.
@@ -229,13 +239,33 @@ pub fn force_keep(net: &PolicyNet, forced: &[bool]) -> Result<PolicyNet> {
     Ok(out)
 }
 
+impl PolicyMeta {
+    /// The keep threshold this checkpoint deploys with.
+    pub fn deployed_threshold(&self, cfg: &PolicyConfig) -> f32 {
+        self.threshold.unwrap_or(cfg.threshold)
+    }
+}
+
 /// What a bundle records of how its policy was trained.
-pub fn training_record(c: &PolicyConfig, m: &PolicyMeta) -> serde_json::Value {
-    serde_json::json!({
-        "method": c.method, "dice_tolerance": c.dice_tolerance, "tau": c.tau, "alpha": c.alpha, "beta": c.beta,
-        "curriculum_epochs": c.curriculum_epochs, "epochs": m.epoch, "forced_keep": m.forced,
-        "val_score": m.val_reward, "val_dice": m.val_dice, "val_dropped": m.val_dropped,
-    })
+pub fn training_record(c: &PolicyConfig, m: &PolicyMeta) -> PolicyTraining {
+    PolicyTraining {
+        method: match c.method {
+            Method::Paper => "paper".into(),
+            Method::Distil => "distil".into(),
+        },
+        dice_tolerance: c.dice_tolerance,
+        tau: c.tau,
+        alpha: c.alpha,
+        beta: c.beta,
+        curriculum_epochs: c.curriculum_epochs,
+        epochs: m.epoch,
+        forced_keep: m.forced.clone(),
+        val_score: m.val_reward,
+        val_dice: m.val_dice,
+        val_dropped: m.val_dropped,
+        threshold: Some(m.deployed_threshold(c)),
+        threshold_from_validation: m.threshold.is_some(),
+    }
 }
 
 /// Loads a trained policy (`best` or `last`) with its curriculum forcing applied, and its config.
@@ -453,6 +483,17 @@ fn prepare_volumes(seg_cfg: &TrainConfig, evaluator: &mut PathEvaluator) -> Resu
     Ok((load(&seg_cfg.train_ids)?, load(&seg_cfg.val_ids)?))
 }
 
+/// The frozen segmenter as its compiled graphs in the run folder (compiled once, reused on resume):
+/// fast, and exactly what will be deployed.
+fn segmenter_bundle(net: &autopath_models::deeplab::DeepLab3d, seg_cfg: &TrainConfig, out: &Path) -> Result<Bundle> {
+    let dir = out.join("segmenter");
+    if !dir.join("manifest.json").exists() {
+        let opts = crate::compile::CompileOptions { verify: true, force: true };
+        crate::compile::compile(net, seg_cfg, None, None, &dir, opts)?;
+    }
+    Bundle::load(&dir)
+}
+
 fn run(
     cfg: PolicyConfig,
     out: &Path,
@@ -463,19 +504,7 @@ fn run(
     let (net, seg_cfg) = load_segmenter(&cfg.seg, "best")?;
     let spec = seg_cfg.spec.clone();
     let n_blocks = spec.num_blocks();
-    // The frozen segmenter runs as its compiled graphs: fast, and exactly what will be deployed.
-    let seg_bundle = out.join("segmenter");
-    if !seg_bundle.join("manifest.json").exists() {
-        crate::compile::compile(
-            &net,
-            &seg_cfg,
-            None,
-            None,
-            &seg_bundle,
-            crate::compile::CompileOptions { verify: true, force: true },
-        )?;
-    }
-    let bundle = Bundle::load(&seg_bundle)?;
+    let bundle = segmenter_bundle(&net, &seg_cfg, out)?;
     let mut sessions = Sessions::open(&bundle, &SessionOptions::default())?;
     let (activation, threshold) = (bundle.manifest.input.activation, bundle.manifest.input.threshold);
     let mut evaluator = PathEvaluator::new(&mut sessions, seg_cfg.window, cfg.tile_batch, activation, threshold);
@@ -496,12 +525,12 @@ fn run(
         val_dropped: None,
         best_reward: None,
         best_epoch: None,
+        threshold: None,
         rng_word_pos: "0".into(),
     };
     if let Some((tensors, m)) = state {
-        checkpoint::restore(&model.state(), &tensors, &out.join("last.safetensors"))?;
-        adam.load_state(&|k| tensors.get(k).and_then(|t| t.to_device(device).ok()), m.steps).map_err(candle)?;
-        rng.set_word_pos(m.rng_word_pos.parse().map_err(|_| Error::invalid("checkpoint", "bad generator position"))?);
+        let at = checkpoint::Progress { steps: m.steps, rng_word_pos: &m.rng_word_pos };
+        checkpoint::resume(&model.state(), &mut adam, &mut rng, &tensors, &out.join("last.safetensors"), at)?;
         meta = m;
     }
     let log = std::fs::OpenOptions::new()
