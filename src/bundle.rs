@@ -71,6 +71,22 @@ pub struct BlockEntry {
     pub shortcut_flops: u64,
 }
 
+fn paper_decoder() -> String {
+    "paper".into()
+}
+
+/// Where the skip decoder's low-level features come from: the value after block `after_block` on
+/// whatever path ran (dropped blocks included), fed to the head graph's `input`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LowLevel {
+    /// The block after which the features are taken (the last of stage 0).
+    pub after_block: usize,
+    /// Input name in the head graph.
+    pub input: String,
+    /// Shape `[C, D, H, W]` for one tile.
+    pub shape: [usize; 4],
+}
+
 /// The architecture and the cost of each segment, per tile.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Architecture {
@@ -92,6 +108,13 @@ pub struct Architecture {
     pub blocks: Vec<BlockEntry>,
     /// Head graph (ASPP + decoder + upsampling + activation).
     pub head_file: String,
+    /// `paper` or `skip` (bundles from before the choice existed have the paper's).
+    #[serde(default = "paper_decoder")]
+    pub decoder: String,
+    /// The skip decoder's second head input: which block's output it is. None: the head takes only
+    /// the backbone's output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_level: Option<LowLevel>,
     /// Head FLOPs per tile.
     pub head_flops: u64,
     /// The whole network as one graph.
@@ -294,6 +317,21 @@ impl Manifest {
         for (n, b) in arch.blocks.iter().enumerate() {
             if b.index != n {
                 return Err(format!("architecture.blocks[{n}].index is {}, expected {n}", b.index));
+            }
+        }
+        if let Some(l) = &arch.low_level {
+            let b = arch.blocks.get(l.after_block).ok_or_else(|| {
+                format!(
+                    "architecture.low_level.after_block = {} is not a block (N = {})",
+                    l.after_block,
+                    arch.blocks.len()
+                )
+            })?;
+            if b.output != l.shape {
+                return Err(format!(
+                    "architecture.low_level.shape = {:?} is not block {}'s output {:?}",
+                    l.shape, l.after_block, b.output
+                ));
             }
         }
         self.input.window.validate().map_err(|e| format!("input.window: {e}"))?;

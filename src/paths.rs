@@ -103,18 +103,26 @@ impl<'s> PathEvaluator<'s> {
                 stack.push(next);
             }
             current = m.clone();
-            out[i] = Some(self.finish(prep, &stack[m.len()], keep_predictions)?);
+            // The skip decoder reads the features after block `after`: stack[after + 1].
+            let low = self.sessions.low_level.as_ref().map(|l| stack[l.after_block + 1].clone());
+            out[i] = Some(self.finish(prep, &stack[m.len()], low.as_deref().map(Vec::as_slice), keep_predictions)?);
         }
         Ok(out.into_iter().map(|o| o.expect("every mask evaluated")).collect())
     }
 
-    fn finish(&mut self, prep: &Prepared, features: &[Array5<f32>], keep_prediction: bool) -> Result<Outcome> {
+    fn finish(
+        &mut self,
+        prep: &Prepared,
+        features: &[Array5<f32>],
+        low: Option<&[Array5<f32>]>,
+        keep_prediction: bool,
+    ) -> Result<Outcome> {
         let k = self.activation.channels();
         let mut acc = Accumulator::new(k, prep.padded_shape, &self.window);
-        for (b, f) in prep.batches.iter().zip(features) {
-            let probs = self.sessions.run_segment(Segment::Head, f.view())?;
-            for (i, &t) in b.iter().enumerate() {
-                acc.add(t, probs.index_axis(Axis(0), i));
+        for (i, (b, f)) in prep.batches.iter().zip(features).enumerate() {
+            let probs = self.sessions.run_head(f.view(), low.map(|l| l[i].view()))?;
+            for (j, &t) in b.iter().enumerate() {
+                acc.add(t, probs.index_axis(Axis(0), j));
             }
         }
         let probs = acc.finish(prep.shape);

@@ -10,7 +10,7 @@ use autopath::compile::compile;
 use autopath::runtime::{SessionOptions, Sessions};
 use autopath::train::segment::{Model, TrainConfig};
 use autopath_models::deeplab::Path as BlockPath;
-use autopath_models::spec::ArchSpec;
+use autopath_models::spec::{ArchSpec, DecoderKind};
 use candle_core::{Device, Tensor};
 use ndarray::Array5;
 
@@ -20,8 +20,8 @@ fn config(spec: ArchSpec) -> TrainConfig {
 
 /// A randomly initialised model whose BatchNorm statistics and affine parameters are not the
 /// identity, so that folding is exercised.
-fn random_model(name: &str, seed: u64) -> Model {
-    let spec = ArchSpec::preset(name, 8, [16, 32, 32]).unwrap();
+fn random_model(name: &str, seed: u64, decoder: DecoderKind) -> Model {
+    let spec = ArchSpec { decoder, ..ArchSpec::preset(name, 8, [16, 32, 32]).unwrap() };
     let model = Model::new(&spec, seed, &candle_core::Device::Cpu).unwrap();
     for (i, (n, v)) in model.state().into_iter().enumerate() {
         let t = v.as_tensor();
@@ -46,11 +46,15 @@ fn max_rel(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs() as f64).fold(0.0, f64::max) / scale
 }
 
+/// For both decoders: with the skip decoder, dropping a block of stage 0 also changes the head's
+/// second input, so every dropped block is compared with Candle.
 #[test]
 fn every_graph_passes_the_onnx_checker_and_dropping_each_block_matches_candle() {
-    for (name, seed) in [("r18", 1), ("r50", 2)] {
+    use DecoderKind::{Paper, Skip};
+    for (name, seed, decoder) in [("r18", 1, Paper), ("r50", 2, Paper), ("r18", 4, Skip), ("r50", 5, Skip)] {
         let dir = tempfile::tempdir().unwrap();
-        let model = random_model(name, seed);
+        let model = random_model(name, seed, decoder);
+        let name = format!("{name} {decoder:?}");
         let cfg = config(model.net.spec().clone());
         let out = dir.path().join("bundle");
         let report = compile(
@@ -110,8 +114,14 @@ fn autopath(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn a_tampered_bundle_is_refused_naming_the_file() {
+    for decoder in [DecoderKind::Paper, DecoderKind::Skip] {
+        tampered_bundles_are_refused(decoder);
+    }
+}
+
+fn tampered_bundles_are_refused(decoder: DecoderKind) {
     let dir = tempfile::tempdir().unwrap();
-    let model = random_model("r18", 3);
+    let model = random_model("r18", 3, decoder);
     let out = dir.path().join("bundle");
     compile(
         &model.net,
@@ -156,11 +166,33 @@ fn a_tampered_bundle_is_refused_naming_the_file() {
     // Hand-edited values the runtime would divide or index by are refused at load, by field.
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
-    for (what, edit) in [
+    let mut edits = vec![
         ("input.threshold = 1.5", ("/input/threshold", serde_json::json!(1.5))),
         ("input.window", ("/input/window/overlap", serde_json::json!(1.0))),
         ("architecture.blocks[2].index is 7", ("/architecture/blocks/2/index", serde_json::json!(7))),
-    ] {
+    ];
+    if decoder == DecoderKind::Skip {
+        edits.push((
+            "low_level.after_block = 9 is not a block",
+            ("/architecture/low_level/after_block", serde_json::json!(9)),
+        ));
+        edits.push(("low_level.shape", ("/architecture/low_level/shape/0", serde_json::json!(3))));
+    } else {
+        // A bundle from before the decoder was recorded (no `decoder` key) loads as the paper's.
+        let copy = dir.path().join("old");
+        copy_dir(&out, &copy);
+        let mut m = manifest.clone();
+        m["architecture"].as_object_mut().unwrap().remove("decoder").unwrap();
+        std::fs::write(copy.join("manifest.json"), serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+        let res = autopath(&["inspect", copy.to_str().unwrap()]);
+        let text = String::from_utf8_lossy(&res.stdout);
+        assert!(
+            res.status.success() && text.contains("decoder: paper"),
+            "{text}{}",
+            String::from_utf8_lossy(&res.stderr)
+        );
+    }
+    for (what, edit) in edits {
         let copy = dir.path().join(format!("edited-{}", edit.0.replace('/', "-")));
         copy_dir(&out, &copy);
         let mut m = manifest.clone();
@@ -183,7 +215,7 @@ fn copy_dir(from: &Path, to: &Path) {
 #[test]
 fn a_policy_for_another_number_of_blocks_is_refused_by_compile() {
     let dir = tempfile::tempdir().unwrap();
-    let model = random_model("r18", 5);
+    let model = random_model("r18", 5, DecoderKind::Paper);
     let r50 = ArchSpec::preset("r50", 8, [16, 32, 32]).unwrap();
     let vars = candle_nn::VarMap::new();
     let vb = candle_nn::VarBuilder::from_varmap(&vars, candle_core::DType::F32, &Device::Cpu);

@@ -221,6 +221,24 @@ impl GraphBuilder {
         )
     }
 
+    /// Trilinear `Resize` (align corners, as [`Self::resize_trilinear`]) of `x` to the spatial size of
+    /// `like`, read from its shape at run time.
+    pub fn resize_trilinear_like(&mut self, name: &str, x: &str, like: &str) -> String {
+        let shape = self.node("Shape", &format!("{name}.shape"), &[x], vec![]);
+        let (st, en) = (self.int64s(&format!("{name}.nc_start"), &[0]), self.int64s(&format!("{name}.nc_end"), &[2]));
+        let nc = self.node("Slice", &format!("{name}.nc"), &[&shape, &st, &en], vec![]);
+        let like_shape = self.node("Shape", &format!("{name}.like_shape"), &[like], vec![]);
+        let (st, en) = (self.int64s(&format!("{name}.sp_start"), &[2]), self.int64s(&format!("{name}.sp_end"), &[5]));
+        let spatial = self.node("Slice", &format!("{name}.spatial"), &[&like_shape, &st, &en], vec![]);
+        let sizes = self.node("Concat", &format!("{name}.sizes"), &[&nc, &spatial], vec![int("axis", 0)]);
+        self.node(
+            "Resize",
+            name,
+            &[x, "", "", &sizes],
+            vec![string("mode", "linear"), string("coordinate_transformation_mode", "align_corners")],
+        )
+    }
+
     /// `Flatten` to `[N, C]`.
     pub fn flatten(&mut self, name: &str, x: &str) -> String {
         self.node("Flatten", name, &[x], vec![int("axis", 1)])

@@ -3,7 +3,7 @@
 //! very same emitters as the per-block graphs.
 
 use autopath_models::block::{Block, ConvBn};
-use autopath_models::deeplab::{DeepLab3d, STEM_POOL};
+use autopath_models::deeplab::{Decoder, DecoderNet, DeepLab3d, SkipDecoder, STEM_POOL};
 use autopath_models::layers::{BatchNorm3d, Conv3d};
 use autopath_models::policy::PolicyNet;
 use autopath_models::spec::Output;
@@ -97,8 +97,35 @@ pub fn emit_block(g: &mut GraphBuilder, prefix: &str, x: &str, block: &Block) ->
     Ok(g.relu(&format!("{prefix}.out"), &s))
 }
 
-/// ASPP + decoder + trilinear upsampling to `tile` + sigmoid/softmax.
-pub fn emit_head(g: &mut GraphBuilder, x: &str, net: &DeepLab3d, tile: [usize; 3]) -> Result<String> {
+/// ASPP + decoder + trilinear upsampling to `tile` + sigmoid/softmax. `low` names the low-level
+/// features (the output after the last block of stage 0), which the skip decoder reads.
+pub fn emit_head(
+    g: &mut GraphBuilder,
+    x: &str,
+    low: Option<&str>,
+    net: &DeepLab3d,
+    tile: [usize; 3],
+) -> Result<String> {
+    let aspp = emit_aspp(g, x, net)?;
+    let logits = match &net.decoder {
+        DecoderNet::Paper(dec) => emit_paper_decoder(g, &aspp, dec)?,
+        DecoderNet::Skip(dec) => {
+            let low = low.ok_or_else(|| Error::Tensor {
+                name: "decoder".into(),
+                reason: "the skip decoder needs the low-level features as a second input".into(),
+            })?;
+            emit_skip_decoder(g, &aspp, low, dec)?
+        }
+    };
+    let resized = g.resize_trilinear("upsample", &logits, tile);
+    Ok(match net.spec().output {
+        Output::Sigmoid => g.sigmoid("probabilities", &resized),
+        Output::Softmax { .. } => g.softmax_channels("probabilities", &resized),
+    })
+}
+
+/// ASPP: four convolutional branches and image pooling, concatenated and projected.
+fn emit_aspp(g: &mut GraphBuilder, x: &str, net: &DeepLab3d) -> Result<String> {
     let aspp = &net.aspp;
     let mut branches = Vec::new();
     for (i, b) in aspp.branches.iter().enumerate() {
@@ -112,9 +139,11 @@ pub fn emit_head(g: &mut GraphBuilder, x: &str, net: &DeepLab3d, tile: [usize; 3
     let refs: Vec<&str> = branches.iter().map(String::as_str).collect();
     let cat = g.concat_channels("aspp.concat", &refs);
     let pj = conv_bn(g, "aspp.project", &cat, &aspp.project)?;
-    let pj = g.relu("aspp.project.relu", &pj);
+    Ok(g.relu("aspp.project.relu", &pj))
+}
 
-    let dec = &net.decoder;
+/// The paper's decoder: ConvTranspose k2 s2 (+BN) → ReLU → 3×3×3 conv (+BN) → ReLU → classifier.
+fn emit_paper_decoder(g: &mut GraphBuilder, x: &str, dec: &Decoder) -> Result<String> {
     let dims = dec.up.weight().dims().to_vec();
     let mut w = values(dec.up.weight(), "decoder.up")?;
     let (scale, shift) = bn_affine(&dec.up_bn, "decoder.up_bn")?;
@@ -125,17 +154,27 @@ pub fn emit_head(g: &mut GraphBuilder, x: &str, net: &DeepLab3d, tile: [usize; 3
             w[(i * co + o) * 8..(i * co + o + 1) * 8].iter_mut().for_each(|v| *v *= scale[o]);
         }
     }
-    let up = g.conv_transpose2("decoder.up", &pj, (&dims, &w), &shift);
+    let up = g.conv_transpose2("decoder.up", x, (&dims, &w), &shift);
     let up = g.relu("decoder.up.relu", &up);
     let c = conv_bn(g, "decoder.conv", &up, &dec.conv)?;
     let c = g.relu("decoder.relu", &c);
     let (dims, w, b) = folded(&dec.classifier, None, "decoder.classifier")?;
-    let logits = g.conv("decoder.classifier", &c, (&dims, &w), &b, attrs(&dec.classifier));
-    let resized = g.resize_trilinear("upsample", &logits, tile);
-    Ok(match net.spec().output {
-        Output::Sigmoid => g.sigmoid("probabilities", &resized),
-        Output::Softmax { .. } => g.softmax_channels("probabilities", &resized),
-    })
+    Ok(g.conv("decoder.classifier", &c, (&dims, &w), &b, attrs(&dec.classifier)))
+}
+
+/// The skip decoder: the low-level features reduced (1×1×1 conv + BN → ReLU), concatenated with the
+/// ASPP output resized to their grid, two 3×3×3 conv (+BN) → ReLU, classifier.
+fn emit_skip_decoder(g: &mut GraphBuilder, x: &str, low: &str, dec: &SkipDecoder) -> Result<String> {
+    let r = conv_bn(g, "decoder.reduce", low, &dec.reduce)?;
+    let r = g.relu("decoder.reduce.relu", &r);
+    let up = g.resize_trilinear_like("decoder.aspp_up", x, low);
+    let cat = g.concat_channels("decoder.concat", &[&up, &r]);
+    let c = conv_bn(g, "decoder.conv1", &cat, &dec.conv1)?;
+    let c = g.relu("decoder.conv1.relu", &c);
+    let c = conv_bn(g, "decoder.conv2", &c, &dec.conv2)?;
+    let c = g.relu("decoder.conv2.relu", &c);
+    let (dims, w, b) = folded(&dec.classifier, None, "decoder.classifier")?;
+    Ok(g.conv("decoder.classifier", &c, (&dims, &w), &b, attrs(&dec.classifier)))
 }
 
 /// The policy: ResNet-10 → global average pool → linear → sigmoid.

@@ -36,6 +36,9 @@ pub enum Error {
 /// Result with the compiler's error.
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Name of the head's second input (skip decoder): the output after the last block of stage 0.
+pub const LOW_LEVEL_INPUT: &str = "low";
+
 /// A serialised ONNX model with its file name in the bundle.
 #[derive(Debug, Clone)]
 pub struct GraphFile {
@@ -65,7 +68,7 @@ fn model(graph: pb::GraphProto, doc: &str, producer_version: &str) -> Vec<u8> {
 /// Every graph of a bundle for a segmenter (and optionally a policy), for tiles of size `tile`.
 ///
 /// Inputs and outputs: `image` `[N, 1, D, H, W]` → stem → `features`; each block maps `x` → `y`;
-/// the head maps `x` → `probabilities` `[N, K, tile]`; `full.onnx` maps `image` → `probabilities`;
+/// the head maps `x` (and, with the skip decoder, [`LOW_LEVEL_INPUT`]) → `probabilities` `[N, K, tile]`; `full.onnx` maps `image` → `probabilities`;
 /// the policy maps `volume` `[N, 1, d, h, w]` → `keep` `[N, blocks]`.
 pub fn compile(net: &DeepLab3d, policy: Option<&PolicyNet>, tile: [usize; 3], version: &str) -> Result<Vec<GraphFile>> {
     let spec = net.spec();
@@ -106,7 +109,8 @@ pub fn compile(net: &DeepLab3d, policy: Option<&PolicyNet>, tile: [usize; 3], ve
     let k = spec.output.channels();
     let mut g = GraphBuilder::new("head", "head: ASPP + decoder + trilinear upsampling to the tile + sigmoid/softmax");
     let x = g.input("x", &symbolic(spec.backbone_channels()));
-    let y = emit_head(&mut g, &x, net, tile)?;
+    let low = spec.low_level_block().map(|_| g.input(LOW_LEVEL_INPUT, &symbolic(spec.low_level_channels())));
+    let y = emit_head(&mut g, &x, low.as_deref(), net, tile)?;
     let y = g.identity("probabilities", &y);
     g.output(&y, &fixed(k, tile));
     push("head.onnx".into(), "head", g);
@@ -114,10 +118,14 @@ pub fn compile(net: &DeepLab3d, policy: Option<&PolicyNet>, tile: [usize; 3], ve
     let mut g = GraphBuilder::new("full", "full network: stem + every block + head, the baseline and parity reference");
     let mut h = g.input("image", &fixed(spec.in_channels, tile));
     h = emit_stem(&mut g, &h, net)?;
-    for block in &net.blocks {
+    let mut low = None;
+    for (n, block) in net.blocks.iter().enumerate() {
         h = emit_block(&mut g, &block.spec().name(), &h, block)?;
+        if spec.low_level_block() == Some(n) {
+            low = Some(h.clone());
+        }
     }
-    let y = emit_head(&mut g, &h, net, tile)?;
+    let y = emit_head(&mut g, &h, low.as_deref(), net, tile)?;
     let y = g.identity("probabilities", &y);
     g.output(&y, &fixed(k, tile));
     push("full.onnx".into(), "full", g);

@@ -19,7 +19,7 @@ fn main() {
         let t_stem = t.elapsed();
         let f = net.blocks(&s, Path::Full, 0, 8, train).unwrap();
         let t_blocks = t.elapsed();
-        let logits = net.head(&f, [32, 96, 96], train).unwrap();
+        let logits = net.head(&f, None, [32, 96, 96], train).unwrap();
         let t_head = t.elapsed();
         let loss = segmentation_loss(&logits, &y, spec.output).unwrap();
         let t_loss = t.elapsed();

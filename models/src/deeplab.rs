@@ -9,7 +9,7 @@ use crate::layers::{
     MaxPool3dParams,
 };
 use crate::ops::Conv3dParams;
-use crate::spec::ArchSpec;
+use crate::spec::{ArchSpec, DecoderKind};
 
 /// Which blocks run.
 #[derive(Debug, Clone, Copy)]
@@ -151,6 +151,68 @@ impl Decoder {
     }
 }
 
+/// The skip decoder (`DecoderKind::Skip`): low-level features → 1×1×1 conv → BN → ReLU, concatenated
+/// with the ASPP output resized to their grid, → two 3×3×3 conv → BN → ReLU → 1×1×1 classifier.
+#[derive(Debug, Clone)]
+pub struct SkipDecoder {
+    /// 1×1×1 reduction of the low-level features + BN.
+    pub reduce: ConvBn,
+    /// First 3×3×3 conv on the concatenation + BN.
+    pub conv1: ConvBn,
+    /// Second 3×3×3 conv + BN.
+    pub conv2: ConvBn,
+    /// Final 1×1×1 conv with bias.
+    pub classifier: Conv3d,
+}
+
+impl SkipDecoder {
+    fn load(vb: VarBuilder, spec: &ArchSpec) -> Result<Self> {
+        let (a, l, s, c) =
+            (spec.aspp_channels(), spec.low_level_channels(), spec.skip_channels(), spec.skip_decoder_channels());
+        let pad = Conv3dParams { padding: [1; 3], ..Default::default() };
+        Ok(SkipDecoder {
+            reduce: ConvBn::load(&vb, "reduce.conv", "reduce.bn", (l, s), 1, Conv3dParams::default())?,
+            conv1: ConvBn::load(&vb, "conv1.conv", "conv1.bn", (a + s, c), 3, pad)?,
+            conv2: ConvBn::load(&vb, "conv2.conv", "conv2.bn", (c, c), 3, pad)?,
+            classifier: Conv3d::load(
+                vb.pp("classifier"),
+                c,
+                spec.output.channels(),
+                [1; 3],
+                Conv3dParams::default(),
+                true,
+            )?,
+        })
+    }
+
+    fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        Ok(SkipDecoder {
+            reduce: self.reduce.to_dtype(dtype)?,
+            conv1: self.conv1.to_dtype(dtype)?,
+            conv2: self.conv2.to_dtype(dtype)?,
+            classifier: self.classifier.to_dtype(dtype)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, low: &Tensor, train: bool) -> Result<Tensor> {
+        let (_, _, d, h, w) = low.dims5()?;
+        let r = self.reduce.forward_relu(low, train)?;
+        let up = resize_trilinear(x, [d, h, w])?;
+        let y = self.conv1.forward_relu(&Tensor::cat(&[&up, &r], 1)?, train)?;
+        let y = self.conv2.forward_relu(&y, train)?;
+        self.classifier.forward(&y)
+    }
+}
+
+/// The decoder after the ASPP.
+#[derive(Debug, Clone)]
+pub enum DecoderNet {
+    /// The paper's.
+    Paper(Decoder),
+    /// With the low-level skip.
+    Skip(SkipDecoder),
+}
+
 /// The segmenter.
 #[derive(Debug, Clone)]
 pub struct DeepLab3d {
@@ -162,7 +224,7 @@ pub struct DeepLab3d {
     /// ASPP on the last stage.
     pub aspp: Aspp,
     /// Decoder to class logits.
-    pub decoder: Decoder,
+    pub decoder: DecoderNet,
 }
 
 /// Stem max-pool: kernel 3, stride 2, padding 1.
@@ -189,7 +251,10 @@ impl DeepLab3d {
             stem,
             blocks,
             aspp: Aspp::load(vb.pp("aspp"), spec)?,
-            decoder: Decoder::load(vb.pp("decoder"), spec)?,
+            decoder: match spec.decoder {
+                DecoderKind::Paper => DecoderNet::Paper(Decoder::load(vb.pp("decoder"), spec)?),
+                DecoderKind::Skip => DecoderNet::Skip(SkipDecoder::load(vb.pp("decoder"), spec)?),
+            },
         })
     }
 
@@ -211,7 +276,10 @@ impl DeepLab3d {
             stem: self.stem.to_dtype(dtype)?,
             blocks: self.blocks.iter().map(|b| b.to_dtype(dtype)).collect::<Result<_>>()?,
             aspp: self.aspp.to_dtype(dtype)?,
-            decoder: self.decoder.to_dtype(dtype)?,
+            decoder: match &self.decoder {
+                DecoderNet::Paper(d) => DecoderNet::Paper(d.to_dtype(dtype)?),
+                DecoderNet::Skip(d) => DecoderNet::Skip(d.to_dtype(dtype)?),
+            },
         })
     }
 
@@ -235,9 +303,18 @@ impl DeepLab3d {
         Ok(h)
     }
 
-    /// ASPP + decoder + trilinear upsampling to `size`: class logits.
-    pub fn head(&self, x: &Tensor, size: [usize; 3], train: bool) -> Result<Tensor> {
-        let y = self.decoder.forward(&self.aspp.forward(x, train)?, train)?;
+    /// ASPP + decoder + trilinear upsampling to `size`: class logits. `low` is the output after
+    /// [`ArchSpec::low_level_block`], which the skip decoder needs (and the paper's ignores).
+    pub fn head(&self, x: &Tensor, low: Option<&Tensor>, size: [usize; 3], train: bool) -> Result<Tensor> {
+        let a = self.aspp.forward(x, train)?;
+        let y = match &self.decoder {
+            DecoderNet::Paper(d) => d.forward(&a, train)?,
+            DecoderNet::Skip(d) => {
+                let low =
+                    low.ok_or_else(|| candle_core::Error::Msg("the skip decoder needs the low-level features".into()))?;
+                d.forward(&a, low, train)?
+            }
+        };
         resize_trilinear(&y, size)
     }
 
@@ -245,8 +322,18 @@ impl DeepLab3d {
     pub fn forward(&self, x: &Tensor, path: Path, train: bool) -> Result<Tensor> {
         let (_, _, d, h, w) = x.dims5()?;
         let s = self.stem(x, train)?;
-        let f = self.blocks(&s, path, 0, self.blocks.len(), train)?;
-        self.head(&f, [d, h, w], train)
+        let n = self.blocks.len();
+        match self.spec.low_level_block() {
+            None => {
+                let f = self.blocks(&s, path, 0, n, train)?;
+                self.head(&f, None, [d, h, w], train)
+            }
+            Some(l) => {
+                let low = self.blocks(&s, path, 0, l + 1, train)?;
+                let f = self.blocks(&low, path, l + 1, n, train)?;
+                self.head(&f, Some(&low), [d, h, w], train)
+            }
+        }
     }
 }
 
@@ -259,7 +346,16 @@ impl Buffers for DeepLab3d {
         for u in self.aspp.branches.iter().chain([&self.aspp.pooling, &self.aspp.project]) {
             u.bn.buffers(out);
         }
-        self.decoder.up_bn.buffers(out);
-        self.decoder.conv.bn.buffers(out);
+        match &self.decoder {
+            DecoderNet::Paper(d) => {
+                d.up_bn.buffers(out);
+                d.conv.bn.buffers(out);
+            }
+            DecoderNet::Skip(d) => {
+                for u in [&d.reduce, &d.conv1, &d.conv2] {
+                    u.bn.buffers(out);
+                }
+            }
+        }
     }
 }

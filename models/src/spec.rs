@@ -50,6 +50,20 @@ impl Output {
     }
 }
 
+/// Which decoder follows the ASPP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecoderKind {
+    /// The paper's (Med3D style): ConvTranspose ×2 → 3×3×3 conv → classifier, then trilinear upsampling
+    /// from output stride 4 (z) × 32 × 32 (y, x) to the tile.
+    #[default]
+    Paper,
+    /// DeepLabV3+'s low-level skip: the output after the last block of stage 0 (stride 4 in every axis)
+    /// → 1×1×1 conv → BN → ReLU, concatenated with the ASPP output resized (trilinear) to its grid,
+    /// → two 3×3×3 conv → BN → ReLU → 1×1×1 classifier, then trilinear upsampling to the tile.
+    Skip,
+}
+
 /// The policy network: a ResNet-10 on a fixed-size downsampled copy of the volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicySpec {
@@ -80,6 +94,9 @@ pub struct ArchSpec {
     pub aspp_rates: [usize; 3],
     /// The policy network.
     pub policy: PolicySpec,
+    /// The decoder (specs from before the choice existed have the paper's).
+    #[serde(default)]
+    pub decoder: DecoderKind,
 }
 
 /// One residual block of the backbone.
@@ -169,6 +186,7 @@ impl ArchSpec {
             patch,
             aspp_rates: [6, 12, 18],
             policy: PolicySpec { width, input: patch.map(|v| v.div_ceil(2)) },
+            decoder: DecoderKind::Paper,
         })
     }
 
@@ -185,6 +203,31 @@ impl ArchSpec {
     /// Decoder width (32 at the reference width 64).
     pub fn decoder_channels(&self) -> usize {
         (self.width / 2).max(1)
+    }
+
+    /// The block whose output the skip decoder reads (the last of stage 0), if the decoder has a skip.
+    pub fn low_level_block(&self) -> Option<usize> {
+        match self.decoder {
+            DecoderKind::Paper => None,
+            DecoderKind::Skip => Some(self.layers[0].max(1) - 1),
+        }
+    }
+
+    /// Channels of the low-level features (the stage-0 output).
+    pub fn low_level_channels(&self) -> usize {
+        self.width * self.block.expansion()
+    }
+
+    /// Channels the skip decoder reduces the low-level features to (48 at the reference width 64, as
+    /// DeepLabV3+).
+    pub fn skip_channels(&self) -> usize {
+        (self.width * 3 / 4).max(1)
+    }
+
+    /// Width of the skip decoder's two 3×3×3 convolutions (64 at the reference width; DeepLabV3+'s 2D
+    /// decoder uses 256, which in 3D at stride 4 would cost more than the backbone).
+    pub fn skip_decoder_channels(&self) -> usize {
+        self.width
     }
 
     /// Stage widths.
@@ -260,9 +303,23 @@ impl ArchSpec {
         );
         let p4 = vox(size);
         let aspp = 2 * p4 * a * c4 * (1 + 27 * 3) + 2 * a * c4 + 2 * p4 * a * 5 * a;
-        let up = size.map(|n| n * 2);
-        // ConvTranspose k2 s2: each output voxel gets one tap per input channel.
-        let decoder = 2 * vox(up) * (dec * a + dec * dec * 27 + k * dec);
+        let decoder = match self.decoder {
+            DecoderKind::Paper => {
+                let up = size.map(|n| n * 2);
+                // ConvTranspose k2 s2: each output voxel gets one tap per input channel.
+                2 * vox(up) * (dec * a + dec * dec * 27 + k * dec)
+            }
+            DecoderKind::Skip => {
+                // At the low-level grid: the 1×1×1 reduction, two 3×3×3 convolutions, the classifier.
+                let low = vox([stem_output[1], stem_output[2], stem_output[3]]);
+                let (cl, s, c) = (
+                    self.low_level_channels() as u64,
+                    self.skip_channels() as u64,
+                    self.skip_decoder_channels() as u64,
+                );
+                2 * low * (s * cl + c * (a + s) * 27 + c * c * 27 + k * c)
+            }
+        };
         NetworkCost { stem_output, stem_flops, blocks, head_flops: aspp + decoder }
     }
 
@@ -290,7 +347,17 @@ impl ArchSpec {
             (self.backbone_channels(), self.aspp_channels(), self.decoder_channels(), self.output.channels());
         n += conv(a, c4, 1) + 3 * conv(a, c4, 27) + conv(a, c4, 1) + 5 * bn(a); // four branches + image pooling
         n += conv(a, 5 * a, 1) + bn(a); // projection
-        n += conv(dec, a, 8) + bn(dec) + conv(dec, dec, 27) + bn(dec) + conv(k, dec, 1) + k as u64;
-        n
+        n += match self.decoder {
+            DecoderKind::Paper => conv(dec, a, 8) + bn(dec) + conv(dec, dec, 27) + bn(dec),
+            DecoderKind::Skip => {
+                let (cl, s, c) = (self.low_level_channels(), self.skip_channels(), self.skip_decoder_channels());
+                conv(s, cl, 1) + bn(s) + conv(c, a + s, 27) + bn(c) + conv(c, c, 27) + bn(c)
+            }
+        };
+        let last = match self.decoder {
+            DecoderKind::Paper => dec,
+            DecoderKind::Skip => self.skip_decoder_channels(),
+        };
+        n + conv(k, last, 1) + k as u64
     }
 }

@@ -5,7 +5,7 @@ use autopath_models::block::BlockKeep;
 use autopath_models::deeplab::{DeepLab3d, Path};
 use autopath_models::layers::Buffers;
 use autopath_models::policy::PolicyNet;
-use autopath_models::spec::ArchSpec;
+use autopath_models::spec::{ArchSpec, DecoderKind};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 
@@ -172,4 +172,69 @@ fn policy_outputs_one_probability_per_block_for_any_batch() {
     assert_eq!(p.dims(), &[3, 16]);
     let v: Vec<f32> = p.flatten_all().unwrap().to_vec1().unwrap();
     assert!(v.iter().all(|p| (0.0..=1.0).contains(p)));
+}
+
+fn skip(name: &str, width: usize, patch: [usize; 3]) -> ArchSpec {
+    ArchSpec { decoder: DecoderKind::Skip, ..ArchSpec::preset(name, width, patch).unwrap() }
+}
+
+/// The skip decoder's variables are the spec's count, its output has the tile's shape for odd sizes
+/// (the ASPP output is resized to the low-level grid, whatever it is), and the low-level features
+/// it reads are those after the last block of stage 0 on the path taken.
+#[test]
+fn the_skip_decoder_has_its_spec_parameters_and_reads_the_stage_0_output() {
+    for (name, width) in [("r18", 16), ("r50", 8)] {
+        let spec = skip(name, width, [16, 40, 36]);
+        let (vm, net) = build(&spec, DType::F32);
+        assert_eq!(count(&vm), spec.parameter_count(), "{name} width {width}");
+        for size in [[16, 40, 36], [17, 33, 35]] {
+            let x = Tensor::randn(0f32, 1.0, (2, 1, size[0], size[1], size[2]), &Device::Cpu).unwrap();
+            let y = net.forward(&x, Path::Full, false).unwrap();
+            assert_eq!(y.dims(), &[2, 1, size[0], size[1], size[2]], "{name} {size:?}");
+        }
+    }
+    let spec = skip("r18", 8, [16, 32, 32]);
+    let (_, net) = build(&spec, DType::F64);
+    assert_eq!(spec.low_level_block(), Some(1), "r18's stage 0 is blocks 0 and 1");
+    let x = Tensor::randn(0f64, 1.0, (1, 1, 16, 32, 32), &Device::Cpu).unwrap();
+    let keep = [true, false, true, true, false, true, true, true];
+    let s = net.stem(&x, false).unwrap();
+    let low = net.blocks(&s, Path::Shared(&keep), 0, 2, false).unwrap();
+    let f = net.blocks(&low, Path::Shared(&keep), 2, 8, false).unwrap();
+    let by_hand = net.head(&f, Some(&low), [16, 32, 32], false).unwrap();
+    let forward = net.forward(&x, Path::Shared(&keep), false).unwrap();
+    assert!(max_abs_diff(&by_hand, &forward) < 1e-12);
+    assert!(net.head(&f, None, [16, 32, 32], false).is_err(), "the skip head refuses to run without its input");
+}
+
+/// The skip decoder's extra cost in the spec equals its convolutions' FLOPs counted from the layers
+/// (weight size × output positions), less the paper decoder's counted the same way.
+#[test]
+fn the_skip_decoders_flops_are_counted_from_its_layers() {
+    use autopath_models::deeplab::DecoderNet;
+    let tile = [16, 48, 48];
+    let (paper, skipped) = (ArchSpec::preset("r18", 8, tile).unwrap(), skip("r18", 8, tile));
+    let ((_, pn), (_, sn)) = (build(&paper, DType::F32), build(&skipped, DType::F32));
+    let low = paper.cost(tile).stem_output;
+    let low_vox = (low[1] * low[2] * low[3]) as u64;
+    let conv = |w: &Tensor, vox: u64| 2 * w.elem_count() as u64 * vox;
+    let skip_flops = match &sn.decoder {
+        DecoderNet::Skip(d) => [&d.reduce.conv, &d.conv1.conv, &d.conv2.conv, &d.classifier]
+            .iter()
+            .map(|c| conv(c.weight(), low_vox))
+            .sum::<u64>(),
+        DecoderNet::Paper(_) => unreachable!(),
+    };
+    let last = paper.cost(tile).blocks.last().unwrap().output;
+    let up_vox = (8 * last[1] * last[2] * last[3]) as u64;
+    let paper_flops = match &pn.decoder {
+        // ConvTranspose k2 s2: each output voxel takes one of the 8 taps per weight pair.
+        DecoderNet::Paper(d) => {
+            conv(d.up.weight(), up_vox) / 8 + conv(d.conv.conv.weight(), up_vox) + conv(d.classifier.weight(), up_vox)
+        }
+        DecoderNet::Skip(_) => unreachable!(),
+    };
+    let (cp, cs) = (paper.cost(tile), skipped.cost(tile));
+    assert_eq!(cs.head_flops - cp.head_flops, skip_flops - paper_flops);
+    assert_eq!(cs.blocks, cp.blocks, "the backbone is the same");
 }

@@ -252,6 +252,12 @@ struct CompileArgs {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
+enum DecoderArg {
+    Paper,
+    Skip,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum MethodArg {
     Paper,
     Distil,
@@ -420,6 +426,10 @@ struct TrainArgs {
     /// Width of the first stage (64 = the paper's network).
     #[arg(long, default_value_t = 64)]
     width: usize,
+    /// Decoder: `paper` (ConvTranspose ×2 → conv → trilinear ×16 in plane) or `skip` (DeepLabV3+'s
+    /// low-level skip from the output of stage 0, for thin and folded structures).
+    #[arg(long, value_enum, default_value = "paper")]
+    decoder: DecoderArg,
     /// Training patch D,H,W (the paper: 48,256,256).
     #[arg(long, default_value = "48,256,256", value_parser = parse_shape)]
     patch: [usize; 3],
@@ -558,6 +568,10 @@ fn train(args: TrainArgs, quiet: bool) -> anyhow::Result<()> {
         let out = args.out.ok_or_else(|| anyhow::anyhow!("--out is required (or --resume RUN)"))?;
         let mut spec = ArchSpec::preset(&args.arch, args.width, args.patch)
             .ok_or_else(|| anyhow::anyhow!("unknown --arch {}", args.arch))?;
+        spec.decoder = match args.decoder {
+            DecoderArg::Paper => autopath_models::spec::DecoderKind::Paper,
+            DecoderArg::Skip => autopath_models::spec::DecoderKind::Skip,
+        };
         let prep = data.preprocessing();
         if prep.labels == LabelMapping::Keep {
             spec.output = Output::Softmax { classes: 3 };
@@ -845,6 +859,17 @@ fn inspect(dir: &std::path::Path, json: bool, tile_batch: usize) -> anyhow::Resu
         a.full_flops() as f64 / 1e9,
         m.input.window.patch
     );
+    match &a.low_level {
+        Some(l) => println!(
+            "decoder: {} (head input {:?} {:?}: the output after block {}); head {:.3} GFLOP",
+            a.decoder,
+            l.input,
+            l.shape,
+            l.after_block,
+            a.head_flops as f64 / 1e9
+        ),
+        None => println!("decoder: {}; head {:.3} GFLOP", a.decoder, a.head_flops as f64 / 1e9),
+    }
     println!("  {:<5} {:<14} {:>16} {:>16} {:>12} {:>10}", "block", "name", "input", "output", "branch GF", "shortcut");
     for bl in &a.blocks {
         println!(

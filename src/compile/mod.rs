@@ -7,12 +7,12 @@ use std::time::Instant;
 
 use autopath_models::deeplab::DeepLab3d;
 use autopath_models::policy::PolicyNet;
-use autopath_models::spec::{ArchSpec, BlockKind};
+use autopath_models::spec::{ArchSpec, BlockKind, DecoderKind};
 use serde::Serialize;
 
 use crate::bundle::{
-    sha256_hex, Activation, Architecture, BlockEntry, BudgetPoint, Bundle, FileEntry, InputContract, Manifest,
-    PolicyEntry, Producer, SCHEMA_VERSION,
+    sha256_hex, Activation, Architecture, BlockEntry, BudgetPoint, Bundle, FileEntry, InputContract, LowLevel,
+    Manifest, PolicyEntry, Producer, SCHEMA_VERSION,
 };
 use crate::error::{Error, Result};
 use crate::runtime::{SessionOptions, Sessions};
@@ -234,6 +234,15 @@ fn architecture(spec: &ArchSpec, tile: [usize; 3]) -> Architecture {
         stem_output: cost.stem_output,
         blocks,
         head_file: "head.onnx".into(),
+        decoder: match spec.decoder {
+            DecoderKind::Paper => "paper".into(),
+            DecoderKind::Skip => "skip".into(),
+        },
+        low_level: spec.low_level_block().map(|n| LowLevel {
+            after_block: n,
+            input: autopath_export::LOW_LEVEL_INPUT.into(),
+            shape: cost.blocks[n].output,
+        }),
         head_flops: cost.head_flops,
         full_file: "full.onnx".into(),
     }

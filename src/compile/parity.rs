@@ -109,6 +109,7 @@ pub fn verify(net: &DeepLab3d, policy: Option<&PolicyNet>, s: &mut Sessions, til
     // Stem, each block (kept and, with a projection, dropped), head: each fed the reference's input.
     let x64 = tensor(x.view(), DType::F64)?;
     let mut h = reference.stem(&x64, false).map_err(err)?;
+    let mut low = None;
     let ort = s.run_segment(Segment::Stem, x.view())?;
     let candle = net.stem(&tensor(x.view(), DType::F32)?, false).map_err(err)?;
     checks.push(check("stem".into(), ort.as_slice().unwrap_or_default(), Some(&candle), &h)?);
@@ -126,14 +127,20 @@ pub fn verify(net: &DeepLab3d, policy: Option<&PolicyNet>, s: &mut Sessions, til
         let candle = b32.forward(&input32, autopath_models::block::BlockKeep::All, false).map_err(err)?;
         checks.push(check(format!("block_{n:02}"), ort.as_slice().unwrap_or_default(), Some(&candle), &want)?);
         h = want;
+        if spec.low_level_block() == Some(n) {
+            low = Some(h.clone());
+        }
     }
     let features = array(&h)?;
-    let probs = |net: &DeepLab3d, f: &Tensor| {
-        net.head(f, tile, false).and_then(|l| probabilities(&l, spec.output)).map_err(err)
+    let low64 = low.as_ref();
+    let low = low64.map(array).transpose()?;
+    let probs = |net: &DeepLab3d, f: &Tensor, low: Option<&Tensor>| {
+        net.head(f, low, tile, false).and_then(|l| probabilities(&l, spec.output)).map_err(err)
     };
-    let want = probs(&reference, &h)?;
-    let ort = s.run_segment(Segment::Head, features.view())?;
-    let candle = probs(net, &tensor(features.view(), DType::F32)?)?;
+    let want = probs(&reference, &h, low64)?;
+    let ort = s.run_head(features.view(), low.as_ref().map(|l| l.view()))?;
+    let low32 = low.as_ref().map(|l| tensor(l.view(), DType::F32)).transpose()?;
+    let candle = probs(net, &tensor(features.view(), DType::F32)?, low32.as_ref())?;
     checks.push(check("head".into(), ort.as_slice().unwrap_or_default(), Some(&candle), &want)?);
 
     // Compositions on the probe: what the runtime actually runs.

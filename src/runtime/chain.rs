@@ -3,7 +3,7 @@
 
 use ndarray::{Array2, Array5, ArrayView5};
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
-use ort::session::Session;
+use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, TensorRef};
 
 use super::session::{Residency, Sessions};
@@ -13,7 +13,7 @@ fn ort_err(what: &str, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -
     Error::ort(what, e)
 }
 
-fn run_one(session: &mut Session, what: &str, input: &str, value: DynValue, output: &str) -> Result<DynValue> {
+fn run_one(session: &mut Session, what: &str, input: &str, value: &DynValue, output: &str) -> Result<DynValue> {
     let mut out = session.run(ort::inputs![input => value]).map_err(|e| ort_err(what, e))?;
     out.remove(output).ok_or_else(|| ort_err(what, format!("graph has no output {output:?}")))
 }
@@ -66,13 +66,11 @@ pub enum Segment {
     Block(usize),
     /// Block n's projection shortcut (block dropped).
     Shortcut(usize),
-    /// The head.
-    Head,
 }
 
 impl Sessions {
-    /// Runs one segment on an array (no copy in; one copy out). Used where many paths share
-    /// intermediate results that must be kept (evaluation and policy rewards).
+    /// Runs one segment of the backbone on an array (no copy in; one copy out). Used where many paths
+    /// share intermediate results that must be kept (evaluation and policy rewards).
     pub fn run_segment(&mut self, segment: Segment, x: ndarray::ArrayView5<f32>) -> Result<Array5<f32>> {
         let (session, what, input, output) = match segment {
             Segment::Stem => (&mut self.stem, "stem".to_string(), "image", "features"),
@@ -85,7 +83,6 @@ impl Sessions {
                 "x",
                 "y",
             ),
-            Segment::Head => (&mut self.head, "head".to_string(), "x", "probabilities"),
         };
         let x = x.as_standard_layout();
         let t = TensorRef::from_array_view(x.view()).map_err(|e| ort_err(&what, e))?;
@@ -94,34 +91,73 @@ impl Sessions {
         to_array(&v, &what)
     }
 
+    /// The head on arrays: the backbone's output `x` and, for the skip decoder, the low-level features.
+    pub fn run_head(&mut self, x: ArrayView5<f32>, low: Option<ArrayView5<f32>>) -> Result<Array5<f32>> {
+        let x = x.as_standard_layout();
+        let low = low.as_ref().map(|l| l.as_standard_layout());
+        let xv = TensorRef::from_array_view(x.view()).map_err(|e| ort_err("head", e))?;
+        let lv =
+            low.as_ref().map(|l| TensorRef::from_array_view(l.view())).transpose().map_err(|e| ort_err("head", e))?;
+        self.head_values(xv.into(), lv.map(Into::into))
+    }
+
+    /// Runs the head graph; its output comes back in host memory whatever the inputs' device.
+    fn head_values<'v>(&mut self, x: SessionInputValue<'v>, low: Option<SessionInputValue<'v>>) -> Result<Array5<f32>> {
+        let mut inputs: Vec<(std::borrow::Cow<'_, str>, SessionInputValue<'v>)> = vec![("x".into(), x)];
+        match (&self.low_level, low) {
+            (Some(l), Some(v)) => inputs.push((l.input.clone().into(), v)),
+            (Some(l), None) => {
+                return Err(Error::ort("head", format!("the skip decoder's input {:?} was not given", l.input)))
+            }
+            (None, _) => {}
+        }
+        let mut out = self.head.run(inputs).map_err(|e| ort_err("head", e))?;
+        let p = out.remove("probabilities").ok_or_else(|| ort_err("head", "graph has no output \"probabilities\""))?;
+        to_array(&p, "head")
+    }
+
     /// Probabilities `[B, K, tile]` for tiles `[B, 1, tile]` on a path: stem, then per block the
     /// block graph if kept, the shortcut graph if dropped with a projection, nothing if dropped with
-    /// an identity shortcut; then the head.
+    /// an identity shortcut; then the head (with the skip decoder, also fed the value after the last
+    /// block of stage 0, which is kept alive until then).
     ///
     /// With a bound residency the stem's and every block's output stay where the provider put them
     /// (GPU memory under CUDA/TensorRT); only the head's probabilities come back to the host.
     pub fn run_chain(&mut self, tiles: ArrayView5<f32>, keep: &[bool]) -> Result<Array5<f32>> {
         let memory = chain_memory(self.residency)?;
-        let step = |s: &mut Session, what: &str, input: &str, v: DynValue, output: &str| match &memory {
-            Some(m) => run_bound(s, what, input, &v, output, m),
+        let step = |s: &mut Session, what: &str, input: &str, v: &DynValue, output: &str| match &memory {
+            Some(m) => run_bound(s, what, input, v, output, m),
             None => run_one(s, what, input, v, output),
         };
-        let mut h = step(&mut self.stem, "stem", "image", to_value(tiles)?, "features")?;
+        let after = self.low_level.as_ref().map(|l| l.after_block);
+        let mut h = step(&mut self.stem, "stem", "image", &to_value(tiles)?, "features")?;
+        // `low` gets the value after block `after` when the next block replaces it; if none does, it
+        // is still `h` at the head.
+        let (mut low, mut low_is_current) = (None, false);
         for (n, &k) in keep.iter().enumerate() {
-            if k {
-                h = step(&mut self.blocks[n], &format!("block {n}"), "x", h, "y")?;
+            let next = if k {
+                Some(step(&mut self.blocks[n], &format!("block {n}"), "x", &h, "y")?)
             } else if let Some(s) = self.shortcuts[n].as_mut() {
-                h = step(s, &format!("shortcut {n}"), "x", h, "y")?;
+                Some(step(s, &format!("shortcut {n}"), "x", &h, "y")?)
+            } else {
+                None
+            };
+            if let Some(v) = next {
+                let previous = std::mem::replace(&mut h, v);
+                if low_is_current {
+                    low = Some(previous);
+                    low_is_current = false;
+                }
             }
+            low_is_current |= after == Some(n);
         }
-        // A plain run returns the head's output in host memory whatever the input's device.
-        let p = run_one(&mut self.head, "head", "x", h, "probabilities")?;
-        to_array(&p, "head")
+        let low = if low_is_current { Some(&h) } else { low.as_ref() };
+        self.head_values((&h).into(), low.map(Into::into))
     }
 
     /// Probabilities from the monolithic `full.onnx`.
     pub fn run_full(&mut self, tiles: ArrayView5<f32>) -> Result<Array5<f32>> {
-        let p = run_one(self.full()?, "full", "image", to_value(tiles)?, "probabilities")?;
+        let p = run_one(self.full()?, "full", "image", &to_value(tiles)?, "probabilities")?;
         to_array(&p, "full")
     }
 
@@ -130,7 +166,7 @@ impl Sessions {
         let s = self.policy.as_mut().ok_or_else(|| {
             Error::request("path", "the bundle has no policy (compiled without --policy); use --path full or a mask")
         })?;
-        let p = run_one(s, "policy", "volume", to_value(volumes)?, "keep")?;
+        let p = run_one(s, "policy", "volume", &to_value(volumes)?, "keep")?;
         let a = p.try_extract_array::<f32>().map_err(|e| ort_err("policy", e))?;
         a.to_owned().into_dimensionality().map_err(|e| ort_err("policy", e))
     }

@@ -5,7 +5,8 @@
 //!   blocks, shortcuts, head, policy), plus `full.onnx` when a run uses it (`--path full`, `bench`).
 //! - Activations: the chain keeps a block's input and output, and its branch's intermediates, for
 //!   `tile_batch` tiles; the head's largest tensors are ASPP's five branches with their concatenation,
-//!   the decoder's transposed convolutions and the class maps upsampled to the tile.
+//!   the decoder's transposed convolutions (skip decoder: the low-level input, which the chain keeps
+//!   alive, and its concatenation with the resized ASPP output) and the class maps upsampled to the tile.
 //! - A margin of 25 % for arena rounding and fragmentation, and, once per process, the CUDA context
 //!   with the cuDNN and cuBLAS handles (about 500 MB on recent GPUs).
 //!
@@ -60,7 +61,18 @@ pub fn estimate(bundle: &Bundle, tile_batch: usize) -> MemoryEstimate {
     // ASPP: five branches at the input's size, their concatenation (5×), the projection; the two
     // transposed convolutions (8× the voxels each, channels halved: 4× and 16× the input's elements);
     // then the class maps upsampled to the tile, before and after the activation.
-    let head_peak = 11.0 * head_in + 20.0 * head_in + 2.0 * classes * tile;
+    let decoder = match &a.low_level {
+        // Skip decoder: the low-level input kept alive through the chain, the ASPP output resized to its
+        // grid and the concatenation with the reduced features (about twice the ASPP's channels
+        // there), the two convolutions' outputs.
+        Some(l) => {
+            let low_vox = elems(l.shape) / l.shape[0] as f64;
+            let aspp_channels = 4.0 * a.width as f64;
+            elems(l.shape) + 2.0 * aspp_channels * low_vox + 2.0 * a.width as f64 * low_vox
+        }
+        None => 20.0 * head_in,
+    };
+    let head_peak = 11.0 * head_in + decoder + 2.0 * classes * tile;
     let activations = tile_batch.max(1) as f64 * block_peak.max(head_peak) * 4.0;
     MemoryEstimate {
         weights_mb: weights / MB,

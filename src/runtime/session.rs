@@ -115,23 +115,28 @@ fn ort_err(what: impl std::fmt::Display, e: impl Into<Box<dyn std::error::Error 
 #[derive(Debug, Clone)]
 pub struct GraphInput {
     /// Input name in the graph.
-    pub name: &'static str,
+    pub name: String,
     /// Shape without the batch axis.
     pub sample: Vec<usize>,
 }
 
-/// TensorRT profile shapes (min, opt, max) for batches of 1 to `max_batch` samples of `input`:
-/// `name:1x…`, `name:Bx…`, `name:Bx…`.
-pub fn trt_profile(input: &GraphInput, max_batch: usize) -> (String, String, String) {
-    let dims = |b: usize| {
-        std::iter::once(b).chain(input.sample.iter().copied()).map(|d| d.to_string()).collect::<Vec<_>>().join("x")
-    };
+/// TensorRT profile shapes (min, opt, max) for batches of 1 to `max_batch` samples of each of a
+/// graph's `inputs`: `name:1x…,other:1x…`, then the same with `B`, twice. Every input of a graph must
+/// be in its profile (the skip decoder's head has two).
+pub fn trt_profile(inputs: &[GraphInput], max_batch: usize) -> (String, String, String) {
     let b = max_batch.max(1);
-    (
-        format!("{}:{}", input.name, dims(1)),
-        format!("{}:{}", input.name, dims(b)),
-        format!("{}:{}", input.name, dims(b)),
-    )
+    let shapes = |batch: usize| {
+        inputs
+            .iter()
+            .map(|input| {
+                let dims: Vec<String> =
+                    std::iter::once(batch).chain(input.sample.iter().copied()).map(|d| d.to_string()).collect();
+                format!("{}:{}", input.name, dims.join("x"))
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    (shapes(1), shapes(b), shapes(b))
 }
 
 fn cuda_provider(opts: &SessionOptions) -> ExecutionProviderDispatch {
@@ -154,7 +159,7 @@ fn providers(
     ep: ExecutionProvider,
     opts: &SessionOptions,
     bundle_hash: &str,
-    input: Option<&GraphInput>,
+    inputs: &[GraphInput],
 ) -> Result<Vec<ExecutionProviderDispatch>> {
     Ok(match ep {
         ExecutionProvider::Cpu => vec![],
@@ -171,8 +176,8 @@ fn providers(
                     .with_timing_cache(true)
                     .with_timing_cache_path(&d);
             }
-            if let Some(input) = input {
-                let (min, opt, max) = trt_profile(input, opts.max_tile_batch);
+            if !inputs.is_empty() {
+                let (min, opt, max) = trt_profile(inputs, opts.max_tile_batch);
                 trt = trt.with_profile_min_shapes(min).with_profile_opt_shapes(opt).with_profile_max_shapes(max);
             }
             // CUDA behind TensorRT for the nodes TensorRT does not take.
@@ -204,12 +209,12 @@ fn warn_once(message: String) {
 /// Creates a session for one graph file with the requested provider; a provider that fails to
 /// register is an error naming the file and the provider, unless fallback was allowed, in which case
 /// the next of TensorRT → CUDA → CPU is tried with one warning. Returns the session and the provider
-/// it actually runs on. `input` gives TensorRT its optimisation profile.
+/// it actually runs on. `inputs` give TensorRT its optimisation profile.
 pub fn open(
     path: &Path,
     opts: &SessionOptions,
     bundle_hash: &str,
-    input: Option<&GraphInput>,
+    inputs: &[GraphInput],
 ) -> Result<(Session, ExecutionProvider)> {
     if opts.fp16 && opts.ep != ExecutionProvider::Tensorrt {
         return Err(Error::invalid(
@@ -222,7 +227,7 @@ pub fn open(
         if ep != ExecutionProvider::Cpu {
             super::gpu::prepare(library).map_err(|e| e.to_string())?;
         }
-        let eps = providers(ep, opts, bundle_hash, input).map_err(|e| e.to_string())?;
+        let eps = providers(ep, opts, bundle_hash, inputs).map_err(|e| e.to_string())?;
         let b = Session::builder(env).map_err(|e| e.to_string())?;
         let b = b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(|e| e.to_string())?;
         let mut b = if eps.is_empty() { b } else { b.with_execution_providers(eps).map_err(|e| e.to_string())? };
@@ -270,20 +275,26 @@ pub struct Sessions {
     full_graph: (PathBuf, GraphInput, String),
     /// The policy, if the bundle has one.
     pub policy: Option<Session>,
+    /// The skip decoder's low-level input (None: the head takes the backbone's output only).
+    pub low_level: Option<crate::bundle::LowLevel>,
     /// Where the block chain keeps its intermediate values.
     pub residency: Residency,
     /// The provider the sessions run on (after any fallback) and the options they were built with.
     pub options: SessionOptions,
 }
 
-/// The per-sample input of every graph of a bundle, for TensorRT's profiles.
-fn inputs(bundle: &Bundle) -> (GraphInput, Vec<GraphInput>, GraphInput, GraphInput) {
+/// The per-sample inputs of every graph of a bundle, for TensorRT's profiles: stem, blocks, head (two
+/// with the skip decoder), full.
+fn inputs(bundle: &Bundle) -> (GraphInput, Vec<GraphInput>, Vec<GraphInput>, GraphInput) {
     let a = &bundle.manifest.architecture;
-    let image =
-        GraphInput { name: "image", sample: [1].into_iter().chain(bundle.manifest.input.window.patch).collect() };
-    let blocks = a.blocks.iter().map(|b| GraphInput { name: "x", sample: b.input.to_vec() }).collect();
+    let image = GraphInput {
+        name: "image".into(),
+        sample: [1].into_iter().chain(bundle.manifest.input.window.patch).collect(),
+    };
+    let blocks = a.blocks.iter().map(|b| GraphInput { name: "x".into(), sample: b.input.to_vec() }).collect();
     let head_in = a.blocks.last().map_or(a.stem_output, |b| b.output);
-    let head = GraphInput { name: "x", sample: head_in.to_vec() };
+    let mut head = vec![GraphInput { name: "x".into(), sample: head_in.to_vec() }];
+    head.extend(a.low_level.as_ref().map(|l| GraphInput { name: l.input.clone(), sample: l.shape.to_vec() }));
     (image.clone(), blocks, head, image)
 }
 
@@ -293,22 +304,27 @@ impl Sessions {
     pub fn open(bundle: &Bundle, opts: &SessionOptions) -> Result<Sessions> {
         let a = &bundle.manifest.architecture;
         let h = &bundle.hash;
-        let (image, block_inputs, head_input, full_input) = inputs(bundle);
-        let (stem, used) = open(&bundle.path(&a.stem_file), opts, h, Some(&image))?;
+        let (image, block_inputs, head_inputs, full_input) = inputs(bundle);
+        let (stem, used) = open(&bundle.path(&a.stem_file), opts, h, std::slice::from_ref(&image))?;
         let settled = SessionOptions { ep: used, allow_fallback: false, ..opts.clone() };
-        let o = |f: &str, input: &GraphInput| open(&bundle.path(f), &settled, h, Some(input)).map(|(s, _)| s);
-        let blocks = a.blocks.iter().zip(&block_inputs).map(|(b, i)| o(&b.file, i)).collect::<Result<_>>()?;
+        let o = |f: &str, inputs: &[GraphInput]| open(&bundle.path(f), &settled, h, inputs).map(|(s, _)| s);
+        let blocks = a
+            .blocks
+            .iter()
+            .zip(&block_inputs)
+            .map(|(b, i)| o(&b.file, std::slice::from_ref(i)))
+            .collect::<Result<_>>()?;
         let shortcuts = a
             .blocks
             .iter()
             .zip(&block_inputs)
-            .map(|(b, i)| b.shortcut_file.as_deref().map(|f| o(f, i)).transpose())
+            .map(|(b, i)| b.shortcut_file.as_deref().map(|f| o(f, std::slice::from_ref(i))).transpose())
             .collect::<Result<_>>()?;
-        let head = o(&a.head_file, &head_input)?;
+        let head = o(&a.head_file, &head_inputs)?;
         let policy = match &bundle.manifest.policy {
             Some(p) => {
-                let input = GraphInput { name: "volume", sample: [1].into_iter().chain(p.input).collect() };
-                Some(o(&p.file, &input)?)
+                let input = GraphInput { name: "volume".into(), sample: [1].into_iter().chain(p.input).collect() };
+                Some(o(&p.file, &[input])?)
             }
             None => None,
         };
@@ -326,6 +342,7 @@ impl Sessions {
             full: None,
             full_graph: (bundle.path(&a.full_file), full_input, h.clone()),
             policy,
+            low_level: a.low_level.clone(),
             residency,
             options: settled,
         })
@@ -335,7 +352,7 @@ impl Sessions {
     pub fn full(&mut self) -> Result<&mut Session> {
         if self.full.is_none() {
             let (path, input, hash) = &self.full_graph;
-            self.full = Some(open(path, &self.options, hash, Some(input))?.0);
+            self.full = Some(open(path, &self.options, hash, std::slice::from_ref(input))?.0);
         }
         self.full.as_mut().ok_or_else(|| Error::OnnxRuntime("full.onnx did not open".into()))
     }
