@@ -3,16 +3,16 @@
 //! seeded random r18 (width 16, tile 32×96×96), so the numbers measure the graphs, not the weights.
 //! Needs ONNX Runtime (`make setup`).
 
-use autopath::compile::compile;
-use autopath::preprocess::Preprocessing;
-use autopath::runtime::{SessionOptions, Sessions};
-use autopath::train::segment::{Model, TrainConfig};
-use autopath::volume::{Geometry, Volume};
+use autopath::deploy::{SessionOptions, Sessions};
+use autopath::input::preprocess::Preprocessing;
+use autopath::input::volume::{Geometry, Volume};
+use autopath::study::compile::compile;
+use autopath::study::train::segment::{Model, TrainConfig};
 use autopath_models::spec::ArchSpec;
 use criterion::{criterion_group, criterion_main, Criterion};
 use ndarray::{Array3, Array5};
 
-fn bundle(dir: &std::path::Path) -> autopath::bundle::Bundle {
+fn bundle(dir: &std::path::Path) -> autopath::input::bundle::Bundle {
     let spec = ArchSpec::preset("r18", 16, [32, 96, 96]).expect("preset");
     let model = Model::new(&spec, 1, &candle_core::Device::Cpu).expect("model");
     let policy_vars = autopath_models::init::SeededVarMap::new(2);
@@ -22,11 +22,18 @@ fn bundle(dir: &std::path::Path) -> autopath::bundle::Bundle {
     )
     .expect("policy");
     let cfg = TrainConfig::for_spec(spec);
-    let p = autopath::compile::PolicyInput { net: &policy, threshold: 0.5, training: None };
+    let p = autopath::study::compile::PolicyInput { net: &policy, threshold: 0.5, training: None };
     let out = dir.join("bundle");
-    compile(&model.net, &cfg, Some(p), None, &out, autopath::compile::CompileOptions { verify: false, force: true })
-        .expect("compile");
-    autopath::bundle::Bundle::load(&out).expect("bundle")
+    compile(
+        &model.net,
+        &cfg,
+        Some(p),
+        None,
+        &out,
+        autopath::study::compile::CompileOptions { verify: false, force: true },
+    )
+    .expect("compile");
+    autopath::input::bundle::Bundle::load(&out).expect("bundle")
 }
 
 fn runtime(c: &mut Criterion) {

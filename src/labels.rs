@@ -4,7 +4,7 @@
 
 use ndarray::{Array3, Array4, Axis};
 
-use crate::bundle::{Activation, Architecture};
+use crate::input::bundle::{Activation, Architecture};
 
 /// Foreground threshold on sigmoid probabilities: what `compile` records in the manifest and what
 /// training and evaluation use before a manifest exists.

@@ -6,10 +6,10 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use autopath::compile::compile;
-use autopath::runtime::{SessionOptions, Sessions};
-use autopath::train::segment::{Model, TrainConfig};
-use autopath_models::deeplab::Path as BlockPath;
+use autopath::deploy::{SessionOptions, Sessions};
+use autopath::study::compile::compile;
+use autopath::study::train::segment::{Model, TrainConfig};
+use autopath_models::deeplab::BlockPath;
 use autopath_models::spec::{ArchSpec, DecoderKind};
 use candle_core::{Device, Tensor};
 use ndarray::Array5;
@@ -63,7 +63,7 @@ fn every_graph_passes_the_onnx_checker_and_dropping_each_block_matches_candle() 
             None,
             None,
             &out,
-            autopath::compile::CompileOptions { verify: true, force: false },
+            autopath::study::compile::CompileOptions { verify: true, force: false },
         )
         .unwrap();
         assert!(
@@ -89,7 +89,7 @@ fn every_graph_passes_the_onnx_checker_and_dropping_each_block_matches_candle() 
             assert_eq!(r["node_names_unique"], true);
         }
 
-        let bundle = autopath::bundle::Bundle::load(&out).unwrap();
+        let bundle = autopath::input::bundle::Bundle::load(&out).unwrap();
         let mut s = Sessions::open(&bundle, &SessionOptions::default()).unwrap();
         let x = Array5::from_shape_fn((2, 1, 16, 32, 32), |(b, _, z, y, w)| {
             ((b * 7 + z * 3 + y * 5 + w) as f32 * 0.37).sin()
@@ -129,7 +129,7 @@ fn tampered_bundles_are_refused(decoder: DecoderKind) {
         None,
         None,
         &out,
-        autopath::compile::CompileOptions { verify: false, force: false },
+        autopath::study::compile::CompileOptions { verify: false, force: false },
     )
     .unwrap();
     let ok = autopath(&["inspect", out.to_str().unwrap()]);
@@ -220,7 +220,7 @@ fn a_policy_for_another_number_of_blocks_is_refused_by_compile() {
     let vars = candle_nn::VarMap::new();
     let vb = candle_nn::VarBuilder::from_varmap(&vars, candle_core::DType::F32, &Device::Cpu);
     let policy = autopath_models::policy::PolicyNet::load(vb, &r50).unwrap();
-    let input = autopath::compile::PolicyInput { net: &policy, threshold: 0.5, training: None };
+    let input = autopath::study::compile::PolicyInput { net: &policy, threshold: 0.5, training: None };
     let out = dir.path().join("bundle");
     let err = compile(
         &model.net,
@@ -228,7 +228,7 @@ fn a_policy_for_another_number_of_blocks_is_refused_by_compile() {
         Some(input),
         None,
         &out,
-        autopath::compile::CompileOptions { verify: false, force: false },
+        autopath::study::compile::CompileOptions { verify: false, force: false },
     )
     .err()
     .unwrap()

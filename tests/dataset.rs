@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use autopath::dataset::{Dataset, Layout, Split};
+use autopath::study::dataset::{Dataset, Layout, Split};
 
 fn touch(p: &Path) {
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();

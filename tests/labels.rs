@@ -1,7 +1,7 @@
 //! Labels from probabilities: one rule for Candle and ONNX Runtime outputs, ties to the first class
 //! (NumPy's and PyTorch's argmax), and the manifest's threshold for sigmoid outputs.
 
-use autopath::bundle::Activation;
+use autopath::input::bundle::Activation;
 use autopath::labels::{accuracy_and_dice, from_probabilities, mask_text};
 use ndarray::{Array3, Array4};
 

@@ -6,10 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use autopath::compile::compile;
-use autopath::compile::parity::{failure, verify, TOLERANCE};
-use autopath::runtime::{SessionOptions, Sessions};
-use autopath::train::segment::{load_segmenter, Model, TrainConfig};
+use autopath::deploy::{SessionOptions, Sessions};
+use autopath::study::compile::compile;
+use autopath::study::compile::parity::{failure, verify, TOLERANCE};
+use autopath::study::train::segment::{load_segmenter, Model, TrainConfig};
 use autopath_models::spec::ArchSpec;
 
 fn autopath(args: &[&str]) {
@@ -53,19 +53,19 @@ fn train(data: &Path, out: &Path, arch: &str, width: &str, patch: &str, epochs: 
 /// Largest |logit| on two training crops in training mode (batch statistics) and in evaluation mode
 /// (running statistics).
 fn logit_range(net: &autopath_models::deeplab::DeepLab3d, cfg: &TrainConfig) -> (f32, f32) {
-    let ds = autopath::dataset::Dataset::open(&cfg.data, Some(cfg.layout)).unwrap();
-    let cases = autopath::train::segment::cases_by_id(&ds, &cfg.train_ids).unwrap();
+    let ds = autopath::study::dataset::Dataset::open(&cfg.data, Some(cfg.layout)).unwrap();
+    let cases = autopath::study::train::segment::cases_by_id(&ds, &cfg.train_ids).unwrap();
     let p = cfg.window.patch;
     let mut xs = Vec::new();
     for c in cases.iter().take(2) {
-        let s = autopath::train::data::load_sample(c, &cfg.preprocessing).unwrap();
-        let padded = autopath::window::pad_to_patch(s.image.clone(), p, s.record.pad_value);
-        xs.extend(autopath::window::extract(&padded.view(), [0, 0, 0], p).iter().copied());
+        let s = autopath::study::train::data::load_sample(c, &cfg.preprocessing).unwrap();
+        let padded = autopath::input::window::pad_to_patch(s.image.clone(), p, s.record.pad_value);
+        xs.extend(autopath::input::window::extract(&padded.view(), [0, 0, 0], p).iter().copied());
     }
     let x = candle_core::Tensor::from_vec(xs, (2, 1, p[0], p[1], p[2]), &candle_core::Device::Cpu).unwrap();
     let max = |train: bool| {
         let net = net.to_dtype(candle_core::DType::F32).unwrap(); // a copy: training mode updates statistics
-        let l = net.forward(&x, autopath_models::deeplab::Path::Full, train).unwrap();
+        let l = net.forward(&x, autopath_models::deeplab::BlockPath::Full, train).unwrap();
         l.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
     };
     (max(true), max(false))
@@ -99,9 +99,15 @@ fn briefly_trained_segmenters_compile_with_every_segment_within_tolerance_of_the
         let run = train(&data, dir.path(), arch, width, patch, epochs, drop_path);
         let (net, cfg) = load_segmenter(&run, "best").unwrap();
         let out = dir.path().join(format!("bundle-{}", run.file_name().unwrap().to_string_lossy()));
-        let report =
-            compile(&net, &cfg, None, None, &out, autopath::compile::CompileOptions { verify: true, force: false })
-                .unwrap_or_else(|e| panic!("{arch} w{width} {patch} {epochs} epochs drop-path {drop_path}: {e}"));
+        let report = compile(
+            &net,
+            &cfg,
+            None,
+            None,
+            &out,
+            autopath::study::compile::CompileOptions { verify: true, force: false },
+        )
+        .unwrap_or_else(|e| panic!("{arch} w{width} {patch} {epochs} epochs drop-path {drop_path}: {e}"));
         let names: Vec<&str> = report.checks.iter().map(|c| c.name.as_str()).collect();
         let n = net.blocks.len();
         // Every segment is checked on its own, then the compositions the runtime runs.
@@ -139,13 +145,20 @@ fn a_bundle_that_differs_from_its_model_in_one_block_is_refused_naming_that_bloc
     let model = Model::new(&spec, 4, &candle_core::Device::Cpu).unwrap();
     let cfg = TrainConfig::for_spec(spec);
     let out = dir.path().join("bundle");
-    compile(&model.net, &cfg, None, None, &out, autopath::compile::CompileOptions { verify: false, force: false })
-        .unwrap();
+    compile(
+        &model.net,
+        &cfg,
+        None,
+        None,
+        &out,
+        autopath::study::compile::CompileOptions { verify: false, force: false },
+    )
+    .unwrap();
     // The model changes after compiling: block 3's last BatchNorm scale is doubled.
     let name = format!("{}.bn2.weight", model.net.blocks[3].spec().name());
     let (_, var) = model.state().into_iter().find(|(n, _)| *n == name).unwrap();
     var.set(&(var.as_tensor() * 2.0).unwrap()).unwrap();
-    let bundle = autopath::bundle::Bundle::load(&out).unwrap();
+    let bundle = autopath::input::bundle::Bundle::load(&out).unwrap();
     let mut sessions = Sessions::open(&bundle, &SessionOptions::default()).unwrap();
     let checks = verify(&model.net, None, &mut sessions, cfg.window.patch).unwrap();
     let first = checks.iter().find(|c| !c.passed).unwrap();

@@ -4,15 +4,15 @@
 
 use std::process::Command;
 
-use autopath::dataset::Dataset;
-use autopath::preprocess::Preprocessing;
-use autopath::train::checkpoint::{save, write_json};
-use autopath::train::policy::{load_policy, train_policy, Method, PolicyConfig};
-use autopath::train::predict::{labels, predict_probabilities};
-use autopath::train::segment::{CheckpointMeta, Model, TrainConfig};
-use autopath::volume::{read_volume, write_labels, ReadOptions};
-use autopath::window::{Blend, WindowConfig};
-use autopath_models::deeplab::Path as BlockPath;
+use autopath::input::preprocess::Preprocessing;
+use autopath::input::volume::{read_volume, write_labels, ReadOptions};
+use autopath::input::window::{Blend, WindowConfig};
+use autopath::study::dataset::Dataset;
+use autopath::study::train::checkpoint::{save, write_json};
+use autopath::study::train::infer::{labels, predict_probabilities};
+use autopath::study::train::policy::{load_policy, train_policy, Method, PolicyConfig};
+use autopath::study::train::segment::{CheckpointMeta, Model, TrainConfig};
+use autopath_models::deeplab::BlockPath;
 use autopath_models::spec::ArchSpec;
 
 /// Blocks 0 and 1: identity shortcuts whose input is never negative (the stem's or block 0's ReLU
@@ -144,7 +144,8 @@ fn learns_the_identities(method: Method) {
     for case in &f.ds.cases {
         let vol = read_volume(&case.image, &ReadOptions::default()).unwrap();
         let (img, _) = prep.image(&vol).unwrap();
-        let p: Vec<f32> = autopath::train::policy::keep_probabilities(&policy, &img, f.spec.policy.input).unwrap();
+        let p: Vec<f32> =
+            autopath::study::train::policy::keep_probabilities(&policy, &img, f.spec.policy.input).unwrap();
         let keep: Vec<bool> = p.iter().map(|&v| v >= 0.5).collect();
         let want: Vec<bool> = (0..8).map(|n| !IDENTITY.contains(&n)).collect();
         assert_eq!(keep, want, "{method:?}, case {}: keep probabilities {p:?}", case.id);

@@ -1,8 +1,8 @@
 //! Preprocessing and sliding windows: values against hand computations, coverage and exact stitching.
 
-use autopath::preprocess::{resample_linear, resample_nearest, Intensity, LabelMapping, Preprocessing};
-use autopath::volume::{Geometry, Volume};
-use autopath::window::{pad_to_patch, Accumulator, Blend, WindowConfig};
+use autopath::input::preprocess::{resample_linear, resample_nearest, Intensity, LabelMapping, Preprocessing};
+use autopath::input::volume::{Geometry, Volume};
+use autopath::input::window::{pad_to_patch, Accumulator, Blend, WindowConfig};
 use ndarray::{Array3, Array4, Axis};
 
 fn volume(data: Array3<f32>, spacing_xyz: [f64; 3]) -> Volume {
@@ -98,7 +98,7 @@ fn blending_reproduces_a_prediction_that_tiles_agree_on() {
         let cfg = WindowConfig { patch: [8, 16, 16], overlap: 0.5, blend };
         let mut acc = Accumulator::new(2, shape, &cfg);
         for t in cfg.tiles(shape) {
-            let tile = autopath::window::extract(&input.view(), t, cfg.patch);
+            let tile = autopath::input::window::extract(&input.view(), t, cfg.patch);
             let pred = ndarray::stack(Axis(0), &[tile.view(), tile.mapv(|v| -v).view()]).unwrap();
             acc.add(t, pred.view());
         }

@@ -6,11 +6,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use autopath::preprocess::Preprocessing;
-use autopath::train::predict::{labels, predict_probabilities};
-use autopath::train::segment::load_segmenter;
-use autopath::volume::{read_volume, ReadOptions};
-use autopath_models::deeplab::Path as BlockPath;
+use autopath::input::preprocess::Preprocessing;
+use autopath::input::volume::{read_volume, ReadOptions};
+use autopath::study::train::infer::{labels, predict_probabilities};
+use autopath::study::train::segment::load_segmenter;
+use autopath_models::deeplab::BlockPath;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -306,11 +306,11 @@ fn a_gpu_provider_that_is_missing_is_an_error_unless_fallback_is_allowed() {
 
 #[test]
 fn auto_path_outputs_equal_the_evaluation_s_autopath_predictions() {
-    use autopath::bundle::Bundle;
-    use autopath::paths::PathEvaluator;
-    use autopath::runtime::{SessionOptions, Sessions};
-    use autopath::train::data::load_sample;
-    use autopath::train::policy::load_policy;
+    use autopath::deploy::{SessionOptions, Sessions};
+    use autopath::input::bundle::Bundle;
+    use autopath::study::path_eval::PathEvaluator;
+    use autopath::study::train::data::load_sample;
+    use autopath::study::train::policy::load_policy;
 
     let f = fixture();
     let policy = f.root.join("policy");
@@ -362,10 +362,11 @@ fn auto_path_outputs_equal_the_evaluation_s_autopath_predictions() {
     let mut ev = PathEvaluator::new(&mut sessions, cfg.window, 2, b.manifest.input.activation, 0.5);
     let lines: Vec<serde_json::Value> =
         std::fs::read_to_string(&report).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let ds = autopath::dataset::Dataset::open(&f.data(), None).unwrap();
+    let ds = autopath::study::dataset::Dataset::open(&f.data(), None).unwrap();
     for case in &ds.cases {
         let s = load_sample(case, &cfg.preprocessing).unwrap();
-        let probs: Vec<f32> = autopath::train::policy::keep_probabilities(&p, &s.image, cfg.spec.policy.input).unwrap();
+        let probs: Vec<f32> =
+            autopath::study::train::policy::keep_probabilities(&p, &s.image, cfg.spec.policy.input).unwrap();
         let mask: Vec<bool> = probs.iter().map(|&v| v >= pc.threshold).collect();
         let prepared = ev.prepare(&s.image, s.record.pad_value, None).unwrap();
         let want = ev.evaluate(&prepared, std::slice::from_ref(&mask), true).unwrap().remove(0).prediction.unwrap();

@@ -3,19 +3,19 @@
 
 mod common;
 
-use autopath::bundle::Bundle;
-use autopath::dataset::Dataset;
-use autopath::paths::PathEvaluator;
-use autopath::runtime::{SessionOptions, Sessions};
-use autopath::search::{beam, exhaustive, Objective, BEAM_WIDTH};
-use autopath::train::data::load_sample;
-use autopath::train::segment::TrainConfig;
+use autopath::deploy::{SessionOptions, Sessions};
+use autopath::input::bundle::Bundle;
+use autopath::study::dataset::Dataset;
+use autopath::study::path_eval::PathEvaluator;
+use autopath::study::search::{beam, exhaustive, Objective, BEAM_WIDTH};
+use autopath::study::train::data::load_sample;
+use autopath::study::train::segment::TrainConfig;
 
 #[test]
 fn beam_search_finds_the_exhaustive_oracle_path_on_every_volume() {
     let dir = tempfile::tempdir().unwrap();
     let (data, run, bundle) = common::trained_bundle(dir.path());
-    let cfg: TrainConfig = autopath::train::checkpoint::read_json(&run.join("config.json")).unwrap();
+    let cfg: TrainConfig = autopath::study::train::checkpoint::read_json(&run.join("config.json")).unwrap();
     let bundle = Bundle::load(&bundle).unwrap();
     let arch = bundle.manifest.architecture.clone();
     let mut sessions = Sessions::open(&bundle, &SessionOptions::default()).unwrap();

@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command};
 
-use autopath::volume::{read_volume, ReadOptions};
+use autopath::input::volume::{read_volume, ReadOptions};
 
 struct Server {
     child: Child,

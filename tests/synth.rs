@@ -5,8 +5,8 @@ mod common;
 
 use std::process::Command;
 
-use autopath::synth::PhantomInfo;
-use autopath::volume::{read_volume, ReadOptions};
+use autopath::input::volume::{read_volume, ReadOptions};
+use autopath::study::synth::PhantomInfo;
 
 fn synth(out: &std::path::Path, seed: u64) {
     let status = Command::new(env!("CARGO_BIN_EXE_autopath"))

@@ -6,7 +6,9 @@ mod common;
 use std::io::Write;
 use std::path::Path;
 
-use autopath::volume::{read_geometry, read_volume, write_image_i16, write_labels, Geometry, NonFinite, ReadOptions};
+use autopath::input::volume::{
+    read_geometry, read_volume, write_image_i16, write_labels, Geometry, NonFinite, ReadOptions,
+};
 use autopath::VolumeError;
 use ndarray::Array3;
 

@@ -1,5 +1,5 @@
 //! Times one training step of r18 width 16 on [2, 1, 32, 96, 96], split into forward, loss and backward.
-use autopath_models::deeplab::{DeepLab3d, Path};
+use autopath_models::deeplab::{BlockPath, DeepLab3d};
 use autopath_models::init::SeededVarMap;
 use autopath_models::loss::segmentation_loss;
 use autopath_models::spec::ArchSpec;
@@ -17,7 +17,7 @@ fn main() {
         let train = std::env::var("TRAIN").map_or(true, |v| v == "1");
         let s = net.stem(&x, train).unwrap();
         let t_stem = t.elapsed();
-        let f = net.blocks(&s, Path::Full, 0, 8, train).unwrap();
+        let f = net.blocks(&s, BlockPath::Full, 0, 8, train).unwrap();
         let t_blocks = t.elapsed();
         let logits = net.head(&f, None, [32, 96, 96], train).unwrap();
         let t_head = t.elapsed();

@@ -13,7 +13,7 @@ use crate::spec::{ArchSpec, DecoderKind};
 
 /// Which blocks run.
 #[derive(Debug, Clone, Copy)]
-pub enum Path<'a> {
+pub enum BlockPath<'a> {
     /// Every block.
     Full,
     /// One keep mask for the whole batch (`true` = run); dropped branches are not computed.
@@ -22,14 +22,14 @@ pub enum Path<'a> {
     PerSample(&'a [Vec<bool>]),
 }
 
-impl Path<'_> {
+impl BlockPath<'_> {
     /// How block `n` runs for this batch. A per-sample mask shared by all samples is run as such
     /// (skipping or running the branch for the batch); only a mixed column needs masking.
     fn keep(&self, n: usize, like: &Tensor) -> Result<(BlockKeepOwned, bool)> {
         Ok(match self {
-            Path::Full => (BlockKeepOwned::All, true),
-            Path::Shared(k) => (if k[n] { BlockKeepOwned::All } else { BlockKeepOwned::None }, k[n]),
-            Path::PerSample(ks) => {
+            BlockPath::Full => (BlockKeepOwned::All, true),
+            BlockPath::Shared(k) => (if k[n] { BlockKeepOwned::All } else { BlockKeepOwned::None }, k[n]),
+            BlockPath::PerSample(ks) => {
                 let col: Vec<bool> = ks.iter().map(|k| k[n]).collect();
                 if col.iter().all(|&k| k) {
                     (BlockKeepOwned::All, true)
@@ -207,10 +207,10 @@ impl SkipDecoder {
 /// The decoder after the ASPP.
 #[derive(Debug, Clone)]
 pub enum DecoderNet {
-    /// The paper's.
-    Paper(Decoder),
+    /// The paper's (both boxed: the network holds one, and their sizes differ a lot).
+    Paper(Box<Decoder>),
     /// With the low-level skip.
-    Skip(SkipDecoder),
+    Skip(Box<SkipDecoder>),
 }
 
 /// The segmenter.
@@ -252,8 +252,8 @@ impl DeepLab3d {
             blocks,
             aspp: Aspp::load(vb.pp("aspp"), spec)?,
             decoder: match spec.decoder {
-                DecoderKind::Paper => DecoderNet::Paper(Decoder::load(vb.pp("decoder"), spec)?),
-                DecoderKind::Skip => DecoderNet::Skip(SkipDecoder::load(vb.pp("decoder"), spec)?),
+                DecoderKind::Paper => DecoderNet::Paper(Box::new(Decoder::load(vb.pp("decoder"), spec)?)),
+                DecoderKind::Skip => DecoderNet::Skip(Box::new(SkipDecoder::load(vb.pp("decoder"), spec)?)),
             },
         })
     }
@@ -277,8 +277,8 @@ impl DeepLab3d {
             blocks: self.blocks.iter().map(|b| b.to_dtype(dtype)).collect::<Result<_>>()?,
             aspp: self.aspp.to_dtype(dtype)?,
             decoder: match &self.decoder {
-                DecoderNet::Paper(d) => DecoderNet::Paper(d.to_dtype(dtype)?),
-                DecoderNet::Skip(d) => DecoderNet::Skip(d.to_dtype(dtype)?),
+                DecoderNet::Paper(d) => DecoderNet::Paper(Box::new(d.to_dtype(dtype)?)),
+                DecoderNet::Skip(d) => DecoderNet::Skip(Box::new(d.to_dtype(dtype)?)),
             },
         })
     }
@@ -289,7 +289,7 @@ impl DeepLab3d {
     }
 
     /// Runs blocks `from..to` on the path.
-    pub fn blocks(&self, x: &Tensor, path: Path, from: usize, to: usize, train: bool) -> Result<Tensor> {
+    pub fn blocks(&self, x: &Tensor, path: BlockPath, from: usize, to: usize, train: bool) -> Result<Tensor> {
         let mut h = x.clone();
         for n in from..to {
             let (keep, _) = path.keep(n, &h)?;
@@ -319,7 +319,7 @@ impl DeepLab3d {
     }
 
     /// Logits `[B, K, D, H, W]` for input `[B, 1, D, H, W]` on a path.
-    pub fn forward(&self, x: &Tensor, path: Path, train: bool) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, path: BlockPath, train: bool) -> Result<Tensor> {
         let (_, _, d, h, w) = x.dims5()?;
         let s = self.stem(x, train)?;
         let n = self.blocks.len();

@@ -2,7 +2,7 @@
 //! (per-sample) path against the hard path.
 
 use autopath_models::block::BlockKeep;
-use autopath_models::deeplab::{DeepLab3d, Path};
+use autopath_models::deeplab::{BlockPath, DeepLab3d};
 use autopath_models::layers::Buffers;
 use autopath_models::policy::PolicyNet;
 use autopath_models::spec::{ArchSpec, DecoderKind};
@@ -56,7 +56,7 @@ fn output_shapes_for_small_inputs_and_odd_sizes() {
         let (_, net) = build(&spec, DType::F32);
         for size in [[16, 40, 36], [17, 33, 35]] {
             let x = Tensor::randn(0f32, 1.0, (2, 1, size[0], size[1], size[2]), &Device::Cpu).unwrap();
-            let y = net.forward(&x, Path::Full, false).unwrap();
+            let y = net.forward(&x, BlockPath::Full, false).unwrap();
             assert_eq!(y.dims(), &[2, 1, size[0], size[1], size[2]], "{name} {size:?}");
             let s = net.stem(&x, false).unwrap();
             let cost = spec.cost(size);
@@ -131,17 +131,17 @@ fn dropping_a_block_with_a_zero_residual_branch_changes_nothing() {
         }
     }
     let x = Tensor::randn(0f64, 1.0, (1, 1, 16, 32, 32), &Device::Cpu).unwrap();
-    let full = net.forward(&x, Path::Full, false).unwrap();
+    let full = net.forward(&x, BlockPath::Full, false).unwrap();
     for &n in &identity {
         let mut keep = vec![true; 8];
         keep[n] = false;
-        let dropped = net.forward(&x, Path::Shared(&keep), false).unwrap();
+        let dropped = net.forward(&x, BlockPath::Shared(&keep), false).unwrap();
         assert!(max_abs_diff(&full, &dropped) < 1e-12, "block {n}");
     }
     // A block that computes something does change the output when dropped.
     let mut keep = vec![true; 8];
     keep[2] = false;
-    assert!(max_abs_diff(&full, &net.forward(&x, Path::Shared(&keep), false).unwrap()) > 1e-6);
+    assert!(max_abs_diff(&full, &net.forward(&x, BlockPath::Shared(&keep), false).unwrap()) > 1e-6);
 }
 
 #[test]
@@ -154,10 +154,10 @@ fn per_sample_masked_path_equals_the_hard_path_of_each_sample() {
         vec![true, true, true, false, true, true, false, true],
         vec![false, false, true, true, true, true, true, false],
     ];
-    let batched = net.forward(&x, Path::PerSample(&masks), false).unwrap();
+    let batched = net.forward(&x, BlockPath::PerSample(&masks), false).unwrap();
     for (i, m) in masks.iter().enumerate() {
         let xi = x.narrow(0, i, 1).unwrap();
-        let single = net.forward(&xi, Path::Shared(m), false).unwrap();
+        let single = net.forward(&xi, BlockPath::Shared(m), false).unwrap();
         assert!(max_abs_diff(&batched.narrow(0, i, 1).unwrap(), &single) < 1e-10, "sample {i}");
     }
 }
@@ -189,7 +189,7 @@ fn the_skip_decoder_has_its_spec_parameters_and_reads_the_stage_0_output() {
         assert_eq!(count(&vm), spec.parameter_count(), "{name} width {width}");
         for size in [[16, 40, 36], [17, 33, 35]] {
             let x = Tensor::randn(0f32, 1.0, (2, 1, size[0], size[1], size[2]), &Device::Cpu).unwrap();
-            let y = net.forward(&x, Path::Full, false).unwrap();
+            let y = net.forward(&x, BlockPath::Full, false).unwrap();
             assert_eq!(y.dims(), &[2, 1, size[0], size[1], size[2]], "{name} {size:?}");
         }
     }
@@ -199,10 +199,10 @@ fn the_skip_decoder_has_its_spec_parameters_and_reads_the_stage_0_output() {
     let x = Tensor::randn(0f64, 1.0, (1, 1, 16, 32, 32), &Device::Cpu).unwrap();
     let keep = [true, false, true, true, false, true, true, true];
     let s = net.stem(&x, false).unwrap();
-    let low = net.blocks(&s, Path::Shared(&keep), 0, 2, false).unwrap();
-    let f = net.blocks(&low, Path::Shared(&keep), 2, 8, false).unwrap();
+    let low = net.blocks(&s, BlockPath::Shared(&keep), 0, 2, false).unwrap();
+    let f = net.blocks(&low, BlockPath::Shared(&keep), 2, 8, false).unwrap();
     let by_hand = net.head(&f, Some(&low), [16, 32, 32], false).unwrap();
-    let forward = net.forward(&x, Path::Shared(&keep), false).unwrap();
+    let forward = net.forward(&x, BlockPath::Shared(&keep), false).unwrap();
     assert!(max_abs_diff(&by_hand, &forward) < 1e-12);
     assert!(net.head(&f, None, [16, 32, 32], false).is_err(), "the skip head refuses to run without its input");
 }

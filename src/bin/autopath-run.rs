@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use autopath::cli::{progress, report, ProviderArgs};
-use autopath::runtime::batch::{plan, run_batch, BatchOptions, Event, Shard};
-use autopath::runtime::{PathChoice, Predictor};
+use autopath::deploy::batch::{plan, run_batch, BatchOptions, Event, Shard};
+use autopath::deploy::{PathChoice, Predictor};
 
 #[derive(Parser)]
 #[command(
@@ -59,12 +59,12 @@ struct Cli {
     #[arg(long)]
     report: Option<PathBuf>,
     /// Refuse volumes with more voxels than this.
-    #[arg(long, default_value_t = autopath::volume::DEFAULT_MAX_VOXELS)]
+    #[arg(long, default_value_t = autopath::input::volume::DEFAULT_MAX_VOXELS)]
     max_voxels: u64,
     /// NaN or infinite voxels: refuse the volume (default), or replace them with zero or with the
     /// volume's smallest finite value (the NaN background resampling tools leave).
     #[arg(long, default_value = "refuse")]
-    nan: autopath::volume::NonFinite,
+    nan: autopath::input::volume::NonFinite,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -119,7 +119,7 @@ fn serve(sub: Sub) -> anyhow::Result<bool> {
         }
         None => None,
     };
-    let opts = autopath::serve::ServeOptions {
+    let opts = autopath::deploy::serve::ServeOptions {
         bundle,
         addr,
         workers,
@@ -131,7 +131,7 @@ fn serve(sub: Sub) -> anyhow::Result<bool> {
         tile_batch,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(autopath::serve::serve(opts, |a| {
+    rt.block_on(autopath::deploy::serve::serve(opts, |a| {
         println!("listening on http://{a}");
         let _ = std::io::Write::flush(&mut std::io::stdout());
     }))?;
@@ -142,16 +142,16 @@ fn serve(sub: Sub) -> anyhow::Result<bool> {
 /// `--check-ort`: which ONNX Runtime library loaded, its build, the NVIDIA library folders and which
 /// execution providers can run.
 fn check_ort() -> anyhow::Result<()> {
-    let (path, _) = autopath::onnxruntime::load(None)?;
+    let (path, _) = autopath::deploy::ort_library::load(None)?;
     println!("ONNX Runtime loaded from {}", path.display());
-    println!("{}", autopath::onnxruntime::build_info()?);
-    let (cuda, cudnn) = autopath::runtime::gpu::wheel_library_dirs(path);
+    println!("{}", autopath::deploy::ort_library::build_info()?);
+    let (cuda, cudnn) = autopath::deploy::gpu::wheel_library_dirs(path);
     let dir = |d: Option<std::path::PathBuf>| {
         d.map_or("not beside the library (system search)".into(), |d| d.display().to_string())
     };
     println!("CUDA libraries:  {}\ncuDNN libraries: {}", dir(cuda), dir(cudnn));
     println!("execution providers:");
-    for p in autopath::runtime::gpu::provider_report()? {
+    for p in autopath::deploy::gpu::provider_report()? {
         println!("  {:<9} {:<13} {}", p.name, if p.usable { "available" } else { "not available" }, p.detail);
     }
     Ok(())

@@ -7,12 +7,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use autopath::cli::{parse_shape, progress, report};
-use autopath::dataset::{Dataset, Layout, Split};
-use autopath::preprocess::{Intensity, LabelMapping, Preprocessing};
-use autopath::synth::{synthesize, SynthConfig};
-use autopath::train::device::DeviceChoice;
-use autopath::train::segment::{self, plan_split, TrainConfig};
-use autopath::window::{Blend, WindowConfig};
+use autopath::input::preprocess::{Intensity, LabelMapping, Preprocessing};
+use autopath::input::window::{Blend, WindowConfig};
+use autopath::study::dataset::{Dataset, Layout, Split};
+use autopath::study::synth::{synthesize, SynthConfig};
+use autopath::study::train::device::DeviceChoice;
+use autopath::study::train::segment::{self, plan_split, TrainConfig};
 use autopath_models::spec::{ArchSpec, Output};
 
 /// Data flags shared by `train`, `train-policy` and `eval`.
@@ -284,7 +284,7 @@ struct PolicyArgs {
     #[arg(long, value_enum, default_value = "distil")]
     method: MethodArg,
     /// distil: largest Dice loss against the full network that a target path may have, per volume.
-    #[arg(long, default_value_t = autopath::train::policy::DICE_TOLERANCE)]
+    #[arg(long, default_value_t = autopath::study::train::policy::DICE_TOLERANCE)]
     dice_tolerance: f64,
     /// paper: penalty τ per wrong voxel (larger keeps more blocks); distil: used only by `eval`'s
     /// reward oracle.
@@ -328,7 +328,7 @@ struct PolicyArgs {
 }
 
 fn train_policy(args: PolicyArgs, quiet: bool) -> anyhow::Result<()> {
-    use autopath::train::policy::{resume_policy, train_policy, PolicyConfig, PolicyEpoch};
+    use autopath::study::train::policy::{resume_policy, train_policy, PolicyConfig, PolicyEpoch};
     let bar = progress(0, "policy", quiet);
     let on_epoch = |r: &PolicyEpoch| {
         bar.set_length(r.epochs as u64);
@@ -362,14 +362,14 @@ fn train_policy(args: PolicyArgs, quiet: bool) -> anyhow::Result<()> {
     } else {
         let seg = args.seg.expect("required");
         let out = args.out.expect("required");
-        let spec: autopath::train::segment::TrainConfig =
-            autopath::train::checkpoint::read_json(&seg.join("config.json"))?;
+        let spec: autopath::study::train::segment::TrainConfig =
+            autopath::study::train::checkpoint::read_json(&seg.join("config.json"))?;
         let n = spec.spec.num_blocks();
         let cfg = PolicyConfig {
             seg: std::path::absolute(&seg)?,
             method: match args.method {
-                MethodArg::Paper => autopath::train::policy::Method::Paper,
-                MethodArg::Distil => autopath::train::policy::Method::Distil,
+                MethodArg::Paper => autopath::study::train::policy::Method::Paper,
+                MethodArg::Distil => autopath::study::train::policy::Method::Distil,
             },
             dice_tolerance: args.dice_tolerance,
             tau: args.tau,
@@ -380,7 +380,7 @@ fn train_policy(args: PolicyArgs, quiet: bool) -> anyhow::Result<()> {
             batch: args.batch.max(1),
             epochs: args.epochs.unwrap_or(match args.method {
                 MethodArg::Paper => n * args.curriculum_epochs.max(1) + 20,
-                MethodArg::Distil => autopath::train::policy::DISTIL_EPOCHS,
+                MethodArg::Distil => autopath::study::train::policy::DISTIL_EPOCHS,
             }),
             val_every: args.val_every,
             seed: args.seed,
@@ -392,14 +392,15 @@ fn train_policy(args: PolicyArgs, quiet: bool) -> anyhow::Result<()> {
         out
     };
     bar.finish_and_clear();
-    let meta: autopath::train::policy::PolicyMeta = autopath::train::checkpoint::read_json(&out.join("best.json"))?;
+    let meta: autopath::study::train::policy::PolicyMeta =
+        autopath::study::train::checkpoint::read_json(&out.join("best.json"))?;
     println!(
         "policy trained: best validation score {:.4} at epoch {} (Dice {:.4}, {:.1} % of blocks dropped, keep threshold {}{}); checkpoints in {}",
         meta.best_reward.unwrap_or(f64::NAN),
         meta.best_epoch.unwrap_or(0),
         meta.val_dice.unwrap_or(f64::NAN),
         100.0 * meta.val_dropped.unwrap_or(0.0),
-        meta.deployed_threshold(&autopath::train::checkpoint::read_json(&out.join("config.json"))?),
+        meta.deployed_threshold(&autopath::study::train::checkpoint::read_json(&out.join("config.json"))?),
         if meta.threshold.is_some() { ", chosen on validation" } else { "" },
         out.display()
     );
@@ -491,7 +492,7 @@ struct DeviceCheckArgs {
 }
 
 fn device_check(args: DeviceCheckArgs) -> anyhow::Result<()> {
-    use autopath::train::device_check::*;
+    use autopath::study::train::device_check::*;
     let device = open_device(args.device)?;
     let mut failed = Vec::new();
     println!("| check | value | tolerance | verdict |\n|---|---:|---:|---|");
@@ -530,7 +531,7 @@ fn device_check(args: DeviceCheckArgs) -> anyhow::Result<()> {
     }
     if let Some(path) = args.json {
         let v = serde_json::json!({ "ops": ops, "steps": steps, "step_ms": timed });
-        autopath::train::checkpoint::write_json(&path, &v)?;
+        autopath::study::train::checkpoint::write_json(&path, &v)?;
     }
     if failed.is_empty() {
         Ok(())
@@ -541,7 +542,7 @@ fn device_check(args: DeviceCheckArgs) -> anyhow::Result<()> {
 
 /// Opens the Candle device and says which one was chosen.
 fn open_device(choice: Option<DeviceChoice>) -> anyhow::Result<candle_core::Device> {
-    let (device, why) = autopath::train::device::open(choice)?;
+    let (device, why) = autopath::study::train::device::open(choice)?;
     eprintln!("device: {why}");
     Ok(device)
 }
@@ -628,7 +629,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn synth(args: SynthArgs, quiet: bool) -> anyhow::Result<()> {
     let SynthArgs { out, cases, seed, size, family } = args;
-    let family = if family == "mr" { autopath::synth::Family::Mr } else { autopath::synth::Family::Ct };
+    let family = if family == "mr" { autopath::study::synth::Family::Mr } else { autopath::study::synth::Family::Ct };
     let cfg = SynthConfig { cases, seed, size, family };
     let bar = progress(cases as u64, "synth", quiet);
     let infos = synthesize(&out, &cfg, &|done| bar.set_position(done as u64))
@@ -646,7 +647,7 @@ fn synth(args: SynthArgs, quiet: bool) -> anyhow::Result<()> {
 }
 
 fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    use autopath::demo::{run, DemoOptions};
+    use autopath::study::demo::{run, DemoOptions};
     let out = args.out.clone();
     let mut o = if args.quick { DemoOptions::quick(out.clone()) } else { DemoOptions::standard(out.clone()) };
     o.fresh = args.fresh;
@@ -664,7 +665,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let t = std::time::Instant::now();
     let r = run(&o, &|line| eprintln!("{line}"))?;
     println!("\nTable 1 (test volumes {}):\n{}", r.eval.test_ids.join(", "), table1_text(&r.eval));
-    println!("Latency (CPU, ONNX Runtime):\n{}", autopath::bench::markdown(&r.bench));
+    println!("Latency (CPU, ONNX Runtime):\n{}", autopath::study::bench::markdown(&r.bench));
     println!("report:        {}", out.join("eval/report.md").display());
     println!("figures:       {}", out.join("eval").display());
     println!("bundle:        {}", out.join("bundle").display());
@@ -677,19 +678,26 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let BenchArgs { bundle, data, limit, provider, repeats, warmup, tile_batch, out } = args;
     let inputs = bench_inputs(&data, limit)?;
-    let opts = autopath::bench::BenchOptions { repeats, warmup, session: provider.options(tile_batch), tile_batch };
-    let report = autopath::bench::bench(&bundle, &inputs, &out, &opts)?;
+    let opts =
+        autopath::study::bench::BenchOptions { repeats, warmup, session: provider.options(tile_batch), tile_batch };
+    let report = autopath::study::bench::bench(&bundle, &inputs, &out, &opts)?;
     write_bench(&out, &report)?;
-    println!("{}", autopath::bench::markdown(&report));
+    println!("{}", autopath::study::bench::markdown(&report));
     Ok(())
 }
 
 fn eval(args: EvalArgs, quiet: bool) -> anyhow::Result<()> {
     let EvalArgs { seg, policy, out, random_repeats, seed, tile_batch } = args;
-    let opts =
-        autopath::eval::EvalOptions { seg, policies: policy, out: out.clone(), random_repeats, seed, tile_batch };
+    let opts = autopath::study::eval::EvalOptions {
+        seg,
+        policies: policy,
+        out: out.clone(),
+        random_repeats,
+        seed,
+        tile_batch,
+    };
     let bar = progress(0, "eval", quiet);
-    let r = autopath::eval::evaluate(&opts, &|done, total| {
+    let r = autopath::study::eval::evaluate(&opts, &|done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })?;
@@ -701,13 +709,19 @@ fn eval(args: EvalArgs, quiet: bool) -> anyhow::Result<()> {
 
 fn compile(args: CompileArgs) -> anyhow::Result<()> {
     let CompileArgs { seg, untrained, width, patch, policy, evaluation, checkpoint, out, force, no_verify } = args;
-    let opts = autopath::compile::CompileOptions { verify: !no_verify, force };
+    let opts = autopath::study::compile::CompileOptions { verify: !no_verify, force };
     if let Some(arch) = untrained {
         return compile_untrained(&arch, width, patch, &out, opts);
     }
     let seg = seg.ok_or_else(|| anyhow::anyhow!("--seg is required (or --untrained ARCH)"))?;
-    let report =
-        autopath::compile::compile_runs(&seg, &checkpoint, policy.as_deref(), evaluation.as_deref(), &out, opts)?;
+    let report = autopath::study::compile::compile_runs(
+        &seg,
+        &checkpoint,
+        policy.as_deref(),
+        evaluation.as_deref(),
+        &out,
+        opts,
+    )?;
     for c in &report.checks {
         println!("  {}  {}", c.describe(), if c.passed { "ok" } else { "FAILED" });
     }
@@ -730,15 +744,16 @@ fn compile_untrained(
     width: usize,
     patch: [usize; 3],
     out: &std::path::Path,
-    opts: autopath::compile::CompileOptions,
+    opts: autopath::study::compile::CompileOptions,
 ) -> anyhow::Result<()> {
     use candle_core::{DType, Device};
     let spec = ArchSpec::preset(arch, width, patch).ok_or_else(|| anyhow::anyhow!("unknown architecture {arch}"))?;
     let model = segment::Model::new(&spec, 1, &Device::Cpu)?;
     let vars = autopath_models::init::SeededVarMap::new(2);
     let policy = autopath_models::policy::PolicyNet::load(vars.var_builder(DType::F32, &Device::Cpu), &spec)?;
-    let input = autopath::compile::PolicyInput { net: &policy, threshold: 0.5, training: None };
-    let report = autopath::compile::compile(&model.net, &TrainConfig::for_spec(spec), Some(input), None, out, opts)?;
+    let input = autopath::study::compile::PolicyInput { net: &policy, threshold: 0.5, training: None };
+    let report =
+        autopath::study::compile::compile(&model.net, &TrainConfig::for_spec(spec), Some(input), None, out, opts)?;
     println!(
         "compiled an untrained {arch} (width {width}, tile {patch:?}): {} graphs into {} in {:.1} s",
         report.files,
@@ -755,7 +770,7 @@ fn bench_inputs(data: &[PathBuf], limit: Option<usize>) -> anyhow::Result<Vec<Pa
         if d.is_dir() {
             match Dataset::open(d, None) {
                 Ok(ds) => out.extend(ds.cases.into_iter().map(|c| c.image)),
-                Err(_) => out.extend(autopath::runtime::batch::plan(d, d, None)?.into_iter().map(|(i, _)| i)),
+                Err(_) => out.extend(autopath::deploy::batch::plan(d, d, None)?.into_iter().map(|(i, _)| i)),
             }
         } else {
             out.push(d.clone());
@@ -767,11 +782,14 @@ fn bench_inputs(data: &[PathBuf], limit: Option<usize>) -> anyhow::Result<Vec<Pa
     Ok(out)
 }
 
-fn write_bench(out: &std::path::Path, report: &autopath::bench::BenchReport) -> anyhow::Result<()> {
-    use autopath::figures::{line_chart, Series};
+fn write_bench(out: &std::path::Path, report: &autopath::study::bench::BenchReport) -> anyhow::Result<()> {
+    use autopath::study::figures::{line_chart, Series};
     use plotters::style::RGBColor;
-    autopath::train::checkpoint::write_json(&out.join("bench.json"), report)?;
-    autopath::atomic::write_bytes_atomically(&out.join("bench.md"), autopath::bench::markdown(report).as_bytes())?;
+    autopath::study::train::checkpoint::write_json(&out.join("bench.json"), report)?;
+    autopath::atomic::write_bytes_atomically(
+        &out.join("bench.md"),
+        autopath::study::bench::markdown(report).as_bytes(),
+    )?;
     let pts: Vec<(f64, f64)> =
         report.volumes.iter().map(|v| (v.flop_fraction, v.autopath.median / v.full_graph.median)).collect();
     let chain: Vec<(f64, f64)> =
@@ -817,7 +835,7 @@ fn write_bench(out: &std::path::Path, report: &autopath::bench::BenchReport) -> 
     Ok(())
 }
 
-fn table1_text(r: &autopath::eval::Results) -> String {
+fn table1_text(r: &autopath::study::eval::Results) -> String {
     let mut s = format!("{:<40} {:>9} {:>9} {:>10}\n", "strategy", "dropped", "FLOPs", "Dice");
     for row in &r.table1 {
         s += &format!(
@@ -832,7 +850,7 @@ fn table1_text(r: &autopath::eval::Results) -> String {
 }
 
 fn inspect(dir: &std::path::Path, json: bool, tile_batch: usize) -> anyhow::Result<()> {
-    let b = autopath::bundle::Bundle::load(dir)?;
+    let b = autopath::input::bundle::Bundle::load(dir)?;
     let m = &b.manifest;
     if json {
         println!("{}", serde_json::to_string_pretty(m)?);
@@ -899,7 +917,7 @@ fn inspect(dir: &std::path::Path, json: bool, tile_batch: usize) -> anyhow::Resu
     if let Some(e) = &m.evaluation {
         println!("evaluation: {e}");
     }
-    let g = autopath::runtime::memory::estimate(&b, tile_batch);
+    let g = autopath::deploy::memory::estimate(&b, tile_batch);
     println!(
         "GPU memory per worker (estimate, tile batch {tile_batch}): {:.0} MB = weights {:.0} + activations {:.0} + margin {:.0}; \
          + {:.0} MB when full.onnx is used (--path full, bench); + ~{:.0} MB CUDA context per process",

@@ -45,7 +45,7 @@ pub fn parse_shape(s: &str) -> Result<[usize; 3], String> {
 pub struct ProviderArgs {
     /// Execution provider.
     #[arg(long, value_enum, default_value = "cpu")]
-    pub ep: crate::runtime::ExecutionProvider,
+    pub ep: crate::deploy::ExecutionProvider,
     /// When the requested GPU provider cannot be used, take the next of TensorRT → CUDA → CPU (one
     /// warning names what failed) instead of stopping.
     #[arg(long)]
@@ -68,23 +68,23 @@ pub struct ProviderArgs {
     pub fp16: bool,
     /// cuDNN convolution algorithm choice under CUDA.
     #[arg(long, value_enum, default_value = "heuristic")]
-    pub cudnn_search: crate::runtime::CudnnSearch,
+    pub cudnn_search: crate::deploy::CudnnSearch,
     /// Keep block outputs in device memory between sessions (auto: on GPU providers).
     #[arg(long, value_enum, default_value = "auto")]
-    pub io_binding: crate::runtime::IoBindingMode,
+    pub io_binding: crate::deploy::IoBindingMode,
 }
 
 impl ProviderArgs {
     /// Session options for calls of up to `tile_batch` tiles.
-    pub fn options(&self, tile_batch: usize) -> crate::runtime::SessionOptions {
-        crate::runtime::SessionOptions {
+    pub fn options(&self, tile_batch: usize) -> crate::deploy::SessionOptions {
+        crate::deploy::SessionOptions {
             ep: self.ep,
             allow_fallback: self.allow_fallback,
             threads: self.threads,
             trt_cache: if self.no_trt_cache {
                 None
             } else {
-                self.trt_cache.clone().or_else(crate::runtime::session::default_trt_cache)
+                self.trt_cache.clone().or_else(crate::deploy::session::default_trt_cache)
             },
             fp16: self.fp16,
             io_binding: self.io_binding,

@@ -51,7 +51,7 @@ pub fn listing(dir: &Path) -> Vec<String> {
 pub fn ort_library() -> PathBuf {
     std::env::var_os("ORT_DYLIB_PATH")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(autopath::onnxruntime::PROJECT_LIBRARY))
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(autopath::deploy::ort_library::PROJECT_LIBRARY))
 }
 
 /// A tiny trained bundle: phantoms, a briefly trained r18 at width 4, compiled. Returns

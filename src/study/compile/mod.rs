@@ -10,13 +10,13 @@ use autopath_models::policy::PolicyNet;
 use autopath_models::spec::{ArchSpec, BlockKind, DecoderKind};
 use serde::Serialize;
 
-use crate::bundle::{
+use crate::deploy::{SessionOptions, Sessions};
+use crate::error::{Error, Result};
+use crate::input::bundle::{
     sha256_hex, Activation, Architecture, BlockEntry, BudgetPoint, Bundle, FileEntry, InputContract, LowLevel,
     Manifest, PolicyEntry, Producer, SCHEMA_VERSION,
 };
-use crate::error::{Error, Result};
-use crate::runtime::{SessionOptions, Sessions};
-use crate::train::segment::TrainConfig;
+use crate::study::train::segment::TrainConfig;
 
 pub mod parity;
 
@@ -46,7 +46,7 @@ pub struct PolicyInput<'a> {
     /// Keep threshold.
     pub threshold: f32,
     /// How it was trained (None for an untrained policy).
-    pub training: Option<crate::bundle::PolicyTraining>,
+    pub training: Option<crate::input::bundle::PolicyTraining>,
 }
 
 /// Whether to check the graphs and whether to replace an existing folder.
@@ -75,15 +75,15 @@ pub fn compile_runs(
     out: &Path,
     opts: CompileOptions,
 ) -> Result<CompileReport> {
-    let (net, cfg) = crate::train::segment::load_segmenter(seg, checkpoint)?;
-    let loaded = policy.map(|p| crate::train::policy::load_policy(p, "best")).transpose()?;
+    let (net, cfg) = crate::study::train::segment::load_segmenter(seg, checkpoint)?;
+    let loaded = policy.map(|p| crate::study::train::policy::load_policy(p, "best")).transpose()?;
     let policy_input = loaded.as_ref().map(|(p, c, m)| PolicyInput {
         net: p,
         threshold: m.deployed_threshold(c),
-        training: Some(crate::train::policy::training_record(c, m)),
+        training: Some(crate::study::train::policy::training_record(c, m)),
     });
     let evaluation = evaluation
-        .map(crate::train::checkpoint::read_json::<crate::eval::Results>)
+        .map(crate::study::train::checkpoint::read_json::<crate::study::eval::Results>)
         .transpose()?
         .map(|r| serde_json::to_value(r.summary))
         .transpose()
@@ -171,10 +171,10 @@ fn build(
             autopath: env!("CARGO_PKG_VERSION").into(),
             onnx_opset: autopath_export::OPSET,
             onnx_ir_version: autopath_export::IR_VERSION,
-            onnx_runtime: crate::onnxruntime::ORT_VERSION.into(),
+            onnx_runtime: crate::deploy::ort_library::ORT_VERSION.into(),
         },
         architecture: architecture.clone(),
-        input: input_contract(cfg, crate::train::predict::activation(spec.output)),
+        input: input_contract(cfg, crate::study::train::infer::activation(spec.output)),
         policy: policy
             .map(|p| -> Result<PolicyEntry> {
                 Ok(PolicyEntry {
@@ -189,7 +189,7 @@ fn build(
         evaluation,
         files,
     };
-    crate::train::checkpoint::write_json(&dir.join("manifest.json"), &manifest)?;
+    crate::study::train::checkpoint::write_json(&dir.join("manifest.json"), &manifest)?;
     let mut checks = Vec::new();
     if verify {
         let bundle = Bundle::load(dir)?;
@@ -252,8 +252,8 @@ fn architecture(spec: &ArchSpec, tile: [usize; 3]) -> Architecture {
 fn input_contract(cfg: &TrainConfig, activation: Activation) -> InputContract {
     InputContract {
         modality: match cfg.preprocessing.intensity {
-            crate::preprocess::Intensity::Ct { .. } => "CT".into(),
-            crate::preprocess::Intensity::Zscore => "MR".into(),
+            crate::input::preprocess::Intensity::Ct { .. } => "CT".into(),
+            crate::input::preprocess::Intensity::Zscore => "MR".into(),
         },
         orientation: "voxels are processed in stored order; outputs carry the input's header geometry (dims, pixdim, qform/sform)".into(),
         preprocessing: cfg.preprocessing,
@@ -276,12 +276,12 @@ fn budget_calibration(policy: &PolicyNet, cfg: &TrainConfig, arch: &Architecture
     if ids.is_empty() || !cfg.data.is_dir() {
         return Ok(Vec::new());
     }
-    let dataset = crate::dataset::Dataset::open(&cfg.data, Some(cfg.layout))?;
-    let probabilities = crate::train::segment::cases_by_id(&dataset, &ids)?
+    let dataset = crate::study::dataset::Dataset::open(&cfg.data, Some(cfg.layout))?;
+    let probabilities = crate::study::train::segment::cases_by_id(&dataset, &ids)?
         .iter()
         .map(|c| {
-            let s = crate::train::data::load_sample(c, &cfg.preprocessing)?;
-            crate::train::policy::keep_probabilities(policy, &s.image, cfg.spec.policy.input)
+            let s = crate::study::train::data::load_sample(c, &cfg.preprocessing)?;
+            crate::study::train::policy::keep_probabilities(policy, &s.image, cfg.spec.policy.input)
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(BudgetPoint::curve(&probabilities, arch))

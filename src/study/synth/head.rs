@@ -7,7 +7,7 @@ use ndarray::Array3;
 use rand::Rng;
 
 use super::{case_rng, centred_geometry, lerp, render, Deformation, Ellipsoid, PhantomInfo, SynthConfig};
-use crate::volume::Geometry;
+use crate::input::volume::Geometry;
 
 /// Intensities in arbitrary scanner units (T1-like: fat bright, white matter brighter than grey, CSF
 /// and bone dark).

@@ -1,13 +1,13 @@
 //! Whole-volume prediction with the Candle segmenter: sliding-window tiles in batches, blended into one
 //! accumulator. The runtime does the same with ONNX Runtime (same tiling, same blending).
 
-use autopath_models::deeplab::{DeepLab3d, Path};
+use autopath_models::deeplab::{BlockPath, DeepLab3d};
 use autopath_models::spec::Output;
 use candle_core::Tensor;
 use ndarray::{Array3, Array4, Axis};
 
 use crate::error::{Error, Result};
-use crate::window::{extract, pad_to_patch, Accumulator, WindowConfig};
+use crate::input::window::{extract, pad_to_patch, Accumulator, WindowConfig};
 
 fn candle(e: candle_core::Error) -> Error {
     Error::candle("network")(e)
@@ -19,7 +19,7 @@ pub fn predict_probabilities(
     image: &Array3<f32>,
     pad_value: f32,
     window: &WindowConfig,
-    path: Path,
+    path: BlockPath,
     tile_batch: usize,
 ) -> Result<Array4<f32>> {
     let shape: [usize; 3] = image.dim().into();
@@ -63,9 +63,9 @@ pub fn labels(probs: &Array4<f32>, output: Output) -> Array3<u8> {
 }
 
 /// The bundle's name for a network's output.
-pub fn activation(output: Output) -> crate::bundle::Activation {
+pub fn activation(output: Output) -> crate::input::bundle::Activation {
     match output {
-        Output::Sigmoid => crate::bundle::Activation::Sigmoid,
-        Output::Softmax { classes } => crate::bundle::Activation::Softmax { classes },
+        Output::Sigmoid => crate::input::bundle::Activation::Sigmoid,
+        Output::Softmax { classes } => crate::input::bundle::Activation::Softmax { classes },
     }
 }

@@ -11,17 +11,17 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::bundle::{Architecture, Bundle};
-use crate::dataset::Dataset;
+use crate::deploy::{SessionOptions, Sessions};
 use crate::error::{Error, Result};
-use crate::figures::{histogram, line_chart, overlay_png, Series, AUTOPATH, FULL, TRUTH};
-use crate::paths::{PathEvaluator, Prepared};
-use crate::runtime::{SessionOptions, Sessions};
-use crate::search::{search, Objective, PathTable, Scored, BEAM_WIDTH, EXHAUSTIVE_MAX_BLOCKS};
-use crate::train::data::{load_sample, Sample};
-use crate::train::policy::{keep_probabilities, load_policy, Method, DICE_TOLERANCE};
-use crate::train::segment::{cases_by_id, load_segmenter};
-use crate::volume::{read_volume, ReadOptions};
+use crate::input::bundle::{Architecture, Bundle};
+use crate::input::volume::{read_volume, ReadOptions};
+use crate::study::dataset::Dataset;
+use crate::study::figures::{histogram, line_chart, overlay_png, Series, AUTOPATH, FULL, TRUTH};
+use crate::study::path_eval::{PathEvaluator, Prepared};
+use crate::study::search::{search, Objective, PathTable, Scored, BEAM_WIDTH, EXHAUSTIVE_MAX_BLOCKS};
+use crate::study::train::data::{load_sample, Sample};
+use crate::study::train::policy::{keep_probabilities, load_policy, Method, DICE_TOLERANCE};
+use crate::study::train::segment::{cases_by_id, load_segmenter};
 use plotters::style::RGBColor;
 
 /// What to evaluate.
@@ -383,7 +383,7 @@ impl VolumeStudy<'_> {
         })
     }
 
-    /// The oracles' search on one volume: exhaustive up to [`crate::search`]'s limit, else a beam per
+    /// The oracles' search on one volume: exhaustive up to [`crate::study::search`]'s limit, else a beam per
     /// objective whose paths share one table.
     fn oracle_table(&self, ev: &mut PathEvaluator, prepared: &Prepared) -> Result<PathTable> {
         let mut table = search(ev, prepared, self.arch, Objective::DiceTolerance { delta: self.delta })?;
@@ -445,13 +445,13 @@ pub fn evaluate(opts: &EvalOptions, progress: &dyn Fn(usize, usize)) -> Result<R
     }
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let seg_bundle = opts.out.join("segmenter");
-    crate::compile::compile(
+    crate::study::compile::compile(
         &net,
         &cfg,
         None,
         None,
         &seg_bundle,
-        crate::compile::CompileOptions { verify: true, force: true },
+        crate::study::compile::CompileOptions { verify: true, force: true },
     )?;
     let bundle = Bundle::load(&seg_bundle)?;
     let arch = bundle.manifest.architecture.clone();
@@ -512,7 +512,7 @@ pub fn evaluate(opts: &EvalOptions, progress: &dyn Fn(usize, usize)) -> Result<R
     });
     let overlays = overlays(&opts.out, &mut ev, &cases, &cfg.preprocessing, &results, policies.first())?;
     write_report(&opts.out, &results, &overlays)?;
-    crate::train::checkpoint::write_json(&opts.out.join("results.json"), &results)?;
+    crate::study::train::checkpoint::write_json(&opts.out.join("results.json"), &results)?;
     Ok(results)
 }
 
@@ -728,8 +728,8 @@ fn table1(
 fn overlays(
     out: &Path,
     ev: &mut PathEvaluator,
-    cases: &[crate::dataset::Case],
-    prep: &crate::preprocess::Preprocessing,
+    cases: &[crate::study::dataset::Case],
+    prep: &crate::input::preprocess::Preprocessing,
     results: &Results,
     policy: Option<&Policy>,
 ) -> Result<Vec<(String, f64, PathBuf, PathBuf)>> {

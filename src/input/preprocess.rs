@@ -7,7 +7,7 @@ use ndarray::{Array3, Zip};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::volume::Volume;
+use crate::input::volume::Volume;
 
 /// How image intensities become network inputs.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -9,11 +9,11 @@ use ndarray::{Array3, Array4, Array5, Axis};
 use serde::Serialize;
 
 use super::session::{SessionOptions, Sessions};
-use crate::bundle::Bundle;
 use crate::error::{Error, Result};
-use crate::preprocess::{resample_linear, Record};
-use crate::volume::{read_volume, write_labels, ReadOptions, Volume};
-use crate::window::{extract, pad_to_patch, Accumulator, WindowConfig};
+use crate::input::bundle::Bundle;
+use crate::input::preprocess::{resample_linear, Record};
+use crate::input::volume::{read_volume, write_labels, ReadOptions, Volume};
+use crate::input::window::{extract, pad_to_patch, Accumulator, WindowConfig};
 
 /// Which blocks to run.
 #[derive(Debug, Clone, PartialEq)]

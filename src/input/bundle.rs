@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::preprocess::Preprocessing;
-use crate::window::WindowConfig;
+use crate::input::preprocess::Preprocessing;
+use crate::input::window::WindowConfig;
 
 /// The manifest schema this build writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;

@@ -29,8 +29,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{candle, Item, PolicyEpoch, Run};
 use crate::error::{Error, Result};
-use crate::search::{Objective, PathTable, Scored};
-use crate::train::checkpoint::{read_json, write_json};
+use crate::study::search::{Objective, PathTable, Scored};
+use crate::study::train::checkpoint::{read_json, write_json};
 
 /// Dice points over the tolerance that validation weighs like one point of FLOP saving.
 const EXCESS_WEIGHT: f64 = 10.0;

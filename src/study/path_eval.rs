@@ -7,11 +7,11 @@ use std::rc::Rc;
 
 use ndarray::{Array3, Array5, Axis};
 
-use crate::bundle::Activation;
+use crate::deploy::chain::Segment;
+use crate::deploy::Sessions;
 use crate::error::Result;
-use crate::runtime::chain::Segment;
-use crate::runtime::Sessions;
-use crate::window::{extract, pad_to_patch, Accumulator, WindowConfig};
+use crate::input::bundle::Activation;
+use crate::input::window::{extract, pad_to_patch, Accumulator, WindowConfig};
 
 /// A volume ready for path evaluation: tiles extracted and the stem already run.
 pub struct Prepared {

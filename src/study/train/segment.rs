@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use autopath_models::deeplab::{DeepLab3d, Path as BlockPath};
+use autopath_models::deeplab::{BlockPath, DeepLab3d};
 use autopath_models::init::SeededVarMap;
 use autopath_models::loss::segmentation_loss;
 use autopath_models::optim::Adam;
@@ -19,11 +19,11 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, read_json, write_json};
 use super::data::{load_sample, Sample, Sampler};
-use super::predict::{labels, predict_probabilities};
-use crate::dataset::{Case, Dataset, Layout, Split};
+use super::infer::{labels, predict_probabilities};
 use crate::error::{Error, Result};
-use crate::preprocess::Preprocessing;
-use crate::window::WindowConfig;
+use crate::input::preprocess::Preprocessing;
+use crate::input::window::WindowConfig;
+use crate::study::dataset::{Case, Dataset, Layout, Split};
 
 /// Everything a run was started with; saved as `config.json` and read back by `--resume`, `eval`
 /// and `compile`.
@@ -75,7 +75,7 @@ impl TrainConfig {
     /// preprocessing, no data.
     pub fn for_spec(spec: ArchSpec) -> TrainConfig {
         TrainConfig {
-            window: WindowConfig { patch: spec.patch, overlap: 0.5, blend: crate::window::Blend::default() },
+            window: WindowConfig { patch: spec.patch, overlap: 0.5, blend: crate::input::window::Blend::default() },
             spec,
             preprocessing: Preprocessing::default(),
             data: PathBuf::new(),

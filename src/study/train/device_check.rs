@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use autopath_models::deeplab::{Path as BlockPath, STEM_POOL};
+use autopath_models::deeplab::{BlockPath, STEM_POOL};
 use autopath_models::layers::{max_pool3d, MaxPool3dParams};
 use autopath_models::loss::segmentation_loss;
 use autopath_models::ops::{conv3d, set_composed, Conv3dParams};

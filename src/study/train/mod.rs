@@ -5,8 +5,8 @@ pub mod checkpoint;
 pub mod data;
 pub mod device;
 pub mod device_check;
+pub mod infer;
 pub mod policy;
-pub mod predict;
 pub mod segment;
 
 pub use crate::labels::dice;

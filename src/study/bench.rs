@@ -8,10 +8,10 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::deploy::predict::peak_rss_mb;
+use crate::deploy::{ExecutionProvider, PathChoice, Predictor, SessionOptions};
 use crate::error::{Error, Result};
-use crate::runtime::predict::peak_rss_mb;
-use crate::runtime::{ExecutionProvider, PathChoice, Predictor, SessionOptions};
-use crate::volume::{read_volume, ReadOptions};
+use crate::input::volume::{read_volume, ReadOptions};
 
 /// Benchmark settings.
 #[derive(Debug, Clone)]
@@ -176,7 +176,7 @@ pub fn bench(bundle: &Path, inputs: &[PathBuf], scratch: &Path, opts: &BenchOpti
         threads: opts.session.threads,
         ep: opts.session.ep,
         chain_values: format!("{:?}", p.sessions.residency),
-        onnx_runtime: crate::onnxruntime::ORT_VERSION.into(),
+        onnx_runtime: crate::deploy::ort_library::ORT_VERSION.into(),
         bundle_sha256: p.bundle.hash.clone(),
         tile: p.window.patch,
         tile_batch: p.tile_batch,

@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::volume::{write_image_i16, write_labels, Geometry};
+use crate::input::volume::{write_image_i16, write_labels, Geometry};
 
 pub mod head;
 

@@ -19,10 +19,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
+use crate::deploy::predict::StageTimes;
+use crate::deploy::{PathChoice, Predictor, SessionOptions};
 use crate::error::{Error, Result};
-use crate::runtime::predict::StageTimes;
-use crate::runtime::{PathChoice, Predictor, SessionOptions};
-use crate::volume::{read_volume, write_labels};
+use crate::input::volume::{read_volume, write_labels};
 
 /// Service settings.
 #[derive(Debug, Clone)]
@@ -134,7 +134,7 @@ struct AppState {
     jobs: SyncSender<Job>,
     manifest: String,
     /// The bundle's policy entry, for `?budget=` (its calibration).
-    policy: Option<crate::bundle::PolicyEntry>,
+    policy: Option<crate::input::bundle::PolicyEntry>,
     metrics: Arc<Metrics>,
     token: Option<String>,
     timeout: Duration,

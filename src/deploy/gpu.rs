@@ -66,7 +66,7 @@ pub struct ProviderStatus {
 /// and it registers.
 pub fn provider_report() -> Result<Vec<ProviderStatus>> {
     use ort::ep::ExecutionProvider as _;
-    let (path, env) = crate::onnxruntime::load(None)?;
+    let (path, env) = crate::deploy::ort_library::load(None)?;
     let mut out = vec![ProviderStatus { name: "cpu", usable: true, detail: "always available".into() }];
     let gpu: [(&'static str, bool, ort::ep::ExecutionProviderDispatch); 2] = [
         ("cuda", ort::ep::CUDA::is_available().unwrap_or(false), ort::ep::CUDA::default().build().error_on_failure()),

@@ -4,17 +4,17 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::bench::{bench, markdown, BenchOptions, BenchReport};
-use crate::dataset::{Dataset, Split};
+use crate::deploy::{PathChoice, Predictor, SessionOptions};
 use crate::error::{Error, Result};
-use crate::eval::{evaluate, EvalOptions, Results};
-use crate::preprocess::Preprocessing;
-use crate::runtime::{PathChoice, Predictor, SessionOptions};
-use crate::synth::{synthesize, SynthConfig};
-use crate::train::checkpoint::read_json;
-use crate::train::policy::{train_policy, Method, PolicyConfig, DISTIL_EPOCHS};
-use crate::train::segment::{self, plan_split, TrainConfig};
-use crate::window::{Blend, WindowConfig};
+use crate::input::preprocess::Preprocessing;
+use crate::input::window::{Blend, WindowConfig};
+use crate::study::bench::{bench, markdown, BenchOptions, BenchReport};
+use crate::study::dataset::{Dataset, Split};
+use crate::study::eval::{evaluate, EvalOptions, Results};
+use crate::study::synth::{synthesize, SynthConfig};
+use crate::study::train::checkpoint::read_json;
+use crate::study::train::policy::{train_policy, Method, PolicyConfig, DISTIL_EPOCHS};
+use crate::study::train::segment::{self, plan_split, TrainConfig};
 use autopath_models::spec::ArchSpec;
 
 /// Every stage's parameters.
@@ -194,9 +194,9 @@ pub fn run(o: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoOutcome> {
         evaluate(&opts, &|_, _| {}).map(|_| ())
     })?;
     stages.stage("6/8 compile bundle", f.bundle.join("manifest.json").exists(), || {
-        let opts = crate::compile::CompileOptions { verify: true, force: true };
+        let opts = crate::study::compile::CompileOptions { verify: true, force: true };
         let results = f.eval.join("results.json");
-        let r = crate::compile::compile_runs(&f.seg, "best", Some(&f.policy), Some(&results), &f.bundle, opts)?;
+        let r = crate::study::compile::compile_runs(&f.seg, "best", Some(&f.policy), Some(&results), &f.bundle, opts)?;
         for c in &r.checks {
             say(&format!("      {}", c.describe()));
         }
@@ -215,7 +215,7 @@ pub fn run(o: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoOutcome> {
         let opts =
             BenchOptions { repeats: o.bench_repeats, warmup: 1, session: SessionOptions::default(), tile_batch: 2 };
         let r = bench(&f.bundle, &bench_inputs, &f.bench, &opts)?;
-        crate::train::checkpoint::write_json(&f.bench.join("bench.json"), &r)?;
+        crate::study::train::checkpoint::write_json(&f.bench.join("bench.json"), &r)?;
         crate::atomic::write_bytes_atomically(&f.bench.join("bench.md"), markdown(&r).as_bytes())
     })?;
 
@@ -271,9 +271,9 @@ fn train_policies(o: &DemoOptions, f: &Folders, stages: &mut Stages) -> Result<(
     let say = stages.say;
     let seg_abs = std::path::absolute(&f.seg).map_err(|e| Error::io(&f.seg, e))?;
     let policy_done = |dir: &Path, epochs: usize| {
-        read_json::<crate::train::policy::PolicyMeta>(&dir.join("last.json")).is_ok_and(|m| m.epoch >= epochs)
+        read_json::<crate::study::train::policy::PolicyMeta>(&dir.join("last.json")).is_ok_and(|m| m.epoch >= epochs)
     };
-    let report = |r: &crate::train::policy::PolicyEpoch| {
+    let report = |r: &crate::study::train::policy::PolicyEpoch| {
         if let (Some(d), Some(dr)) = (r.val_dice, r.val_dropped) {
             say(&format!(
                 "      epoch {:>3}/{}: learning {} blocks, validation Dice {d:.4}, {:.0} % dropped",
@@ -306,7 +306,12 @@ fn train_policies(o: &DemoOptions, f: &Folders, stages: &mut Stages) -> Result<(
 }
 
 /// Stage 7: each test volume through the bundle with the runtime's own predictor.
-fn segment_tests(f: &Folders, test: &[crate::dataset::Case], outputs: &[PathBuf], say: &dyn Fn(&str)) -> Result<()> {
+fn segment_tests(
+    f: &Folders,
+    test: &[crate::study::dataset::Case],
+    outputs: &[PathBuf],
+    say: &dyn Fn(&str),
+) -> Result<()> {
     std::fs::create_dir_all(&f.segmentations).map_err(|e| Error::io(&f.segmentations, e))?;
     let mut p = Predictor::from_bundle(&f.bundle, &SessionOptions::default())?;
     for (c, o) in test.iter().zip(outputs) {

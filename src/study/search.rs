@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use autopath_models::reward::reward;
 use serde::{Deserialize, Serialize};
 
-use crate::bundle::Architecture;
 use crate::error::Result;
-use crate::paths::{PathEvaluator, Prepared};
+use crate::input::bundle::Architecture;
+use crate::study::path_eval::{PathEvaluator, Prepared};
 
 /// Largest N for which every path is scored.
 pub const EXHAUSTIVE_MAX_BLOCKS: usize = 10;
@@ -51,7 +51,7 @@ pub struct Scored {
 
 impl Scored {
     /// A path's evaluation on one volume, with its FLOP fraction.
-    pub fn new(mask: Vec<bool>, outcome: &crate::paths::Outcome, arch: &Architecture) -> Scored {
+    pub fn new(mask: Vec<bool>, outcome: &crate::study::path_eval::Outcome, arch: &Architecture) -> Scored {
         let flop_fraction = crate::labels::flop_fraction(arch, &mask);
         Scored { mask, dice: outcome.dice, accuracy: outcome.accuracy, flop_fraction }
     }

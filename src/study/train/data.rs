@@ -6,11 +6,11 @@ use ndarray::{s, Array3, Axis};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::dataset::Case;
 use crate::error::{Error, Result};
-use crate::preprocess::{Preprocessing, Record};
-use crate::volume::{read_volume, ReadOptions};
-use crate::window::pad_to_patch;
+use crate::input::preprocess::{Preprocessing, Record};
+use crate::input::volume::{read_volume, ReadOptions};
+use crate::input::window::pad_to_patch;
+use crate::study::dataset::Case;
 
 /// A case ready for the network: normalised image and mapped labels on the network grid.
 #[derive(Debug, Clone)]

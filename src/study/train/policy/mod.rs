@@ -1,6 +1,6 @@
 //! `autopath train-policy`: REINFORCE with a self-critical baseline and a curriculum over blocks. The
 //! segmenter is frozen; rewards come from real forward passes of its compiled graphs on the sampled
-//! and the greedy path (shared stem and prefixes, see [`crate::paths`]).
+//! and the greedy path (shared stem and prefixes, see [`crate::study::path_eval`]).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -24,12 +24,12 @@ mod distil;
 use super::checkpoint::{self, read_json, write_json};
 use super::data::load_sample;
 use super::segment::{cases_by_id, load_segmenter, TrainConfig};
-use crate::bundle::{Architecture, Bundle, PolicyTraining};
-use crate::dataset::Dataset;
+use crate::deploy::{SessionOptions, Sessions};
 use crate::error::{Error, Result};
-use crate::paths::{PathEvaluator, Prepared};
-use crate::preprocess::resample_linear;
-use crate::runtime::{SessionOptions, Sessions};
+use crate::input::bundle::{Architecture, Bundle, PolicyTraining};
+use crate::input::preprocess::resample_linear;
+use crate::study::dataset::Dataset;
+use crate::study::path_eval::{PathEvaluator, Prepared};
 
 /// How the policy learns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -488,8 +488,8 @@ fn prepare_volumes(seg_cfg: &TrainConfig, evaluator: &mut PathEvaluator) -> Resu
 fn segmenter_bundle(net: &autopath_models::deeplab::DeepLab3d, seg_cfg: &TrainConfig, out: &Path) -> Result<Bundle> {
     let dir = out.join("segmenter");
     if !dir.join("manifest.json").exists() {
-        let opts = crate::compile::CompileOptions { verify: true, force: true };
-        crate::compile::compile(net, seg_cfg, None, None, &dir, opts)?;
+        let opts = crate::study::compile::CompileOptions { verify: true, force: true };
+        crate::study::compile::compile(net, seg_cfg, None, None, &dir, opts)?;
     }
     Bundle::load(&dir)
 }

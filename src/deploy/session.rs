@@ -6,8 +6,8 @@ use ort::ep::ExecutionProviderDispatch;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 
-use crate::bundle::Bundle;
 use crate::error::{Error, Result};
+use crate::input::bundle::Bundle;
 
 /// Which hardware runs the graphs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
@@ -222,7 +222,7 @@ pub fn open(
             format!("applies to TensorRT only; the {:?} provider runs the fp32 graphs as they are", opts.ep),
         ));
     }
-    let (library, env) = crate::onnxruntime::load(opts.threads)?;
+    let (library, env) = crate::deploy::ort_library::load(opts.threads)?;
     let build = |ep: ExecutionProvider| -> std::result::Result<Session, String> {
         if ep != ExecutionProvider::Cpu {
             super::gpu::prepare(library).map_err(|e| e.to_string())?;
@@ -276,7 +276,7 @@ pub struct Sessions {
     /// The policy, if the bundle has one.
     pub policy: Option<Session>,
     /// The skip decoder's low-level input (None: the head takes the backbone's output only).
-    pub low_level: Option<crate::bundle::LowLevel>,
+    pub low_level: Option<crate::input::bundle::LowLevel>,
     /// Where the block chain keeps its intermediate values.
     pub residency: Residency,
     /// The provider the sessions run on (after any fallback) and the options they were built with.

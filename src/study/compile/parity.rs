@@ -4,7 +4,7 @@
 //! it. Each segment is fed the reference's own input (cast to f32), so an error is charged to the
 //! segment that makes it, and the first failing segment is the one named.
 
-use autopath_models::deeplab::{DeepLab3d, Path as BlockPath};
+use autopath_models::deeplab::{BlockPath, DeepLab3d};
 use autopath_models::policy::PolicyNet;
 use candle_core::{DType, Device, Tensor};
 use ndarray::{Array5, ArrayView5};
@@ -12,10 +12,10 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use serde::Serialize;
 
+use crate::deploy::chain::Segment;
+use crate::deploy::Sessions;
 use crate::error::{Error, Result};
-use crate::runtime::chain::Segment;
-use crate::runtime::Sessions;
-use crate::train::predict::probabilities;
+use crate::study::train::infer::probabilities;
 
 /// Relative error (largest absolute difference over the reference's largest magnitude) above which
 /// a parity check fails.

@@ -1,0 +1,16 @@
+//! Deployment: what `autopath-run` and `serve` are made of, and nothing that needs Candle — the ONNX
+//! Runtime library, sessions for a bundle, the block chain, whole-volume prediction, batches of files,
+//! and the HTTP service.
+
+pub mod batch;
+pub mod chain;
+pub mod gpu;
+pub mod memory;
+pub mod ort_library;
+pub mod predict;
+#[cfg(feature = "serve")]
+pub mod serve;
+pub mod session;
+
+pub use predict::{PathChoice, Predictor, VolumeReport};
+pub use session::{CudnnSearch, ExecutionProvider, IoBindingMode, Residency, SessionOptions, Sessions};
