@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use ndarray::{Array3, Array4, Array5, Axis};
+use ndarray::{Array3, Array4, Array5};
 use serde::Serialize;
 
 use super::session::{SessionOptions, Sessions};
@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::input::bundle::Bundle;
 use crate::input::preprocess::{resample_linear, Record};
 use crate::input::volume::{read_volume, write_labels, ReadOptions, Volume};
-use crate::input::window::{extract, pad_to_patch, Accumulator, WindowConfig};
+use crate::input::window::{slide, TileEngine, WindowConfig};
 
 /// Which blocks to run.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,6 +114,38 @@ pub struct Segmentation {
     pub tiles: usize,
 }
 
+/// Which graphs an [`OrtEngine`] runs.
+enum Graph<'k> {
+    /// The block chain on a keep mask.
+    Chain(&'k [bool]),
+    /// `full.onnx`.
+    Full,
+}
+
+/// The bundle's graphs as a [`TileEngine`], timing the network calls.
+struct OrtEngine<'s, 'k> {
+    sessions: &'s mut Sessions,
+    graph: Graph<'k>,
+    channels: usize,
+    seconds: f64,
+}
+
+impl TileEngine for OrtEngine<'_, '_> {
+    fn channels(&self) -> usize {
+        self.channels
+    }
+
+    fn run(&mut self, tiles: ndarray::ArrayView5<f32>) -> Result<Array5<f32>> {
+        let t0 = Instant::now();
+        let probs = match self.graph {
+            Graph::Full => self.sessions.run_full(tiles)?,
+            Graph::Chain(keep) => self.sessions.run_chain(tiles, keep)?,
+        };
+        self.seconds += t0.elapsed().as_secs_f64();
+        Ok(probs)
+    }
+}
+
 /// A bundle with its sessions, ready to segment.
 pub struct Predictor {
     /// The verified bundle.
@@ -210,31 +242,15 @@ impl Predictor {
         keep: &[bool],
         full_graph: bool,
     ) -> Result<(Array4<f32>, usize, f64)> {
-        let shape: [usize; 3] = image.dim().into();
-        let padded = pad_to_patch(image.clone(), self.window.patch, pad_value);
-        let pshape: [usize; 3] = padded.dim().into();
-        let k = self.bundle.manifest.input.activation.channels();
-        let mut acc = Accumulator::new(k, pshape, &self.window);
-        let tiles = self.window.tiles(pshape);
-        let p = self.window.patch;
-        let mut network = 0.0;
-        for chunk in tiles.chunks(self.tile_batch.max(1)) {
-            let mut batch = Array5::<f32>::zeros((chunk.len(), 1, p[0], p[1], p[2]));
-            for (i, &t) in chunk.iter().enumerate() {
-                batch.index_axis_mut(Axis(0), i).index_axis_mut(Axis(0), 0).assign(&extract(&padded.view(), t, p));
-            }
-            let t0 = Instant::now();
-            let probs = if full_graph {
-                self.sessions.run_full(batch.view())?
-            } else {
-                self.sessions.run_chain(batch.view(), keep)?
-            };
-            network += t0.elapsed().as_secs_f64();
-            for (i, &t) in chunk.iter().enumerate() {
-                acc.add(t, probs.index_axis(Axis(0), i));
-            }
-        }
-        Ok((acc.finish(shape), tiles.len(), network))
+        let channels = self.bundle.manifest.input.activation.channels();
+        let mut engine = OrtEngine {
+            sessions: &mut self.sessions,
+            graph: if full_graph { Graph::Full } else { Graph::Chain(keep) },
+            channels,
+            seconds: 0.0,
+        };
+        let (probs, tiles) = slide(&mut engine, image, pad_value, &self.window, self.tile_batch)?;
+        Ok((probs, tiles, engine.seconds))
     }
 
     /// Labels from blended probabilities.

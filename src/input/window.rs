@@ -169,3 +169,48 @@ impl Accumulator {
         self.sum.slice_move(s![.., ..shape[0], ..shape[1], ..shape[2]])
     }
 }
+
+/// Turns a batch of tiles `[B, 1, d, h, w]` into class probabilities `[B, K, d, h, w]`: the Candle
+/// segmenter on a path, the ONNX Runtime chain on a path, or `full.onnx`. [`slide`] is the one
+/// sliding-window loop all three run through, so training's validation, the study and the runtime tile,
+/// batch and blend a volume identically.
+pub trait TileEngine {
+    /// Output classes K.
+    fn channels(&self) -> usize;
+    /// Probabilities for a batch of tiles.
+    fn run(&mut self, tiles: ndarray::ArrayView5<f32>) -> Result<ndarray::Array5<f32>>;
+}
+
+/// The tiles at `origins` of a (padded) volume as one batch `[B, 1, d, h, w]`.
+pub fn batch_of_tiles(volume: &ArrayView3<f32>, origins: &[[usize; 3]], patch: [usize; 3]) -> ndarray::Array5<f32> {
+    let mut batch = ndarray::Array5::<f32>::zeros((origins.len(), 1, patch[0], patch[1], patch[2]));
+    for (i, &t) in origins.iter().enumerate() {
+        let mut slot = batch.index_axis_mut(ndarray::Axis(0), i);
+        slot.index_axis_mut(ndarray::Axis(0), 0).assign(&extract(volume, t, patch));
+    }
+    batch
+}
+
+/// Class probabilities `[K, D, H, W]` of a normalised image `[D, H, W]`: padded up to the tile with
+/// `pad_value`, cut into the window's tiles, run `tile_batch` at a time through `engine`, blended, and
+/// cropped back. Also returns the number of tiles.
+pub fn slide(
+    engine: &mut dyn TileEngine,
+    image: &Array3<f32>,
+    pad_value: f32,
+    window: &WindowConfig,
+    tile_batch: usize,
+) -> Result<(Array4<f32>, usize)> {
+    let shape: [usize; 3] = image.dim().into();
+    let padded = pad_to_patch(image.clone(), window.patch, pad_value);
+    let pshape: [usize; 3] = padded.dim().into();
+    let mut acc = Accumulator::new(engine.channels(), pshape, window);
+    let tiles = window.tiles(pshape);
+    for chunk in tiles.chunks(tile_batch.max(1)) {
+        let probs = engine.run(batch_of_tiles(&padded.view(), chunk, window.patch).view())?;
+        for (i, &t) in chunk.iter().enumerate() {
+            acc.add(t, probs.index_axis(ndarray::Axis(0), i));
+        }
+    }
+    Ok((acc.finish(shape), tiles.len()))
+}

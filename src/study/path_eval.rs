@@ -11,7 +11,7 @@ use crate::deploy::chain::Segment;
 use crate::deploy::Sessions;
 use crate::error::Result;
 use crate::input::bundle::Activation;
-use crate::input::window::{extract, pad_to_patch, Accumulator, WindowConfig};
+use crate::input::window::{batch_of_tiles, pad_to_patch, Accumulator, WindowConfig};
 
 /// A volume ready for path evaluation: tiles extracted and the stem already run.
 pub struct Prepared {
@@ -71,11 +71,7 @@ impl<'s> PathEvaluator<'s> {
             self.window.tiles(padded_shape).chunks(self.tile_batch).map(|c| c.to_vec()).collect();
         let mut stem = Vec::with_capacity(batches.len());
         for b in &batches {
-            let mut x = Array5::<f32>::zeros((b.len(), 1, p[0], p[1], p[2]));
-            for (i, &t) in b.iter().enumerate() {
-                x.index_axis_mut(Axis(0), i).index_axis_mut(Axis(0), 0).assign(&extract(&padded.view(), t, p));
-            }
-            stem.push(self.sessions.run_segment(Segment::Stem, x.view())?);
+            stem.push(self.sessions.run_segment(Segment::Stem, batch_of_tiles(&padded.view(), b, p).view())?);
         }
         Ok(Prepared { shape, padded_shape, batches, stem: Rc::new(stem), labels })
     }

@@ -4,13 +4,41 @@
 use autopath_models::deeplab::{BlockPath, DeepLab3d};
 use autopath_models::spec::Output;
 use candle_core::Tensor;
-use ndarray::{Array3, Array4, Axis};
+use ndarray::{Array3, Array4, Array5, ArrayView5};
 
 use crate::error::{Error, Result};
-use crate::input::window::{extract, pad_to_patch, Accumulator, WindowConfig};
+use crate::input::window::{slide, TileEngine, WindowConfig};
 
 fn candle(e: candle_core::Error) -> Error {
     Error::candle("network")(e)
+}
+
+/// The Candle segmenter on a path, as a [`TileEngine`].
+pub struct CandleEngine<'a> {
+    /// The network.
+    pub net: &'a DeepLab3d,
+    /// The blocks it runs.
+    pub path: BlockPath<'a>,
+}
+
+impl TileEngine for CandleEngine<'_> {
+    fn channels(&self) -> usize {
+        self.net.spec().output.channels()
+    }
+
+    fn run(&mut self, tiles: ArrayView5<f32>) -> Result<Array5<f32>> {
+        let dims = tiles.dim();
+        let tiles = tiles.as_standard_layout();
+        let data = tiles.as_slice().ok_or_else(|| Error::invalid("tiles", "not contiguous"))?;
+        let x =
+            Tensor::from_slice(data, (dims.0, dims.1, dims.2, dims.3, dims.4), self.net.device()).map_err(candle)?;
+        let output = self.net.spec().output;
+        let logits = self.net.forward(&x, self.path, false).map_err(candle)?;
+        let probs = probabilities(&logits, output).map_err(candle)?;
+        let v: Vec<f32> = probs.flatten_all().and_then(|t| t.to_vec1()).map_err(candle)?;
+        Array5::from_shape_vec((dims.0, output.channels(), dims.2, dims.3, dims.4), v)
+            .map_err(|e| Error::invalid("network output", e.to_string()))
+    }
 }
 
 /// Class probabilities `[K, D, H, W]` for a normalised image `[D, H, W]`.
@@ -22,30 +50,7 @@ pub fn predict_probabilities(
     path: BlockPath,
     tile_batch: usize,
 ) -> Result<Array4<f32>> {
-    let shape: [usize; 3] = image.dim().into();
-    let padded = pad_to_patch(image.clone(), window.patch, pad_value);
-    let pshape: [usize; 3] = padded.dim().into();
-    let output = net.spec().output;
-    let mut acc = Accumulator::new(output.channels(), pshape, window);
-    let tiles = window.tiles(pshape);
-    let p = window.patch;
-    for chunk in tiles.chunks(tile_batch.max(1)) {
-        let mut data: Vec<f32> = Vec::with_capacity(chunk.len() * p.iter().product::<usize>());
-        for &t in chunk {
-            data.extend(extract(&padded.view(), t, p).iter());
-        }
-        let x = Tensor::from_vec(data, (chunk.len(), 1, p[0], p[1], p[2]), net.device()).map_err(candle)?;
-        let logits = net.forward(&x, path, false).map_err(candle)?;
-        let probs = probabilities(&logits, output).map_err(candle)?;
-        let (b, k) = (chunk.len(), output.channels());
-        let v: Vec<f32> = probs.flatten_all().and_then(|t| t.to_vec1()).map_err(candle)?;
-        let arr = ndarray::Array5::from_shape_vec((b, k, p[0], p[1], p[2]), v)
-            .map_err(|e| Error::invalid("network output", e.to_string()))?;
-        for (i, &t) in chunk.iter().enumerate() {
-            acc.add(t, arr.index_axis(Axis(0), i));
-        }
-    }
-    Ok(acc.finish(shape))
+    Ok(slide(&mut CandleEngine { net, path }, image, pad_value, window, tile_batch)?.0)
 }
 
 /// Sigmoid or softmax over the class axis.
