@@ -8,11 +8,11 @@ use clap::{Parser, Subcommand};
 
 use autopath::cli::{parse_shape, progress, report};
 use autopath::input::preprocess::{Intensity, LabelMapping, Preprocessing};
-use autopath::input::window::{Blend, WindowConfig};
-use autopath::study::dataset::{Dataset, Layout, Split};
+use autopath::input::window::WindowConfig;
+use autopath::study::dataset::{Dataset, Split};
 use autopath::study::synth::{synthesize, SynthConfig};
 use autopath::study::train::device::DeviceChoice;
-use autopath::study::train::segment::{self, plan_split, TrainConfig};
+use autopath::study::train::segment::{self, plan_split, CaseSplit, TrainConfig};
 use autopath_models::spec::{ArchSpec, Output};
 
 /// Data flags shared by `train`, `train-policy` and `eval`.
@@ -23,7 +23,7 @@ struct DataArgs {
     data: Option<PathBuf>,
     /// Layout, if detection should be skipped.
     #[arg(long, value_enum)]
-    layout: Option<Layout>,
+    layout: Option<autopath::cli::LayoutArg>,
     /// Test split: a ratio like 0.25, a file listing test case ids, or `3dircadb`.
     #[arg(long, default_value = "0.25")]
     split: String,
@@ -577,18 +577,14 @@ fn train(args: TrainArgs, quiet: bool) -> anyhow::Result<()> {
         if prep.labels == LabelMapping::Keep {
             spec.output = Output::Softmax { classes: 3 };
         }
-        let dataset = Dataset::open(&folder, data.layout)?;
+        let dataset = Dataset::open(&folder, data.layout.map(Into::into))?;
         let (train_ids, val_ids, test_ids) = plan_split(&dataset, &data.split()?, args.val_cases, data.seed)?;
+        let split = CaseSplit { train: train_ids, val: val_ids, test: test_ids };
+        let base = TrainConfig::new(spec, std::path::absolute(&folder)?, dataset.layout, split);
         let cfg = TrainConfig {
-            spec,
             preprocessing: prep,
-            window: WindowConfig { patch: args.patch, overlap: args.overlap, blend: Blend::default() },
-            data: std::path::absolute(&folder)?,
-            layout: dataset.layout,
-            train_ids,
-            val_ids,
-            test_ids,
-            epochs: args.epochs.unwrap_or(400),
+            window: WindowConfig { overlap: args.overlap, ..base.window },
+            epochs: args.epochs.unwrap_or(base.epochs),
             batch: args.batch.max(1),
             lr: args.lr,
             lr_step: args.lr_step,
@@ -598,6 +594,7 @@ fn train(args: TrainArgs, quiet: bool) -> anyhow::Result<()> {
             seed: data.seed,
             tile_batch: args.tile_batch,
             drop_path: args.drop_path,
+            ..base
         };
         (segment::train(cfg, &out, &device, &on_epoch)?, out)
     };

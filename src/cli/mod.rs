@@ -1,4 +1,5 @@
-//! Pieces shared by the two binaries: progress bars and error reporting.
+//! Pieces shared by the two binaries: progress bars, error reporting, and the command-line spelling of
+//! library settings (the library's types know nothing of clap).
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
@@ -45,7 +46,7 @@ pub fn parse_shape(s: &str) -> Result<[usize; 3], String> {
 pub struct ProviderArgs {
     /// Execution provider.
     #[arg(long, value_enum, default_value = "cpu")]
-    pub ep: crate::deploy::ExecutionProvider,
+    pub ep: EpArg,
     /// When the requested GPU provider cannot be used, take the next of TensorRT → CUDA → CPU (one
     /// warning names what failed) instead of stopping.
     #[arg(long)]
@@ -68,17 +69,17 @@ pub struct ProviderArgs {
     pub fp16: bool,
     /// cuDNN convolution algorithm choice under CUDA.
     #[arg(long, value_enum, default_value = "heuristic")]
-    pub cudnn_search: crate::deploy::CudnnSearch,
+    pub cudnn_search: CudnnSearchArg,
     /// Keep block outputs in device memory between sessions (auto: on GPU providers).
     #[arg(long, value_enum, default_value = "auto")]
-    pub io_binding: crate::deploy::IoBindingMode,
+    pub io_binding: IoBindingArg,
 }
 
 impl ProviderArgs {
     /// Session options for calls of up to `tile_batch` tiles.
     pub fn options(&self, tile_batch: usize) -> crate::deploy::SessionOptions {
         crate::deploy::SessionOptions {
-            ep: self.ep,
+            ep: self.ep.into(),
             allow_fallback: self.allow_fallback,
             threads: self.threads,
             trt_cache: if self.no_trt_cache {
@@ -87,10 +88,76 @@ impl ProviderArgs {
                 self.trt_cache.clone().or_else(crate::deploy::session::default_trt_cache)
             },
             fp16: self.fp16,
-            io_binding: self.io_binding,
+            io_binding: self.io_binding.into(),
             device_id: self.device_id,
-            cudnn_search: self.cudnn_search,
+            cudnn_search: self.cudnn_search.into(),
             max_tile_batch: tile_batch.max(1),
         }
+    }
+}
+
+/// Declares a clap value enum mirroring a library enum variant for variant, with the conversion.
+macro_rules! value_arg {
+    ($(#[$doc:meta])* $name:ident => $target:ty { $($(#[$vdoc:meta])* $variant:ident),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant),+
+        }
+
+        impl From<$name> for $target {
+            fn from(v: $name) -> Self {
+                match v {
+                    $($name::$variant => <$target>::$variant),+
+                }
+            }
+        }
+    };
+}
+
+value_arg! {
+    /// `--ep`.
+    EpArg => crate::deploy::ExecutionProvider {
+        /// ONNX Runtime's CPU kernels.
+        Cpu,
+        /// NVIDIA CUDA (needs the onnxruntime-gpu library and a GPU).
+        Cuda,
+        /// NVIDIA TensorRT (needs the onnxruntime-gpu library, TensorRT and a GPU).
+        Tensorrt,
+    }
+}
+
+value_arg! {
+    /// `--cudnn-search`.
+    CudnnSearchArg => crate::deploy::CudnnSearch {
+        /// cuDNN's heuristics: no benchmarking at start-up, no extra workspace.
+        Heuristic,
+        /// Benchmark every algorithm on the first run of each shape.
+        Exhaustive,
+    }
+}
+
+value_arg! {
+    /// `--io-binding`.
+    IoBindingArg => crate::deploy::IoBindingMode {
+        /// On for GPU providers that registered, off on CPU.
+        Auto,
+        /// Always (on CPU this binds to host memory).
+        On,
+        /// Never: every session returns its output to the host.
+        Off,
+    }
+}
+
+#[cfg(feature = "train")]
+value_arg! {
+    /// `--layout`.
+    LayoutArg => crate::study::dataset::Layout {
+        /// `volume-K.nii[.gz]` + `segmentation-K.nii[.gz]` in one folder.
+        Lits,
+        /// Decathlon Task03_Liver: `imagesTr/liver_K.nii.gz` + `labelsTr/liver_K.nii.gz`.
+        Msd,
+        /// nnU-Net raw: `imagesTr/CASE_0000.nii.gz` + `labelsTr/CASE.nii.gz`.
+        Nnunet,
     }
 }

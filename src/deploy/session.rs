@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::input::bundle::Bundle;
 
 /// Which hardware runs the graphs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ExecutionProvider {
     /// ONNX Runtime's CPU kernels.
     #[default]
@@ -48,7 +48,7 @@ pub struct SessionOptions {
 }
 
 /// cuDNN's convolution algorithm choice under the CUDA provider.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub enum CudnnSearch {
     /// cuDNN's heuristics: no benchmarking at start-up, no extra workspace (the default: about 20
     /// sessions each benchmarking with maximum workspace run small GPUs out of memory).
@@ -60,7 +60,7 @@ pub enum CudnnSearch {
 
 /// When block outputs are bound to device memory instead of coming back to the host after every
 /// session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub enum IoBindingMode {
     /// On for GPU providers that registered, off on CPU (where outputs already live in host memory).
     #[default]

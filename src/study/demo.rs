@@ -6,15 +6,13 @@ use std::time::Instant;
 
 use crate::deploy::{PathChoice, Predictor, SessionOptions};
 use crate::error::{Error, Result};
-use crate::input::preprocess::Preprocessing;
-use crate::input::window::{Blend, WindowConfig};
 use crate::study::bench::{bench, markdown, BenchOptions, BenchReport};
 use crate::study::dataset::{Dataset, Split};
 use crate::study::eval::{evaluate, EvalOptions, Results};
 use crate::study::synth::{synthesize, SynthConfig};
 use crate::study::train::checkpoint::read_json;
 use crate::study::train::policy::{train_policy, Method, PolicyConfig, DISTIL_EPOCHS};
-use crate::study::train::segment::{self, plan_split, TrainConfig};
+use crate::study::train::segment::{self, plan_split, CaseSplit, TrainConfig};
 use autopath_models::spec::ArchSpec;
 
 /// Every stage's parameters.
@@ -233,25 +231,17 @@ fn train_segmenter(o: &DemoOptions, f: &Folders, say: &dyn Fn(&str)) -> Result<(
     let ds = Dataset::open(&f.data, None)?;
     let (train_ids, val_ids, test_ids) =
         plan_split(&ds, &Split::Ratio { test: 0.25, seed: o.seed }, (ds.cases.len() / 6).max(1), o.seed)?;
+    let data = std::path::absolute(&f.data).map_err(|e| Error::io(&f.data, e))?;
+    let split = CaseSplit { train: train_ids, val: val_ids, test: test_ids };
     let cfg = TrainConfig {
-        spec,
-        preprocessing: Preprocessing::default(),
-        window: WindowConfig { patch: o.patch, overlap: 0.5, blend: Blend::default() },
-        data: std::path::absolute(&f.data).map_err(|e| Error::io(&f.data, e))?,
-        layout: ds.layout,
-        train_ids,
-        val_ids,
-        test_ids,
         epochs: o.epochs,
         batch: 2,
         lr: o.lr,
         lr_step: (o.epochs * 3 / 4).max(1),
-        lr_gamma: 0.1,
         val_every: (o.epochs / 5).max(1),
-        foreground_fraction: 0.5,
         seed: o.seed,
-        tile_batch: 2,
         drop_path: o.drop_path,
+        ..TrainConfig::new(spec, data, ds.layout, split)
     };
     let s = segment::train(cfg, &f.seg, &o.device, &|r| {
         if let Some(d) = r.val_dice {

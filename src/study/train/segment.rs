@@ -69,7 +69,45 @@ pub struct TrainConfig {
     pub drop_path: f64,
 }
 
+/// Which cases a run trains, validates and tests on.
+#[derive(Debug, Clone, Default)]
+pub struct CaseSplit {
+    /// Training case ids.
+    pub train: Vec<String>,
+    /// Validation case ids.
+    pub val: Vec<String>,
+    /// Test case ids.
+    pub test: Vec<String>,
+}
+
 impl TrainConfig {
+    /// `autopath train`'s defaults (the paper's schedule: 400 epochs of 4 crops, Adam 0.01 decayed
+    /// ×0.1 every 100 epochs; tiles of the spec's patch with half overlap and Gaussian blending) for a
+    /// network and a split of a dataset. The CLI and the demo start from here and change what they
+    /// need.
+    pub fn new(spec: ArchSpec, data: PathBuf, layout: Layout, split: CaseSplit) -> TrainConfig {
+        TrainConfig {
+            window: WindowConfig { patch: spec.patch, overlap: 0.5, blend: crate::input::window::Blend::default() },
+            spec,
+            preprocessing: Preprocessing::default(),
+            data,
+            layout,
+            train_ids: split.train,
+            val_ids: split.val,
+            test_ids: split.test,
+            epochs: 400,
+            batch: 4,
+            lr: 0.01,
+            lr_step: 100,
+            lr_gamma: 0.1,
+            val_every: 10,
+            foreground_fraction: 0.5,
+            seed: 0,
+            tile_batch: 2,
+            drop_path: 0.0,
+        }
+    }
+
     /// A configuration for a network that did not come from `autopath train` (built in code, e.g.
     /// to compile or benchmark a given architecture): the spec's patch as tile, default
     /// preprocessing, no data.
