@@ -208,28 +208,25 @@ impl GraphBuilder {
     /// Trilinear `Resize` (align_corners) of `[N, C, …]` to a fixed spatial `size`, keeping N and C
     /// symbolic: sizes = Concat(Shape(x)[0:2], size).
     pub fn resize_trilinear(&mut self, name: &str, x: &str, size: [usize; 3]) -> String {
-        let shape = self.node("Shape", &format!("{name}.shape"), &[x], vec![]);
-        let (st, en) = (self.int64s(&format!("{name}.nc_start"), &[0]), self.int64s(&format!("{name}.nc_end"), &[2]));
-        let nc = self.node("Slice", &format!("{name}.nc"), &[&shape, &st, &en], vec![]);
-        let spatial = self.int64s(&format!("{name}.spatial"), &size.map(|v| v as i64));
-        let sizes = self.node("Concat", &format!("{name}.sizes"), &[&nc, &spatial], vec![int("axis", 0)]);
-        self.node(
-            "Resize",
-            name,
-            &[x, "", "", &sizes],
-            vec![string("mode", "linear"), string("coordinate_transformation_mode", "align_corners")],
-        )
+        self.resize_keeping_nc(name, x, |g| g.int64s(&format!("{name}.spatial"), &size.map(|v| v as i64)))
     }
 
     /// Trilinear `Resize` (align corners, as [`Self::resize_trilinear`]) of `x` to the spatial size of
     /// `like`, read from its shape at run time.
     pub fn resize_trilinear_like(&mut self, name: &str, x: &str, like: &str) -> String {
+        self.resize_keeping_nc(name, x, |g| {
+            let like_shape = g.node("Shape", &format!("{name}.like_shape"), &[like], vec![]);
+            let (st, en) = (g.int64s(&format!("{name}.sp_start"), &[2]), g.int64s(&format!("{name}.sp_end"), &[5]));
+            g.node("Slice", &format!("{name}.spatial"), &[&like_shape, &st, &en], vec![])
+        })
+    }
+
+    /// `Resize` of `x` to its own N and C and the spatial size `spatial` builds.
+    fn resize_keeping_nc(&mut self, name: &str, x: &str, spatial: impl FnOnce(&mut Self) -> String) -> String {
         let shape = self.node("Shape", &format!("{name}.shape"), &[x], vec![]);
         let (st, en) = (self.int64s(&format!("{name}.nc_start"), &[0]), self.int64s(&format!("{name}.nc_end"), &[2]));
         let nc = self.node("Slice", &format!("{name}.nc"), &[&shape, &st, &en], vec![]);
-        let like_shape = self.node("Shape", &format!("{name}.like_shape"), &[like], vec![]);
-        let (st, en) = (self.int64s(&format!("{name}.sp_start"), &[2]), self.int64s(&format!("{name}.sp_end"), &[5]));
-        let spatial = self.node("Slice", &format!("{name}.spatial"), &[&like_shape, &st, &en], vec![]);
+        let spatial = spatial(self);
         let sizes = self.node("Concat", &format!("{name}.sizes"), &[&nc, &spatial], vec![int("axis", 0)]);
         self.node(
             "Resize",

@@ -104,6 +104,11 @@ impl Aspp {
     }
 }
 
+/// The final 1×1×1 convolution with bias from `channels` to the classes, both decoders' last layer.
+fn classifier(vb: &VarBuilder, channels: usize, spec: &ArchSpec) -> Result<Conv3d> {
+    Conv3d::load(vb.pp("classifier"), channels, spec.output.channels(), [1; 3], Conv3dParams::default(), true)
+}
+
 /// ConvTranspose k2 s2 → BN → ReLU → 3×3×3 conv → BN → ReLU → 1×1×1 conv to the classes.
 #[derive(Debug, Clone)]
 pub struct Decoder {
@@ -124,14 +129,7 @@ impl Decoder {
             up: ConvTranspose3d::load(vb.pp("up"), a, c)?,
             up_bn: BatchNorm3d::load(vb.pp("up_bn"), c)?,
             conv: ConvBn::load(&vb, "conv", "bn", (c, c), 3, Conv3dParams { padding: [1; 3], ..Default::default() })?,
-            classifier: Conv3d::load(
-                vb.pp("classifier"),
-                c,
-                spec.output.channels(),
-                [1; 3],
-                Conv3dParams::default(),
-                true,
-            )?,
+            classifier: classifier(&vb, c, spec)?,
         })
     }
 
@@ -174,14 +172,7 @@ impl SkipDecoder {
             reduce: ConvBn::load(&vb, "reduce.conv", "reduce.bn", (l, s), 1, Conv3dParams::default())?,
             conv1: ConvBn::load(&vb, "conv1.conv", "conv1.bn", (a + s, c), 3, pad)?,
             conv2: ConvBn::load(&vb, "conv2.conv", "conv2.bn", (c, c), 3, pad)?,
-            classifier: Conv3d::load(
-                vb.pp("classifier"),
-                c,
-                spec.output.channels(),
-                [1; 3],
-                Conv3dParams::default(),
-                true,
-            )?,
+            classifier: classifier(&vb, c, spec)?,
         })
     }
 

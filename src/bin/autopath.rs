@@ -914,7 +914,13 @@ fn inspect(dir: &std::path::Path, json: bool, tile_batch: usize) -> anyhow::Resu
     if let Some(e) = &m.evaluation {
         println!("evaluation: {e}");
     }
-    let g = autopath::deploy::memory::estimate(&b, tile_batch);
+    print_memory_estimate(&b, tile_batch);
+    Ok(())
+}
+
+/// `inspect`'s last line: the GPU memory a worker needs, estimated from the manifest.
+fn print_memory_estimate(b: &autopath::input::bundle::Bundle, tile_batch: usize) {
+    let g = autopath::deploy::memory::estimate(b, tile_batch);
     println!(
         "GPU memory per worker (estimate, tile batch {tile_batch}): {:.0} MB = weights {:.0} + activations {:.0} + margin {:.0}; \
          + {:.0} MB when full.onnx is used (--path full, bench); + ~{:.0} MB CUDA context per process",
@@ -925,7 +931,6 @@ fn inspect(dir: &std::path::Path, json: bool, tile_batch: usize) -> anyhow::Resu
         g.full_graph_mb,
         g.cuda_context_mb
     );
-    Ok(())
 }
 
 fn main() -> ExitCode {
