@@ -135,6 +135,9 @@ struct DemoArgs {
     /// Stochastic depth while training the segmenter.
     #[arg(long)]
     drop_path: Option<f64>,
+    /// The segmenter's decoder [default: paper].
+    #[arg(long, value_enum)]
+    decoder: Option<DecoderArg>,
     /// τ of the reward.
     #[arg(long)]
     tau: Option<f64>,
@@ -253,8 +256,19 @@ struct CompileArgs {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum DecoderArg {
+    /// The paper's: ConvTranspose ×2 → conv → trilinear upsampling from stride 4 × 32 × 32.
     Paper,
+    /// DeepLabV3+'s low-level skip from the output of stage 0.
     Skip,
+}
+
+impl From<DecoderArg> for autopath_models::spec::DecoderKind {
+    fn from(d: DecoderArg) -> Self {
+        match d {
+            DecoderArg::Paper => Self::Paper,
+            DecoderArg::Skip => Self::Skip,
+        }
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -569,10 +583,7 @@ fn train(args: TrainArgs, quiet: bool) -> anyhow::Result<()> {
         let out = args.out.ok_or_else(|| anyhow::anyhow!("--out is required (or --resume RUN)"))?;
         let mut spec = ArchSpec::preset(&args.arch, args.width, args.patch)
             .ok_or_else(|| anyhow::anyhow!("unknown --arch {}", args.arch))?;
-        spec.decoder = match args.decoder {
-            DecoderArg::Paper => autopath_models::spec::DecoderKind::Paper,
-            DecoderArg::Skip => autopath_models::spec::DecoderKind::Skip,
-        };
+        spec.decoder = args.decoder.into();
         let prep = data.preprocessing();
         if prep.labels == LabelMapping::Keep {
             spec.output = Output::Softmax { classes: 3 };
@@ -656,6 +667,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
     o.policy_batch = args.policy_batch.unwrap_or(o.policy_batch).max(1);
     o.curriculum_epochs = args.curriculum_epochs.unwrap_or(o.curriculum_epochs);
     o.drop_path = args.drop_path.unwrap_or(o.drop_path);
+    o.decoder = args.decoder.map_or(o.decoder, Into::into);
     o.tau = args.tau.unwrap_or(o.tau);
     o.random_repeats = args.random_repeats.unwrap_or(o.random_repeats);
     o.seed = args.seed.unwrap_or(o.seed);

@@ -13,7 +13,7 @@ use crate::study::synth::{synthesize, SynthConfig};
 use crate::study::train::checkpoint::read_json;
 use crate::study::train::policy::{train_policy, Method, PolicyConfig, DISTIL_EPOCHS};
 use crate::study::train::segment::{self, plan_split, CaseSplit, TrainConfig};
-use autopath_models::spec::ArchSpec;
+use autopath_models::spec::{ArchSpec, DecoderKind};
 
 /// Every stage's parameters.
 #[derive(Debug, Clone)]
@@ -36,6 +36,8 @@ pub struct DemoOptions {
     pub lr: f64,
     /// Stochastic depth of the segmenter training.
     pub drop_path: f64,
+    /// The segmenter's decoder.
+    pub decoder: DecoderKind,
     /// Epochs of the paper-method policy (the distilled one uses its default).
     pub policy_epochs: usize,
     /// Volumes per policy step.
@@ -69,6 +71,7 @@ impl DemoOptions {
             epochs: 70,
             lr: 0.004,
             drop_path: 0.15,
+            decoder: DecoderKind::Paper,
             // The curriculum learns all 8 blocks from epoch 21 (E_c = 3); three epochs more.
             policy_epochs: 24,
             policy_batch: 4,
@@ -228,6 +231,7 @@ pub fn run(o: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoOutcome> {
 fn train_segmenter(o: &DemoOptions, f: &Folders, say: &dyn Fn(&str)) -> Result<()> {
     let _ = std::fs::remove_dir_all(&f.seg);
     let spec = ArchSpec::preset("r18", o.width, o.patch).ok_or_else(|| Error::invalid("arch", "r18"))?;
+    let spec = ArchSpec { decoder: o.decoder, ..spec };
     let ds = Dataset::open(&f.data, None)?;
     let (train_ids, val_ids, test_ids) =
         plan_split(&ds, &Split::Ratio { test: 0.25, seed: o.seed }, (ds.cases.len() / 6).max(1), o.seed)?;
