@@ -151,6 +151,14 @@ fn mr_heads_have_a_large_brain_label_in_non_negative_units() {
         assert!((0.05..0.5).contains(&fraction), "brain fraction {fraction}");
         let (brain_mean, _) = mean_std(&brain);
         assert!(brain_mean > 350.0, "grey and white matter are brighter than CSF (260): {brain_mean}");
+        // The grey-matter ribbon (label 2) is darker than the white matter inside it (label 1), as on T1.
+        let class = |c: f32| -> Vec<f32> {
+            img.data.iter().zip(lab.data.iter()).filter(|(_, &l)| l == c).map(|(&v, _)| v).collect()
+        };
+        let (grey, white) = (class(2.0), class(1.0));
+        assert!(!grey.is_empty() && !white.is_empty(), "both tissues are labelled");
+        assert!(mean_std(&grey).0 < mean_std(&white).0, "grey matter is darker than white matter");
+        assert!(lab.data.iter().all(|&l| [0.0, 1.0, 2.0].contains(&l)), "labels are 0, 1, 2");
         let sp = img.geometry.spacing;
         assert!(sp.iter().all(|&s| (0.9..=1.5).contains(&s)), "{sp:?}");
     }

@@ -1,4 +1,5 @@
-//! T1-like MR head phantoms with a brain label: the second synthetic family. Everything differs from
+//! T1-like MR head phantoms with a brain label (white matter 1, the grey-matter ribbon 2): the second
+//! synthetic family. Everything differs from
 //! the CT family on purpose — arbitrary intensity units with a multiplicative bias field (so training
 //! uses `--intensity zscore`), a large folded structure instead of a liver, near-isotropic 1 mm
 //! spacing — so that defaults tuned on the CT phantoms can be checked on data they were not tuned on.
@@ -75,13 +76,18 @@ impl Head {
         if self.head.level(q) > 0.58 + fold || self.ventricles.iter().any(|v| v.level(q) < 1.0) {
             return (units::CSF, 0);
         }
-        // Grey matter near the surface, white matter inside.
-        let v = if self.head.level(q) > 0.36 + fold { self.grey } else { units::WHITE_MATTER };
-        (v, 1)
+        // Grey matter near the surface (label 2: a thin folded ribbon), white matter inside (label 1).
+        // `--labels merge` (the default) trains on the whole brain.
+        if self.head.level(q) > 0.36 + fold {
+            (self.grey, 2)
+        } else {
+            (units::WHITE_MATTER, 1)
+        }
     }
 }
 
-/// Renders one MR head phantom: image (arbitrary units), brain label, geometry and parameters.
+/// Renders one MR head phantom: image (arbitrary units), labels (white matter 1, grey matter 2),
+/// geometry and parameters.
 pub fn phantom(case: usize, difficulty: f32, cfg: &SynthConfig) -> (Array3<i16>, Array3<u8>, Geometry, PhantomInfo) {
     let mut rng = case_rng(cfg.seed ^ 0x4d52, case, 0);
     let inplane: f64 = rng.random_range(0.9..1.2);
