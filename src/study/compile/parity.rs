@@ -17,9 +17,21 @@ use crate::deploy::Sessions;
 use crate::error::{Error, Result};
 use crate::study::train::infer::probabilities;
 
-/// Relative error (largest absolute difference over the reference's largest magnitude) above which
-/// a parity check fails.
+/// Relative error (largest absolute difference over the reference's largest magnitude, at least 1 for
+/// probabilities) above which a parity check fails.
 pub const TOLERANCE: f64 = 1e-4;
+
+/// What a compared output holds, which sets the scale its error is measured against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    /// Feature maps: relative to their largest magnitude, whatever it is.
+    Features,
+    /// Probabilities in [0, 1]: relative to at least 1. A tile the network calls background everywhere
+    /// has probabilities of about 1e-3, where ONNX Runtime's sigmoid rounding (about 1e-7 absolute,
+    /// irrelevant next to the 0.5 threshold) would otherwise read as 1e-4 relative and fail a correct
+    /// export (measured on a demo segmenter with the skip decoder).
+    Probabilities,
+}
 
 /// One comparison made at compile time: a bundle graph (ONNX Runtime, f32) and the Candle model (f32)
 /// against the f64 reference on the same input.
@@ -55,19 +67,23 @@ fn err(e: candle_core::Error) -> Error {
 }
 
 /// Largest absolute and relative difference of `got` from `want`.
-fn difference(got: &[f32], want: &[f64]) -> (f64, f64) {
+fn difference(got: &[f32], want: &[f64], output: Output) -> (f64, f64) {
     if got.len() != want.len() {
         return (f64::INFINITY, f64::INFINITY);
     }
     let max_abs = got.iter().zip(want).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
-    let scale = want.iter().map(|v| v.abs()).fold(0.0, f64::max).max(1e-6);
+    let floor = match output {
+        Output::Features => 1e-6,
+        Output::Probabilities => 1.0,
+    };
+    let scale = want.iter().map(|v| v.abs()).fold(0.0, f64::max).max(floor);
     (max_abs, max_abs / scale)
 }
 
-fn check(name: String, ort: &[f32], candle: Option<&Tensor>, want: &Tensor) -> Result<Check> {
+fn check(name: String, ort: &[f32], candle: Option<&Tensor>, want: &Tensor, output: Output) -> Result<Check> {
     let want = f64s(want)?;
-    let (max_abs, max_rel) = difference(ort, &want);
-    let candle_max_rel = candle.map(|c| f32s(c).map(|c| difference(&c, &want).1)).transpose()?;
+    let (max_abs, max_rel) = difference(ort, &want, output);
+    let candle_max_rel = candle.map(|c| f32s(c).map(|c| difference(&c, &want, output).1)).transpose()?;
     let passed = max_rel <= TOLERANCE && candle_max_rel.is_none_or(|r| r <= TOLERANCE);
     Ok(Check { name, max_abs, max_rel, candle_max_rel, passed })
 }
@@ -112,7 +128,7 @@ pub fn verify(net: &DeepLab3d, policy: Option<&PolicyNet>, s: &mut Sessions, til
     let mut low = None;
     let ort = s.run_segment(Segment::Stem, x.view())?;
     let candle = net.stem(&tensor(x.view(), DType::F32)?, false).map_err(err)?;
-    checks.push(check("stem".into(), ort.as_slice().unwrap_or_default(), Some(&candle), &h)?);
+    checks.push(check("stem".into(), ort.as_slice().unwrap_or_default(), Some(&candle), &h, Output::Features)?);
     for (n, (b64, b32)) in reference.blocks.iter().zip(&net.blocks).enumerate() {
         let input = array(&h)?;
         let input32 = tensor(input.view(), DType::F32)?;
@@ -120,12 +136,24 @@ pub fn verify(net: &DeepLab3d, policy: Option<&PolicyNet>, s: &mut Sessions, til
             let want = b64.shortcut(&h, false).map_err(err)?;
             let ort = s.run_segment(Segment::Shortcut(n), input.view())?;
             let candle = b32.shortcut(&input32, false).map_err(err)?;
-            checks.push(check(format!("shortcut_{n:02}"), ort.as_slice().unwrap_or_default(), Some(&candle), &want)?);
+            checks.push(check(
+                format!("shortcut_{n:02}"),
+                ort.as_slice().unwrap_or_default(),
+                Some(&candle),
+                &want,
+                Output::Features,
+            )?);
         }
         let want = b64.forward(&h, autopath_models::block::BlockKeep::All, false).map_err(err)?;
         let ort = s.run_segment(Segment::Block(n), input.view())?;
         let candle = b32.forward(&input32, autopath_models::block::BlockKeep::All, false).map_err(err)?;
-        checks.push(check(format!("block_{n:02}"), ort.as_slice().unwrap_or_default(), Some(&candle), &want)?);
+        checks.push(check(
+            format!("block_{n:02}"),
+            ort.as_slice().unwrap_or_default(),
+            Some(&candle),
+            &want,
+            Output::Features,
+        )?);
         h = want;
         if spec.low_level_block() == Some(n) {
             low = Some(h.clone());
@@ -141,7 +169,7 @@ pub fn verify(net: &DeepLab3d, policy: Option<&PolicyNet>, s: &mut Sessions, til
     let ort = s.run_head(features.view(), low.as_ref().map(|l| l.view()))?;
     let low32 = low.as_ref().map(|l| tensor(l.view(), DType::F32)).transpose()?;
     let candle = probs(net, &tensor(features.view(), DType::F32)?, low32.as_ref())?;
-    checks.push(check("head".into(), ort.as_slice().unwrap_or_default(), Some(&candle), &want)?);
+    checks.push(check("head".into(), ort.as_slice().unwrap_or_default(), Some(&candle), &want, Output::Probabilities)?);
 
     // Compositions on the probe: what the runtime actually runs.
     let forward = |net: &DeepLab3d, x: &Tensor, path: BlockPath| {
@@ -151,15 +179,33 @@ pub fn verify(net: &DeepLab3d, policy: Option<&PolicyNet>, s: &mut Sessions, til
     let full = forward(&reference, &x64, BlockPath::Full)?;
     let ort = s.run_full(x.view())?;
     let candle = forward(net, &x32, BlockPath::Full)?;
-    checks.push(check("full.onnx".into(), ort.as_slice().unwrap_or_default(), Some(&candle), &full)?);
+    checks.push(check(
+        "full.onnx".into(),
+        ort.as_slice().unwrap_or_default(),
+        Some(&candle),
+        &full,
+        Output::Probabilities,
+    )?);
     let all = vec![true; spec.num_blocks()];
     let chain = s.run_chain(x.view(), &all)?;
-    checks.push(check("chain, all blocks kept".into(), chain.as_slice().unwrap_or_default(), None, &full)?);
+    checks.push(check(
+        "chain, all blocks kept".into(),
+        chain.as_slice().unwrap_or_default(),
+        None,
+        &full,
+        Output::Probabilities,
+    )?);
     let alternate: Vec<bool> = (0..spec.num_blocks()).map(|n| n % 2 == 0).collect();
     let want = forward(&reference, &x64, BlockPath::Shared(&alternate))?;
     let chain = s.run_chain(x.view(), &alternate)?;
     let candle = forward(net, &x32, BlockPath::Shared(&alternate))?;
-    checks.push(check("chain, odd blocks dropped".into(), chain.as_slice().unwrap_or_default(), Some(&candle), &want)?);
+    checks.push(check(
+        "chain, odd blocks dropped".into(),
+        chain.as_slice().unwrap_or_default(),
+        Some(&candle),
+        &want,
+        Output::Probabilities,
+    )?);
 
     if let Some(p) = policy {
         let pi = spec.policy.input;
@@ -168,7 +214,13 @@ pub fn verify(net: &DeepLab3d, policy: Option<&PolicyNet>, s: &mut Sessions, til
         let want = p.to_dtype(DType::F64).and_then(|r| r.forward(&v64, false)).map_err(err)?;
         let ort = s.run_policy(v.view())?;
         let candle = p.forward(&tensor(v.view(), DType::F32)?, false).map_err(err)?;
-        checks.push(check("policy".into(), ort.as_slice().unwrap_or_default(), Some(&candle), &want)?);
+        checks.push(check(
+            "policy".into(),
+            ort.as_slice().unwrap_or_default(),
+            Some(&candle),
+            &want,
+            Output::Probabilities,
+        )?);
     }
     Ok(checks)
 }
@@ -192,4 +244,22 @@ pub fn failure(checks: &[Check]) -> Option<Error> {
             bad.describe()
         ),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Probabilities are judged against 1, features against their own largest magnitude.
+    #[test]
+    fn tiny_probabilities_are_judged_on_the_probability_scale() {
+        let want = [1.2e-3, 4.0e-4, 9.0e-4];
+        let got = [1.2e-3 + 1.3e-7, 4.0e-4, 9.0e-4];
+        let (abs, rel) = difference(&got, &want, Output::Probabilities);
+        assert!((abs - 1.3e-7).abs() < 1e-9 && rel <= TOLERANCE, "{rel}");
+        let (_, rel) = difference(&got, &want, Output::Features);
+        assert!(rel > TOLERANCE, "the same difference on features of that size fails: {rel}");
+        let (_, rel) = difference(&[0.5, 0.7], &[0.5, 0.7003], Output::Probabilities);
+        assert!(rel > TOLERANCE, "3e-4 off on probabilities fails: {rel}");
+    }
 }
