@@ -90,8 +90,9 @@ pub struct BenchSummary {
     pub chain_overhead: f64,
     /// Mean FLOP fraction of the AutoPath paths.
     pub flop_fraction: f64,
-    /// Latency saving of (c) vs (a) divided by its FLOP saving (1 = every FLOP saved is time saved).
-    pub saving_ratio: f64,
+    /// Latency saving of (c) vs (a) divided by its FLOP saving (1 = every FLOP saved is time saved);
+    /// None when the policy kept every block (no FLOPs saved to divide by; NaN would not survive JSON).
+    pub saving_ratio: Option<f64>,
     /// Policy time relative to (a).
     pub policy_share: f64,
     /// Largest relative spread (p90 − min)/median over all timings.
@@ -241,7 +242,7 @@ fn summarize(volumes: &[VolumeBench]) -> BenchSummary {
         speedup_e2e: mean(&|v| v.full_e2e.median / v.autopath_e2e.median),
         chain_overhead: mean(&|v| v.chain_all.median / v.full_graph.median),
         flop_fraction,
-        saving_ratio: if flop_fraction < 1.0 { (1.0 - latency_fraction) / (1.0 - flop_fraction) } else { f64::NAN },
+        saving_ratio: (flop_fraction < 1.0).then(|| (1.0 - latency_fraction) / (1.0 - flop_fraction)),
         policy_share: mean(&|v| v.policy.median / v.full_graph.median),
         max_spread: volumes
             .iter()
@@ -282,12 +283,12 @@ pub fn markdown(r: &BenchReport) -> String {
     let m = &r.summary;
     let _ = writeln!(
         s,
-        "\nSpeed-up of AutoPath over full.onnx: {:.3}× network-only, {:.3}× end to end. Chain overhead (b)/(a): {:.3}. FLOP fraction {:.1} %; latency saving / FLOP saving: {:.2}. Policy: {:.1} % of (a). Largest spread (p90 − min)/median: {:.1} %. Peak RSS {:.0} MB.",
+        "\nSpeed-up of AutoPath over full.onnx: {:.3}× network-only, {:.3}× end to end. Chain overhead (b)/(a): {:.3}. FLOP fraction {:.1} %; latency saving / FLOP saving: {}. Policy: {:.1} % of (a). Largest spread (p90 − min)/median: {:.1} %. Peak RSS {:.0} MB.",
         m.speedup,
         m.speedup_e2e,
         m.chain_overhead,
         100.0 * m.flop_fraction,
-        m.saving_ratio,
+        m.saving_ratio.map_or("n/a (every block kept)".into(), |r| format!("{r:.2}")),
         100.0 * m.policy_share,
         100.0 * m.max_spread,
         m.peak_rss_mb

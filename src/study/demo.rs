@@ -71,7 +71,7 @@ impl DemoOptions {
             epochs: 70,
             lr: 0.004,
             drop_path: 0.15,
-            decoder: DecoderKind::Paper,
+            decoder: DecoderKind::Skip,
             // The curriculum learns all 8 blocks from epoch 21 (E_c = 3); three epochs more.
             policy_epochs: 24,
             policy_batch: 4,

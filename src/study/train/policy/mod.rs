@@ -80,6 +80,11 @@ pub struct PolicyConfig {
     /// a handful of validation volumes overfits it, see `distil::validate_greedy`).
     #[serde(default)]
     pub calibrate_threshold: bool,
+    /// Distil: when the policy at `threshold` scores below the full network on the validation volumes
+    /// (it loses more Dice beyond the tolerance than it saves), deploy threshold 0 instead: every block
+    /// kept. Runs from before the guard existed have none.
+    #[serde(default)]
+    pub guard: bool,
     /// Tiles per ORT call.
     pub tile_batch: usize,
 }
@@ -119,6 +124,7 @@ impl PolicyConfig {
             seed: 0,
             threshold: 0.5,
             calibrate_threshold: false,
+            guard: true,
             tile_batch: 4,
         }
     }
