@@ -679,7 +679,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
     o.seed = args.seed.unwrap_or(o.seed);
     let t = std::time::Instant::now();
     let r = run(&o, &|line| eprintln!("{line}"))?;
-    println!("\nTable 1 (test volumes {}):\n{}", r.eval.test_ids.join(", "), table1_text(&r.eval));
+    println!("\nTable 1 (test volumes {}):\n{}", r.eval.test_ids.join(", "), r.eval.table1_text());
     println!("Latency (CPU, ONNX Runtime):\n{}", autopath::study::bench::markdown(&r.bench));
     println!("report:        {}", out.join("eval/report.md").display());
     println!("figures:       {}", out.join("eval").display());
@@ -696,7 +696,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let opts =
         autopath::study::bench::BenchOptions { repeats, warmup, session: provider.options(tile_batch), tile_batch };
     let report = autopath::study::bench::bench(&bundle, &inputs, &out, &opts)?;
-    write_bench(&out, &report)?;
+    autopath::study::bench::write(&out, &report)?;
     println!("{}", autopath::study::bench::markdown(&report));
     Ok(())
 }
@@ -717,7 +717,7 @@ fn eval(args: EvalArgs, quiet: bool) -> anyhow::Result<()> {
         bar.set_position(done as u64);
     })?;
     bar.finish_and_clear();
-    println!("{}", table1_text(&r));
+    println!("{}", r.table1_text());
     println!("report: {}", out.join("report.md").display());
     Ok(())
 }
@@ -797,158 +797,14 @@ fn bench_inputs(data: &[PathBuf], limit: Option<usize>) -> anyhow::Result<Vec<Pa
     Ok(out)
 }
 
-fn write_bench(out: &std::path::Path, report: &autopath::study::bench::BenchReport) -> anyhow::Result<()> {
-    use autopath::study::figures::{line_chart, Series};
-    use plotters::style::RGBColor;
-    autopath::study::train::checkpoint::write_json(&out.join("bench.json"), report)?;
-    autopath::atomic::write_bytes_atomically(
-        &out.join("bench.md"),
-        autopath::study::bench::markdown(report).as_bytes(),
-    )?;
-    let pts: Vec<(f64, f64)> =
-        report.volumes.iter().map(|v| (v.flop_fraction, v.autopath.median / v.full_graph.median)).collect();
-    let chain: Vec<(f64, f64)> =
-        report.volumes.iter().map(|v| (1.0, v.chain_all.median / v.full_graph.median)).collect();
-    line_chart(
-        out,
-        "latency_vs_flops",
-        "Network latency relative to full.onnx vs FLOP fraction",
-        "FLOP fraction of the path",
-        "latency / full.onnx latency",
-        &[
-            Series {
-                label: "AutoPath (per volume)".into(),
-                points: pts,
-                color: RGBColor(214, 39, 40),
-                band: None,
-                markers_only: true,
-            },
-            Series {
-                label: "chain, all blocks kept".into(),
-                points: chain,
-                color: RGBColor(31, 119, 180),
-                band: None,
-                markers_only: true,
-            },
-            Series {
-                label: "full.onnx (a)".into(),
-                points: vec![(0.5, 1.0), (1.0, 1.0)],
-                color: RGBColor(120, 120, 120),
-                band: None,
-                markers_only: false,
-            },
-            Series {
-                label: "latency = FLOPs".into(),
-                points: vec![(0.5, 0.5), (1.0, 1.0)],
-                color: RGBColor(44, 160, 44),
-                band: None,
-                markers_only: false,
-            },
-        ],
-        (0.4, 1.2),
-    )?;
-    Ok(())
-}
-
-fn table1_text(r: &autopath::study::eval::Results) -> String {
-    let mut s = format!("{:<40} {:>9} {:>9} {:>10}\n", "strategy", "dropped", "FLOPs", "Dice");
-    for row in &r.table1 {
-        s += &format!(
-            "{:<40} {:>8.1}% {:>8.1}% {:>10.4}\n",
-            row.strategy,
-            100.0 * row.drop_ratio,
-            100.0 * row.flop_fraction,
-            row.dice
-        );
-    }
-    s
-}
-
 fn inspect(dir: &std::path::Path, json: bool, tile_batch: usize) -> anyhow::Result<()> {
     let b = autopath::input::bundle::Bundle::load(dir)?;
-    let m = &b.manifest;
     if json {
-        println!("{}", serde_json::to_string_pretty(m)?);
-        return Ok(());
+        println!("{}", serde_json::to_string_pretty(&b.manifest)?);
+    } else {
+        print!("{}", autopath::deploy::inspect::describe(&b, tile_batch));
     }
-    let a = &m.architecture;
-    println!(
-        "bundle {} (schema {}, sha256 {}…): all {} files verified",
-        dir.display(),
-        m.schema_version,
-        &b.hash[..16],
-        m.files.len()
-    );
-    println!(
-        "producer: autopath {}, ONNX opset {} (IR {}), verified with ONNX Runtime {}",
-        m.producer.autopath, m.producer.onnx_opset, m.producer.onnx_ir_version, m.producer.onnx_runtime
-    );
-    println!(
-        "network: {} ({} blocks), width {}, {:.2} M parameters, {:.2} GFLOP per tile {:?}",
-        a.name,
-        a.blocks.len(),
-        a.width,
-        a.parameters as f64 / 1e6,
-        a.full_flops() as f64 / 1e9,
-        m.input.window.patch
-    );
-    match &a.low_level {
-        Some(l) => println!(
-            "decoder: {} (head input {:?} {:?}: the output after block {}); head {:.3} GFLOP",
-            a.decoder,
-            l.input,
-            l.shape,
-            l.after_block,
-            a.head_flops as f64 / 1e9
-        ),
-        None => println!("decoder: {}; head {:.3} GFLOP", a.decoder, a.head_flops as f64 / 1e9),
-    }
-    println!("  {:<5} {:<14} {:>16} {:>16} {:>12} {:>10}", "block", "name", "input", "output", "branch GF", "shortcut");
-    for bl in &a.blocks {
-        println!(
-            "  {:<5} {:<14} {:>16} {:>16} {:>12.3} {:>10}",
-            bl.index,
-            bl.name,
-            format!("{:?}", bl.input),
-            format!("{:?}", bl.output),
-            bl.branch_flops as f64 / 1e9,
-            if bl.shortcut_file.is_some() { "projection" } else { "identity" }
-        );
-    }
-    println!(
-        "input: {} {:?}, tile {:?} overlap {} {:?}, {:?} threshold {}",
-        m.input.modality,
-        m.input.preprocessing.intensity,
-        m.input.window.patch,
-        m.input.window.overlap,
-        m.input.window.blend,
-        m.input.activation,
-        m.input.threshold
-    );
-    match &m.policy {
-        Some(p) => println!("policy: {} on {:?}, keep if p >= {}", p.file, p.input, p.threshold),
-        None => println!("policy: none (the runtime runs the full path)"),
-    }
-    if let Some(e) = &m.evaluation {
-        println!("evaluation: {e}");
-    }
-    print_memory_estimate(&b, tile_batch);
     Ok(())
-}
-
-/// `inspect`'s last line: the GPU memory a worker needs, estimated from the manifest.
-fn print_memory_estimate(b: &autopath::input::bundle::Bundle, tile_batch: usize) {
-    let g = autopath::deploy::memory::estimate(b, tile_batch);
-    println!(
-        "GPU memory per worker (estimate, tile batch {tile_batch}): {:.0} MB = weights {:.0} + activations {:.0} + margin {:.0}; \
-         + {:.0} MB when full.onnx is used (--path full, bench); + ~{:.0} MB CUDA context per process",
-        g.per_worker_mb(),
-        g.weights_mb,
-        g.activations_mb,
-        g.margin_mb,
-        g.full_graph_mb,
-        g.cuda_context_mb
-    );
 }
 
 fn main() -> ExitCode {

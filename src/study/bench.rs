@@ -295,3 +295,54 @@ pub fn markdown(r: &BenchReport) -> String {
     );
     s
 }
+
+/// Writes a report into `out`: `bench.json`, `bench.md` and the latency-against-FLOPs figure.
+pub fn write(out: &Path, report: &BenchReport) -> Result<()> {
+    use crate::study::figures::{line_chart, Series};
+    use plotters::style::RGBColor;
+    crate::study::train::checkpoint::write_json(&out.join("bench.json"), report)?;
+    crate::atomic::write_bytes_atomically(&out.join("bench.md"), markdown(report).as_bytes())?;
+    let pts: Vec<(f64, f64)> =
+        report.volumes.iter().map(|v| (v.flop_fraction, v.autopath.median / v.full_graph.median)).collect();
+    let chain: Vec<(f64, f64)> =
+        report.volumes.iter().map(|v| (1.0, v.chain_all.median / v.full_graph.median)).collect();
+    line_chart(
+        out,
+        "latency_vs_flops",
+        "Network latency relative to full.onnx vs FLOP fraction",
+        "FLOP fraction of the path",
+        "latency / full.onnx latency",
+        &[
+            Series {
+                label: "AutoPath (per volume)".into(),
+                points: pts,
+                color: RGBColor(214, 39, 40),
+                band: None,
+                markers_only: true,
+            },
+            Series {
+                label: "chain, all blocks kept".into(),
+                points: chain,
+                color: RGBColor(31, 119, 180),
+                band: None,
+                markers_only: true,
+            },
+            Series {
+                label: "full.onnx (a)".into(),
+                points: vec![(0.5, 1.0), (1.0, 1.0)],
+                color: RGBColor(120, 120, 120),
+                band: None,
+                markers_only: false,
+            },
+            Series {
+                label: "latency = FLOPs".into(),
+                points: vec![(0.5, 0.5), (1.0, 1.0)],
+                color: RGBColor(44, 160, 44),
+                band: None,
+                markers_only: false,
+            },
+        ],
+        (0.4, 1.2),
+    )?;
+    Ok(())
+}

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::deploy::{PathChoice, Predictor, SessionOptions};
 use crate::error::{Error, Result};
-use crate::study::bench::{bench, markdown, BenchOptions, BenchReport};
+use crate::study::bench::{bench, BenchOptions, BenchReport};
 use crate::study::dataset::{Dataset, Split};
 use crate::study::eval::{evaluate, EvalOptions, Results};
 use crate::study::synth::{synthesize, SynthConfig};
@@ -216,8 +216,7 @@ pub fn run(o: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoOutcome> {
         let opts =
             BenchOptions { repeats: o.bench_repeats, warmup: 1, session: SessionOptions::default(), tile_batch: 2 };
         let r = bench(&f.bundle, &bench_inputs, &f.bench, &opts)?;
-        crate::study::train::checkpoint::write_json(&f.bench.join("bench.json"), &r)?;
-        crate::atomic::write_bytes_atomically(&f.bench.join("bench.md"), markdown(&r).as_bytes())
+        crate::study::bench::write(&f.bench, &r)
     })?;
 
     let eval: Results = serde_json::from_value(read_json::<serde_json::Value>(&f.eval.join("results.json"))?)

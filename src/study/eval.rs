@@ -1021,3 +1021,20 @@ fn heuristics_section(md: &mut String, r: &Results) {
         let _ = writeln!(md, "| {} | {} | {} | {} | {} |", i + 1, f(&r.drop_n), f(&r.drop_first), f(&r.drop_last), rnd);
     }
 }
+
+impl Results {
+    /// Table 1 as plain text, for terminals.
+    pub fn table1_text(&self) -> String {
+        let mut s = format!("{:<40} {:>9} {:>9} {:>10}\n", "strategy", "dropped", "FLOPs", "Dice");
+        for row in &self.table1 {
+            s += &format!(
+                "{:<40} {:>8.1}% {:>8.1}% {:>10.4}\n",
+                row.strategy,
+                100.0 * row.drop_ratio,
+                100.0 * row.flop_fraction,
+                row.dice
+            );
+        }
+        s
+    }
+}

@@ -120,15 +120,39 @@ pub fn verify(net: &DeepLab3d, policy: Option<&PolicyNet>, s: &mut Sessions, til
     let spec = net.spec();
     let reference = net.to_dtype(DType::F64).map_err(err)?;
     let x = probe([1, spec.in_channels, tile[0], tile[1], tile[2]], 1);
-    let mut checks = Vec::new();
+    let mut checks = segment_checks(net, &reference, s, &x, tile)?;
+    checks.extend(composition_checks(net, &reference, s, &x)?);
+    if let Some(p) = policy {
+        let pi = spec.policy.input;
+        let v = probe([2, spec.in_channels, pi[0], pi[1], pi[2]], 2);
+        let v64 = tensor(v.view(), DType::F64)?;
+        let want = p.to_dtype(DType::F64).and_then(|r| r.forward(&v64, false)).map_err(err)?;
+        let ort = s.run_policy(v.view())?;
+        let candle = p.forward(&tensor(v.view(), DType::F32)?, false).map_err(err)?;
+        let ort = ort.as_slice().unwrap_or_default();
+        checks.push(check("policy".into(), ort, Some(&candle), &want, Output::Probabilities)?);
+    }
+    Ok(checks)
+}
 
-    // Stem, each block (kept and, with a projection, dropped), head: each fed the reference's input.
-    let x64 = tensor(x.view(), DType::F64)?;
-    let mut h = reference.stem(&x64, false).map_err(err)?;
+/// Stem, each block (kept and, with a projection, dropped), head: each fed the reference's own input.
+fn segment_checks(
+    net: &DeepLab3d,
+    reference: &DeepLab3d,
+    s: &mut Sessions,
+    x: &Array5<f32>,
+    tile: [usize; 3],
+) -> Result<Vec<Check>> {
+    let spec = net.spec();
+    let mut checks = Vec::new();
+    let mut push = |name: String, ort: &Array5<f32>, candle: &Tensor, want: &Tensor, output: Output| -> Result<()> {
+        checks.push(check(name, ort.as_slice().unwrap_or_default(), Some(candle), want, output)?);
+        Ok(())
+    };
+    let mut h = reference.stem(&tensor(x.view(), DType::F64)?, false).map_err(err)?;
     let mut low = None;
-    let ort = s.run_segment(Segment::Stem, x.view())?;
     let candle = net.stem(&tensor(x.view(), DType::F32)?, false).map_err(err)?;
-    checks.push(check("stem".into(), ort.as_slice().unwrap_or_default(), Some(&candle), &h, Output::Features)?);
+    push("stem".into(), &s.run_segment(Segment::Stem, x.view())?, &candle, &h, Output::Features)?;
     for (n, (b64, b32)) in reference.blocks.iter().zip(&net.blocks).enumerate() {
         let input = array(&h)?;
         let input32 = tensor(input.view(), DType::F32)?;
@@ -136,24 +160,12 @@ pub fn verify(net: &DeepLab3d, policy: Option<&PolicyNet>, s: &mut Sessions, til
             let want = b64.shortcut(&h, false).map_err(err)?;
             let ort = s.run_segment(Segment::Shortcut(n), input.view())?;
             let candle = b32.shortcut(&input32, false).map_err(err)?;
-            checks.push(check(
-                format!("shortcut_{n:02}"),
-                ort.as_slice().unwrap_or_default(),
-                Some(&candle),
-                &want,
-                Output::Features,
-            )?);
+            push(format!("shortcut_{n:02}"), &ort, &candle, &want, Output::Features)?;
         }
         let want = b64.forward(&h, autopath_models::block::BlockKeep::All, false).map_err(err)?;
         let ort = s.run_segment(Segment::Block(n), input.view())?;
         let candle = b32.forward(&input32, autopath_models::block::BlockKeep::All, false).map_err(err)?;
-        checks.push(check(
-            format!("block_{n:02}"),
-            ort.as_slice().unwrap_or_default(),
-            Some(&candle),
-            &want,
-            Output::Features,
-        )?);
+        push(format!("block_{n:02}"), &ort, &candle, &want, Output::Features)?;
         h = want;
         if spec.low_level_block() == Some(n) {
             low = Some(h.clone());
@@ -165,63 +177,35 @@ pub fn verify(net: &DeepLab3d, policy: Option<&PolicyNet>, s: &mut Sessions, til
     let probs = |net: &DeepLab3d, f: &Tensor, low: Option<&Tensor>| {
         net.head(f, low, tile, false).and_then(|l| probabilities(&l, spec.output)).map_err(err)
     };
-    let want = probs(&reference, &h, low64)?;
+    let want = probs(reference, &h, low64)?;
     let ort = s.run_head(features.view(), low.as_ref().map(|l| l.view()))?;
     let low32 = low.as_ref().map(|l| tensor(l.view(), DType::F32)).transpose()?;
     let candle = probs(net, &tensor(features.view(), DType::F32)?, low32.as_ref())?;
-    checks.push(check("head".into(), ort.as_slice().unwrap_or_default(), Some(&candle), &want, Output::Probabilities)?);
+    push("head".into(), &ort, &candle, &want, Output::Probabilities)?;
+    Ok(checks)
+}
 
-    // Compositions on the probe: what the runtime actually runs.
+/// The compositions the runtime actually runs, on the probe: `full.onnx`, the chain with every block
+/// kept and with the odd blocks dropped.
+fn composition_checks(net: &DeepLab3d, reference: &DeepLab3d, s: &mut Sessions, x: &Array5<f32>) -> Result<Vec<Check>> {
+    let spec = net.spec();
     let forward = |net: &DeepLab3d, x: &Tensor, path: BlockPath| {
         net.forward(x, path, false).and_then(|l| probabilities(&l, spec.output)).map_err(err)
     };
-    let x32 = tensor(x.view(), DType::F32)?;
-    let full = forward(&reference, &x64, BlockPath::Full)?;
-    let ort = s.run_full(x.view())?;
+    let (x64, x32) = (tensor(x.view(), DType::F64)?, tensor(x.view(), DType::F32)?);
+    let full = forward(reference, &x64, BlockPath::Full)?;
     let candle = forward(net, &x32, BlockPath::Full)?;
-    checks.push(check(
-        "full.onnx".into(),
-        ort.as_slice().unwrap_or_default(),
-        Some(&candle),
-        &full,
-        Output::Probabilities,
-    )?);
-    let all = vec![true; spec.num_blocks()];
-    let chain = s.run_chain(x.view(), &all)?;
-    checks.push(check(
-        "chain, all blocks kept".into(),
-        chain.as_slice().unwrap_or_default(),
-        None,
-        &full,
-        Output::Probabilities,
-    )?);
+    let ort = s.run_full(x.view())?;
+    let p = Output::Probabilities;
+    let mut checks = vec![check("full.onnx".into(), ort.as_slice().unwrap_or_default(), Some(&candle), &full, p)?];
+    let chain = s.run_chain(x.view(), &vec![true; spec.num_blocks()])?;
+    checks.push(check("chain, all blocks kept".into(), chain.as_slice().unwrap_or_default(), None, &full, p)?);
     let alternate: Vec<bool> = (0..spec.num_blocks()).map(|n| n % 2 == 0).collect();
-    let want = forward(&reference, &x64, BlockPath::Shared(&alternate))?;
+    let want = forward(reference, &x64, BlockPath::Shared(&alternate))?;
     let chain = s.run_chain(x.view(), &alternate)?;
     let candle = forward(net, &x32, BlockPath::Shared(&alternate))?;
-    checks.push(check(
-        "chain, odd blocks dropped".into(),
-        chain.as_slice().unwrap_or_default(),
-        Some(&candle),
-        &want,
-        Output::Probabilities,
-    )?);
-
-    if let Some(p) = policy {
-        let pi = spec.policy.input;
-        let v = probe([2, spec.in_channels, pi[0], pi[1], pi[2]], 2);
-        let v64 = tensor(v.view(), DType::F64)?;
-        let want = p.to_dtype(DType::F64).and_then(|r| r.forward(&v64, false)).map_err(err)?;
-        let ort = s.run_policy(v.view())?;
-        let candle = p.forward(&tensor(v.view(), DType::F32)?, false).map_err(err)?;
-        checks.push(check(
-            "policy".into(),
-            ort.as_slice().unwrap_or_default(),
-            Some(&candle),
-            &want,
-            Output::Probabilities,
-        )?);
-    }
+    let name = "chain, odd blocks dropped".to_string();
+    checks.push(check(name, chain.as_slice().unwrap_or_default(), Some(&candle), &want, p)?);
     Ok(checks)
 }
 

@@ -1,0 +1,115 @@
+//! `autopath inspect`: what a bundle is, in lines a person reads — architecture, decoder, blocks with
+//! their FLOPs, the input contract, the policy, the evaluation it came from, and a GPU memory estimate.
+
+use std::fmt::Write as _;
+
+use crate::input::bundle::Bundle;
+
+/// Appends one formatted line.
+macro_rules! say {
+    ($out:expr, $($arg:tt)*) => {{
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
+/// The description of a loaded (checksum-verified) bundle, for calls of `tile_batch` tiles.
+pub fn describe(b: &Bundle, tile_batch: usize) -> String {
+    let mut out = String::new();
+    let m = &b.manifest;
+    let a = &m.architecture;
+    say!(
+        out,
+        "bundle {} (schema {}, sha256 {}…): all {} files verified",
+        b.dir.display(),
+        m.schema_version,
+        &b.hash[..16],
+        m.files.len()
+    );
+    say!(
+        out,
+        "producer: autopath {}, ONNX opset {} (IR {}), verified with ONNX Runtime {}",
+        m.producer.autopath,
+        m.producer.onnx_opset,
+        m.producer.onnx_ir_version,
+        m.producer.onnx_runtime
+    );
+    say!(
+        out,
+        "network: {} ({} blocks), width {}, {:.2} M parameters, {:.2} GFLOP per tile {:?}",
+        a.name,
+        a.blocks.len(),
+        a.width,
+        a.parameters as f64 / 1e6,
+        a.full_flops() as f64 / 1e9,
+        m.input.window.patch
+    );
+    architecture_lines(&mut out, a);
+    say!(
+        out,
+        "input: {} {:?}, tile {:?} overlap {} {:?}, {:?} threshold {}",
+        m.input.modality,
+        m.input.preprocessing.intensity,
+        m.input.window.patch,
+        m.input.window.overlap,
+        m.input.window.blend,
+        m.input.activation,
+        m.input.threshold
+    );
+    match &m.policy {
+        Some(p) => say!(out, "policy: {} on {:?}, keep if p >= {}", p.file, p.input, p.threshold),
+        None => say!(out, "policy: none (the runtime runs the full path)"),
+    }
+    if let Some(e) = &m.evaluation {
+        say!(out, "evaluation: {e}");
+    }
+    let g = crate::deploy::memory::estimate(b, tile_batch);
+    say!(out,
+        "GPU memory per worker (estimate, tile batch {tile_batch}): {:.0} MB = weights {:.0} + activations {:.0} + margin {:.0}; \
+         + {:.0} MB when full.onnx is used (--path full, bench); + ~{:.0} MB CUDA context per process",
+        g.per_worker_mb(),
+        g.weights_mb,
+        g.activations_mb,
+        g.margin_mb,
+        g.full_graph_mb,
+        g.cuda_context_mb
+    );
+    out
+}
+
+/// The decoder line and the block table.
+fn architecture_lines(out: &mut String, a: &crate::input::bundle::Architecture) {
+    match &a.low_level {
+        Some(l) => say!(
+            out,
+            "decoder: {} (head input {:?} {:?}: the output after block {}); head {:.3} GFLOP",
+            a.decoder,
+            l.input,
+            l.shape,
+            l.after_block,
+            a.head_flops as f64 / 1e9
+        ),
+        None => say!(out, "decoder: {}; head {:.3} GFLOP", a.decoder, a.head_flops as f64 / 1e9),
+    }
+    say!(
+        out,
+        "  {:<5} {:<14} {:>16} {:>16} {:>12} {:>10}",
+        "block",
+        "name",
+        "input",
+        "output",
+        "branch GF",
+        "shortcut"
+    );
+    for bl in &a.blocks {
+        say!(
+            out,
+            "  {:<5} {:<14} {:>16} {:>16} {:>12.3} {:>10}",
+            bl.index,
+            bl.name,
+            format!("{:?}", bl.input),
+            format!("{:?}", bl.output),
+            bl.branch_flops as f64 / 1e9,
+            if bl.shortcut_file.is_some() { "projection" } else { "identity" }
+        );
+    }
+}
