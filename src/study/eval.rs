@@ -339,7 +339,7 @@ impl VolumeStudy<'_> {
             .chain(self.random.iter().flatten())
             .chain(&chosen)
             .chain(sweeps.iter().flatten());
-        self.score_missing(ev, &prepared, &mut table, wanted)?;
+        table.score_missing(ev, &prepared, self.arch, wanted)?;
         let lookup: HashMap<&[bool], &Scored> = table.paths.iter().map(|p| (p.mask.as_slice(), p)).collect();
         let dice = |m: &Vec<bool>| lookup[m.as_slice()].dice;
         for (level, masks) in self.random.iter().enumerate() {
@@ -412,27 +412,6 @@ impl VolumeStudy<'_> {
             .map(|(pr, p)| pr.iter().map(|&v| v >= p.threshold).collect())
             .collect();
         Ok(PolicyMasks { probabilities, sweeps, chosen })
-    }
-
-    /// Scores the masks `table` lacks, each once, in one pass (shared prefixes).
-    fn score_missing<'m>(
-        &self,
-        ev: &mut PathEvaluator,
-        prepared: &Prepared,
-        table: &mut PathTable,
-        masks: impl Iterator<Item = &'m Vec<bool>>,
-    ) -> Result<()> {
-        let wanted: Vec<Vec<bool>> = masks
-            .filter(|m| table.get(m).is_none())
-            .cloned()
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let outcomes = ev.evaluate(prepared, &wanted, false)?;
-        for (m, o) in wanted.into_iter().zip(outcomes) {
-            table.paths.push(Scored::new(m, &o, self.arch));
-        }
-        Ok(())
     }
 }
 

@@ -75,6 +75,29 @@ pub struct PathTable {
 }
 
 impl PathTable {
+    /// Scores the masks this table lacks, each once, in one pass of the evaluator (shared prefixes),
+    /// and adds them.
+    pub fn score_missing<'m>(
+        &mut self,
+        ev: &mut PathEvaluator,
+        prepared: &Prepared,
+        arch: &Architecture,
+        masks: impl IntoIterator<Item = &'m Vec<bool>>,
+    ) -> Result<()> {
+        let wanted: Vec<Vec<bool>> = masks
+            .into_iter()
+            .filter(|m| self.get(m).is_none())
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let outcomes = ev.evaluate(prepared, &wanted, false)?;
+        for (m, o) in wanted.into_iter().zip(outcomes) {
+            self.paths.push(Scored::new(m, &o, arch));
+        }
+        Ok(())
+    }
+
     /// The best scored path under `objective`.
     pub fn best(&self, objective: Objective) -> &Scored {
         let key = |s: &Scored| score(s, objective, self.full_dice);

@@ -85,13 +85,8 @@ fn tables(run: &mut Run, objective: Objective) -> Result<Tables> {
 
 /// Scores on training volume `i` the `masks` its table lacks, in one pass (shared prefixes).
 fn score_missing(run: &mut Run, table: &mut PathTable, item: usize, masks: &[Vec<bool>], val: bool) -> Result<()> {
-    let missing: Vec<Vec<bool>> = masks.iter().filter(|m| table.get(m).is_none()).cloned().collect();
     let prepared = if val { &run.val[item].prepared } else { &run.train[item].prepared };
-    let outcomes = run.evaluator.evaluate(prepared, &missing, false)?;
-    for (m, o) in missing.into_iter().zip(outcomes) {
-        table.paths.push(Scored::new(m, &o, &run.arch));
-    }
-    Ok(())
+    table.score_missing(&mut run.evaluator, prepared, &run.arch, masks)
 }
 
 /// Greedy drop order over the training and validation volumes: each step drops the block whose removal
