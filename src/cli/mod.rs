@@ -73,6 +73,10 @@ pub struct ProviderArgs {
     /// Keep block outputs in device memory between sessions (auto: on GPU providers).
     #[arg(long, value_enum, default_value = "auto")]
     pub io_binding: IoBindingArg,
+    /// Write ONNX Runtime's per-node trace of every session into this folder (Chrome-trace JSON, one
+    /// per graph; `scripts/ort-trace-summary` totals them by operator and provider).
+    #[arg(long)]
+    pub ort_trace: Option<std::path::PathBuf>,
 }
 
 impl ProviderArgs {
@@ -92,6 +96,7 @@ impl ProviderArgs {
             device_id: self.device_id,
             cudnn_search: self.cudnn_search.into(),
             max_tile_batch: tile_batch.max(1),
+            trace: self.ort_trace.clone(),
         }
     }
 }

@@ -45,6 +45,10 @@ pub struct SessionOptions {
     /// Largest number of tiles per call: the batch of TensorRT's optimisation profiles, so one
     /// engine per graph serves every chunk, the smaller last one included.
     pub max_tile_batch: usize,
+    /// Folder for ONNX Runtime's per-node traces (one Chrome-trace JSON per session, named after its
+    /// graph): which provider ran each node and for how long, the first thing to read when a GPU run
+    /// is slower than its FLOPs say.
+    pub trace: Option<PathBuf>,
 }
 
 /// cuDNN's convolution algorithm choice under the CUDA provider.
@@ -94,6 +98,7 @@ impl Default for SessionOptions {
             device_id: 0,
             cudnn_search: CudnnSearch::Heuristic,
             max_tile_batch: 2,
+            trace: None,
         }
     }
 }
@@ -230,7 +235,15 @@ pub fn open(
         let eps = providers(ep, opts, bundle_hash, inputs).map_err(|e| e.to_string())?;
         let b = Session::builder(env).map_err(|e| e.to_string())?;
         let b = b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(|e| e.to_string())?;
-        let mut b = if eps.is_empty() { b } else { b.with_execution_providers(eps).map_err(|e| e.to_string())? };
+        let b = if eps.is_empty() { b } else { b.with_execution_providers(eps).map_err(|e| e.to_string())? };
+        let mut b = match &opts.trace {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| format!("--ort-trace {}: {e}", dir.display()))?;
+                let stem = path.file_stem().unwrap_or_default();
+                b.with_profiling(dir.join(stem)).map_err(|e| e.to_string())?
+            }
+            None => b,
+        };
         b.commit_from_file(path).map_err(|e| e.to_string())
     };
     let tries = attempts(opts);
