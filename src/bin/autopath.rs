@@ -80,6 +80,9 @@ enum Command {
     /// gradients, a seeded loss curve, and the time of a step. `--device cpu` checks the composed
     /// path that CUDA runs, on the CPU.
     DeviceCheck(DeviceCheckArgs),
+    /// Time one training step (forward, loss, backward, Adam) of a network on a device, phase by
+    /// phase: the Candle side of `scripts/torch-step-compare`.
+    StepTime(StepTimeArgs),
     /// Reproduce the paper's study on the test split: heuristics vs AutoPath, Table 1, figures.
     Eval(EvalArgs),
     /// Measure AutoPath's latency against the full backbone with the runtime's code.
@@ -234,6 +237,9 @@ struct CompileArgs {
     /// Tile D,H,W of the untrained network.
     #[arg(long, default_value = "48,256,256", value_parser = parse_shape, requires = "untrained")]
     patch: [usize; 3],
+    /// Decoder of the untrained network (as `autopath train --decoder`).
+    #[arg(long, value_enum, default_value = "skip", requires = "untrained")]
+    decoder: DecoderArg,
     /// Policy run folder (from `autopath train-policy`); without it the bundle runs the full path.
     #[arg(long)]
     policy: Option<PathBuf>,
@@ -511,6 +517,52 @@ struct DeviceCheckArgs {
     json: Option<PathBuf>,
 }
 
+#[derive(clap::Args)]
+struct StepTimeArgs {
+    /// cpu (the CPU kernels), cuda or cuda:N [default: as `train`].
+    #[arg(long)]
+    device: Option<DeviceChoice>,
+    /// Backbone: r18, r34 or r50.
+    #[arg(long, default_value = "r18")]
+    arch: String,
+    /// Base width (64 = the paper's).
+    #[arg(long, default_value_t = 16)]
+    width: usize,
+    /// Patch D,H,W.
+    #[arg(long, default_value = "32,96,96", value_parser = parse_shape)]
+    patch: [usize; 3],
+    /// Crops per step.
+    #[arg(long, default_value_t = 2)]
+    batch: usize,
+    /// Decoder.
+    #[arg(long, value_enum, default_value = "skip")]
+    decoder: DecoderArg,
+    /// Timed steps after one warm-up (medians are reported).
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Also write the times as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn step_time(args: StepTimeArgs) -> anyhow::Result<()> {
+    let device = open_device(args.device)?;
+    let mut spec = ArchSpec::preset(&args.arch, args.width, args.patch)
+        .ok_or_else(|| anyhow::anyhow!("invalid --arch {}: expected r18, r34 or r50", args.arch))?;
+    spec.decoder = args.decoder.into();
+    let t = autopath::study::train::device_check::time_step(&spec, args.batch, args.repeats, &device)?;
+    let [d, h, w] = args.patch;
+    println!(
+        "{} width {} {}×{}×{} batch {} on {}: step {:.1} ms = forward {:.1} + loss {:.1} + backward {:.1} + Adam {:.1} (backward/forward {:.2})",
+        args.arch, args.width, d, h, w, args.batch, if device.is_cpu() { "cpu" } else { "cuda" },
+        t.total, t.forward, t.loss, t.backward, t.optimizer, t.backward / t.forward
+    );
+    if let Some(path) = args.json {
+        autopath::study::train::checkpoint::write_json(&path, &t)?;
+    }
+    Ok(())
+}
+
 fn device_check(args: DeviceCheckArgs) -> anyhow::Result<()> {
     use autopath::study::train::device_check::*;
     let device = open_device(args.device)?;
@@ -542,7 +594,7 @@ fn device_check(args: DeviceCheckArgs) -> anyhow::Result<()> {
     let mut timed = None;
     if let Some(patch) = args.time_patch {
         let spec = ArchSpec::preset("r18", args.time_width, patch).ok_or_else(|| anyhow::anyhow!("r18 preset"))?;
-        let ms = time_step(&spec, args.time_batch, 3, &device)?;
+        let ms = time_step(&spec, args.time_batch, 3, &device)?.total;
         println!(
             "| training step r18 width {}, {}×{}×{}, batch {} | {ms:.0} ms | | measured |",
             args.time_width, patch[0], patch[1], patch[2], args.time_batch
@@ -634,6 +686,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo(args),
         Command::TrainPolicy(args) => train_policy(args, cli.quiet),
         Command::DeviceCheck(args) => device_check(args),
+        Command::StepTime(args) => step_time(args),
         Command::Bench(args) => bench(args),
         Command::Eval(args) => eval(args, cli.quiet),
         Command::Compile(args) => compile(args),
@@ -723,10 +776,11 @@ fn eval(args: EvalArgs, quiet: bool) -> anyhow::Result<()> {
 }
 
 fn compile(args: CompileArgs) -> anyhow::Result<()> {
-    let CompileArgs { seg, untrained, width, patch, policy, evaluation, checkpoint, out, force, no_verify } = args;
+    let CompileArgs { seg, untrained, width, patch, decoder, policy, evaluation, checkpoint, out, force, no_verify } =
+        args;
     let opts = autopath::study::compile::CompileOptions { verify: !no_verify, force };
     if let Some(arch) = untrained {
-        return compile_untrained(&arch, width, patch, &out, opts);
+        return compile_untrained(&arch, width, patch, decoder.into(), &out, opts);
     }
     let seg = seg.ok_or_else(|| anyhow::anyhow!("--seg is required (or --untrained ARCH)"))?;
     let report = autopath::study::compile::compile_runs(
@@ -758,11 +812,14 @@ fn compile_untrained(
     arch: &str,
     width: usize,
     patch: [usize; 3],
+    decoder: autopath_models::spec::DecoderKind,
     out: &std::path::Path,
     opts: autopath::study::compile::CompileOptions,
 ) -> anyhow::Result<()> {
     use candle_core::{DType, Device};
-    let spec = ArchSpec::preset(arch, width, patch).ok_or_else(|| anyhow::anyhow!("unknown architecture {arch}"))?;
+    let mut spec =
+        ArchSpec::preset(arch, width, patch).ok_or_else(|| anyhow::anyhow!("unknown architecture {arch}"))?;
+    spec.decoder = decoder;
     let model = segment::Model::new(&spec, 1, &Device::Cpu)?;
     let vars = autopath_models::init::SeededVarMap::new(2);
     let policy = autopath_models::policy::PolicyNet::load(vars.var_builder(DType::F32, &Device::Cpu), &spec)?;
@@ -770,7 +827,7 @@ fn compile_untrained(
     let report =
         autopath::study::compile::compile(&model.net, &TrainConfig::for_spec(spec), Some(input), None, out, opts)?;
     println!(
-        "compiled an untrained {arch} (width {width}, tile {patch:?}): {} graphs into {} in {:.1} s",
+        "compiled an untrained {arch} (width {width}, {decoder:?} decoder, tile {patch:?}): {} graphs into {} in {:.1} s",
         report.files,
         out.display(),
         report.seconds

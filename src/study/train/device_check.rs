@@ -194,23 +194,56 @@ pub fn check_steps(spec: &ArchSpec, steps: usize, seed: u64, device: &Device) ->
     Ok(StepCheck { cpu, device: dev, rel, mean_rel })
 }
 
-/// Milliseconds per training step (forward, loss, backward, Adam) at `spec`'s patch and `batch`,
-/// after one warm-up step; the median of `repeats`.
-pub fn time_step(spec: &ArchSpec, batch_size: usize, repeats: usize, device: &Device) -> Result<f64> {
+/// Median milliseconds of one training step and of its phases, each phase closed by a device
+/// synchronisation so that GPU work is charged to the phase that queued it.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct StepTime {
+    /// Forward pass with autograd (train mode: batch statistics, dropout).
+    pub forward: f64,
+    /// BCE + soft Dice (or CE + Dice) on the logits.
+    pub loss: f64,
+    /// `loss.backward()`.
+    pub backward: f64,
+    /// The Adam update.
+    pub optimizer: f64,
+    /// The whole step (median of the step totals, not the sum of the phase medians).
+    pub total: f64,
+}
+
+/// Times training steps (forward, loss, backward, Adam) at `spec`'s patch and `batch_size` on a
+/// synthetic batch, after one warm-up step; medians over `repeats`.
+pub fn time_step(spec: &ArchSpec, batch_size: usize, repeats: usize, device: &Device) -> Result<StepTime> {
     let model = Model::new(spec, 0, device)?;
     let mut adam = Adam::new(model.trainable(), 1e-3).map_err(candle)?;
     let (x, y) = batch(spec, batch_size, 0, device)?;
-    let mut times = Vec::new();
+    let mut phases: [Vec<f64>; 5] = Default::default();
     for i in 0..=repeats.max(1) {
-        let t = Instant::now();
+        let mut marks = [Instant::now(); 5];
+        let mut mark = |k: usize| -> Result<()> {
+            device.synchronize().map_err(candle)?;
+            marks[k] = Instant::now();
+            Ok(())
+        };
+        mark(0)?;
         let logits = model.net.forward(&x, BlockPath::Full, true).map_err(candle)?;
+        mark(1)?;
         let loss = segmentation_loss(&logits, &y, spec.output).map_err(candle)?;
-        adam.step(&loss.backward().map_err(candle)?).map_err(candle)?;
-        device.synchronize().map_err(candle)?;
+        mark(2)?;
+        let grads = loss.backward().map_err(candle)?;
+        mark(3)?;
+        adam.step(&grads).map_err(candle)?;
+        mark(4)?;
         if i > 0 {
-            times.push(t.elapsed().as_secs_f64() * 1e3);
+            let ms = |a: usize, b: usize| (marks[b] - marks[a]).as_secs_f64() * 1e3;
+            for (k, v) in [ms(0, 1), ms(1, 2), ms(2, 3), ms(3, 4), ms(0, 4)].into_iter().enumerate() {
+                phases[k].push(v);
+            }
         }
     }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let [f, l, b, o, t] = &mut phases;
+    Ok(StepTime { forward: median(f), loss: median(l), backward: median(b), optimizer: median(o), total: median(t) })
 }
