@@ -12,7 +12,7 @@ CARGO    ?= cargo
 export ORT_DYLIB_PATH ?= $(ORT_LIB)
 export AUTOPATH_PYTHONPATH := $(CURDIR)/$(PYDEPS)
 
-.PHONY: setup build test demo lint clean-deps setup-cuda check-cuda setup-gpu
+.PHONY: setup build test demo lint clean-deps setup-cuda check-cuda setup-gpu torch torch-compare
 
 setup: $(STAMP)
 
@@ -96,3 +96,21 @@ check-cuda: setup-cuda
 	@out=$$(LD_LIBRARY_PATH=$(CUDA_HOME_)/lib/stubs:$(CUDA_HOME_)/lib $(CUDA_TARGET)/release/autopath train --data /nonexistent --out /nonexistent --device cuda 2>&1); \
 	  echo "$$out" | grep -q "cuda:0 cannot be opened" || { echo "check-cuda: unexpected answer to --device cuda: $$out"; exit 1; }; \
 	  echo "check-cuda: CUDA build ok ($$(du -h $(CUDA_TARGET)/release/autopath | cut -f1)); without a GPU: $$out"
+
+# --- PyTorch, for scripts/torch-step-compare only (optional; 5.3 GB from PyPI; not part of make test) ---
+TORCH_DEPS   := $(DEPS)/torch
+TORCH_STAMP  := $(DEPS)/torch.stamp
+
+torch: $(TORCH_STAMP)
+
+$(TORCH_STAMP):
+	@mkdir -p $(DEPS)
+	@rm -rf $(TORCH_DEPS).tmp
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-warn-script-location --target $(TORCH_DEPS).tmp torch
+	@rm -rf $(TORCH_DEPS) && mv $(TORCH_DEPS).tmp $(TORCH_DEPS)
+	@touch $@
+
+# One training step of the same network in PyTorch and in Candle, in one run, with the ratios.
+torch-compare: torch setup
+	$(CARGO) build --release --bin autopath
+	PYTHONPATH=$(CURDIR)/$(TORCH_DEPS) $(PYTHON) scripts/torch-step-compare --autopath target/release/autopath

@@ -39,6 +39,15 @@ fn quick_demo_runs_every_stage_and_reuses_them() {
     ] {
         assert!(out.join(f).exists(), "{f} missing");
     }
+    // The network calls are timed inside the sliding window, so they are part of it, never more.
+    let bench: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("bench/bench.json")).unwrap()).unwrap();
+    for v in bench["volumes"].as_array().unwrap() {
+        for (net, window) in [("full_network", "full_graph"), ("autopath_network", "autopath")] {
+            let (n, w) = (v[net]["median"].as_f64().unwrap(), v[window]["median"].as_f64().unwrap());
+            assert!(n > 0.0 && n <= w, "{net} {n} s against {window} {w} s");
+        }
+    }
     // Every test volume got a segmentation with its geometry.
     let results: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("eval/results.json")).unwrap()).unwrap();

@@ -4,7 +4,7 @@
 use ndarray::{Array2, Array5, ArrayView5};
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::{Session, SessionInputValue};
-use ort::value::{DynValue, Tensor, TensorRef};
+use ort::value::{DynValue, DynValueRef, TensorRef};
 
 use super::session::{Residency, Sessions};
 use crate::error::{Error, Result};
@@ -48,13 +48,26 @@ fn chain_memory(residency: Residency) -> Result<Option<MemoryInfo<'static>>> {
     }
 }
 
-fn to_value(tiles: ArrayView5<f32>) -> Result<DynValue> {
-    Ok(Tensor::from_array(tiles.to_owned()).map_err(|e| ort_err("input tensor", e))?.into_dyn())
+/// A tensor over the caller's tiles, without a copy: at the paper's tile a batch of two is 25 MB, and
+/// copying it (into a freshly faulted allocation) cost more than the whole network on a GPU. The
+/// tiles must be in standard layout (`batch_of_tiles` writes them so).
+fn view_value<'a>(tiles: &'a ArrayView5<'a, f32>) -> Result<DynValueRef<'a>> {
+    Ok(TensorRef::from_array_view(tiles.view()).map_err(|e| ort_err("input tensor", e))?.into_dyn())
 }
 
-fn to_array(v: &DynValue, what: &str) -> Result<Array5<f32>> {
+/// Hands `f` a view of a host output, without copying it.
+fn with_view<R>(v: &DynValue, what: &str, f: impl FnOnce(ArrayView5<f32>) -> R) -> Result<R> {
     let a = v.try_extract_array::<f32>().map_err(|e| ort_err(what, e))?;
-    a.to_owned().into_dimensionality().map_err(|e| ort_err(what, e))
+    Ok(f(a.into_dimensionality().map_err(|e| ort_err(what, e))?))
+}
+
+/// A standard-layout view of `tiles` (a copy only if they are not already).
+fn standard(tiles: ArrayView5<f32>) -> ndarray::CowArray<f32, ndarray::Ix5> {
+    if tiles.is_standard_layout() {
+        tiles.into()
+    } else {
+        tiles.as_standard_layout().into_owned().into()
+    }
 }
 
 /// One graph of the chain.
@@ -88,7 +101,7 @@ impl Sessions {
         let t = TensorRef::from_array_view(x.view()).map_err(|e| ort_err(&what, e))?;
         let mut out = session.run(ort::inputs![input => t]).map_err(|e| ort_err(&what, e))?;
         let v = out.remove(output).ok_or_else(|| ort_err(&what, format!("graph has no output {output:?}")))?;
-        to_array(&v, &what)
+        with_view(&v, &what, |a| a.to_owned())
     }
 
     /// The head on arrays: the backbone's output `x` and, for the skip decoder, the low-level features.
@@ -98,11 +111,16 @@ impl Sessions {
         let xv = TensorRef::from_array_view(x.view()).map_err(|e| ort_err("head", e))?;
         let lv =
             low.as_ref().map(|l| TensorRef::from_array_view(l.view())).transpose().map_err(|e| ort_err("head", e))?;
-        self.head_values(xv.into(), lv.map(Into::into))
+        self.head_values(xv.into(), lv.map(Into::into), |a| a.to_owned())
     }
 
-    /// Runs the head graph; its output comes back in host memory whatever the inputs' device.
-    fn head_values<'v>(&mut self, x: SessionInputValue<'v>, low: Option<SessionInputValue<'v>>) -> Result<Array5<f32>> {
+    /// Runs the head graph and hands `f` its probabilities, in host memory whatever the inputs' device.
+    fn head_values<'v, R>(
+        &mut self,
+        x: SessionInputValue<'v>,
+        low: Option<SessionInputValue<'v>>,
+        f: impl FnOnce(ArrayView5<f32>) -> R,
+    ) -> Result<R> {
         let mut inputs: Vec<(std::borrow::Cow<'_, str>, SessionInputValue<'v>)> = vec![("x".into(), x)];
         match (&self.low_level, low) {
             (Some(l), Some(v)) => inputs.push((l.input.clone().into(), v)),
@@ -113,7 +131,7 @@ impl Sessions {
         }
         let mut out = self.head.run(inputs).map_err(|e| ort_err("head", e))?;
         let p = out.remove("probabilities").ok_or_else(|| ort_err("head", "graph has no output \"probabilities\""))?;
-        to_array(&p, "head")
+        with_view(&p, "head", f)
     }
 
     /// Probabilities `[B, K, tile]` for tiles `[B, 1, tile]` on a path: stem, then per block the
@@ -124,13 +142,37 @@ impl Sessions {
     /// With a bound residency the stem's and every block's output stay where the provider put them
     /// (GPU memory under CUDA/TensorRT); only the head's probabilities come back to the host.
     pub fn run_chain(&mut self, tiles: ArrayView5<f32>, keep: &[bool]) -> Result<Array5<f32>> {
+        self.run_chain_with(tiles, keep, |a| a.to_owned())
+    }
+
+    /// [`Sessions::run_chain`], handing `f` a view of the probabilities instead of a copy.
+    pub fn run_chain_with<R>(
+        &mut self,
+        tiles: ArrayView5<f32>,
+        keep: &[bool],
+        f: impl FnOnce(ArrayView5<f32>) -> R,
+    ) -> Result<R> {
         let memory = chain_memory(self.residency)?;
         let step = |s: &mut Session, what: &str, input: &str, v: &DynValue, output: &str| match &memory {
             Some(m) => run_bound(s, what, input, v, output, m),
             None => run_one(s, what, input, v, output),
         };
         let after = self.low_level.as_ref().map(|l| l.after_block);
-        let mut h = step(&mut self.stem, "stem", "image", &to_value(tiles)?, "features")?;
+        let tiles = standard(tiles);
+        let tiles = tiles.view();
+        // ort 2.0.0-rc.15 clones a borrowed input bound to a session on the same device, and that
+        // clone deadlocks (its identity-session lock is taken twice): bound to host memory, the stem
+        // gets an owned copy. Under CUDA the devices differ, nothing is cloned, and the view is used
+        // (run so on an H200).
+        let owned = match self.residency {
+            Residency::BoundHost => Some(
+                ort::value::Tensor::from_array(tiles.to_owned()).map_err(|e| ort_err("input tensor", e))?.into_dyn(),
+            ),
+            _ => None,
+        };
+        let view = view_value(&tiles)?;
+        let input: &DynValue = owned.as_ref().unwrap_or(&view);
+        let mut h = step(&mut self.stem, "stem", "image", input, "features")?;
         // `low` gets the value after block `after` when the next block replaces it; if none does, it
         // is still `h` at the head.
         let (mut low, mut low_is_current) = (None, false);
@@ -152,13 +194,20 @@ impl Sessions {
             low_is_current |= after == Some(n);
         }
         let low = if low_is_current { Some(&h) } else { low.as_ref() };
-        self.head_values((&h).into(), low.map(Into::into))
+        self.head_values((&h).into(), low.map(Into::into), f)
     }
 
     /// Probabilities from the monolithic `full.onnx`.
     pub fn run_full(&mut self, tiles: ArrayView5<f32>) -> Result<Array5<f32>> {
-        let p = run_one(self.full()?, "full", "image", &to_value(tiles)?, "probabilities")?;
-        to_array(&p, "full")
+        self.run_full_with(tiles, |a| a.to_owned())
+    }
+
+    /// [`Sessions::run_full`], handing `f` a view of the probabilities instead of a copy.
+    pub fn run_full_with<R>(&mut self, tiles: ArrayView5<f32>, f: impl FnOnce(ArrayView5<f32>) -> R) -> Result<R> {
+        let tiles = standard(tiles);
+        let tiles = tiles.view();
+        let p = run_one(self.full()?, "full", "image", &*view_value(&tiles)?, "probabilities")?;
+        with_view(&p, "full", f)
     }
 
     /// Keep probabilities `[B, N]` for policy inputs `[B, 1, d, h, w]`.
@@ -166,7 +215,9 @@ impl Sessions {
         let s = self.policy.as_mut().ok_or_else(|| {
             Error::request("path", "the bundle has no policy (compiled without --policy); use --path full or a mask")
         })?;
-        let p = run_one(s, "policy", "volume", &to_value(volumes)?, "keep")?;
+        let volumes = standard(volumes);
+        let volumes = volumes.view();
+        let p = run_one(s, "policy", "volume", &*view_value(&volumes)?, "keep")?;
         let a = p.try_extract_array::<f32>().map_err(|e| ort_err("policy", e))?;
         a.to_owned().into_dimensionality().map_err(|e| ort_err("policy", e))
     }

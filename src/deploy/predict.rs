@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use ndarray::{Array3, Array4, Array5};
+use ndarray::{Array3, Array4};
 use serde::Serialize;
 
 use super::session::{SessionOptions, Sessions};
@@ -135,14 +135,20 @@ impl TileEngine for OrtEngine<'_, '_> {
         self.channels
     }
 
-    fn run(&mut self, tiles: ndarray::ArrayView5<f32>) -> Result<Array5<f32>> {
+    fn run(&mut self, tiles: ndarray::ArrayView5<f32>, sink: &mut dyn FnMut(ndarray::ArrayView5<f32>)) -> Result<()> {
         let t0 = Instant::now();
-        let probs = match self.graph {
-            Graph::Full => self.sessions.run_full(tiles)?,
-            Graph::Chain(keep) => self.sessions.run_chain(tiles, keep)?,
+        // The network's time ends when its output is readable; blending (the sink) is not in it.
+        let mut network = 0.0;
+        let mut timed_sink = |probs: ndarray::ArrayView5<f32>| {
+            network = t0.elapsed().as_secs_f64();
+            sink(probs)
         };
-        self.seconds += t0.elapsed().as_secs_f64();
-        Ok(probs)
+        match self.graph {
+            Graph::Full => self.sessions.run_full_with(tiles, &mut timed_sink)?,
+            Graph::Chain(keep) => self.sessions.run_chain_with(tiles, keep, &mut timed_sink)?,
+        }
+        self.seconds += network;
+        Ok(())
     }
 }
 

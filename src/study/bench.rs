@@ -27,7 +27,7 @@ pub struct BenchOptions {
 }
 
 /// Order statistics of a set of timings, seconds.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct Timing {
     /// Median.
     pub median: f64,
@@ -65,12 +65,18 @@ pub struct VolumeBench {
     pub keep: String,
     /// FLOP fraction of the AutoPath path.
     pub flop_fraction: f64,
-    /// (a) full.onnx, network only.
+    /// (a) full.onnx over the volume's sliding window: tiling, the network calls and blending.
     pub full_graph: Timing,
-    /// (b) chain, every block kept, network only.
+    /// (b) the chain with every block kept, the same window.
     pub chain_all: Timing,
-    /// (c) AutoPath chain, network only (policy excluded).
+    /// (c) the AutoPath chain, the same window (policy excluded).
     pub autopath: Timing,
+    /// The network calls alone within (a): what dropping blocks can save.
+    #[serde(default)]
+    pub full_network: Timing,
+    /// The network calls alone within (c).
+    #[serde(default)]
+    pub autopath_network: Timing,
     /// Policy alone (downsampling included).
     pub policy: Timing,
     /// (a) end to end, read to write.
@@ -82,15 +88,18 @@ pub struct VolumeBench {
 /// Aggregates over volumes.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct BenchSummary {
-    /// Mean of (a)/(c) network-only medians.
+    /// Mean of (a)/(c) sliding-window medians.
     pub speedup: f64,
+    /// Mean of (a)/(c) medians of the network calls alone.
+    #[serde(default)]
+    pub speedup_network: f64,
     /// Mean of (a)/(c) end-to-end medians.
     pub speedup_e2e: f64,
     /// Mean of (b)/(a): what splitting into per-block sessions costs.
     pub chain_overhead: f64,
     /// Mean FLOP fraction of the AutoPath paths.
     pub flop_fraction: f64,
-    /// Latency saving of (c) vs (a) divided by its FLOP saving (1 = every FLOP saved is time saved);
+    /// Network-time saving of (c) vs (a) divided by its FLOP saving (1 = every FLOP saved is time saved);
     /// None when the policy kept every block (no FLOPs saved to divide by; NaN would not survive JSON).
     pub saving_ratio: Option<f64>,
     /// Policy time relative to (a).
@@ -195,13 +204,13 @@ fn bench_volume(p: &mut Predictor, input: &Path, scratch: &Path, opts: &BenchOpt
     let (image, rec) = p.preprocess(&vol)?;
     let (keep, _) = p.keep_mask(&image, &PathChoice::Auto { threshold: None })?;
     let all = vec![true; n];
-    let mut samples: [Vec<f64>; 6] = Default::default();
+    let mut samples: [Vec<f64>; 8] = Default::default();
     let mut tiles = 0;
     let out = scratch.join("bench_out.nii.gz");
     for i in 0..opts.warmup + opts.repeats {
-        let (a, (_, t, _)) = time(|| p.probabilities(&image, rec.pad_value, &all, true))?;
+        let (a, (_, t, a_net)) = time(|| p.probabilities(&image, rec.pad_value, &all, true))?;
         let (b, _) = time(|| p.probabilities(&image, rec.pad_value, &all, false))?;
-        let (c, _) = time(|| p.probabilities(&image, rec.pad_value, &keep, false))?;
+        let (c, (_, _, c_net)) = time(|| p.probabilities(&image, rec.pad_value, &keep, false))?;
         let (pol, _) = time(|| p.keep_mask(&image, &PathChoice::Auto { threshold: None }))?;
         p.use_full_graph = true;
         let (ae, _) = time(|| p.segment_file(input, &out, &PathChoice::Full))?;
@@ -209,13 +218,13 @@ fn bench_volume(p: &mut Predictor, input: &Path, scratch: &Path, opts: &BenchOpt
         let (ce, _) = time(|| p.segment_file(input, &out, &PathChoice::Auto { threshold: None }))?;
         tiles = t;
         if i >= opts.warmup {
-            for (s, v) in samples.iter_mut().zip([a, b, c, pol, ae, ce]) {
+            for (s, v) in samples.iter_mut().zip([a, b, c, pol, ae, ce, a_net, c_net]) {
                 s.push(v);
             }
         }
     }
     let _ = std::fs::remove_file(&out);
-    let [a, b, c, pol, ae, ce] = samples.map(Timing::of);
+    let [a, b, c, pol, ae, ce, a_net, c_net] = samples.map(Timing::of);
     Ok(VolumeBench {
         input: input.display().to_string(),
         shape: vol.geometry.shape,
@@ -225,6 +234,8 @@ fn bench_volume(p: &mut Predictor, input: &Path, scratch: &Path, opts: &BenchOpt
         full_graph: a,
         chain_all: b,
         autopath: c,
+        full_network: a_net,
+        autopath_network: c_net,
         policy: pol,
         full_e2e: ae,
         autopath_e2e: ce,
@@ -236,9 +247,10 @@ fn summarize(volumes: &[VolumeBench]) -> BenchSummary {
     let nv = volumes.len() as f64;
     let mean = |f: &dyn Fn(&VolumeBench) -> f64| volumes.iter().map(f).sum::<f64>() / nv;
     let flop_fraction = mean(&|v| v.flop_fraction);
-    let latency_fraction = mean(&|v| v.autopath.median / v.full_graph.median);
+    let latency_fraction = mean(&|v| v.autopath_network.median / v.full_network.median);
     BenchSummary {
         speedup: mean(&|v| v.full_graph.median / v.autopath.median),
+        speedup_network: mean(&|v| v.full_network.median / v.autopath_network.median),
         speedup_e2e: mean(&|v| v.full_e2e.median / v.autopath_e2e.median),
         chain_overhead: mean(&|v| v.chain_all.median / v.full_graph.median),
         flop_fraction,
@@ -262,19 +274,21 @@ pub fn markdown(r: &BenchReport) -> String {
         "CPU {} ({} cores), EP {:?}, ONNX Runtime {}, bundle {short}…, tile {:?} × batch {}, median of {} runs after {} warm-up\n",
         e.cpu, e.cores, e.ep, e.onnx_runtime, e.tile, e.tile_batch, e.repeats, e.warmup
     );
-    let _ = writeln!(s, "| volume | tiles | path | FLOPs | (a) full.onnx ms | (b) chain all ms | (c) AutoPath ms | policy ms | e2e full ms | e2e AutoPath ms |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "| volume | tiles | path | FLOPs | (a) full.onnx ms | (b) chain all ms | (c) AutoPath ms | network (a) ms | network (c) ms | policy ms | e2e full ms | e2e AutoPath ms |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for v in &r.volumes {
         let name = Path::new(&v.input).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let ms = |t: &Timing| format!("{:.1}", 1e3 * t.median);
         let _ = writeln!(
             s,
-            "| {name} | {} | {} | {:.1} % | {} | {} | {} | {} | {} | {} |",
+            "| {name} | {} | {} | {:.1} % | {} | {} | {} | {} | {} | {} | {} | {} |",
             v.tiles,
             v.keep,
             100.0 * v.flop_fraction,
             ms(&v.full_graph),
             ms(&v.chain_all),
             ms(&v.autopath),
+            ms(&v.full_network),
+            ms(&v.autopath_network),
             ms(&v.policy),
             ms(&v.full_e2e),
             ms(&v.autopath_e2e)
@@ -283,7 +297,8 @@ pub fn markdown(r: &BenchReport) -> String {
     let m = &r.summary;
     let _ = writeln!(
         s,
-        "\nSpeed-up of AutoPath over full.onnx: {:.3}× network-only, {:.3}× end to end. Chain overhead (b)/(a): {:.3}. FLOP fraction {:.1} %; latency saving / FLOP saving: {}. Policy: {:.1} % of (a). Largest spread (p90 − min)/median: {:.1} %. Peak RSS {:.0} MB.",
+        "\nSpeed-up of AutoPath over full.onnx: {:.3}× network calls, {:.3}× sliding window, {:.3}× end to end. Chain overhead (b)/(a): {:.3}. FLOP fraction {:.1} %; network-time saving / FLOP saving: {}. Policy: {:.1} % of (a). Largest spread (p90 − min)/median: {:.1} %. Peak RSS {:.0} MB.",
+        m.speedup_network,
         m.speedup,
         m.speedup_e2e,
         m.chain_overhead,

@@ -26,7 +26,7 @@ impl TileEngine for CandleEngine<'_> {
         self.net.spec().output.channels()
     }
 
-    fn run(&mut self, tiles: ArrayView5<f32>) -> Result<Array5<f32>> {
+    fn run(&mut self, tiles: ArrayView5<f32>, sink: &mut dyn FnMut(ArrayView5<f32>)) -> Result<()> {
         let dims = tiles.dim();
         let tiles = tiles.as_standard_layout();
         let data = tiles.as_slice().ok_or_else(|| Error::invalid("tiles", "not contiguous"))?;
@@ -36,8 +36,10 @@ impl TileEngine for CandleEngine<'_> {
         let logits = self.net.forward(&x, self.path, false).map_err(candle)?;
         let probs = probabilities(&logits, output).map_err(candle)?;
         let v: Vec<f32> = probs.flatten_all().and_then(|t| t.to_vec1()).map_err(candle)?;
-        Array5::from_shape_vec((dims.0, output.channels(), dims.2, dims.3, dims.4), v)
-            .map_err(|e| Error::invalid("network output", e.to_string()))
+        let probs = Array5::from_shape_vec((dims.0, output.channels(), dims.2, dims.3, dims.4), v)
+            .map_err(|e| Error::invalid("network output", e.to_string()))?;
+        sink(probs.view());
+        Ok(())
     }
 }
 
