@@ -865,6 +865,7 @@ fn inspect(dir: &std::path::Path, json: bool, tile_batch: usize) -> anyhow::Resu
 }
 
 fn main() -> ExitCode {
+    autopath::deploy::heap::keep_freed_buffers();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => report(&e),

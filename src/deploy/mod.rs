@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod chain;
 pub mod gpu;
+pub mod heap;
 pub mod inspect;
 pub mod memory;
 pub mod ort_library;
