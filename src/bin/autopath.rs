@@ -340,7 +340,8 @@ struct PolicyArgs {
     #[arg(long)]
     calibrate_threshold: bool,
     /// Distil: deploy --threshold even when it scores below the full network on the validation volumes
-    /// (by default threshold 0, every block kept, is deployed then).
+    /// (by default the policy is then capped at the deepest prefix of its drop order that every
+    /// validation volume tolerates, or, if none is, every block is kept).
     #[arg(long)]
     no_guard: bool,
     /// Seed.
@@ -419,16 +420,24 @@ fn train_policy(args: PolicyArgs, quiet: bool) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let meta: autopath::study::train::policy::PolicyMeta =
         autopath::study::train::checkpoint::read_json(&out.join("best.json"))?;
+    let cfg: PolicyConfig = autopath::study::train::checkpoint::read_json(&out.join("config.json"))?;
     println!(
         "policy trained: best validation score {:.4} at epoch {} (Dice {:.4}, {:.1} % of blocks dropped, keep threshold {}{}); checkpoints in {}",
         meta.best_reward.unwrap_or(f64::NAN),
         meta.best_epoch.unwrap_or(0),
         meta.val_dice.unwrap_or(f64::NAN),
         100.0 * meta.val_dropped.unwrap_or(0.0),
-        meta.deployed_threshold(&autopath::study::train::checkpoint::read_json(&out.join("config.json"))?),
+        meta.deployed_threshold(&cfg),
         if meta.threshold.is_some() { ", chosen on validation" } else { "" },
         out.display()
     );
+    let forced = meta.forced.iter().filter(|&&f| f).count();
+    if cfg.method == autopath::study::train::policy::Method::Distil && forced > 0 {
+        println!(
+            "validation guard: the policy scored below the full network on the validation volumes; {forced} of {} blocks are kept whatever it says (those past the deepest drop-order prefix every validation volume tolerates)",
+            meta.forced.len()
+        );
+    }
     Ok(())
 }
 

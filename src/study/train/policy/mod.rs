@@ -81,8 +81,10 @@ pub struct PolicyConfig {
     #[serde(default)]
     pub calibrate_threshold: bool,
     /// Distil: when the policy at `threshold` scores below the full network on the validation volumes
-    /// (it loses more Dice beyond the tolerance than it saves), deploy threshold 0 instead: every block
-    /// kept. Runs from before the guard existed have none.
+    /// (it loses more Dice beyond the tolerance than it saves), cap it at the deepest prefix of the drop
+    /// order that every validation volume tolerates (the other blocks forced kept), or, when that does
+    /// not score at least 0 either, deploy threshold 0: every block kept. Runs from before the guard
+    /// existed have none.
     #[serde(default)]
     pub guard: bool,
     /// Tiles per ORT call.
@@ -137,8 +139,9 @@ pub struct PolicyMeta {
     pub epoch: usize,
     /// Optimizer steps.
     pub steps: u64,
-    /// Blocks the curriculum forces to keep at this checkpoint (never trained yet); the saved policy
-    /// keeps them whatever its output.
+    /// Blocks the saved policy keeps whatever its output: the paper's curriculum's not yet trained
+    /// blocks, or the distilled policy's validation guard's cap (the blocks past the drop-order prefix
+    /// every validation volume tolerates).
     pub forced: Vec<bool>,
     /// Validation: mean reward of the greedy path (the objective `best` is chosen by).
     pub val_reward: Option<f64>,
