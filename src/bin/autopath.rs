@@ -418,6 +418,12 @@ fn train_policy(args: PolicyArgs, quiet: bool) -> anyhow::Result<()> {
         out
     };
     bar.finish_and_clear();
+    print_policy_summary(&out)
+}
+
+/// The trained policy's best checkpoint in one line, and the validation guard's cap if it applied.
+fn print_policy_summary(out: &std::path::Path) -> anyhow::Result<()> {
+    use autopath::study::train::policy::PolicyConfig;
     let meta: autopath::study::train::policy::PolicyMeta =
         autopath::study::train::checkpoint::read_json(&out.join("best.json"))?;
     let cfg: PolicyConfig = autopath::study::train::checkpoint::read_json(&out.join("config.json"))?;
