@@ -58,6 +58,7 @@ fn outputs_equal_the_candle_predictions_and_keep_the_input_geometry() {
         [("full", vec![true; 8], "auto"), ("10110101", some.clone(), "auto"), ("10110101", some, "on")]
     {
         let o = out.join(format!("{path}-{binding}"));
+        let trace = out.join(format!("trace-{path}-{binding}"));
         let res = run_cli(&[
             "--bundle",
             f.bundle().to_str().unwrap(),
@@ -72,8 +73,11 @@ fn outputs_equal_the_candle_predictions_and_keep_the_input_geometry() {
             "3",
             "--io-binding",
             binding,
+            "--ort-trace",
+            trace.to_str().unwrap(),
         ]);
         assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+        check_traces(&trace, &mask);
         for k in 0..5 {
             let input = f.data().join(format!("volume-{k}.nii.gz"));
             let vol = read_volume(&input, &ReadOptions::default()).unwrap();
@@ -110,6 +114,26 @@ fn outputs_equal_the_candle_predictions_and_keep_the_input_geometry() {
             assert_eq!(o["dtype"], "uint8");
             assert!(o["unique"].as_array().unwrap().iter().all(|v| [0.0, 1.0].contains(&v.as_f64().unwrap())));
         }
+    }
+}
+
+/// `--ort-trace`: one ONNX Runtime trace per session (named after its graph) with the nodes it ran and
+/// their provider: nodes for the stem, the head and every kept block, none for a dropped block.
+fn check_traces(dir: &Path, keep: &[bool]) {
+    let names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let graph_ran = |graph: &str| -> bool {
+        let Some(file) = names.iter().find(|n| n.starts_with(&format!("{graph}_")) && n.ends_with(".json")) else {
+            return false;
+        };
+        let events: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(file)).unwrap()).unwrap();
+        events.as_array().unwrap().iter().any(|e| {
+            e["cat"] == "Node" && e["args"]["provider"] == "CPUExecutionProvider" && e["args"]["op_name"].is_string()
+        })
+    };
+    assert!(graph_ran("stem") && graph_ran("head"), "stem and head traces missing in {names:?}");
+    for (n, &k) in keep.iter().enumerate() {
+        assert_eq!(graph_ran(&format!("block_{n:02}")), k, "block {n} (kept: {k}) in {names:?}");
     }
 }
 
