@@ -164,3 +164,69 @@ fn mismatched_or_impossible_shapes_are_errors() {
     let x4 = Tensor::zeros((3, 4, 4, 4), DType::F32, &Device::Cpu).unwrap();
     assert!(conv3d(&x4, &w, Conv3dParams::default()).unwrap_err().to_string().contains("5D"));
 }
+
+/// Stride-1 shapes large enough for the direct f32 kernel (AVX2 + FMA machines; elsewhere they run
+/// through im2col and the test still holds): output channels not a multiple of its block of 4, rows
+/// longer than one register tile, dilation, an anisotropic kernel and padding, one input channel.
+fn direct_cases() -> Vec<Case> {
+    vec![
+        Case { x: [2, 3, 4, 20, 21], w: [6, 3, 3, 3, 3], p: p([1; 3], [1; 3], [1; 3]) },
+        Case { x: [1, 5, 6, 18, 37], w: [3, 5, 3, 3, 3], p: p([1; 3], [2; 3], [2; 3]) },
+        Case { x: [1, 2, 5, 16, 40], w: [5, 2, 1, 3, 5], p: p([1; 3], [0, 1, 2], [1; 3]) },
+        Case { x: [2, 1, 3, 17, 17], w: [4, 1, 3, 3, 3], p: p([1; 3], [1; 3], [1; 3]) },
+    ]
+}
+
+#[test]
+fn direct_kernel_shapes_match_naive_float64_loop() {
+    for (i, c) in direct_cases().iter().enumerate() {
+        let x = pseudo_random(c.x.iter().product(), 50 + i as u64);
+        let w = pseudo_random(c.w.iter().product(), 60 + i as u64);
+        let (want, shape) = naive(&x, c.x, &w, c.w, c.p);
+        let xt = Tensor::from_vec(x, &c.x[..], &Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
+        let wt = Tensor::from_vec(w, &c.w[..], &Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
+        let y = conv3d(&xt, &wt, c.p).unwrap();
+        assert_eq!(y.dims(), &shape[..], "case {i}");
+        let got: Vec<f64> = y.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let scale = want.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+        let err = got.iter().zip(&want).fold(0.0f64, |a, (g, w)| a.max((g - w).abs()));
+        assert!(err <= 1e-5 * scale, "case {i}: max error {err} (scale {scale})");
+    }
+}
+
+/// The f32 backward (whose input gradient runs through the direct kernel where it applies) against the
+/// f64 backward (im2col only, itself checked against finite differences above).
+#[test]
+fn float32_gradients_match_float64_gradients() {
+    for (i, c) in direct_cases().iter().chain(&cases()).enumerate() {
+        let x = pseudo_random(c.x.iter().product(), 400 + i as u64);
+        let w = pseudo_random(c.w.iter().product(), 500 + i as u64);
+        let grads = |dtype: DType| -> (Vec<f64>, Vec<f64>) {
+            let xv = Var::from_tensor(
+                &Tensor::from_vec(x.clone(), &c.x[..], &Device::Cpu).unwrap().to_dtype(dtype).unwrap(),
+            )
+            .unwrap();
+            let wv = Var::from_tensor(
+                &Tensor::from_vec(w.clone(), &c.w[..], &Device::Cpu).unwrap().to_dtype(dtype).unwrap(),
+            )
+            .unwrap();
+            let y = conv3d(xv.as_tensor(), wv.as_tensor(), c.p).unwrap();
+            let r = Tensor::from_vec(pseudo_random(y.elem_count(), 600 + i as u64), y.dims(), &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let g = (y * r).unwrap().sum_all().unwrap().backward().unwrap();
+            let flat = |t: &Tensor| -> Vec<f64> {
+                g.get(t).unwrap().to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+            };
+            (flat(xv.as_tensor()), flat(wv.as_tensor()))
+        };
+        let (gx32, gw32) = grads(DType::F32);
+        let (gx64, gw64) = grads(DType::F64);
+        for (which, a, b) in [("x", &gx32, &gx64), ("w", &gw32, &gw64)] {
+            let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            let err = a.iter().zip(b).fold(0.0f64, |m, (p, q)| m.max((p - q).abs()));
+            assert!(err <= 1e-5 * scale, "case {i} d{which}: max error {err} (scale {scale})");
+        }
+    }
+}

@@ -11,6 +11,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+mod direct;
+
 /// Stride, padding and dilation per axis `(D, H, W)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Conv3dParams {
@@ -80,20 +82,55 @@ impl Dims {
 }
 
 /// Element types the kernels run on (f32 for training, f64 for gradient checks).
-pub trait Elem: Copy + Send + Sync + 'static + std::ops::AddAssign + Default {
+trait Elem: Copy + Send + Sync + 'static + std::ops::AddAssign + Default {
     /// Additive identity.
     const ZERO: Self;
     /// Multiplicative identity.
     const ONE: Self;
+    /// Runs `f` on this thread's column buffer of at least `len` elements. Every kernel overwrites
+    /// the part it reads, so the buffer is neither zeroed nor freed between tiles or calls: a fresh
+    /// zeroed buffer per rayon split cost a tenth of a convolution's time in `memset` and page faults.
+    fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
+    /// A faster forward kernel for this type and these sizes, if there is one.
+    fn direct_forward(_d: &Dims, _x: &[Self], _w: &[Self]) -> Option<Vec<Self>> {
+        None
+    }
 }
-impl Elem for f32 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
+
+macro_rules! elem {
+    ($t:ty $(, $direct:item)?) => {
+        impl Elem for $t {
+            $($direct)?
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
+                thread_local! {
+                    static SCRATCH: std::cell::RefCell<Vec<$t>> = const { std::cell::RefCell::new(Vec::new()) };
+                }
+                SCRATCH.with(|cell| {
+                    // A kernel never calls another on the same thread while it holds the buffer; if
+                    // one ever did, it gets a buffer of its own instead of a panic.
+                    match cell.try_borrow_mut() {
+                        Ok(mut buf) => {
+                            if buf.len() < len {
+                                buf.resize(len, 0.0);
+                            }
+                            f(&mut buf[..len])
+                        }
+                        Err(_) => f(&mut vec![0.0; len]),
+                    }
+                })
+            }
+        }
+    };
 }
-impl Elem for f64 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-}
+elem!(
+    f32,
+    fn direct_forward(d: &Dims, x: &[f32], w: &[f32]) -> Option<Vec<f32>> {
+        direct::applies(d).then(|| direct::forward(d, x, w))
+    }
+);
+elem!(f64);
 
 /// A run of consecutive output positions within one output row `(z, y)`: x in `[x0, x1)`, stored at
 /// column `j0` of the tile.
@@ -255,28 +292,30 @@ impl<T> SendPtr<T> {
 }
 
 fn forward<T: Elem>(d: &Dims, x: &[T], w: &[T]) -> Vec<T> {
+    if let Some(y) = T::direct_forward(d, x, w) {
+        return y;
+    }
     let (k, out_size, in_size) = (d.k(), d.out_size(), d.in_size());
     let mut y = vec![T::ZERO; d.n * d.co * out_size];
     let yp = SendPtr(y.as_mut_ptr());
     let jobs: Vec<(usize, usize, usize)> =
         (0..d.n).flat_map(|n| d.tiles().into_iter().map(move |(p0, p1)| (n, p0, p1))).collect();
-    jobs.par_iter().for_each_init(
-        || vec![T::ZERO; k * TILE],
-        |cols, &(n, p0, p1)| {
-            let p = p1 - p0;
-            let xs = &x[n * d.ci * in_size..(n + 1) * d.ci * in_size];
-            // SAFETY: tile (n, p0..p1) owns columns p0..p1 of every output channel of sample n.
-            unsafe {
-                let dst = yp.ptr().add(n * d.co * out_size + p0);
-                if d.is_pointwise() {
-                    gemm(d.co, p, k, dst, out_size, 1, false, w.as_ptr(), k, 1, xs.as_ptr().add(p0), in_size, 1);
-                } else {
+    jobs.par_iter().for_each(|&(n, p0, p1)| {
+        let p = p1 - p0;
+        let xs = &x[n * d.ci * in_size..(n + 1) * d.ci * in_size];
+        // SAFETY: tile (n, p0..p1) owns columns p0..p1 of every output channel of sample n.
+        unsafe {
+            let dst = yp.ptr().add(n * d.co * out_size + p0);
+            if d.is_pointwise() {
+                gemm(d.co, p, k, dst, out_size, 1, false, w.as_ptr(), k, 1, xs.as_ptr().add(p0), in_size, 1);
+            } else {
+                T::with_scratch(k * p, |cols| {
                     im2col(d, xs, p0, p1, cols);
                     gemm(d.co, p, k, dst, out_size, 1, false, w.as_ptr(), k, 1, cols.as_ptr(), p, 1);
-                }
+                });
             }
-        },
-    );
+        }
+    });
     y
 }
 
@@ -284,22 +323,16 @@ fn forward<T: Elem>(d: &Dims, x: &[T], w: &[T]) -> Vec<T> {
 /// or on work stealing, so training is reproducible bit for bit.
 const REDUCTION_CHUNKS: usize = 16;
 
-/// Runs `f(acc, scratch, job)` over `jobs` in [`REDUCTION_CHUNKS`] parallel chunks, each with its own
-/// zeroed accumulator of `len`, and returns the sum of the accumulators in chunk order.
-fn sum_ordered<T: Elem, J: Sync, S>(
-    jobs: &[J],
-    len: usize,
-    scratch: impl Fn() -> S + Sync,
-    f: impl Fn(&mut [T], &mut S, &J) + Sync,
-) -> Vec<T> {
+/// Runs `f(acc, job)` over `jobs` in [`REDUCTION_CHUNKS`] parallel chunks, each with its own zeroed
+/// accumulator of `len`, and returns the sum of the accumulators in chunk order.
+fn sum_ordered<T: Elem, J: Sync>(jobs: &[J], len: usize, f: impl Fn(&mut [T], &J) + Sync) -> Vec<T> {
     let chunk = jobs.len().div_ceil(REDUCTION_CHUNKS).max(1);
     let partials: Vec<Vec<T>> = jobs
         .par_chunks(chunk)
         .map(|part| {
             let mut acc = vec![T::ZERO; len];
-            let mut s = scratch();
             for j in part {
-                f(&mut acc, &mut s, j);
+                f(&mut acc, j);
             }
             acc
         })
@@ -317,26 +350,23 @@ fn weight_grad<T: Elem>(d: &Dims, x: &[T], gy: &[T]) -> Vec<T> {
         (0..d.n).flat_map(|n| d.tiles().into_iter().map(move |(p0, p1)| (n, p0, p1))).collect();
     // Accumulate gwᵀ [K, Co] = cols [K, P] · gyᵀ [P, Co]: the long K side as gemm rows runs much
     // faster than the [Co, K] orientation when Co is small.
-    let gwt = sum_ordered(
-        &jobs,
-        k * d.co,
-        || vec![T::ZERO; k * TILE],
-        |acc, cols, &(n, p0, p1)| {
-            let p = p1 - p0;
-            let xs = &x[n * d.ci * in_size..(n + 1) * d.ci * in_size];
-            let g = &gy[n * d.co * out_size..];
-            // SAFETY: acc is this chunk's [K, Co] accumulator; reads stay within x, gy and cols.
-            unsafe {
-                let (lhs, lhs_rs) = if d.is_pointwise() {
-                    (xs.as_ptr().add(p0), in_size)
-                } else {
-                    im2col(d, xs, p0, p1, cols);
-                    (cols.as_ptr(), p)
-                };
-                gemm(k, d.co, p, acc.as_mut_ptr(), d.co, 1, true, lhs, lhs_rs, 1, g.as_ptr().add(p0), 1, out_size);
-            }
-        },
-    );
+    let gwt = sum_ordered(&jobs, k * d.co, |acc, &(n, p0, p1)| {
+        let p = p1 - p0;
+        let xs = &x[n * d.ci * in_size..(n + 1) * d.ci * in_size];
+        let g = &gy[n * d.co * out_size..];
+        // SAFETY: acc is this chunk's [K, Co] accumulator; reads stay within x, gy and cols.
+        let mut accumulate = |lhs: *const T, lhs_rs: usize| unsafe {
+            gemm(k, d.co, p, acc.as_mut_ptr(), d.co, 1, true, lhs, lhs_rs, 1, g.as_ptr().add(p0), 1, out_size)
+        };
+        if d.is_pointwise() {
+            accumulate(xs[p0..].as_ptr(), in_size);
+        } else {
+            T::with_scratch(k * p, |cols| {
+                im2col(d, xs, p0, p1, cols);
+                accumulate(cols.as_ptr(), p);
+            });
+        }
+    });
     let mut gw = vec![T::ZERO; d.co * k];
     for r in 0..k {
         for co in 0..d.co {
@@ -410,19 +440,16 @@ fn input_grad<T: Elem>(d: &Dims, gy: &[T], w: &[T]) -> Vec<T> {
             continue;
         }
         // Taps of neighbouring tiles overlap in the input, so each thread scatters into its own buffer.
-        let summed = sum_ordered(
-            &d.tiles(),
-            sample,
-            || vec![T::ZERO; k * TILE],
-            |acc, cols, &(p0, p1)| {
-                let p = p1 - p0;
+        let summed = sum_ordered(&d.tiles(), sample, |acc, &(p0, p1)| {
+            let p = p1 - p0;
+            T::with_scratch(k * p, |cols| {
                 // SAFETY: cols holds K × p; lhs = wᵀ (element (r, co) at co * k + r).
                 unsafe {
                     gemm(k, p, d.co, cols.as_mut_ptr(), p, 1, false, w.as_ptr(), 1, k, g.as_ptr().add(p0), out_size, 1)
                 };
-                col2im(d, &cols[..k * p], p0, p1, acc);
-            },
-        );
+                col2im(d, cols, p0, p1, acc);
+            });
+        });
         gxs.copy_from_slice(&summed);
     }
     gx

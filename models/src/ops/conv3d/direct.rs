@@ -1,0 +1,280 @@
+//! Direct f32 convolution for stride 1 on x86-64 with AVX2 and FMA: no column matrix.
+//!
+//! Why: with the networks' small channel counts (16–128) a column matrix is re-read only `Co` times,
+//! so building it (im2col, then the gemm's own packing) took as long as the multiplications — about
+//! half of each convolution's time on a 2-core machine. Here the input is zero-padded once per sample
+//! and every output plane is computed from it in place: for an output plane `z`, position `q = y·Wp + x`
+//! on the padded row pitch `Wp`, tap `(a, b, c)` reads the padded input at `q + a·dd·Hp·Wp + b·dh·Wp +
+//! c·dw`, a fixed shift. A register tile of 4 output channels × 24 positions (12 accumulators) then
+//! takes 3 unaligned loads and 4 broadcasts per 12 FMAs. Positions with `x ≥ W` (the padding columns
+//! between rows) are computed and dropped, so the kernel is used only where they are few.
+//! The input gradient of a stride-1 convolution is itself one of these (see `input_grad_as_conv`), so
+//! the backward pass gains as well.
+
+use super::Dims;
+
+/// Output channels per register tile.
+const CO_BLOCK: usize = 4;
+/// Vectors of 8 positions per register tile.
+const VECS: usize = 2;
+/// Positions per register tile.
+const Q_BLOCK: usize = 8 * VECS;
+
+/// Whether [`forward`] handles `d` here: f32 on a CPU with AVX2 and FMA, stride 1, a kernel larger than
+/// 1×1×1, and at least 70 % of the computed positions kept. Small maps waste more on the padding
+/// columns and the last partial register tile (3×3 planes keep 9 of 24) and go to im2col, as do
+/// ASPP's large dilations, where nearly every tap reads padding anyway.
+pub(super) fn applies(d: &Dims) -> bool {
+    let [_, oh, ow] = d.out;
+    let wp = d.input[2] + 2 * d.p.padding[2];
+    let computed = ((oh - 1) * wp + ow).div_ceil(Q_BLOCK) * Q_BLOCK;
+    d.p.stride == [1; 3] && !d.is_pointwise() && 10 * oh * ow >= 7 * computed && has_avx2_fma()
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2_fma() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn has_avx2_fma() -> bool {
+    false
+}
+
+/// `y = conv(x, w)` for a `d` that [`applies`].
+pub(super) fn forward(d: &Dims, x: &[f32], w: &[f32]) -> Vec<f32> {
+    debug_assert!(applies(d));
+    #[cfg(target_arch = "x86_64")]
+    {
+        x86::forward(d, x, w)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("direct::applies is false off x86-64")
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use rayon::prelude::*;
+
+    use super::{Dims, CO_BLOCK, Q_BLOCK};
+
+    /// The padded input of one sample: `[Ci, Dp, Hp, Wp]` plus a tail of slack so that the last
+    /// register tile may read past the end (into positions it then drops).
+    struct Padded {
+        data: Vec<f32>,
+        dims: [usize; 3],
+    }
+
+    impl Padded {
+        fn new(d: &Dims, x: &[f32]) -> Self {
+            let [id, ih, iw] = d.input;
+            let [pd, ph, pw] = d.p.padding;
+            let dims = [id + 2 * pd, ih + 2 * ph, iw + 2 * pw];
+            let plane = dims[1] * dims[2];
+            let chan = dims[0] * plane;
+            let mut data = vec![0f32; d.ci * chan + Q_BLOCK];
+            for ci in 0..d.ci {
+                for z in 0..id {
+                    for y in 0..ih {
+                        let src = &x[((ci * id + z) * ih + y) * iw..][..iw];
+                        let at = ci * chan + (z + pd) * plane + (y + ph) * dims[2] + pw;
+                        data[at..at + iw].copy_from_slice(src);
+                    }
+                }
+            }
+            Padded { data, dims }
+        }
+
+        fn channel(&self) -> usize {
+            self.dims.iter().product()
+        }
+    }
+
+    /// The weight as `[Co/4, Ci, taps, 4]` (output channels padded to a multiple of 4 with zeros): the
+    /// four weights one tap multiplies are adjacent.
+    fn pack_weight(d: &Dims, w: &[f32]) -> Vec<f32> {
+        let taps: usize = d.kernel.iter().product();
+        let blocks = d.co.div_ceil(CO_BLOCK);
+        let mut out = vec![0f32; blocks * d.ci * taps * CO_BLOCK];
+        for co in 0..d.co {
+            let (b, j) = (co / CO_BLOCK, co % CO_BLOCK);
+            for ci in 0..d.ci {
+                for t in 0..taps {
+                    out[((b * d.ci + ci) * taps + t) * CO_BLOCK + j] = w[(co * d.ci + ci) * taps + t];
+                }
+            }
+        }
+        out
+    }
+
+    pub(super) fn forward(d: &Dims, x: &[f32], w: &[f32]) -> Vec<f32> {
+        let [od, oh, ow] = d.out;
+        let out_size = od * oh * ow;
+        let in_sample = d.ci * d.input.iter().product::<usize>();
+        let packed = pack_weight(d, w);
+        let padded: Vec<Padded> =
+            (0..d.n).into_par_iter().map(|n| Padded::new(d, &x[n * in_sample..(n + 1) * in_sample])).collect();
+        let [_, hp, wp] = padded[0].dims;
+        // Tap offsets in the padded input, in the weight's tap order.
+        let [kd, kh, kw] = d.kernel;
+        let [dd, dh, dw] = d.p.dilation;
+        let mut offsets = Vec::with_capacity(kd * kh * kw);
+        for a in 0..kd {
+            for b in 0..kh {
+                for c in 0..kw {
+                    offsets.push(a * dd * hp * wp + b * dh * wp + c * dw);
+                }
+            }
+        }
+        let blocks = d.co.div_ceil(CO_BLOCK);
+        let mut y = vec![0f32; d.n * d.co * out_size];
+        // One job per (sample, channel block, output plane): disjoint outputs.
+        y.par_chunks_mut(d.co * out_size).enumerate().for_each(|(n, ys)| {
+            let src = &padded[n];
+            let jobs: Vec<(usize, usize)> = (0..blocks).flat_map(|b| (0..od).map(move |z| (b, z))).collect();
+            let ys_ptr = SendPtr(ys.as_mut_ptr());
+            let per_block = d.ci * offsets.len() * CO_BLOCK;
+            jobs.par_iter().for_each(|&(b, z)| {
+                let co_n = CO_BLOCK.min(d.co - b * CO_BLOCK);
+                let mut planes = [std::ptr::null_mut(); CO_BLOCK];
+                for (j, p) in planes.iter_mut().enumerate().take(co_n) {
+                    // SAFETY: inside ys: channel b·4 + j < Co, plane z < D'.
+                    *p = unsafe { ys_ptr.ptr().add((b * CO_BLOCK + j) * out_size + z * oh * ow) };
+                }
+                let wb = &packed[b * per_block..(b + 1) * per_block];
+                // SAFETY: the job writes output plane z of channels b·4 .. b·4 + co_n only.
+                unsafe { plane_job(src, z * hp * wp, wb, &offsets, d.ci, [oh, ow, wp], &planes[..co_n]) };
+            });
+        });
+        y
+    }
+
+    #[derive(Clone, Copy)]
+    struct SendPtr(*mut f32);
+    unsafe impl Send for SendPtr {}
+    unsafe impl Sync for SendPtr {}
+    impl SendPtr {
+        fn ptr(self) -> *mut f32 {
+            self.0
+        }
+    }
+
+    /// One output plane of one channel block: register tiles along `q = y·Wp + x`; positions with
+    /// `x < W` are stored into `planes[j]` (`[H', W']` each).
+    unsafe fn plane_job(
+        src: &Padded,
+        plane_base: usize,
+        wb: &[f32],
+        offsets: &[usize],
+        ci: usize,
+        [oh, ow, wp]: [usize; 3],
+        planes: &[*mut f32],
+    ) {
+        let chan = src.channel();
+        let last = (oh - 1) * wp + ow;
+        let mut tile = [[0f32; Q_BLOCK]; CO_BLOCK];
+        let (mut q0, mut yy0, mut xx0) = (0, 0, 0);
+        while q0 < last {
+            // SAFETY: the caller checked AVX2 and FMA (`applies`); reads stay inside `src.data` thanks
+            // to its tail of Q_BLOCK slack: the largest index is (ci−1)·chan + plane_base + last − 1 +
+            // max offset + Q_BLOCK − 1 < data.len().
+            unsafe { tile_fma(src.data.as_ptr().add(plane_base + q0), chan, wb, offsets, ci, &mut tile) };
+            let (mut yy, mut xx) = (yy0, xx0);
+            for t in 0..Q_BLOCK.min(last - q0) {
+                if xx < ow {
+                    for (row, &plane) in tile.iter().zip(planes) {
+                        // SAFETY: yy < H' and xx < W' inside this plane.
+                        unsafe { *plane.add(yy * ow + xx) = row[t] };
+                    }
+                }
+                xx += 1;
+                if xx == wp {
+                    (yy, xx) = (yy + 1, 0);
+                }
+            }
+            (q0, yy0, xx0) = (q0 + Q_BLOCK, yy, xx);
+        }
+    }
+
+    /// `tile[j][t] = Σ_ci Σ_tap wb[ci, tap, j] · base[ci·chan + offset(tap) + t]`. The twelve
+    /// accumulators are named rather than an array: with an array LLVM kept one on the stack and
+    /// shuffled the others every iteration, which halved the throughput.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tile_fma(
+        base: *const f32,
+        chan: usize,
+        wb: &[f32],
+        offsets: &[usize],
+        ci: usize,
+        tile: &mut [[f32; Q_BLOCK]; CO_BLOCK],
+    ) {
+        let z = _mm256_setzero_ps();
+        let (mut a00, mut a01, mut a10, mut a11) = (z, z, z, z);
+        let (mut a20, mut a21, mut a30, mut a31) = (z, z, z, z);
+        let mut wptr = wb.as_ptr();
+        for c in 0..ci {
+            // SAFETY (whole block): see `plane_job`; `wb` holds ci × taps × 4 weights in this order.
+            unsafe {
+                let cbase = base.add(c * chan);
+                for &off in offsets {
+                    let p = cbase.add(off);
+                    let v0 = _mm256_loadu_ps(p);
+                    let v1 = _mm256_loadu_ps(p.add(8));
+                    let w = _mm256_broadcast_ss(&*wptr);
+                    a00 = _mm256_fmadd_ps(w, v0, a00);
+                    a01 = _mm256_fmadd_ps(w, v1, a01);
+                    let w = _mm256_broadcast_ss(&*wptr.add(1));
+                    a10 = _mm256_fmadd_ps(w, v0, a10);
+                    a11 = _mm256_fmadd_ps(w, v1, a11);
+                    let w = _mm256_broadcast_ss(&*wptr.add(2));
+                    a20 = _mm256_fmadd_ps(w, v0, a20);
+                    a21 = _mm256_fmadd_ps(w, v1, a21);
+                    let w = _mm256_broadcast_ss(&*wptr.add(3));
+                    a30 = _mm256_fmadd_ps(w, v0, a30);
+                    a31 = _mm256_fmadd_ps(w, v1, a31);
+                    wptr = wptr.add(CO_BLOCK);
+                }
+            }
+        }
+        let rows = [[a00, a01], [a10, a11], [a20, a21], [a30, a31]];
+        for (row, a) in tile.iter_mut().zip(&rows) {
+            for (s, v) in a.iter().enumerate() {
+                // SAFETY: each row holds VECS × 8 floats.
+                unsafe { _mm256_storeu_ps(row.as_mut_ptr().add(8 * s), *v) };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Conv3dParams, Dims};
+    use super::*;
+
+    fn dims(ci: usize, input: [usize; 3], k: usize, pad: usize, dil: usize) -> Dims {
+        let p = Conv3dParams { stride: [1; 3], padding: [pad; 3], dilation: [dil; 3] };
+        Dims { n: 1, ci, co: 8, input, kernel: [k; 3], out: p.out_dims(input, [k; 3]).expect("kernel fits"), p }
+    }
+
+    #[test]
+    fn the_kernel_takes_large_planes_and_leaves_small_or_dilated_ones_to_im2col() {
+        if !has_avx2_fma() {
+            return;
+        }
+        // The block and decoder convolutions of the demo network (8×24×24, 8×12×12, 8×6×6).
+        assert!(applies(&dims(16, [8, 24, 24], 3, 1, 1)));
+        assert!(applies(&dims(80, [8, 24, 24], 3, 1, 1)));
+        assert!(applies(&dims(32, [8, 12, 12], 3, 1, 1)));
+        assert!(applies(&dims(64, [8, 6, 6], 3, 1, 1)));
+        // 3×3 planes keep 9 of 16 positions; ASPP's dilation 6 on them even fewer; 1×1×1 is a gemm.
+        assert!(!applies(&dims(128, [8, 3, 3], 3, 1, 1)));
+        assert!(!applies(&dims(128, [8, 3, 3], 3, 6, 6)));
+        assert!(!applies(&dims(128, [8, 24, 24], 1, 0, 1)));
+        // The cases of tests/conv3d.rs meant for this kernel.
+        assert!(applies(&dims(3, [4, 20, 21], 3, 1, 1)));
+        assert!(applies(&dims(5, [6, 18, 37], 3, 2, 2)));
+        assert!(applies(&dims(1, [3, 17, 17], 3, 1, 1)));
+    }
+}
