@@ -4,7 +4,7 @@ use autopath_models::deeplab::{BlockPath, DeepLab3d};
 use autopath_models::init::SeededVarMap;
 use autopath_models::loss::segmentation_loss;
 use autopath_models::spec::{ArchSpec, DecoderKind};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use std::time::Instant;
 
 fn main() {
@@ -24,8 +24,12 @@ fn main() {
             line.push_str(&format!("{name} {:.1} ", (now - last).as_secs_f64() * 1e3));
             last = now;
         };
-        let mut h = net.stem(&x, true).unwrap();
-        lap("stem", &mut line);
+        let c = net.stem.conv.forward(&x).unwrap();
+        lap("stem-conv", &mut line);
+        let c = net.stem.bn.forward_relu(&c, true).unwrap();
+        lap("stem-bn", &mut line);
+        let mut h = autopath_models::layers::max_pool3d(&c, autopath_models::deeplab::STEM_POOL).unwrap();
+        lap("stem-pool", &mut line);
         let mut low = None;
         for b in 0..8 {
             h = net.blocks(&h, BlockPath::Full, b, b + 1, true).unwrap();

@@ -95,12 +95,16 @@ trait Elem: Copy + Send + Sync + 'static + std::ops::AddAssign + Default {
     fn direct_forward(_d: &Dims, _x: &[Self], _w: &[Self]) -> Option<Vec<Self>> {
         None
     }
+    /// A faster weight-gradient kernel for this type and these sizes, if there is one.
+    fn direct_weight_grad(_d: &Dims, _x: &[Self], _gy: &[Self]) -> Option<Vec<Self>> {
+        None
+    }
 }
 
 macro_rules! elem {
-    ($t:ty $(, $direct:item)?) => {
+    ($t:ty $(, $direct:item)*) => {
         impl Elem for $t {
-            $($direct)?
+            $($direct)*
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
             fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
@@ -128,6 +132,9 @@ elem!(
     f32,
     fn direct_forward(d: &Dims, x: &[f32], w: &[f32]) -> Option<Vec<f32>> {
         direct::applies(d).then(|| direct::forward(d, x, w))
+    },
+    fn direct_weight_grad(d: &Dims, x: &[f32], gy: &[f32]) -> Option<Vec<f32>> {
+        (direct::applies(d) && std::env::var("NOWG").is_err()).then(|| direct::weight_grad(d, x, gy))
     }
 );
 elem!(f64);
@@ -345,6 +352,9 @@ fn sum_ordered<T: Elem, J: Sync>(jobs: &[J], len: usize, f: impl Fn(&mut [T], &J
 }
 
 fn weight_grad<T: Elem>(d: &Dims, x: &[T], gy: &[T]) -> Vec<T> {
+    if let Some(gw) = T::direct_weight_grad(d, x, gy) {
+        return gw;
+    }
     let (k, out_size, in_size) = (d.k(), d.out_size(), d.in_size());
     let jobs: Vec<(usize, usize, usize)> =
         (0..d.n).flat_map(|n| d.tiles().into_iter().map(move |(p0, p1)| (n, p0, p1))).collect();

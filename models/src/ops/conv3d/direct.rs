@@ -52,6 +52,17 @@ pub(super) fn forward(d: &Dims, x: &[f32], w: &[f32]) -> Vec<f32> {
     unreachable!("direct::applies is false off x86-64")
 }
 
+/// The weight gradient `gw = Σ gy ⊗ x` of a `d` that [`applies`].
+pub(super) fn weight_grad(d: &Dims, x: &[f32], gy: &[f32]) -> Vec<f32> {
+    debug_assert!(applies(d));
+    #[cfg(target_arch = "x86_64")]
+    {
+        x86::weight_grad(d, x, gy)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("direct::applies is false off x86-64")
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
@@ -117,17 +128,7 @@ mod x86 {
         let padded: Vec<Padded> =
             (0..d.n).into_par_iter().map(|n| Padded::new(d, &x[n * in_sample..(n + 1) * in_sample])).collect();
         let [_, hp, wp] = padded[0].dims;
-        // Tap offsets in the padded input, in the weight's tap order.
-        let [kd, kh, kw] = d.kernel;
-        let [dd, dh, dw] = d.p.dilation;
-        let mut offsets = Vec::with_capacity(kd * kh * kw);
-        for a in 0..kd {
-            for b in 0..kh {
-                for c in 0..kw {
-                    offsets.push(a * dd * hp * wp + b * dh * wp + c * dw);
-                }
-            }
-        }
+        let offsets = tap_offsets(d, [hp, wp]);
         let blocks = d.co.div_ceil(CO_BLOCK);
         let mut y = vec![0f32; d.n * d.co * out_size];
         // One job per (sample, channel block, output plane): disjoint outputs.
@@ -149,6 +150,138 @@ mod x86 {
             });
         });
         y
+    }
+
+    /// Each tap's offset in the padded input (rows `hp`, pitch `wp`), in the weight's tap order.
+    fn tap_offsets(d: &Dims, [hp, wp]: [usize; 2]) -> Vec<usize> {
+        let [kd, kh, kw] = d.kernel;
+        let [dd, dh, dw] = d.p.dilation;
+        let mut offsets = Vec::with_capacity(kd * kh * kw);
+        for a in 0..kd {
+            for b in 0..kh {
+                for c in 0..kw {
+                    offsets.push(a * dd * hp * wp + b * dh * wp + c * dw);
+                }
+            }
+        }
+        offsets
+    }
+
+    /// Lanes per vector.
+    const LANES: usize = 8;
+
+    /// `gw[co, ci, tap] = Σ_n Σ_z Σ_q gy[n, co, z, q] · xp[n, ci, z, q + offset(tap)]` over the output
+    /// positions `q = y·Wp + x`. The output gradient is first laid out on the padded row pitch with
+    /// zeros in the padding columns (and in channels up to a multiple of 4), so every sum runs over
+    /// whole vectors. One job per (block of 4 output channels, input channel) owns its 4 × taps
+    /// results: no reduction across threads, and the same sums in the same order on any thread count.
+    pub(super) fn weight_grad(d: &Dims, x: &[f32], gy: &[f32]) -> Vec<f32> {
+        let [od, oh, ow] = d.out;
+        let out_size = od * oh * ow;
+        let in_sample = d.ci * d.input.iter().product::<usize>();
+        let padded: Vec<Padded> = (0..d.n)
+            .into_par_iter()
+            .map(|n| Padded::new(d, &x[n * in_sample..(n + 1) * in_sample]))
+            .collect();
+        let [_, hp, wp] = padded[0].dims;
+        let offsets = tap_offsets(d, [hp, wp]);
+        let taps = offsets.len();
+        let lq = ((oh - 1) * wp + ow).div_ceil(LANES) * LANES;
+        let blocks = d.co.div_ceil(CO_BLOCK);
+        let co4 = blocks * CO_BLOCK;
+        // gy on the padded pitch: [N, Co4, D', lq].
+        let mut wide = vec![0f32; d.n * co4 * od * lq];
+        wide.par_chunks_mut(od * lq).enumerate().for_each(|(nc, dst)| {
+            let (n, co) = (nc / co4, nc % co4);
+            if co >= d.co {
+                return;
+            }
+            let src = &gy[(n * d.co + co) * out_size..][..out_size];
+            for z in 0..od {
+                for y in 0..oh {
+                    dst[z * lq + y * wp..][..ow].copy_from_slice(&src[(z * oh + y) * ow..][..ow]);
+                }
+            }
+        });
+        let mut gw = vec![0f32; d.co * d.ci * taps];
+        let gw_ptr = SendPtr(gw.as_mut_ptr());
+        let jobs: Vec<(usize, usize)> = (0..blocks).flat_map(|b| (0..d.ci).map(move |c| (b, c))).collect();
+        jobs.par_iter().for_each(|&(b, c)| {
+            let mut sums = vec![[0f32; CO_BLOCK]; taps];
+            for pair in (0..taps).step_by(2) {
+                let t1 = (pair + 1).min(taps - 1);
+                let mut acc = [[0f32; CO_BLOCK]; 2];
+                for (n, src) in padded.iter().enumerate() {
+                    let chan = src.channel();
+                    for z in 0..od {
+                        let xb = src.data[c * chan + z * hp * wp..].as_ptr();
+                        let gb = wide[((n * co4 + b * CO_BLOCK) * od + z) * lq..].as_ptr();
+                        // SAFETY: AVX2 and FMA checked by `applies`; x reads end within the padded
+                        // channel's slack (see `plane_job`), gy reads within the 4 rows of `wide`.
+                        unsafe {
+                            pair_dots(xb, [offsets[pair], offsets[t1]], gb, od * lq, lq, &mut acc);
+                        }
+                    }
+                }
+                sums[pair] = acc[0];
+                sums[t1] = if t1 == pair { sums[t1] } else { acc[1] };
+            }
+            for (t, s) in sums.iter().enumerate() {
+                for (j, &v) in s.iter().enumerate().take(CO_BLOCK.min(d.co - b * CO_BLOCK)) {
+                    // SAFETY: job (b, c) alone writes gw[b·4 + j, c, ·].
+                    unsafe { *gw_ptr.ptr().add(((b * CO_BLOCK + j) * d.ci + c) * taps + t) = v };
+                }
+            }
+        });
+        gw
+    }
+
+    /// `acc[i][j] += Σ_{q < lq} g[j·g_stride + q] · x[off_i + q]` for two taps and four channels.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn pair_dots(
+        x: *const f32,
+        [o0, o1]: [usize; 2],
+        g: *const f32,
+        g_stride: usize,
+        lq: usize,
+        acc: &mut [[f32; CO_BLOCK]; 2],
+    ) {
+        let z = _mm256_setzero_ps();
+        let (mut a00, mut a01, mut a02, mut a03) = (z, z, z, z);
+        let (mut a10, mut a11, mut a12, mut a13) = (z, z, z, z);
+        let mut q = 0;
+        // SAFETY (whole loop): the caller guarantees lq readable floats after x + o0, x + o1 and each
+        // of the four rows of g.
+        unsafe {
+            let (g0, g1, g2, g3) = (g, g.add(g_stride), g.add(2 * g_stride), g.add(3 * g_stride));
+            let (x0, x1) = (x.add(o0), x.add(o1));
+            while q < lq {
+                let u = _mm256_loadu_ps(x0.add(q));
+                let v = _mm256_loadu_ps(x1.add(q));
+                let h = _mm256_loadu_ps(g0.add(q));
+                a00 = _mm256_fmadd_ps(h, u, a00);
+                a10 = _mm256_fmadd_ps(h, v, a10);
+                let h = _mm256_loadu_ps(g1.add(q));
+                a01 = _mm256_fmadd_ps(h, u, a01);
+                a11 = _mm256_fmadd_ps(h, v, a11);
+                let h = _mm256_loadu_ps(g2.add(q));
+                a02 = _mm256_fmadd_ps(h, u, a02);
+                a12 = _mm256_fmadd_ps(h, v, a12);
+                let h = _mm256_loadu_ps(g3.add(q));
+                a03 = _mm256_fmadd_ps(h, u, a03);
+                a13 = _mm256_fmadd_ps(h, v, a13);
+                q += LANES;
+            }
+        }
+        let sums = [[a00, a01, a02, a03], [a10, a11, a12, a13]];
+        for (row, vs) in acc.iter_mut().zip(&sums) {
+            for (s, v) in row.iter_mut().zip(vs) {
+                let mut lanes = [0f32; LANES];
+                // SAFETY: lanes holds 8 floats.
+                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *v) };
+                *s += lanes.iter().sum::<f32>();
+            }
+        }
     }
 
     #[derive(Clone, Copy)]
