@@ -16,11 +16,22 @@ use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Ten
 use rayon::prelude::*;
 
 /// f32 or f64 with conversions through f64.
-trait Real: Copy + Send + Sync + 'static {
+trait Real:
+    Copy
+    + Send
+    + Sync
+    + 'static
+    + PartialOrd
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+{
+    const ZERO: Self;
     fn f(self) -> f64;
     fn of(v: f64) -> Self;
 }
 impl Real for f32 {
+    const ZERO: Self = 0.0;
     fn f(self) -> f64 {
         self as f64
     }
@@ -29,6 +40,7 @@ impl Real for f32 {
     }
 }
 impl Real for f64 {
+    const ZERO: Self = 0.0;
     fn f(self) -> f64 {
         self
     }
@@ -37,7 +49,6 @@ impl Real for f64 {
     }
 }
 
-/// `(n, c, d·h·w)` of a contiguous `[N, C, D, H, W]` layout, and its offsets.
 fn geometry(l: &Layout, what: &str) -> Result<((usize, usize, usize), usize, usize)> {
     let dims = l.dims();
     if dims.len() < 2 {
@@ -62,44 +73,88 @@ fn typed<'a, T: 'static>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'
 }
 
 /// Per-channel batch mean and biased variance (two-pass, in f64).
+/// Interleaved partial sums per reduction: additions in one chain cannot be vectorised (their order
+/// is fixed), eight chains can.
+const LANES: usize = 8;
+/// Elements per block whose lane sums (in the tensor's type) are then added in f64: f32 rounding
+/// stays that of a 256-term sum, and the blocks keep one fixed order on any thread count.
+const BLOCK: usize = 2048;
+
+/// `Σ f(i)` over `0..len`: [`LANES`] interleaved partial sums in `T` per block of [`BLOCK`], blocks
+/// added in f64.
+#[inline(always)]
+fn lane_sum<T: Real, const K: usize>(len: usize, mut f: impl FnMut(usize) -> [T; K]) -> [f64; K] {
+    let mut total = [0f64; K];
+    for start in (0..len).step_by(BLOCK) {
+        let end = (start + BLOCK).min(len);
+        let mut acc = [[T::ZERO; LANES]; K];
+        let whole = start + (end - start) / LANES * LANES;
+        let mut add = |lane: usize, v: [T; K]| {
+            for (a, v) in acc.iter_mut().zip(v) {
+                a[lane] = a[lane] + v;
+            }
+        };
+        for base in (start..whole).step_by(LANES) {
+            for lane in 0..LANES {
+                add(lane, f(base + lane));
+            }
+        }
+        for i in whole..end {
+            add(0, f(i));
+        }
+        for (t, a) in total.iter_mut().zip(&acc) {
+            *t += a.iter().map(|v| v.f()).sum::<f64>();
+        }
+    }
+    total
+}
+
 fn channel_stats<T: Real>(x: &[T], (n, c, s): (usize, usize, usize)) -> Vec<(f64, f64)> {
     (0..c)
         .into_par_iter()
         .map(|ch| {
             let slabs = || (0..n).map(move |i| &x[(i * c + ch) * s..(i * c + ch + 1) * s]);
             let count = (n * s) as f64;
-            let mean = slabs().map(|v| v.iter().map(|a| a.f()).sum::<f64>()).sum::<f64>() / count;
-            let var = slabs().map(|v| v.iter().map(|a| (a.f() - mean).powi(2)).sum::<f64>()).sum::<f64>() / count;
+            let mean = slabs().map(|v| lane_sum(v.len(), |i| [v[i]])[0]).sum::<f64>() / count;
+            let m = T::of(mean);
+            let var = slabs()
+                .map(|v| {
+                    lane_sum(v.len(), |i| {
+                        let d = v[i] - m;
+                        [d * d]
+                    })[0]
+                })
+                .sum::<f64>()
+                / count;
             (mean, var)
         })
         .collect()
 }
 
-/// `y = max?(0, x·scale[c] + shift[c])` over every `(n, c)` slab in parallel.
 fn affine<T: Real>(x: &[T], (_, c, s): (usize, usize, usize), coef: &[(f64, f64)], relu: bool) -> Vec<T> {
     let mut y = x.to_vec();
     y.par_chunks_mut(s).enumerate().for_each(|(slab, v)| {
         let (a, b) = coef[slab % c];
+        let (a, b) = (T::of(a), T::of(b));
         for e in v {
-            let t = e.f() * a + b;
-            *e = T::of(if relu && t < 0.0 { 0.0 } else { t });
+            let t = *e * a + b;
+            *e = if relu && t < T::ZERO { T::ZERO } else { t };
         }
     });
     y
 }
 
-/// The gradient through the ReLU: `dy` where the output is positive.
-#[inline]
-fn masked<T: Real>(dy: T, y: T, relu: bool) -> f64 {
-    if relu && y.f() <= 0.0 {
-        0.0
+/// The upstream gradient, zero where the fused ReLU clipped.
+#[inline(always)]
+fn masked<T: Real>(dy: T, y: T, relu: bool) -> T {
+    if relu && y <= T::ZERO {
+        T::ZERO
     } else {
-        dy.f()
+        dy
     }
 }
 
-/// Per channel `(Σ dy', Σ dy'·u)` where `u = (x − mean_c)·k_c` (the normalised input for BatchNorm
-/// in training, the raw input for a fixed affine with `mean = 0, k = 1`).
+/// Per channel: `(Σ dy, Σ dy·x̂)` with `x̂ = (x − m)·k`, dy masked by the ReLU.
 fn grad_sums<T: Real>(
     x: &[T],
     y: &[T],
@@ -112,22 +167,23 @@ fn grad_sums<T: Real>(
         .into_par_iter()
         .map(|ch| {
             let (m, k) = centre[ch];
+            let mt = T::of(m);
             let (mut sum, mut dot) = (0.0, 0.0);
             for i in 0..n {
                 let r = (i * c + ch) * s..(i * c + ch + 1) * s;
-                for ((xv, yv), gv) in x[r.clone()].iter().zip(&y[r.clone()]).zip(&dy[r]) {
-                    let g = masked(*gv, *yv, relu);
-                    sum += g;
-                    dot += g * (xv.f() - m) * k;
-                }
+                let (xs, ys, gs) = (&x[r.clone()], &y[r.clone()], &dy[r]);
+                let [a, b] = lane_sum(s, |j| {
+                    let g = masked(gs[j], ys[j], relu);
+                    [g, g * (xs[j] - mt)]
+                });
+                sum += a;
+                dot += b * k;
             }
             (sum, dot)
         })
         .collect()
 }
 
-/// Fused training-mode BatchNorm over (x, gamma, beta). The statistics the forward pass computed are
-/// kept for the backward pass and for the caller's running estimates.
 struct BatchNormTrain {
     eps: f64,
     relu: bool,
@@ -257,15 +313,15 @@ impl CustomOp3 for ChannelGrad {
                 let ch = slab % c;
                 let (m, k, gain) = self.coef[ch];
                 let (sum, dot) = sums[ch];
+                // dx = gain·k·(dy − Σdy/N − x̂·Σdy·x̂/N), x̂ = (x − m)·k; or gain·dy with fixed statistics.
+                let (a, b, slope, mt) = if self.batch_statistics {
+                    (T::of(gain * k), T::of(sum / count), T::of(k * dot / count), T::of(m))
+                } else {
+                    (T::of(gain), T::ZERO, T::ZERO, T::ZERO)
+                };
                 let r = slab * s..(slab + 1) * s;
-                for ((o, xv), (yv, gv)) in d.iter_mut().zip(&x[r.clone()]).zip(y[r.clone()].iter().zip(&dy[r])) {
-                    let gd = masked(*gv, *yv, self.relu);
-                    *o = T::of(if self.batch_statistics {
-                        let u = (xv.f() - m) * k;
-                        gain * k * (gd - sum / count - u * dot / count)
-                    } else {
-                        gain * gd
-                    });
+                for ((o, &xv), (&yv, &gv)) in d.iter_mut().zip(&x[r.clone()]).zip(y[r.clone()].iter().zip(&dy[r])) {
+                    *o = a * (masked(gv, yv, self.relu) - b - (xv - mt) * slope);
                 }
             });
             for (ch, &(sum, dot)) in sums.iter().enumerate() {

@@ -179,10 +179,8 @@ mod x86 {
         let [od, oh, ow] = d.out;
         let out_size = od * oh * ow;
         let in_sample = d.ci * d.input.iter().product::<usize>();
-        let padded: Vec<Padded> = (0..d.n)
-            .into_par_iter()
-            .map(|n| Padded::new(d, &x[n * in_sample..(n + 1) * in_sample]))
-            .collect();
+        let padded: Vec<Padded> =
+            (0..d.n).into_par_iter().map(|n| Padded::new(d, &x[n * in_sample..(n + 1) * in_sample])).collect();
         let [_, hp, wp] = padded[0].dims;
         let offsets = tap_offsets(d, [hp, wp]);
         let taps = offsets.len();
