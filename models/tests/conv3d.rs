@@ -1,5 +1,6 @@
 //! conv3d against an independent naive float64 loop (forward) and central finite differences
-//! (gradients), on shapes that cover stride (1,2,2), dilation, 1×1×1, the 7×7×7 stem and odd sizes.
+//! (gradients), on shapes that cover stride (1,2,2), dilation, 1×1×1, the 7×7×7 stem, odd sizes and
+//! dilations larger than the map (taps that read only padding).
 
 use autopath_models::ops::{conv3d, Conv3dParams};
 use candle_core::{DType, Device, Tensor, Var};
@@ -91,6 +92,10 @@ fn cases() -> Vec<Case> {
         Case { x: [1, 2, 6, 5, 9], w: [2, 2, 1, 3, 5], p: p([2, 1, 3], [0, 1, 2], [1, 2, 1]) },
         // Many output positions (more than one tile of 512).
         Case { x: [1, 2, 8, 20, 20], w: [3, 2, 3, 3, 3], p: p([1; 3], [1; 3], [1; 3]) },
+        // ASPP on a map smaller than its dilation: in H and W only the centre tap reads the input.
+        Case { x: [1, 2, 5, 3, 3], w: [3, 2, 3, 3, 3], p: p([1; 3], [4; 3], [4; 3]) },
+        // Dead taps on one axis, live ones on the others, unequal dilations.
+        Case { x: [2, 2, 4, 2, 6], w: [2, 2, 3, 3, 3], p: p([1; 3], [3, 3, 1], [3, 3, 1]) },
     ]
 }
 

@@ -81,6 +81,69 @@ impl Dims {
     }
 }
 
+/// The kernel cut down to the taps that read the input for at least one output position.
+///
+/// Why: ASPP's dilations (6, 12, 18) exceed the small maps it runs on (8×3×3 at the demo size), so
+/// most of its 27 taps read only padding; computing them cost as much as the stage they follow. A
+/// tap range `[lo, hi)` per axis with the padding reduced by `lo·dilation` gives the same outputs
+/// (the right side stays implicit: the kernels bound-check against the input size).
+struct Trim {
+    dims: Dims,
+    taps: [std::ops::Range<usize>; 3],
+}
+
+impl Trim {
+    /// `None` when every tap is live (or trimming would need negative padding).
+    fn of(d: &Dims) -> Option<Trim> {
+        let mut taps = [0..0, 0..0, 0..0];
+        let mut padding = d.p.padding;
+        for a in 0..3 {
+            let (s, p, dil, len) = (d.p.stride[a], d.p.padding[a], d.p.dilation[a], d.input[a]);
+            let live = |t: usize| (0..d.out[a]).any(|o| (o * s + t * dil).checked_sub(p).is_some_and(|i| i < len));
+            let lo = (0..d.kernel[a]).find(|&t| live(t))?;
+            let hi = (0..d.kernel[a]).rev().find(|&t| live(t))? + 1;
+            padding[a] = p.checked_sub(lo * dil)?;
+            taps[a] = lo..hi;
+        }
+        if taps.iter().zip(d.kernel).all(|(r, k)| r.len() == k) {
+            return None;
+        }
+        let kernel = taps.clone().map(|r| r.len());
+        Some(Trim { dims: Dims { kernel, p: Conv3dParams { padding, ..d.p }, ..*d }, taps })
+    }
+
+    /// The live taps of a full weight `[Co, Ci, kd, kh, kw]`.
+    fn slice<T: Copy>(&self, full: &Dims, w: &[T]) -> Vec<T> {
+        let mut out = Vec::with_capacity(self.dims.co * self.dims.k());
+        for pair in 0..full.co * full.ci {
+            for a in self.taps[0].clone() {
+                for b in self.taps[1].clone() {
+                    let row = ((pair * full.kernel[0] + a) * full.kernel[1] + b) * full.kernel[2];
+                    out.extend_from_slice(&w[row + self.taps[2].start..row + self.taps[2].end]);
+                }
+            }
+        }
+        out
+    }
+
+    /// A gradient of the live taps spread back over the full kernel, zero at the dead taps.
+    fn expand<T: Elem>(&self, full: &Dims, g: &[T]) -> Vec<T> {
+        let mut out = vec![T::ZERO; full.co * full.k()];
+        let mut src = g.chunks_exact(self.taps[2].len());
+        for pair in 0..full.co * full.ci {
+            for a in self.taps[0].clone() {
+                for b in self.taps[1].clone() {
+                    let row = ((pair * full.kernel[0] + a) * full.kernel[1] + b) * full.kernel[2];
+                    if let Some(s) = src.next() {
+                        out[row + self.taps[2].start..row + self.taps[2].end].copy_from_slice(s);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Element types the kernels run on (f32 for training, f64 for gradient checks).
 trait Elem: Copy + Send + Sync + 'static + std::ops::AddAssign + Default {
     /// Additive identity.
@@ -299,6 +362,9 @@ impl<T> SendPtr<T> {
 }
 
 fn forward<T: Elem>(d: &Dims, x: &[T], w: &[T]) -> Vec<T> {
+    if let Some(t) = Trim::of(d) {
+        return forward(&t.dims, x, &t.slice(d, w));
+    }
     if let Some(y) = T::direct_forward(d, x, w) {
         return y;
     }
@@ -352,6 +418,9 @@ fn sum_ordered<T: Elem, J: Sync>(jobs: &[J], len: usize, f: impl Fn(&mut [T], &J
 }
 
 fn weight_grad<T: Elem>(d: &Dims, x: &[T], gy: &[T]) -> Vec<T> {
+    if let Some(t) = Trim::of(d) {
+        return t.expand(d, &weight_grad(&t.dims, x, gy));
+    }
     if let Some(gw) = T::direct_weight_grad(d, x, gy) {
         return gw;
     }
@@ -420,6 +489,9 @@ fn input_grad_as_conv<T: Elem>(d: &Dims, gy: &[T], w: &[T]) -> Option<Vec<T>> {
 }
 
 fn input_grad<T: Elem>(d: &Dims, gy: &[T], w: &[T]) -> Vec<T> {
+    if let Some(t) = Trim::of(d) {
+        return input_grad(&t.dims, gy, &t.slice(d, w));
+    }
     if let Some(gx) = input_grad_as_conv(d, gy, w) {
         return gx;
     }
@@ -571,4 +643,42 @@ pub fn conv3d(x: &Tensor, w: &Tensor, params: Conv3dParams) -> Result<Tensor> {
         return super::generic::conv3d_taps(x, w, params);
     }
     x.contiguous()?.apply_op2(&w.contiguous()?, Conv3d(params))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dims(input: [usize; 3], k: usize, pad: usize, dil: usize) -> Dims {
+        let p = Conv3dParams { stride: [1; 3], padding: [pad; 3], dilation: [dil; 3] };
+        Dims { n: 1, ci: 4, co: 4, input, kernel: [k; 3], out: p.out_dims(input, [k; 3]).expect("fits"), p }
+    }
+
+    #[test]
+    fn aspp_on_a_small_map_keeps_only_the_taps_that_read_the_input() {
+        // Demo size: ASPP at 8×3×3. Dilation 6: all three depth taps reach the input, only the
+        // centre in H and W; dilations 12 and 18 exceed the depth as well: the centre tap alone.
+        let t = Trim::of(&dims([8, 3, 3], 3, 6, 6)).expect("dead taps");
+        assert_eq!((t.dims.kernel, t.dims.p.padding, t.taps.clone()), ([3, 1, 1], [6, 0, 0], [0..3, 1..2, 1..2]));
+        for r in [12, 18] {
+            let t = Trim::of(&dims([8, 3, 3], 3, r, r)).expect("dead taps");
+            assert_eq!((t.dims.kernel, t.dims.p.padding), ([1; 3], [0; 3]));
+        }
+        // A block convolution reads the input with every tap.
+        assert!(Trim::of(&dims([8, 3, 3], 3, 1, 1)).is_none());
+    }
+
+    #[test]
+    fn trimmed_weight_round_trips_through_slice_and_expand() {
+        let d = dims([8, 3, 3], 3, 6, 6);
+        let t = Trim::of(&d).expect("dead taps");
+        let w: Vec<f64> = (0..d.co * d.k()).map(|i| i as f64).collect();
+        let live = t.slice(&d, &w);
+        assert_eq!(live.len(), d.co * d.ci * 3);
+        let back = t.expand(&d, &live);
+        for (i, (&b, &v)) in back.iter().zip(&w).enumerate() {
+            let (a, bb, c) = ((i / 9) % 3, (i / 3) % 3, i % 3);
+            assert_eq!(b, if bb == 1 && c == 1 { v } else { 0.0 }, "tap ({a}, {bb}, {c})");
+        }
+    }
 }

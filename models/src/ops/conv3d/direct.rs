@@ -28,7 +28,10 @@ pub(super) fn applies(d: &Dims) -> bool {
     let [_, oh, ow] = d.out;
     let wp = d.input[2] + 2 * d.p.padding[2];
     let computed = ((oh - 1) * wp + ow).div_ceil(Q_BLOCK) * Q_BLOCK;
-    d.p.stride == [1; 3] && !d.is_pointwise() && 10 * oh * ow >= 7 * computed && has_avx2_fma()
+    // The padded copy pads both sides equally: the output must span it exactly (a trimmed kernel,
+    // see `Trim`, leaves the right side implicit and goes to im2col).
+    let symmetric = (0..3).all(|a| d.input[a] + 2 * d.p.padding[a] == d.out[a] + d.p.dilation[a] * (d.kernel[a] - 1));
+    d.p.stride == [1; 3] && !d.is_pointwise() && symmetric && 10 * oh * ow >= 7 * computed && has_avx2_fma()
 }
 
 #[cfg(target_arch = "x86_64")]
