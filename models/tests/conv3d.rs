@@ -170,15 +170,19 @@ fn mismatched_or_impossible_shapes_are_errors() {
     assert!(conv3d(&x4, &w, Conv3dParams::default()).unwrap_err().to_string().contains("5D"));
 }
 
-/// Stride-1 shapes large enough for the direct f32 kernel (AVX2 + FMA machines; elsewhere they run
-/// through im2col and the test still holds): output channels not a multiple of its block of 4, rows
-/// longer than one register tile, dilation, an anisotropic kernel and padding, one input channel.
+/// Shapes large enough for the direct f32 kernel (AVX2 + FMA machines; elsewhere they run through
+/// im2col and the test still holds): output channels not a multiple of its block of 4, rows longer
+/// than one register tile, dilation, an anisotropic kernel and padding, one input channel, strides.
 fn direct_cases() -> Vec<Case> {
     vec![
         Case { x: [2, 3, 4, 20, 21], w: [6, 3, 3, 3, 3], p: p([1; 3], [1; 3], [1; 3]) },
         Case { x: [1, 5, 6, 18, 37], w: [3, 5, 3, 3, 3], p: p([1; 3], [2; 3], [2; 3]) },
         Case { x: [1, 2, 5, 16, 40], w: [5, 2, 1, 3, 5], p: p([1; 3], [0, 1, 2], [1; 3]) },
         Case { x: [2, 1, 3, 17, 17], w: [4, 1, 3, 3, 3], p: p([1; 3], [1; 3], [1; 3]) },
+        // Strided convolutions through the phase rewrite: the stem (7×7×7, stride 2) and a stage
+        // transition (stride (1, 2, 2)) on odd sizes.
+        Case { x: [1, 1, 10, 30, 35], w: [4, 1, 7, 7, 7], p: p([2; 3], [3; 3], [1; 3]) },
+        Case { x: [2, 3, 4, 27, 29], w: [5, 3, 3, 3, 3], p: p([1, 2, 2], [1; 3], [1; 3]) },
     ]
 }
 

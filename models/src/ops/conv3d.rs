@@ -144,6 +144,142 @@ impl Trim {
     }
 }
 
+/// A strided convolution rewritten as a stride-1 one over the input's phases (space to depth).
+///
+/// Why: the direct kernel needs stride 1, and the stem (7×7×7, stride 2, one input channel) was the
+/// costliest convolution of a step through im2col, whose strided gathers copy element by element.
+/// Along an axis with stride `s`, tap `a = s·a' + r` of output `o` reads padded input `s·(o + a') + r`:
+/// phase `r` of the padded input (every `s`-th voxel from `r`) convolved at stride 1 with taps
+/// `a'`. The phases become input channels (`Ci·Π s`), the kernel `⌈k/s⌉` per axis with zeros where
+/// `s·a' + r ≥ k`; padding is folded into the phases, so the stride-1 convolution has none. It
+/// multiplies more zeros (the stem: 512 taps for 343) and still runs faster.
+struct Phases {
+    dims: Dims,
+}
+
+impl Phases {
+    /// `Some` for a strided, undilated convolution whose stride-1 form the direct kernel takes.
+    fn of(d: &Dims) -> Option<Phases> {
+        let p = d.p;
+        if p.stride == [1; 3] || p.dilation != [1; 3] || (0..3).any(|a| d.kernel[a] < p.stride[a]) {
+            return None;
+        }
+        let kernel: [usize; 3] = std::array::from_fn(|a| d.kernel[a].div_ceil(p.stride[a]));
+        let input: [usize; 3] = std::array::from_fn(|a| d.out[a] + kernel[a] - 1);
+        let phases: usize = p.stride.iter().product();
+        let dims = Dims { ci: d.ci * phases, input, kernel, p: Conv3dParams::default(), ..*d };
+        direct::applies(&dims).then_some(Phases { dims })
+    }
+
+    /// For every phase-input index along axis `a`: the source index in the original input, or
+    /// `None` for padding; phase `r`, position `u` reads padded `s·u + r`.
+    fn sources(&self, d: &Dims, a: usize) -> Vec<Vec<Option<usize>>> {
+        let (s, p, len) = (d.p.stride[a], d.p.padding[a], d.input[a]);
+        (0..s)
+            .map(|r| (0..self.dims.input[a]).map(|u| (s * u + r).checked_sub(p).filter(|&i| i < len)).collect())
+            .collect()
+    }
+
+    /// Calls `f(phase channel offset, source offset)` for every phase-input voxel that maps to an
+    /// input voxel of sample-channel plane `(n, ci)`, offsets within one `[D, H, W]` plane each.
+    fn for_each_voxel(&self, d: &Dims, mut f: impl FnMut(usize, usize, usize)) {
+        let [sz, sy, sx] = [0, 1, 2].map(|a| self.sources(d, a));
+        let [_, ih, iw] = d.input;
+        let [_, ph, pw] = self.dims.input;
+        let mut phase = 0;
+        for z_src in &sz {
+            for y_src in &sy {
+                for x_src in &sx {
+                    for (u, zs) in z_src.iter().enumerate() {
+                        let Some(zs) = zs else { continue };
+                        for (v, ys) in y_src.iter().enumerate() {
+                            let Some(ys) = ys else { continue };
+                            for (w, xs) in x_src.iter().enumerate() {
+                                if let Some(xs) = xs {
+                                    f(phase, (u * ph + v) * pw + w, (zs * ih + ys) * iw + xs);
+                                }
+                            }
+                        }
+                    }
+                    phase += 1;
+                }
+            }
+        }
+    }
+
+    /// `[N, Ci, D, H, W]` → `[N, Ci·phases, D', H', W']`, zeros where the phase reads padding.
+    fn gather<T: Elem>(&self, d: &Dims, x: &[T]) -> Vec<T> {
+        let (plane, phase_plane) = (d.in_size(), self.dims.in_size());
+        let phases = self.dims.ci / d.ci;
+        let mut out = vec![T::ZERO; d.n * self.dims.ci * phase_plane];
+        out.par_chunks_mut(phases * phase_plane).enumerate().for_each(|(nc, dst)| {
+            let src = &x[nc * plane..(nc + 1) * plane];
+            self.for_each_voxel(d, |r, to, from| dst[r * phase_plane + to] = src[from]);
+        });
+        out
+    }
+
+    /// The inverse of [`Phases::gather`] for gradients: every input voxel has exactly one phase voxel.
+    fn scatter<T: Elem>(&self, d: &Dims, g: &[T]) -> Vec<T> {
+        let (plane, phase_plane) = (d.in_size(), self.dims.in_size());
+        let phases = self.dims.ci / d.ci;
+        let mut out = vec![T::ZERO; d.n * d.ci * plane];
+        out.par_chunks_mut(plane).enumerate().for_each(|(nc, dst)| {
+            let src = &g[nc * phases * phase_plane..(nc + 1) * phases * phase_plane];
+            self.for_each_voxel(d, |r, to, from| dst[from] = src[r * phase_plane + to]);
+        });
+        out
+    }
+
+    /// Tap `(a', b', c')` of phase `(rz, ry, rx)` is original tap `(s·a' + rz, …)`, if inside the kernel.
+    fn for_each_tap(&self, d: &Dims, mut f: impl FnMut(usize, usize)) {
+        let [kd, kh, kw] = self.dims.kernel;
+        let [sd, sh, sw] = d.p.stride;
+        let mut phase = 0;
+        for rz in 0..sd {
+            for ry in 0..sh {
+                for rx in 0..sw {
+                    for a in 0..kd {
+                        for b in 0..kh {
+                            for c in 0..kw {
+                                let (oa, ob, oc) = (sd * a + rz, sh * b + ry, sw * c + rx);
+                                if oa < d.kernel[0] && ob < d.kernel[1] && oc < d.kernel[2] {
+                                    let to = ((phase * kd + a) * kh + b) * kw + c;
+                                    let from = (oa * d.kernel[1] + ob) * d.kernel[2] + oc;
+                                    f(to, from);
+                                }
+                            }
+                        }
+                    }
+                    phase += 1;
+                }
+            }
+        }
+    }
+
+    /// The phase kernel `[Co, Ci·phases, k']` of a weight `[Co, Ci, k]`.
+    fn weight<T: Elem>(&self, d: &Dims, w: &[T]) -> Vec<T> {
+        let (k, kp) = (d.k() / d.ci, self.dims.k() / d.ci);
+        let mut out = vec![T::ZERO; d.co * self.dims.k()];
+        for (pair, dst) in out.chunks_mut(kp).enumerate() {
+            let src = &w[pair * k..(pair + 1) * k];
+            self.for_each_tap(d, |to, from| dst[to] = src[from]);
+        }
+        out
+    }
+
+    /// A phase-kernel gradient back on the original taps.
+    fn weight_back<T: Elem>(&self, d: &Dims, g: &[T]) -> Vec<T> {
+        let (k, kp) = (d.k() / d.ci, self.dims.k() / d.ci);
+        let mut out = vec![T::ZERO; d.co * d.k()];
+        for (pair, dst) in out.chunks_mut(k).enumerate() {
+            let src = &g[pair * kp..(pair + 1) * kp];
+            self.for_each_tap(d, |to, from| dst[from] = src[to]);
+        }
+        out
+    }
+}
+
 /// Element types the kernels run on (f32 for training, f64 for gradient checks).
 trait Elem: Copy + Send + Sync + 'static + std::ops::AddAssign + Default {
     /// Additive identity.
@@ -155,6 +291,8 @@ trait Elem: Copy + Send + Sync + 'static + std::ops::AddAssign + Default {
     /// zeroed buffer per rayon split cost a tenth of a convolution's time in `memset` and page faults.
     fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
     /// A faster forward kernel for this type and these sizes, if there is one.
+    /// Whether this type has the direct kernels (which the phase rewrite exists for).
+    const DIRECT: bool = false;
     fn direct_forward(_d: &Dims, _x: &[Self], _w: &[Self]) -> Option<Vec<Self>> {
         None
     }
@@ -193,6 +331,7 @@ macro_rules! elem {
 }
 elem!(
     f32,
+    const DIRECT: bool = true;,
     fn direct_forward(d: &Dims, x: &[f32], w: &[f32]) -> Option<Vec<f32>> {
         direct::applies(d).then(|| direct::forward(d, x, w))
     },
@@ -365,6 +504,9 @@ fn forward<T: Elem>(d: &Dims, x: &[T], w: &[T]) -> Vec<T> {
     if let Some(t) = Trim::of(d) {
         return forward(&t.dims, x, &t.slice(d, w));
     }
+    if let Some(ph) = Phases::of(d).filter(|_| T::DIRECT) {
+        return forward(&ph.dims, &ph.gather(d, x), &ph.weight(d, w));
+    }
     if let Some(y) = T::direct_forward(d, x, w) {
         return y;
     }
@@ -420,6 +562,9 @@ fn sum_ordered<T: Elem, J: Sync>(jobs: &[J], len: usize, f: impl Fn(&mut [T], &J
 fn weight_grad<T: Elem>(d: &Dims, x: &[T], gy: &[T]) -> Vec<T> {
     if let Some(t) = Trim::of(d) {
         return t.expand(d, &weight_grad(&t.dims, x, gy));
+    }
+    if let Some(ph) = Phases::of(d).filter(|_| T::DIRECT) {
+        return ph.weight_back(d, &weight_grad(&ph.dims, &ph.gather(d, x), gy));
     }
     if let Some(gw) = T::direct_weight_grad(d, x, gy) {
         return gw;
@@ -491,6 +636,9 @@ fn input_grad_as_conv<T: Elem>(d: &Dims, gy: &[T], w: &[T]) -> Option<Vec<T>> {
 fn input_grad<T: Elem>(d: &Dims, gy: &[T], w: &[T]) -> Vec<T> {
     if let Some(t) = Trim::of(d) {
         return input_grad(&t.dims, gy, &t.slice(d, w));
+    }
+    if let Some(ph) = Phases::of(d).filter(|_| T::DIRECT) {
+        return ph.scatter(d, &input_grad(&ph.dims, gy, &ph.weight(d, w)));
     }
     if let Some(gx) = input_grad_as_conv(d, gy, w) {
         return gx;
@@ -666,6 +814,43 @@ mod tests {
         }
         // A block convolution reads the input with every tap.
         assert!(Trim::of(&dims([8, 3, 3], 3, 1, 1)).is_none());
+    }
+
+    #[test]
+    fn strided_convolutions_become_stride_one_over_phases() {
+        if !direct::applies(&dims([8, 24, 24], 3, 1, 1)) {
+            return; // no AVX2 + FMA: no direct kernel, no rewrite
+        }
+        // The demo's stem: 1 channel, 7×7×7, stride 2, on 32×96×96 → 8 phases, 4×4×4 taps.
+        let p = Conv3dParams { stride: [2; 3], padding: [3; 3], dilation: [1; 3] };
+        let stem = Dims { n: 2, ci: 1, co: 16, input: [32, 96, 96], kernel: [7; 3], out: [16, 48, 48], p };
+        let ph = Phases::of(&stem).expect("the stem is rewritten");
+        assert_eq!((ph.dims.ci, ph.dims.kernel, ph.dims.input), (8, [4; 3], [19, 51, 51]));
+        // A stage transition, stride (1, 2, 2): 4 phases, 3×2×2 taps.
+        let p = Conv3dParams { stride: [1, 2, 2], padding: [1; 3], dilation: [1; 3] };
+        let down = Dims { n: 2, ci: 16, co: 32, input: [8, 24, 24], kernel: [3; 3], out: [8, 12, 12], p };
+        let ph = Phases::of(&down).expect("rewritten");
+        assert_eq!((ph.dims.ci, ph.dims.kernel, ph.dims.input), (64, [3, 2, 2], [10, 13, 13]));
+        // 1×1×1 projections with stride 2 are left alone (3 of 4 phases would be all zeros).
+        let p = Conv3dParams { stride: [1, 2, 2], padding: [0; 3], dilation: [1; 3] };
+        let proj = Dims { n: 2, ci: 16, co: 32, input: [8, 24, 24], kernel: [1; 3], out: [8, 12, 12], p };
+        assert!(Phases::of(&proj).is_none());
+    }
+
+    #[test]
+    fn phase_weight_round_trips_and_gather_scatter_invert() {
+        let p = Conv3dParams { stride: [2; 3], padding: [3; 3], dilation: [1; 3] };
+        let d = Dims { n: 1, ci: 2, co: 3, input: [9, 30, 35], kernel: [7; 3], out: [5, 15, 18], p };
+        let Some(ph) = Phases::of(&d) else { return };
+        let w: Vec<f64> = (0..d.co * d.k()).map(|i| i as f64 + 1.0).collect();
+        let wp = ph.weight(&d, &w);
+        // Every original tap appears once; the rest of the phase kernel is zero.
+        assert_eq!(wp.iter().filter(|&&v| v != 0.0).count(), w.len());
+        assert_eq!(ph.weight_back(&d, &wp), w);
+        let x: Vec<f64> = (0..d.n * d.ci * d.in_size()).map(|i| i as f64 + 1.0).collect();
+        let g = ph.gather(&d, &x);
+        assert_eq!(g.iter().filter(|&&v| v != 0.0).count(), x.len());
+        assert_eq!(ph.scatter(&d, &g), x);
     }
 
     #[test]
