@@ -208,24 +208,26 @@ mod x86 {
         let gw_ptr = SendPtr(gw.as_mut_ptr());
         let jobs: Vec<(usize, usize)> = (0..blocks).flat_map(|b| (0..d.ci).map(move |c| (b, c))).collect();
         jobs.par_iter().for_each(|&(b, c)| {
-            let mut sums = vec![[0f32; CO_BLOCK]; taps];
-            for pair in (0..taps).step_by(2) {
-                let t1 = (pair + 1).min(taps - 1);
-                let mut acc = [[0f32; CO_BLOCK]; 2];
-                for (n, src) in padded.iter().enumerate() {
-                    let chan = src.channel();
-                    for z in 0..od {
-                        let xb = src.data[c * chan + z * hp * wp..].as_ptr();
-                        let gb = wide[((n * co4 + b * CO_BLOCK) * od + z) * lq..].as_ptr();
+            // Planes outside, tap pairs inside: one plane's 4 gradient rows and input rows stay in
+            // cache for all the pairs (the other order streamed the whole gradient once per pair).
+            let pairs: Vec<[usize; 2]> = (0..taps).step_by(2).map(|t| [t, (t + 1).min(taps - 1)]).collect();
+            let mut acc = vec![[[0f32; CO_BLOCK]; 2]; pairs.len()];
+            for (n, src) in padded.iter().enumerate() {
+                let chan = src.channel();
+                for z in 0..od {
+                    let xb = src.data[c * chan + z * hp * wp..].as_ptr();
+                    let gb = wide[((n * co4 + b * CO_BLOCK) * od + z) * lq..].as_ptr();
+                    for (a, &[t0, t1]) in acc.iter_mut().zip(&pairs) {
                         // SAFETY: AVX2 and FMA checked by `applies`; x reads end within the padded
                         // channel's slack (see `plane_job`), gy reads within the 4 rows of `wide`.
-                        unsafe {
-                            pair_dots(xb, [offsets[pair], offsets[t1]], gb, od * lq, lq, &mut acc);
-                        }
+                        unsafe { pair_dots(xb, [offsets[t0], offsets[t1]], gb, od * lq, lq, a) };
                     }
                 }
-                sums[pair] = acc[0];
-                sums[t1] = if t1 == pair { sums[t1] } else { acc[1] };
+            }
+            let mut sums = vec![[0f32; CO_BLOCK]; taps];
+            for (a, &[t0, t1]) in acc.iter().zip(&pairs) {
+                sums[t0] = a[0];
+                sums[t1] = if t1 == t0 { sums[t1] } else { a[1] };
             }
             for (t, s) in sums.iter().enumerate() {
                 for (j, &v) in s.iter().enumerate().take(CO_BLOCK.min(d.co - b * CO_BLOCK)) {
