@@ -339,6 +339,7 @@ pub fn train(cfg: TrainConfig, out: &Path, device: &Device, on_epoch: &dyn Fn(&E
 /// Continues a run from its `last` checkpoint (on any device); `epochs` may extend it.
 pub fn resume(out: &Path, epochs: Option<usize>, device: &Device, on_epoch: &dyn Fn(&EpochReport)) -> Result<Summary> {
     let mut cfg: TrainConfig = read_json(&out.join("config.json"))?;
+    crate::atomic::remove_stale_temporaries(out)?;
     if let Some(e) = epochs {
         cfg.epochs = e;
         write_json(&out.join("config.json"), &cfg)?;

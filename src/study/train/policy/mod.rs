@@ -465,6 +465,7 @@ pub fn resume_policy(
     on_epoch: &dyn Fn(&PolicyEpoch),
 ) -> Result<()> {
     let mut cfg: PolicyConfig = read_json(&out.join("config.json"))?;
+    crate::atomic::remove_stale_temporaries(out)?;
     if let Some(e) = epochs {
         cfg.epochs = e;
         write_json(&out.join("config.json"), &cfg)?;
