@@ -1,8 +1,9 @@
 //! The device-generic compositions (the path CUDA takes) against the CPU kernels, on the CPU: values
-//! and both gradients within 1e-5 relative, for every convolution and pooling shape the networks use.
+//! and both gradients within 1e-5 relative, for every convolution, pooling and resize shape the
+//! networks use.
 
 use autopath_models::deeplab::STEM_POOL;
-use autopath_models::layers::{max_pool3d, MaxPool3dParams};
+use autopath_models::layers::{max_pool3d, resize_trilinear, resize_trilinear_composed, MaxPool3dParams};
 use autopath_models::ops::generic::{conv3d_taps, max_pool3d_taps};
 use autopath_models::ops::{conv3d, Conv3dParams};
 use candle_core::{Device, Tensor, Var};
@@ -110,4 +111,27 @@ fn composed_conv3d_refuses_what_it_cannot_express() {
     let uneven = Conv3dParams { stride: [1, 1, 2], ..Default::default() };
     let err = conv3d_taps(&x, &w, uneven).unwrap_err().to_string();
     assert!(err.contains("equal stride"), "{err}");
+}
+
+#[test]
+fn composed_resize_matches_the_cpu_kernel_with_gradients() {
+    let cases: [(&str, [usize; 5], [usize; 3]); 4] = [
+        ("ASPP output to the skip level", [2, 5, 8, 3, 3], [8, 24, 24]),
+        ("logits to the tile", [2, 1, 8, 24, 24], [32, 96, 96]),
+        ("odd sizes, one axis kept", [1, 2, 5, 7, 4], [9, 7, 11]),
+        ("shrinking and a size-1 axis", [1, 3, 1, 9, 12], [4, 5, 7]),
+    ];
+    for (i, (name, xs, size)) in cases.into_iter().enumerate() {
+        let x = Var::from_tensor(&tensor(&xs, 60 + i as u64)).unwrap();
+        let run = |f: fn(&Tensor, [usize; 3]) -> candle_core::Result<Tensor>| {
+            let y = f(x.as_tensor(), size).unwrap();
+            let r = tensor(y.dims(), 8);
+            let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            (y, g.get(x.as_tensor()).unwrap().clone())
+        };
+        let ((y, g), (y0, g0)) = (run(resize_trilinear_composed), run(resize_trilinear));
+        assert_eq!(y.dims(), y0.dims(), "{name}");
+        assert!(rel(&y, &y0) <= 1e-6, "{name}: values differ by {:.2e}", rel(&y, &y0));
+        assert!(rel(&g, &g0) <= 1e-5, "{name}: gradients differ by {:.2e}", rel(&g, &g0));
+    }
 }
