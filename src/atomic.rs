@@ -43,7 +43,7 @@ pub fn remove_stale_temporaries(dir: &Path) -> Result<()> {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
         let stale = entry.file_name().to_str().is_some_and(|n| n.starts_with(".tmp"));
         if stale && entry.file_type().is_ok_and(|t| t.is_file()) {
-            std::fs::remove_file(entry.path()).map_err(|e| Error::io(&entry.path(), e))?;
+            std::fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
         }
     }
     Ok(())
