@@ -340,8 +340,8 @@ struct PolicyArgs {
     #[arg(long)]
     calibrate_threshold: bool,
     /// Distil: deploy --threshold even when it scores below the full network on the validation volumes
-    /// (by default the policy is then capped at the deepest prefix of its drop order that every
-    /// validation volume tolerates, or, if none is, every block is kept).
+    /// (by default the policy is then capped at the deepest prefix of its drop order whose mean Dice
+    /// loss over the validation volumes is within the tolerance, or, if none is, every block is kept).
     #[arg(long)]
     no_guard: bool,
     /// Seed.
@@ -440,7 +440,7 @@ fn print_policy_summary(out: &std::path::Path) -> anyhow::Result<()> {
     let forced = meta.forced.iter().filter(|&&f| f).count();
     if cfg.method == autopath::study::train::policy::Method::Distil && forced > 0 {
         println!(
-            "validation guard: the policy scored below the full network on the validation volumes; {forced} of {} blocks are kept whatever it says (those past the deepest drop-order prefix every validation volume tolerates)",
+            "validation guard: the policy scored below the full network on the validation volumes; {forced} of {} blocks are kept whatever it says (those past the deepest drop-order prefix the validation volumes tolerate on average)",
             meta.forced.len()
         );
     }

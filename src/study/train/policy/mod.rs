@@ -82,7 +82,7 @@ pub struct PolicyConfig {
     pub calibrate_threshold: bool,
     /// Distil: when the policy at `threshold` scores below the full network on the validation volumes
     /// (it loses more Dice beyond the tolerance than it saves), cap it at the deepest prefix of the drop
-    /// order that every validation volume tolerates (the other blocks forced kept), or, when that does
+    /// order that the validation volumes tolerate on average (the other blocks forced kept), or, when that does
     /// not score at least 0 either, deploy threshold 0: every block kept. Runs from before the guard
     /// existed have none.
     #[serde(default)]
@@ -141,7 +141,7 @@ pub struct PolicyMeta {
     pub steps: u64,
     /// Blocks the saved policy keeps whatever its output: the paper's curriculum's not yet trained
     /// blocks, or the distilled policy's validation guard's cap (the blocks past the drop-order prefix
-    /// every validation volume tolerates).
+    /// the validation volumes tolerate on average).
     pub forced: Vec<bool>,
     /// Validation: mean reward of the greedy path (the objective `best` is chosen by).
     pub val_reward: Option<f64>,
