@@ -321,7 +321,7 @@ fn safe_prefix(tables: &[PathTable], order: &[usize], tolerance: f64) -> usize {
             tables.iter().map(|t| t.get(&nested(order, k, n)).map(|s| t.full_dice - s.dice)).collect();
         losses.filter(|l| !l.is_empty()).map(|l| l.iter().sum::<f64>() / l.len() as f64)
     };
-    (1..=n).filter(|&k| mean_loss(k).is_some_and(|l| l <= tolerance)).last().unwrap_or(0)
+    (1..=n).rev().find(|&k| mean_loss(k).is_some_and(|l| l <= tolerance)).unwrap_or(0)
 }
 
 /// Validation score of the paths `probabilities >= threshold`.
