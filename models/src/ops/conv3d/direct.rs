@@ -5,8 +5,9 @@
 //! half of each convolution's time on a 2-core machine. Here the input is zero-padded once per sample
 //! and every output plane is computed from it in place: for an output plane `z`, position `q = y·Wp + x`
 //! on the padded row pitch `Wp`, tap `(a, b, c)` reads the padded input at `q + a·dd·Hp·Wp + b·dh·Wp +
-//! c·dw`, a fixed shift. A register tile of 4 output channels × 24 positions (12 accumulators) then
-//! takes 3 unaligned loads and 4 broadcasts per 12 FMAs. Positions with `x ≥ W` (the padding columns
+//! c·dw`, a fixed shift. A register tile of 4 output channels × 16 positions (8 accumulators) then
+//! takes 2 unaligned loads and 4 broadcasts per 8 FMAs (4 × 24 used all 16 registers, and LLVM
+//! spilled an accumulator every iteration). Positions with `x ≥ W` (the padding columns
 //! between rows) are computed and dropped, so the kernel is used only where they are few.
 //! The input gradient of a stride-1 convolution is itself one of these (see `input_grad_as_conv`), so
 //! the backward pass gains as well.
@@ -22,7 +23,7 @@ const Q_BLOCK: usize = 8 * VECS;
 
 /// Whether [`forward`] handles `d` here: f32 on a CPU with AVX2 and FMA, stride 1, a kernel larger than
 /// 1×1×1, and at least 70 % of the computed positions kept. Small maps waste more on the padding
-/// columns and the last partial register tile (3×3 planes keep 9 of 24) and go to im2col, as do
+/// columns and the last partial register tile (3×3 planes keep 9 of 16) and go to im2col, as do
 /// ASPP's large dilations, where nearly every tap reads padding anyway.
 pub(super) fn applies(d: &Dims) -> bool {
     let [_, oh, ow] = d.out;
