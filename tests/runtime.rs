@@ -330,7 +330,6 @@ fn a_gpu_provider_that_is_missing_is_an_error_unless_fallback_is_allowed() {
 
 #[test]
 fn auto_path_outputs_equal_the_evaluation_s_autopath_predictions() {
-    use autopath::deploy::{SessionOptions, Sessions};
     use autopath::input::bundle::Bundle;
     use autopath::study::path_eval::PathEvaluator;
     use autopath::study::train::data::load_sample;
@@ -382,8 +381,7 @@ fn auto_path_outputs_equal_the_evaluation_s_autopath_predictions() {
     let (_, cfg) = load_segmenter(&f.run(), "best").unwrap();
     let (p, pc, _) = load_policy(&policy, "best").unwrap();
     let b = Bundle::load(&bundle).unwrap();
-    let mut sessions = Sessions::open(&b, &SessionOptions::default()).unwrap();
-    let mut ev = PathEvaluator::new(&mut sessions, cfg.window, 2, b.manifest.input.activation, 0.5);
+    let mut ev = PathEvaluator::open(&b, cfg.window, 2).unwrap();
     let lines: Vec<serde_json::Value> =
         std::fs::read_to_string(&report).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let ds = autopath::study::dataset::Dataset::open(&f.data(), None).unwrap();

@@ -3,7 +3,6 @@
 
 mod common;
 
-use autopath::deploy::{SessionOptions, Sessions};
 use autopath::input::bundle::Bundle;
 use autopath::study::dataset::Dataset;
 use autopath::study::path_eval::PathEvaluator;
@@ -18,8 +17,7 @@ fn beam_search_finds_the_exhaustive_oracle_path_on_every_volume() {
     let cfg: TrainConfig = autopath::study::train::checkpoint::read_json(&run.join("config.json")).unwrap();
     let bundle = Bundle::load(&bundle).unwrap();
     let arch = bundle.manifest.architecture.clone();
-    let mut sessions = Sessions::open(&bundle, &SessionOptions::default()).unwrap();
-    let mut ev = PathEvaluator::new(&mut sessions, cfg.window, 2, bundle.manifest.input.activation, 0.5);
+    let mut ev = PathEvaluator::open(&bundle, cfg.window, 2).unwrap();
     let ds = Dataset::open(&data, None).unwrap();
     let mut distinct = std::collections::HashSet::new();
     for case in &ds.cases {

@@ -86,6 +86,7 @@ impl ProviderArgs {
             ep: self.ep.into(),
             allow_fallback: self.allow_fallback,
             threads: self.threads,
+            caller_thread_only: false,
             trt_cache: if self.no_trt_cache {
                 None
             } else {

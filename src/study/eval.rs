@@ -11,7 +11,6 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::deploy::{SessionOptions, Sessions};
 use crate::error::{Error, Result};
 use crate::input::bundle::{Architecture, Bundle};
 use crate::input::volume::{read_volume, ReadOptions};
@@ -434,14 +433,7 @@ pub fn evaluate(opts: &EvalOptions, progress: &dyn Fn(usize, usize)) -> Result<R
     )?;
     let bundle = Bundle::load(&seg_bundle)?;
     let arch = bundle.manifest.architecture.clone();
-    let mut sessions = Sessions::open(&bundle, &SessionOptions::default())?;
-    let mut ev = PathEvaluator::new(
-        &mut sessions,
-        cfg.window,
-        opts.tile_batch,
-        bundle.manifest.input.activation,
-        bundle.manifest.input.threshold,
-    );
+    let mut ev = PathEvaluator::open(&bundle, cfg.window, opts.tile_batch)?;
     let (policies, tau, delta) = load_policies(&opts.policies, n_blocks)?;
     let repeats = opts.random_repeats.unwrap_or(if n_blocks <= 8 { 100 } else { 500 });
     let random = random_masks(n_blocks, repeats, opts.seed);

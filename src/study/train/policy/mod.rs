@@ -24,7 +24,6 @@ mod distil;
 use super::checkpoint::{self, read_json, write_json};
 use super::data::load_sample;
 use super::segment::{cases_by_id, load_segmenter, TrainConfig};
-use crate::deploy::{SessionOptions, Sessions};
 use crate::error::{Error, Result};
 use crate::input::bundle::{Architecture, Bundle, PolicyTraining};
 use crate::input::preprocess::resample_linear;
@@ -301,13 +300,13 @@ struct Item {
 
 /// One policy run in progress: the frozen segmenter's path evaluator, the prepared volumes, the policy
 /// and its optimiser. Both methods train through it.
-struct Run<'a, 's> {
+struct Run<'a> {
     cfg: &'a PolicyConfig,
     out: &'a Path,
     n_blocks: usize,
     input: [usize; 3],
     arch: Architecture,
-    evaluator: PathEvaluator<'s>,
+    evaluator: PathEvaluator,
     train: Vec<Item>,
     val: Vec<Item>,
     model: PolicyModel,
@@ -317,7 +316,7 @@ struct Run<'a, 's> {
     log: std::fs::File,
 }
 
-impl Run<'_, '_> {
+impl Run<'_> {
     /// The policy inputs of `items` as one batch `[B, 1, d, h, w]`.
     fn batch_input(&self, items: &[&Item]) -> Result<Tensor> {
         let d = self.input;
@@ -515,9 +514,7 @@ fn run(
     let spec = seg_cfg.spec.clone();
     let n_blocks = spec.num_blocks();
     let bundle = segmenter_bundle(&net, &seg_cfg, out)?;
-    let mut sessions = Sessions::open(&bundle, &SessionOptions::default())?;
-    let (activation, threshold) = (bundle.manifest.input.activation, bundle.manifest.input.threshold);
-    let mut evaluator = PathEvaluator::new(&mut sessions, seg_cfg.window, cfg.tile_batch, activation, threshold);
+    let mut evaluator = PathEvaluator::open(&bundle, seg_cfg.window, cfg.tile_batch)?;
 
     let (train, val) = prepare_volumes(&seg_cfg, &mut evaluator)?;
 

@@ -1,0 +1,60 @@
+//! The path evaluator behind `eval` and policy training: spreading a volume's tile batches over
+//! single-threaded session sets, and answering a path asked again from the volume's memory, must give
+//! what one session set computing every batch in turn gives.
+
+mod common;
+
+use autopath::input::bundle::Bundle;
+use autopath::study::dataset::Dataset;
+use autopath::study::path_eval::PathEvaluator;
+use autopath::study::train::data::load_sample;
+use autopath::study::train::segment::TrainConfig;
+
+#[test]
+fn parallel_workers_and_remembered_paths_give_the_sequential_outcomes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, run, bundle) = common::trained_bundle(dir.path());
+    let cfg: TrainConfig = autopath::study::train::checkpoint::read_json(&run.join("config.json")).unwrap();
+    let bundle = Bundle::load(&bundle).unwrap();
+    let n = bundle.manifest.architecture.blocks.len();
+    // One tile per batch: 8 batches per volume, spread unevenly over 3 workers.
+    let mut one = PathEvaluator::with_workers(&bundle, cfg.window, 1, 1).unwrap();
+    let mut three = PathEvaluator::with_workers(&bundle, cfg.window, 1, 3).unwrap();
+    let mask = |dropped: &[usize]| (0..n).map(|b| !dropped.contains(&b)).collect::<Vec<bool>>();
+    // Repeats inside one call, a dropped block with a projection shortcut (2), one without (0, 7).
+    let masks = vec![mask(&[]), mask(&[0]), mask(&[2]), mask(&[0, 7]), mask(&[]), mask(&[0])];
+    let ds = Dataset::open(&data, None).unwrap();
+    let mut distinct = 0;
+    for case in &ds.cases {
+        let s = load_sample(case, &cfg.preprocessing).unwrap();
+        let p1 = one.prepare(&s.image, s.record.pad_value, Some(s.labels.clone())).unwrap();
+        let p3 = three.prepare(&s.image, s.record.pad_value, Some(s.labels.clone())).unwrap();
+        // Sequential, each path run for its prediction (nothing remembered is used).
+        let want = one.evaluate(&p1, &masks, true).unwrap();
+        // Parallel, remembered: the repeats of this call, then every path again.
+        let got = three.evaluate(&p3, &masks, false).unwrap();
+        let again = three.evaluate(&p3, &masks, false).unwrap();
+        let predicted = three.evaluate(&p3, &masks[..4], true).unwrap();
+        for (i, w) in want.iter().enumerate() {
+            for (what, g) in [("parallel", &got[i]), ("remembered", &again[i])] {
+                assert!(
+                    (g.dice - w.dice).abs() < 1e-6,
+                    "case {} path {i} {what}: Dice {} vs {}",
+                    case.id,
+                    g.dice,
+                    w.dice
+                );
+                assert!((g.accuracy - w.accuracy).abs() < 1e-6, "case {} path {i} {what}", case.id);
+                assert!(g.prediction.is_none(), "predictions are given only when asked for");
+            }
+        }
+        for (i, g) in predicted.iter().enumerate() {
+            let (a, b) = (want[i].prediction.as_ref().unwrap(), g.prediction.as_ref().unwrap());
+            let differ = a.iter().zip(b.iter()).filter(|(x, y)| x != y).count();
+            assert!(differ * 10_000 <= a.len(), "case {} path {i}: {differ} of {} voxels differ", case.id, a.len());
+        }
+        distinct += want.iter().filter(|o| (o.dice - want[0].dice).abs() > 1e-9).count();
+    }
+    // Not a trivial case: a path that answered with another path's outcome would be seen.
+    assert!(distinct > 0, "every path scored the same on every volume");
+}
