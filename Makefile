@@ -36,9 +36,10 @@ lint:
 	@# --release: shares build scripts and proc-macros with `make test`'s build.
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
-# The demo runs the runtime in-process, so only the `autopath` binary is built.
+# The demo runs the runtime in-process, so only the `autopath` binary is built, without the HTTP
+# service (`autopath-run serve`) and its async stack.
 demo: setup
-	$(CARGO) build --release --bin autopath
+	$(CARGO) build --release --bin autopath --no-default-features --features train
 	./target/release/autopath demo --out demo-out
 
 clean-deps:
@@ -112,5 +113,5 @@ $(TORCH_STAMP):
 
 # One training step of the same network in PyTorch and in Candle, in one run, with the ratios.
 torch-compare: torch setup
-	$(CARGO) build --release --bin autopath
+	$(CARGO) build --release --bin autopath --no-default-features --features train
 	PYTHONPATH=$(CURDIR)/$(TORCH_DEPS) $(PYTHON) scripts/torch-step-compare --autopath target/release/autopath
