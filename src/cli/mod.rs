@@ -86,7 +86,7 @@ impl ProviderArgs {
             ep: self.ep.into(),
             allow_fallback: self.allow_fallback,
             threads: self.threads,
-            caller_thread_only: false,
+            own_threads: None,
             trt_cache: if self.no_trt_cache {
                 None
             } else {

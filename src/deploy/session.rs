@@ -31,11 +31,11 @@ pub struct SessionOptions {
     pub allow_fallback: bool,
     /// Threads of the shared intra-op pool (None: ONNX Runtime's default, one per core).
     pub threads: Option<usize>,
-    /// Every session computes on the thread that calls it, alone (a pool of its own with that one
-    /// thread, instead of the shared pool): for several session sets that work on different tiles at
-    /// once, one per core: the blocks' small 3D tensors split poorly inside one graph (measured in
+    /// Every session computes on a pool of its own with this many threads, the calling one included
+    /// (spinning off), instead of the shared pool: for several session sets that work on different
+    /// tiles at once. The blocks' small 3D tensors split poorly inside one graph (measured in
     /// `study::path_eval::PathEvaluator::with_workers`).
-    pub caller_thread_only: bool,
+    pub own_threads: Option<usize>,
     /// TensorRT engine and timing caches (a sub-folder per bundle hash); None builds engines anew at
     /// every start.
     pub trt_cache: Option<PathBuf>,
@@ -97,7 +97,7 @@ impl Default for SessionOptions {
             ep: ExecutionProvider::Cpu,
             allow_fallback: false,
             threads: None,
-            caller_thread_only: false,
+            own_threads: None,
             trt_cache: None,
             fp16: false,
             io_binding: IoBindingMode::Auto,
@@ -241,12 +241,14 @@ pub fn open(
         let eps = providers(ep, opts, bundle_hash, inputs).map_err(|e| e.to_string())?;
         let b = Session::builder(env).map_err(|e| e.to_string())?;
         let b = b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(|e| e.to_string())?;
-        let b = if opts.caller_thread_only {
-            let b = b.with_independent_thread_pool().map_err(|e| e.to_string())?;
-            let b = b.with_intra_threads(1).map_err(|e| e.to_string())?;
-            b.with_inter_threads(1).map_err(|e| e.to_string())?
-        } else {
-            b
+        let b = match opts.own_threads {
+            Some(n) => {
+                let b = b.with_independent_thread_pool().map_err(|e| e.to_string())?;
+                let b = b.with_intra_threads(n.max(1)).map_err(|e| e.to_string())?;
+                let b = b.with_intra_op_spinning(false).map_err(|e| e.to_string())?;
+                b.with_inter_threads(1).map_err(|e| e.to_string())?
+            }
+            None => b,
         };
         let b = if eps.is_empty() { b } else { b.with_execution_providers(eps).map_err(|e| e.to_string())? };
         let mut b = match &opts.trace {

@@ -60,30 +60,36 @@ pub struct PathEvaluator {
     threshold: f32,
 }
 
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 fn mask_key(m: &[bool]) -> Vec<u8> {
     m.iter().map(|&k| u8::from(!k)).collect() // kept first: the all-kept prefix is shared most
 }
 
-/// Most session sets opened: each costs a second or so to open and memory for its graphs, and a
-/// volume seldom has more tile batches than this.
-const MAX_WORKERS: usize = 8;
+/// Most session sets opened: the demo's volumes have 2 batches of 4 tiles, and a set beyond a volume's
+/// batches would idle; on more cores each set's sessions get more threads instead.
+const MAX_WORKERS: usize = 2;
 
 impl PathEvaluator {
     /// An evaluator over a bundle's graphs on the CPU, with the bundle's activation and threshold and
-    /// the segmenter's window: one worker per core, at most [`MAX_WORKERS`] (see [`Self::with_workers`]).
+    /// the segmenter's window: one worker per core, at most [`MAX_WORKERS`] (see [`Self::with_workers`];
+    /// on 16 cores, two sets of 8 threads: not measured there).
     pub fn open(bundle: &Bundle, window: WindowConfig, tile_batch: usize) -> Result<Self> {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self::with_workers(bundle, window, tile_batch, cores.min(MAX_WORKERS))
+        Self::with_workers(bundle, window, tile_batch, cores().min(MAX_WORKERS))
     }
 
     /// An evaluator with `workers` session sets. One set computes on ONNX Runtime's shared pool; more
-    /// each compute on their own thread, and a volume's tile batches are spread over them. Measured on
-    /// 2 cores with the demo's graphs (batches of 4 tiles of 32×96×96, the head and three blocks): one
-    /// set on both threads 71–75 ms, one set on one thread 106–111 ms, two sets on one thread each
-    /// 56–64 ms; `eval` on the demo 188 → 153 s, the same results to the bit.
+    /// each compute on threads of their own (the cores shared out), and a volume's tile batches are
+    /// spread over them. Measured on 2 cores with the demo's graphs (batches of 4 tiles of 32×96×96,
+    /// the head and three blocks): one set on both threads 71–75 ms, one set on one thread
+    /// 106–111 ms, two sets on one thread each 56–64 ms; `eval` on the demo 188 → 153 s, the same
+    /// results to the bit.
     pub fn with_workers(bundle: &Bundle, window: WindowConfig, tile_batch: usize, workers: usize) -> Result<Self> {
         let workers = workers.max(1);
-        let opts = SessionOptions { caller_thread_only: workers > 1, ..SessionOptions::default() };
+        let own_threads = (workers > 1).then(|| (cores() / workers).max(1));
+        let opts = SessionOptions { own_threads, ..SessionOptions::default() };
         let workers = (0..workers).map(|_| Sessions::open(bundle, &opts)).collect::<Result<Vec<_>>>()?;
         let input = &bundle.manifest.input;
         Ok(PathEvaluator {
