@@ -193,6 +193,10 @@ struct EvalArgs {
     /// Tiles per ONNX Runtime call.
     #[arg(long, default_value_t = 4)]
     tile_batch: usize,
+    /// Session sets scoring a volume's tile batches at once, the cores shared out between them
+    /// [default: the cores, at most 2]
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -770,7 +774,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 fn eval(args: EvalArgs, quiet: bool) -> anyhow::Result<()> {
-    let EvalArgs { seg, policy, out, random_repeats, seed, tile_batch } = args;
+    let EvalArgs { seg, policy, out, random_repeats, seed, tile_batch, workers } = args;
     let opts = autopath::study::eval::EvalOptions {
         seg,
         policies: policy,
@@ -778,6 +782,7 @@ fn eval(args: EvalArgs, quiet: bool) -> anyhow::Result<()> {
         random_repeats,
         seed,
         tile_batch,
+        workers,
     };
     let bar = progress(0, "eval", quiet);
     let r = autopath::study::eval::evaluate(&opts, &|done, total| {

@@ -191,6 +191,7 @@ pub fn run(o: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoOutcome> {
             random_repeats: Some(o.random_repeats),
             seed: o.seed,
             tile_batch: 4,
+            workers: None,
         };
         evaluate(&opts, &|_, _| {}).map(|_| ())
     })?;

@@ -38,6 +38,8 @@ pub struct EvalOptions {
     pub seed: u64,
     /// Tiles per ORT call.
     pub tile_batch: usize,
+    /// Session sets of the path evaluator (None: [`PathEvaluator::open`]'s choice).
+    pub workers: Option<usize>,
 }
 
 /// Mean, spread and range of a set of values.
@@ -433,7 +435,10 @@ pub fn evaluate(opts: &EvalOptions, progress: &dyn Fn(usize, usize)) -> Result<R
     )?;
     let bundle = Bundle::load(&seg_bundle)?;
     let arch = bundle.manifest.architecture.clone();
-    let mut ev = PathEvaluator::open(&bundle, cfg.window, opts.tile_batch)?;
+    let mut ev = match opts.workers {
+        Some(w) => PathEvaluator::with_workers(&bundle, cfg.window, opts.tile_batch, w)?,
+        None => PathEvaluator::open(&bundle, cfg.window, opts.tile_batch)?,
+    };
     let (policies, tau, delta) = load_policies(&opts.policies, n_blocks)?;
     let repeats = opts.random_repeats.unwrap_or(if n_blocks <= 8 { 100 } else { 500 });
     let random = random_masks(n_blocks, repeats, opts.seed);
