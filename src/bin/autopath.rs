@@ -120,6 +120,12 @@ struct DemoArgs {
     /// Phantoms to synthesise.
     #[arg(long)]
     cases: Option<usize>,
+    /// Phantom shape D,H,W.
+    #[arg(long, value_parser = parse_shape)]
+    size: Option<[usize; 3]>,
+    /// The segmenter's tile D,H,W (training crops and the sliding window).
+    #[arg(long, value_parser = parse_shape)]
+    patch: Option<[usize; 3]>,
     /// Segmenter epochs.
     #[arg(long)]
     epochs: Option<usize>,
@@ -739,6 +745,8 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
     o.fresh = args.fresh;
     o.device = open_device(args.device)?;
     o.cases = args.cases.unwrap_or(o.cases);
+    o.size = args.size.unwrap_or(o.size);
+    o.patch = args.patch.unwrap_or(o.patch);
     o.epochs = args.epochs.unwrap_or(o.epochs);
     o.width = args.width.unwrap_or(o.width);
     o.policy_epochs = args.policy_epochs.unwrap_or(o.policy_epochs);
