@@ -3,9 +3,9 @@
 //! prefix it shares with the previous one. Policy rewards and the heuristic study both need hundreds
 //! of paths per volume; without sharing they would cost hundreds of full forward passes.
 //!
-//! On the CPU the tile batches of a volume are spread over one session set per core, each computing on
-//! its own thread: the blocks' small 3D tensors split poorly inside one graph (see
-//! [`PathEvaluator::open`]). A volume also remembers the outcome of every path scored on it, so that a
+//! On the CPU the tile batches of a volume are spread over two session sets with the cores shared
+//! out between them: the blocks' small 3D tensors split poorly inside one graph (see
+//! [`PathEvaluator::with_workers`]). A volume also remembers the outcome of every path scored on it, so that a
 //! path asked again (the paper's REINFORCE samples the same paths epoch after epoch) costs nothing.
 
 use std::cell::RefCell;
