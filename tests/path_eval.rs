@@ -58,3 +58,16 @@ fn parallel_workers_and_remembered_paths_give_the_sequential_outcomes() {
     // Not a trivial case: a path that answered with another path's outcome would be seen.
     assert!(distinct > 0, "every path scored the same on every volume");
 }
+
+#[test]
+fn eval_refuses_zero_workers_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_autopath"))
+        .args(["eval", "--seg", dir.path().to_str().unwrap(), "--out", dir.path().join("eval").to_str().unwrap()])
+        .args(["--workers", "0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--workers") && !err.contains("panicked"), "{err}");
+    assert!(!dir.path().join("eval").exists(), "nothing written for a refused command");
+}

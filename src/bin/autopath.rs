@@ -201,7 +201,7 @@ struct EvalArgs {
     tile_batch: usize,
     /// Session sets scoring a volume's tile batches at once, the cores shared out between them
     /// [default: the cores, at most 2]
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
     workers: Option<usize>,
 }
 
