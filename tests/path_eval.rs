@@ -18,8 +18,9 @@ fn parallel_workers_and_remembered_paths_give_the_sequential_outcomes() {
     let bundle = Bundle::load(&bundle).unwrap();
     let n = bundle.manifest.architecture.blocks.len();
     // One tile per batch: 8 batches per volume, spread unevenly over 3 workers.
-    let mut one = PathEvaluator::with_workers(&bundle, cfg.window, 1, 1).unwrap();
-    let mut three = PathEvaluator::with_workers(&bundle, cfg.window, 1, 3).unwrap();
+    let cpu = autopath::deploy::SessionOptions::default();
+    let mut one = PathEvaluator::with_workers(&bundle, cfg.window, 1, 1, &cpu).unwrap();
+    let mut three = PathEvaluator::with_workers(&bundle, cfg.window, 1, 3, &cpu).unwrap();
     let mask = |dropped: &[usize]| (0..n).map(|b| !dropped.contains(&b)).collect::<Vec<bool>>();
     // Repeats inside one call, a dropped block with a projection shortcut (2), one without (0, 7).
     let masks = vec![mask(&[]), mask(&[0]), mask(&[2]), mask(&[0, 7]), mask(&[]), mask(&[0])];
@@ -70,4 +71,50 @@ fn eval_refuses_zero_workers_with_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--workers") && !err.contains("panicked"), "{err}");
     assert!(!dir.path().join("eval").exists(), "nothing written for a refused command");
+}
+
+/// `eval` takes the runtime's provider flags: a GPU provider whose library is missing is an error that
+/// says what to do, and with `--allow-fallback` the study runs on the CPU with the CPU's results.
+#[test]
+fn eval_on_a_missing_gpu_provider_is_an_error_unless_fallback_is_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, run, _) = common::trained_bundle(dir.path());
+    let eval = |out: &str, extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_autopath"))
+            .args(["eval", "--quiet", "--seg", run.to_str().unwrap(), "--random-repeats", "2"])
+            .args(["--out", dir.path().join(out).to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let res = eval("cuda", &["--ep", "cuda"]);
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success(), "{err}");
+    assert!(err.contains("Cuda unavailable") && err.contains("--allow-fallback") && !err.contains("panicked"), "{err}");
+    assert!(!dir.path().join("cuda").join("results.json").exists());
+
+    let res = eval("fallback", &["--ep", "cuda", "--allow-fallback"]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let res = eval("cpu", &[]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let read = |out: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join(out).join("results.json")).unwrap()).unwrap()
+    };
+    let (fallback, cpu) = (read("fallback"), read("cpu"));
+    let volumes = cpu["volumes"].as_array().unwrap();
+    assert!(!volumes.is_empty());
+    for (a, b) in fallback["volumes"].as_array().unwrap().iter().zip(volumes) {
+        assert_eq!(a["id"], b["id"]);
+        for key in ["full", "drop_n", "drop_first", "drop_last"] {
+            let (x, y) = (a[key].clone(), b[key].clone());
+            let (x, y): (Vec<f64>, Vec<f64>) = match (x.as_f64(), y.as_f64()) {
+                (Some(x), Some(y)) => (vec![x], vec![y]),
+                _ => (serde_json::from_value(x).unwrap(), serde_json::from_value(y).unwrap()),
+            };
+            assert_eq!(x.len(), y.len());
+            for (p, q) in x.iter().zip(&y) {
+                assert!((p - q).abs() < 1e-6, "volume {} {key}: {p} vs {q}", b["id"]);
+            }
+        }
+    }
 }

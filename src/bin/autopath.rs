@@ -203,6 +203,8 @@ struct EvalArgs {
     /// [default: the cores, at most 2]
     #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
     workers: Option<usize>,
+    #[command(flatten)]
+    provider: autopath::cli::ProviderArgs,
 }
 
 #[derive(clap::Args)]
@@ -782,7 +784,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 fn eval(args: EvalArgs, quiet: bool) -> anyhow::Result<()> {
-    let EvalArgs { seg, policy, out, random_repeats, seed, tile_batch, workers } = args;
+    let EvalArgs { seg, policy, out, random_repeats, seed, tile_batch, workers, provider } = args;
     let opts = autopath::study::eval::EvalOptions {
         seg,
         policies: policy,
@@ -791,6 +793,7 @@ fn eval(args: EvalArgs, quiet: bool) -> anyhow::Result<()> {
         seed,
         tile_batch,
         workers,
+        session: provider.options(tile_batch),
     };
     let bar = progress(0, "eval", quiet);
     let r = autopath::study::eval::evaluate(&opts, &|done, total| {

@@ -192,6 +192,7 @@ pub fn run(o: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoOutcome> {
             seed: o.seed,
             tile_batch: 4,
             workers: None,
+            session: crate::deploy::SessionOptions::default(),
         };
         evaluate(&opts, &|_, _| {}).map(|_| ())
     })?;

@@ -16,7 +16,7 @@ use crate::input::bundle::{Architecture, Bundle};
 use crate::input::volume::{read_volume, ReadOptions};
 use crate::study::dataset::Dataset;
 use crate::study::figures::{histogram, line_chart, overlay_png, Series, AUTOPATH, FULL, TRUTH};
-use crate::study::path_eval::{PathEvaluator, Prepared};
+use crate::study::path_eval::{self, PathEvaluator, Prepared};
 use crate::study::search::{search, Objective, PathTable, Scored, BEAM_WIDTH, EXHAUSTIVE_MAX_BLOCKS};
 use crate::study::train::data::{load_sample, Sample};
 use crate::study::train::policy::{keep_probabilities, load_policy, Method, DICE_TOLERANCE};
@@ -40,6 +40,8 @@ pub struct EvalOptions {
     pub tile_batch: usize,
     /// Session sets of the path evaluator (None: [`PathEvaluator::open`]'s choice).
     pub workers: Option<usize>,
+    /// How ONNX Runtime runs the segmenter's graphs (the policies run in Candle on the CPU).
+    pub session: crate::deploy::SessionOptions,
 }
 
 /// Mean, spread and range of a set of values.
@@ -435,10 +437,8 @@ pub fn evaluate(opts: &EvalOptions, progress: &dyn Fn(usize, usize)) -> Result<R
     )?;
     let bundle = Bundle::load(&seg_bundle)?;
     let arch = bundle.manifest.architecture.clone();
-    let mut ev = match opts.workers {
-        Some(w) => PathEvaluator::with_workers(&bundle, cfg.window, opts.tile_batch, w)?,
-        None => PathEvaluator::open(&bundle, cfg.window, opts.tile_batch)?,
-    };
+    let workers = opts.workers.unwrap_or_else(path_eval::default_workers);
+    let mut ev = PathEvaluator::with_workers(&bundle, cfg.window, opts.tile_batch, workers, &opts.session)?;
     let (policies, tau, delta) = load_policies(&opts.policies, n_blocks)?;
     let repeats = opts.random_repeats.unwrap_or(if n_blocks <= 8 { 100 } else { 500 });
     let random = random_masks(n_blocks, repeats, opts.seed);

@@ -60,6 +60,11 @@ pub struct PathEvaluator {
     threshold: f32,
 }
 
+/// Session sets [`PathEvaluator::open`] uses: one per core, at most [`MAX_WORKERS`].
+pub fn default_workers() -> usize {
+    cores().min(MAX_WORKERS)
+}
+
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -77,7 +82,7 @@ impl PathEvaluator {
     /// the segmenter's window: one worker per core, at most [`MAX_WORKERS`] (see [`Self::with_workers`];
     /// on 16 cores, two sets of 8 threads: not measured there).
     pub fn open(bundle: &Bundle, window: WindowConfig, tile_batch: usize) -> Result<Self> {
-        Self::with_workers(bundle, window, tile_batch, cores().min(MAX_WORKERS))
+        Self::with_workers(bundle, window, tile_batch, default_workers(), &SessionOptions::default())
     }
 
     /// An evaluator with `workers` session sets. One set computes on ONNX Runtime's shared pool; more
@@ -85,11 +90,20 @@ impl PathEvaluator {
     /// spread over them. Measured on 2 cores with the demo's graphs (batches of 4 tiles of 32×96×96,
     /// the head and three blocks): one set on both threads 71–75 ms, one set on one thread
     /// 106–111 ms, two sets on one thread each 56–64 ms; `eval` on the demo 188 → 153 s, the same
-    /// results to the bit.
-    pub fn with_workers(bundle: &Bundle, window: WindowConfig, tile_batch: usize, workers: usize) -> Result<Self> {
-        let workers = workers.max(1);
-        let own_threads = (workers > 1).then(|| (cores() / workers).max(1));
-        let opts = SessionOptions { own_threads, ..SessionOptions::default() };
+    /// results to the bit. `session` chooses the provider and the CPU threads to share out
+    /// (`threads`, default the cores); a GPU provider gets one set (its calls queue on the device anyway).
+    pub fn with_workers(
+        bundle: &Bundle,
+        window: WindowConfig,
+        tile_batch: usize,
+        workers: usize,
+        session: &SessionOptions,
+    ) -> Result<Self> {
+        let gpu = session.ep != crate::deploy::ExecutionProvider::Cpu;
+        let workers = if gpu { 1 } else { workers.max(1) };
+        let threads = session.threads.unwrap_or_else(cores);
+        let own_threads = (workers > 1).then(|| (threads / workers).max(1));
+        let opts = SessionOptions { own_threads, ..session.clone() };
         let workers = (0..workers).map(|_| Sessions::open(bundle, &opts)).collect::<Result<Vec<_>>>()?;
         let input = &bundle.manifest.input;
         Ok(PathEvaluator {
