@@ -118,3 +118,26 @@ fn eval_on_a_missing_gpu_provider_is_an_error_unless_fallback_is_allowed() {
         }
     }
 }
+
+/// `train-policy` scores its paths with the runtime's provider flags too.
+#[test]
+fn train_policy_on_a_missing_gpu_provider_is_an_error_unless_fallback_is_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, run, _) = common::trained_bundle(dir.path());
+    let train = |out: &str, extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_autopath"))
+            .args(["train-policy", "--quiet", "--device", "cpu", "--seg", run.to_str().unwrap(), "--epochs", "2"])
+            .args(["--out", dir.path().join(out).to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let res = train("cuda", &["--ep", "cuda"]);
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success(), "{err}");
+    assert!(err.contains("Cuda unavailable") && err.contains("--allow-fallback") && !err.contains("panicked"), "{err}");
+    assert!(!dir.path().join("cuda").join("best.safetensors").exists());
+    let res = train("fallback", &["--ep", "cuda", "--allow-fallback"]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    assert!(dir.path().join("fallback").join("best.safetensors").exists());
+}

@@ -137,7 +137,7 @@ fn config(seg: &std::path::Path, method: Method) -> PolicyConfig {
 fn learns_the_identities(method: Method) {
     let f = fixture();
     let run = f.dir.path().join("policy");
-    train_policy(config(&f.seg, method), &run, &candle_core::Device::Cpu, &|_| {}).unwrap();
+    train_policy(config(&f.seg, method), &run, &candle_core::Device::Cpu, &Default::default(), &|_| {}).unwrap();
     let (policy, _, meta) = load_policy(&run, "last").unwrap();
     assert!(meta.forced.iter().all(|&f| !f), "every block is learned");
     let prep = Preprocessing::default();
@@ -168,7 +168,8 @@ fn the_distilled_policy_learns_to_drop_exactly_the_identity_blocks() {
 fn the_budget_calibration_holds_on_held_out_volumes() {
     let f = fixture();
     let run = f.dir.path().join("policy");
-    train_policy(config(&f.seg, Method::Distil), &run, &candle_core::Device::Cpu, &|_| {}).unwrap();
+    train_policy(config(&f.seg, Method::Distil), &run, &candle_core::Device::Cpu, &Default::default(), &|_| {})
+        .unwrap();
     let bundle = f.dir.path().join("bundle");
     let out = Command::new(env!("CARGO_BIN_EXE_autopath"))
         .args(["compile", "--seg", f.seg.to_str().unwrap(), "--policy", run.to_str().unwrap(), "--out"])

@@ -362,6 +362,8 @@ struct PolicyArgs {
     /// Tiles per ONNX Runtime call.
     #[arg(long, default_value_t = 4)]
     tile_batch: usize,
+    #[command(flatten)]
+    provider: autopath::cli::ProviderArgs,
 }
 
 fn train_policy(args: PolicyArgs, quiet: bool) -> anyhow::Result<()> {
@@ -394,7 +396,7 @@ fn train_policy(args: PolicyArgs, quiet: bool) -> anyhow::Result<()> {
     };
     let device = open_device(args.device)?;
     let out = if let Some(run) = args.resume {
-        resume_policy(&run, args.epochs, &device, &on_epoch)?;
+        resume_policy(&run, args.epochs, &device, &args.provider.options(args.tile_batch), &on_epoch)?;
         run
     } else {
         let seg = args.seg.expect("required");
@@ -426,7 +428,7 @@ fn train_policy(args: PolicyArgs, quiet: bool) -> anyhow::Result<()> {
             guard: !args.no_guard,
             tile_batch: args.tile_batch,
         };
-        train_policy(cfg, &out, &device, &on_epoch)?;
+        train_policy(cfg, &out, &device, &args.provider.options(args.tile_batch), &on_epoch)?;
         out
     };
     bar.finish_and_clear();

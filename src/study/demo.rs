@@ -282,7 +282,7 @@ fn train_policies(o: &DemoOptions, f: &Folders, stages: &mut Stages) -> Result<(
     stages.stage("3/8 train policy (ours: distilled paths)", policy_done(&f.policy, DISTIL_EPOCHS), || {
         let _ = std::fs::remove_dir_all(&f.policy);
         let cfg = PolicyConfig { seed: o.seed, val_every: 5, ..PolicyConfig::new(seg_abs.clone()) };
-        train_policy(cfg, &f.policy, &o.device, &report)
+        train_policy(cfg, &f.policy, &o.device, &SessionOptions::default(), &report)
     })?;
     stages.stage("4/8 train policy (the paper's REINFORCE)", policy_done(&f.paper, o.policy_epochs), || {
         let _ = std::fs::remove_dir_all(&f.paper);
@@ -296,7 +296,7 @@ fn train_policies(o: &DemoOptions, f: &Folders, stages: &mut Stages) -> Result<(
             seed: o.seed,
             ..PolicyConfig::new(seg_abs.clone())
         };
-        train_policy(cfg, &f.paper, &o.device, &report)
+        train_policy(cfg, &f.paper, &o.device, &SessionOptions::default(), &report)
     })
 }
 

@@ -24,6 +24,7 @@ mod distil;
 use super::checkpoint::{self, read_json, write_json};
 use super::data::load_sample;
 use super::segment::{cases_by_id, load_segmenter, TrainConfig};
+use crate::deploy::SessionOptions;
 use crate::error::{Error, Result};
 use crate::input::bundle::{Architecture, Bundle, PolicyTraining};
 use crate::input::preprocess::resample_linear;
@@ -445,15 +446,21 @@ impl Run<'_> {
     }
 }
 
-/// Trains a policy into `out`; the policy network computes on `device` (the frozen segmenter runs in
-/// ONNX Runtime).
-pub fn train_policy(cfg: PolicyConfig, out: &Path, device: &Device, on_epoch: &dyn Fn(&PolicyEpoch)) -> Result<()> {
+/// Trains a policy into `out`; the policy network computes on `device`, the frozen segmenter in ONNX
+/// Runtime as `session` says (its provider: the CPU by default).
+pub fn train_policy(
+    cfg: PolicyConfig,
+    out: &Path,
+    device: &Device,
+    session: &SessionOptions,
+    on_epoch: &dyn Fn(&PolicyEpoch),
+) -> Result<()> {
     if out.join("config.json").exists() {
         return Err(Error::invalid("--out", format!("{} already holds a run; use --resume", out.display())));
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     write_json(&out.join("config.json"), &cfg)?;
-    run(cfg, out, None, device, on_epoch)
+    run(cfg, out, None, device, session, on_epoch)
 }
 
 /// Continues a policy run from `last`.
@@ -461,6 +468,7 @@ pub fn resume_policy(
     out: &Path,
     epochs: Option<usize>,
     device: &Device,
+    session: &SessionOptions,
     on_epoch: &dyn Fn(&PolicyEpoch),
 ) -> Result<()> {
     let mut cfg: PolicyConfig = read_json(&out.join("config.json"))?;
@@ -470,7 +478,7 @@ pub fn resume_policy(
         write_json(&out.join("config.json"), &cfg)?;
     }
     let state = if out.join("last.json").exists() { Some(checkpoint::load::<PolicyMeta>(out, "last")?) } else { None };
-    run(cfg, out, state, device, on_epoch)
+    run(cfg, out, state, device, session, on_epoch)
 }
 
 /// The segmenter run's training and validation volumes, each as the policy's input and as tiles
@@ -508,13 +516,17 @@ fn run(
     out: &Path,
     state: Option<(HashMap<String, Tensor>, PolicyMeta)>,
     device: &Device,
+    session: &SessionOptions,
     on_epoch: &dyn Fn(&PolicyEpoch),
 ) -> Result<()> {
     let (net, seg_cfg) = load_segmenter(&cfg.seg, "best")?;
     let spec = seg_cfg.spec.clone();
     let n_blocks = spec.num_blocks();
     let bundle = segmenter_bundle(&net, &seg_cfg, out)?;
-    let mut evaluator = PathEvaluator::open(&bundle, seg_cfg.window, cfg.tile_batch)?;
+    let workers = crate::study::path_eval::default_workers();
+    // TensorRT's profiles must cover the run's own tiles per call (a resumed run keeps its config's).
+    let session = SessionOptions { max_tile_batch: cfg.tile_batch.max(1), ..session.clone() };
+    let mut evaluator = PathEvaluator::with_workers(&bundle, seg_cfg.window, cfg.tile_batch, workers, &session)?;
 
     let (train, val) = prepare_volumes(&seg_cfg, &mut evaluator)?;
 
