@@ -73,24 +73,30 @@ fn eval_refuses_zero_workers_with_a_clear_error() {
     assert!(!dir.path().join("eval").exists(), "nothing written for a refused command");
 }
 
-/// `eval` takes the runtime's provider flags: a GPU provider whose library is missing is an error that
-/// says what to do, and with `--allow-fallback` the study runs on the CPU with the CPU's results.
+/// A run asked for the CUDA provider that this ONNX Runtime library lacks: it failed, saying what to do.
+fn assert_missing_cuda_is_a_clear_error(res: &std::process::Output) {
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success(), "{err}");
+    assert!(err.contains("Cuda unavailable") && err.contains("--allow-fallback") && !err.contains("panicked"), "{err}");
+}
+
+/// `eval` and `train-policy` take the runtime's provider flags: a GPU provider whose library is missing
+/// is an error that says what to do, and with `--allow-fallback` they run on the CPU with the CPU's
+/// results. A refused `train-policy` leaves nothing that stops the same command from running again.
 #[test]
-fn eval_on_a_missing_gpu_provider_is_an_error_unless_fallback_is_allowed() {
+fn a_missing_gpu_provider_is_an_error_for_eval_and_train_policy_unless_fallback_is_allowed() {
     let dir = tempfile::tempdir().unwrap();
     let (_, run, _) = common::trained_bundle(dir.path());
-    let eval = |out: &str, extra: &[&str]| {
+    let autopath = |command: &str, out: &str, extra: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_autopath"))
-            .args(["eval", "--quiet", "--seg", run.to_str().unwrap(), "--random-repeats", "2"])
+            .args([command, "--quiet", "--seg", run.to_str().unwrap()])
             .args(["--out", dir.path().join(out).to_str().unwrap()])
             .args(extra)
             .output()
             .unwrap()
     };
-    let res = eval("cuda", &["--ep", "cuda"]);
-    let err = String::from_utf8_lossy(&res.stderr);
-    assert!(!res.status.success(), "{err}");
-    assert!(err.contains("Cuda unavailable") && err.contains("--allow-fallback") && !err.contains("panicked"), "{err}");
+    let eval = |out: &str, extra: &[&str]| autopath("eval", out, &[&["--random-repeats", "2"], extra].concat());
+    assert_missing_cuda_is_a_clear_error(&eval("cuda", &["--ep", "cuda"]));
     assert!(!dir.path().join("cuda").join("results.json").exists());
 
     let res = eval("fallback", &["--ep", "cuda", "--allow-fallback"]);
@@ -117,27 +123,13 @@ fn eval_on_a_missing_gpu_provider_is_an_error_unless_fallback_is_allowed() {
             }
         }
     }
-}
 
-/// `train-policy` scores its paths with the runtime's provider flags too.
-#[test]
-fn train_policy_on_a_missing_gpu_provider_is_an_error_unless_fallback_is_allowed() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_, run, _) = common::trained_bundle(dir.path());
-    let train = |out: &str, extra: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_autopath"))
-            .args(["train-policy", "--quiet", "--device", "cpu", "--seg", run.to_str().unwrap(), "--epochs", "2"])
-            .args(["--out", dir.path().join(out).to_str().unwrap()])
-            .args(extra)
-            .output()
-            .unwrap()
-    };
-    let res = train("cuda", &["--ep", "cuda"]);
-    let err = String::from_utf8_lossy(&res.stderr);
-    assert!(!res.status.success(), "{err}");
-    assert!(err.contains("Cuda unavailable") && err.contains("--allow-fallback") && !err.contains("panicked"), "{err}");
-    assert!(!dir.path().join("cuda").join("best.safetensors").exists());
-    let res = train("fallback", &["--ep", "cuda", "--allow-fallback"]);
+    let train =
+        |extra: &[&str]| autopath("train-policy", "policy", &[&["--device", "cpu", "--epochs", "2"], extra].concat());
+    assert_missing_cuda_is_a_clear_error(&train(&["--ep", "cuda"]));
+    assert!(!dir.path().join("policy").join("best.safetensors").exists());
+    // The same folder, now with fallback: a new run, not "already holds a run".
+    let res = train(&["--ep", "cuda", "--allow-fallback"]);
     assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
-    assert!(dir.path().join("fallback").join("best.safetensors").exists());
+    assert!(dir.path().join("policy").join("best.safetensors").exists());
 }

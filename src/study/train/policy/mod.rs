@@ -460,7 +460,13 @@ pub fn train_policy(
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     write_json(&out.join("config.json"), &cfg)?;
-    run(cfg, out, None, device, session, on_epoch)
+    let result = run(cfg, out, None, device, session, on_epoch);
+    if result.is_err() && !out.join("last.json").exists() {
+        // Nothing trained (e.g. the provider would not open): the same command can be run again
+        // rather than told to resume a run that never started. The compiled segmenter stays for reuse.
+        let _ = std::fs::remove_file(out.join("config.json"));
+    }
+    result
 }
 
 /// Continues a policy run from `last`.
