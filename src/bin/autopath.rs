@@ -352,8 +352,9 @@ struct PolicyArgs {
     #[arg(long)]
     calibrate_threshold: bool,
     /// Distil: deploy --threshold even when it scores below the full network on the validation volumes
-    /// (by default the policy is then capped at the deepest prefix of its drop order whose mean Dice
-    /// loss over the validation volumes is within the tolerance, or, if none is, every block is kept).
+    /// (by default the policy is then shifted back along its drop order by the fewest blocks that make
+    /// it score above 0 there; failing that, capped at the deepest prefix of its drop order whose mean
+    /// Dice loss over the validation volumes is within the tolerance; if none is, every block is kept).
     #[arg(long)]
     no_guard: bool,
     /// Seed.
@@ -452,7 +453,11 @@ fn print_policy_summary(out: &std::path::Path) -> anyhow::Result<()> {
         out.display()
     );
     let forced = meta.forced.iter().filter(|&&f| f).count();
-    if cfg.method == autopath::study::train::policy::Method::Distil && forced > 0 {
+    if cfg.method == autopath::study::train::policy::Method::Distil && !meta.source.is_empty() {
+        println!(
+            "validation guard: the policy scored below the full network on the validation volumes; it is shifted back along its drop order by {forced} (each volume drops {forced} fewer of the order's blocks than the policy says; the order's last {forced} are always kept)"
+        );
+    } else if cfg.method == autopath::study::train::policy::Method::Distil && forced > 0 {
         println!(
             "validation guard: the policy scored below the full network on the validation volumes; {forced} of {} blocks are kept whatever it says (those past the deepest drop-order prefix the validation volumes tolerate on average)",
             meta.forced.len()

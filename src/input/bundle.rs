@@ -190,8 +190,13 @@ pub struct PolicyTraining {
     pub curriculum_epochs: usize,
     /// Epochs trained at the saved checkpoint.
     pub epochs: usize,
-    /// Blocks the curriculum had not reached, kept whatever the policy says.
+    /// Blocks the curriculum had not reached (paper) or past the validation guard's cap or shift
+    /// (distil), kept whatever the policy says.
     pub forced_keep: Vec<bool>,
+    /// Distil's validation guard, when it shifted the policy back along its drop order: block n's
+    /// decision is the trained policy's output `output_source[n]` (empty: its own).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub output_source: Vec<usize>,
     /// Validation score of the saved checkpoint.
     pub val_score: Option<f64>,
     /// Validation Dice of the saved checkpoint.

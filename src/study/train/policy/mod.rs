@@ -81,10 +81,11 @@ pub struct PolicyConfig {
     #[serde(default)]
     pub calibrate_threshold: bool,
     /// Distil: when the policy at `threshold` scores below the full network on the validation volumes
-    /// (it loses more Dice beyond the tolerance than it saves), cap it at the deepest prefix of the drop
-    /// order that the validation volumes tolerate on average (the other blocks forced kept), or, when that does
-    /// not score at least 0 either, deploy threshold 0: every block kept. Runs from before the guard
-    /// existed have none.
+    /// (it loses more Dice beyond the tolerance than it saves), shift it back along the drop order by
+    /// the fewest blocks that make it score above 0 there; failing that, cap it at the deepest prefix
+    /// of the drop order that the validation volumes tolerate on average (the other blocks forced kept),
+    /// or, when that does not score at least 0 either, deploy threshold 0: every block kept. Runs from
+    /// before the guard existed have none.
     #[serde(default)]
     pub guard: bool,
     /// Tiles per ORT call.
@@ -143,6 +144,11 @@ pub struct PolicyMeta {
     /// blocks, or the distilled policy's validation guard's cap (the blocks past the drop-order prefix
     /// the validation volumes tolerate on average).
     pub forced: Vec<bool>,
+    /// The distilled policy's validation guard, when it shifted the policy back along the drop order:
+    /// the deployed policy's output n is the trained output `source[n]` (empty: every output its own;
+    /// see `distil::shifted`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source: Vec<usize>,
     /// Validation: mean reward of the greedy path (the objective `best` is chosen by).
     pub val_reward: Option<f64>,
     /// Validation: mean Dice of the greedy path.
@@ -230,14 +236,25 @@ pub fn keep_probabilities(net: &PolicyNet, image: &Array3<f32>, input: [usize; 3
     net.forward(&t, false).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).map_err(candle)
 }
 
-/// Makes the policy keep `forced` blocks whatever its input: their output logit becomes a constant
-/// +30 (weight row 0). Exported graphs and evaluation then agree with what training learned.
-pub fn force_keep(net: &PolicyNet, forced: &[bool]) -> Result<PolicyNet> {
-    if !forced.iter().any(|&f| f) {
+/// The policy as deployed: output n takes the trained output `source[n]` (empty `source`: its own), and
+/// `forced` blocks are kept whatever the input (their output logit becomes a constant +30, weight row
+/// 0). Both act on the last layer's rows, so exported graphs, evaluation and `--budget` see exactly
+/// the policy validation chose, with no rule outside the network.
+pub fn deployed(net: &PolicyNet, forced: &[bool], source: &[usize]) -> Result<PolicyNet> {
+    if !forced.iter().any(|&f| f) && source.is_empty() {
         return Ok(net.clone());
     }
-    let w = net.fc.weight();
-    let b = net.fc.bias().cloned().ok_or_else(|| Error::invalid("policy", "linear layer without bias"))?;
+    let mut w = net.fc.weight().clone();
+    let mut b = net.fc.bias().cloned().ok_or_else(|| Error::invalid("policy", "linear layer without bias"))?;
+    if !source.is_empty() {
+        if source.len() != forced.len() || source.iter().any(|&s| s >= forced.len()) {
+            return Err(Error::invalid("policy", format!("output sources {source:?} for {} blocks", forced.len())));
+        }
+        let rows: Vec<u32> = source.iter().map(|&s| s as u32).collect();
+        let rows = Tensor::new(rows.as_slice(), w.device()).map_err(candle)?;
+        w = w.index_select(&rows, 0).map_err(candle)?;
+        b = b.index_select(&rows, 0).map_err(candle)?;
+    }
     let mask: Vec<f32> = forced.iter().map(|&f| if f { 0.0 } else { 1.0 }).collect();
     let m = Tensor::new(mask.as_slice(), w.device()).map_err(candle)?;
     let w = w.broadcast_mul(&m.unsqueeze(1).map_err(candle)?).map_err(candle)?;
@@ -269,6 +286,7 @@ pub fn training_record(c: &PolicyConfig, m: &PolicyMeta) -> PolicyTraining {
         curriculum_epochs: c.curriculum_epochs,
         epochs: m.epoch,
         forced_keep: m.forced.clone(),
+        output_source: m.source.clone(),
         val_score: m.val_reward,
         val_dice: m.val_dice,
         val_dropped: m.val_dropped,
@@ -285,7 +303,7 @@ pub fn load_policy(run: &Path, which: &str) -> Result<(PolicyNet, PolicyConfig, 
     let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
     let net = PolicyNet::load(vb, &seg_cfg.spec)
         .map_err(|e| Error::invalid("policy checkpoint", format!("{}: {e}", run.display())))?;
-    let net = force_keep(&net, &meta.forced)?;
+    let net = deployed(&net, &meta.forced, &meta.source)?;
     Ok((net, cfg, meta))
 }
 
@@ -328,10 +346,10 @@ impl Run<'_> {
         Tensor::from_vec(v, (items.len(), 1, d[0], d[1], d[2]), self.model.net.device()).map_err(candle)
     }
 
-    /// Keep probabilities of the deployed policy (evaluation mode, forced blocks kept) for one volume.
+    /// Keep probabilities of the deployed policy (evaluation mode, forced blocks kept, outputs
+    /// shifted) for one volume.
     fn deployed_probabilities(&self, item: &Item) -> Result<Vec<f32>> {
-        let deployed = force_keep(&self.model.net, &self.meta.forced)?;
-        deployed
+        deployed(&self.model.net, &self.meta.forced, &self.meta.source)?
             .forward(&self.batch_input(&[item])?, false)
             .and_then(|p| p.flatten_all())
             .and_then(|p| p.to_vec1())
@@ -545,6 +563,7 @@ fn run(
         epoch: 0,
         steps: 0,
         forced,
+        source: vec![],
         val_reward: None,
         val_dice: None,
         val_dropped: None,
@@ -586,5 +605,36 @@ fn run(
             Ok(())
         }
         Method::Distil => distil::train(&mut run, on_epoch),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The deployed network's outputs are the trained network's, re-routed by `source`, with `forced`
+    /// blocks at probability 1: what validation scored is what the bundle's policy graph computes.
+    #[test]
+    fn deployed_policy_reroutes_outputs_and_keeps_forced_blocks() {
+        let spec = ArchSpec::preset("r18", 4, [16, 32, 32]).expect("preset");
+        let model = PolicyModel::new(&spec, 7, &Device::Cpu).expect("policy");
+        let [d, h, w] = spec.policy.input;
+        let x = Tensor::randn(0f32, 1.0, (2, 1, d, h, w), &Device::Cpu).expect("input");
+        let out =
+            |net: &PolicyNet| -> Vec<Vec<f32>> { net.forward(&x, false).and_then(|p| p.to_vec2()).expect("forward") };
+        let trained = out(&model.net);
+        let n = spec.num_blocks();
+        let source = vec![3, 2, 5, 7, 4, 6, 6, 7];
+        let forced: Vec<bool> = (0..n).map(|b| b == 7).collect();
+        let shown = out(&deployed(&model.net, &forced, &source).expect("deployed"));
+        for (t, s) in trained.iter().zip(&shown) {
+            for b in 0..n {
+                let want = if forced[b] { 1.0 } else { t[source[b]] };
+                assert!((s[b] - want).abs() < 1e-6, "block {b}: {} against {want}", s[b]);
+            }
+        }
+        assert_eq!(out(&deployed(&model.net, &vec![false; n], &[]).expect("identity")), trained);
+        assert!(deployed(&model.net, &forced, &[0, 1]).is_err(), "a source per block");
+        assert!(deployed(&model.net, &forced, &[8; 8]).is_err(), "sources are blocks");
     }
 }
