@@ -30,7 +30,7 @@ fn bundle(dir: &std::path::Path) -> autopath::input::bundle::Bundle {
         Some(p),
         None,
         &out,
-        autopath::study::compile::CompileOptions { verify: false, force: true },
+        autopath::study::compile::CompileOptions { verify: false, force: true, ..Default::default() },
     )
     .expect("compile");
     autopath::input::bundle::Bundle::load(&out).expect("bundle")

@@ -47,14 +47,23 @@ fn max_rel(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// For both decoders: with the skip decoder, dropping a block of stage 0 also changes the head's
-/// second input, so every dropped block is compared with Candle.
+/// second input, so every dropped block is compared with Candle. Both ways of writing 3D
+/// convolutions (depth taps: basic and bottleneck blocks, dilated stages, both heads).
 #[test]
 fn every_graph_passes_the_onnx_checker_and_dropping_each_block_matches_candle() {
+    use autopath_export::ConvLayout::{DepthTaps, Native};
     use DecoderKind::{Paper, Skip};
-    for (name, seed, decoder) in [("r18", 1, Paper), ("r50", 2, Paper), ("r18", 4, Skip), ("r50", 5, Skip)] {
+    for (name, seed, decoder, conv) in [
+        ("r18", 1, Paper, Native),
+        ("r50", 2, Paper, Native),
+        ("r18", 4, Skip, Native),
+        ("r50", 5, Skip, Native),
+        ("r18", 6, Skip, DepthTaps),
+        ("r50", 7, Paper, DepthTaps),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let model = random_model(name, seed, decoder);
-        let name = format!("{name} {decoder:?}");
+        let name = format!("{name} {decoder:?} {conv:?}");
         let cfg = config(model.net.spec().clone());
         let out = dir.path().join("bundle");
         let report = compile(
@@ -63,9 +72,12 @@ fn every_graph_passes_the_onnx_checker_and_dropping_each_block_matches_candle() 
             None,
             None,
             &out,
-            autopath::study::compile::CompileOptions { verify: true, force: false },
+            autopath::study::compile::CompileOptions { verify: true, conv, ..Default::default() },
         )
         .unwrap();
+        let head = std::fs::read(out.join("head.onnx")).unwrap();
+        let taps = head.windows(5).any(|w| w == b".taps");
+        assert_eq!(taps, conv == DepthTaps, "{name}: the head's 3D convolutions as depth taps");
         assert!(
             report.checks.len() >= 3 && report.checks.iter().all(|c| c.passed && c.max_rel <= 1e-4),
             "{:?}",
@@ -90,6 +102,7 @@ fn every_graph_passes_the_onnx_checker_and_dropping_each_block_matches_candle() 
         }
 
         let bundle = autopath::input::bundle::Bundle::load(&out).unwrap();
+        assert_eq!(bundle.manifest.producer.conv3d, autopath::study::compile::layout_name(conv));
         let mut s = Sessions::open(&bundle, &SessionOptions::default()).unwrap();
         let x = Array5::from_shape_fn((2, 1, 16, 32, 32), |(b, _, z, y, w)| {
             ((b * 7 + z * 3 + y * 5 + w) as f32 * 0.37).sin()
@@ -129,7 +142,7 @@ fn tampered_bundles_are_refused(decoder: DecoderKind) {
         None,
         None,
         &out,
-        autopath::study::compile::CompileOptions { verify: false, force: false },
+        autopath::study::compile::CompileOptions { verify: false, ..Default::default() },
     )
     .unwrap();
     let ok = autopath(&["inspect", out.to_str().unwrap()]);
@@ -228,7 +241,7 @@ fn a_policy_for_another_number_of_blocks_is_refused_by_compile() {
         Some(input),
         None,
         &out,
-        autopath::study::compile::CompileOptions { verify: false, force: false },
+        autopath::study::compile::CompileOptions { verify: false, ..Default::default() },
     )
     .err()
     .unwrap()

@@ -105,7 +105,7 @@ fn briefly_trained_segmenters_compile_with_every_segment_within_tolerance_of_the
             None,
             None,
             &out,
-            autopath::study::compile::CompileOptions { verify: true, force: false },
+            autopath::study::compile::CompileOptions { verify: true, ..Default::default() },
         )
         .unwrap_or_else(|e| panic!("{arch} w{width} {patch} {epochs} epochs drop-path {drop_path}: {e}"));
         let names: Vec<&str> = report.checks.iter().map(|c| c.name.as_str()).collect();
@@ -151,7 +151,7 @@ fn a_bundle_that_differs_from_its_model_in_one_block_is_refused_naming_that_bloc
         None,
         None,
         &out,
-        autopath::study::compile::CompileOptions { verify: false, force: false },
+        autopath::study::compile::CompileOptions { verify: false, ..Default::default() },
     )
     .unwrap();
     // The model changes after compiling: block 3's last BatchNorm scale is doubled.

@@ -11,6 +11,7 @@ use autopath_models::deeplab::DeepLab3d;
 use autopath_models::policy::PolicyNet;
 use prost::Message;
 
+pub use builder::ConvLayout;
 use builder::{Dim, GraphBuilder};
 use graphs::{emit_block, emit_head, emit_policy, emit_shortcut, emit_stem, fixed, symbolic};
 use pb::{ModelProto, OperatorSetIdProto, StringStringEntryProto};
@@ -70,14 +71,20 @@ fn model(graph: pb::GraphProto, doc: &str, producer_version: &str) -> Vec<u8> {
 /// Inputs and outputs: `image` `[N, 1, D, H, W]` → stem → `features`; each block maps `x` → `y`;
 /// the head maps `x` (and, with the skip decoder, [`LOW_LEVEL_INPUT`]) → `probabilities` `[N, K, tile]`; `full.onnx` maps `image` → `probabilities`;
 /// the policy maps `volume` `[N, 1, d, h, w]` → `keep` `[N, blocks]`.
-pub fn compile(net: &DeepLab3d, policy: Option<&PolicyNet>, tile: [usize; 3], version: &str) -> Result<Vec<GraphFile>> {
+pub fn compile(
+    net: &DeepLab3d,
+    policy: Option<&PolicyNet>,
+    tile: [usize; 3],
+    version: &str,
+    layout: ConvLayout,
+) -> Result<Vec<GraphFile>> {
     let spec = net.spec();
     let mut files = Vec::new();
     let mut push = |file: String, role: &str, g: GraphBuilder| {
         files.push(GraphFile { bytes: model(g.finish(), role, version), file, role: role.into() })
     };
 
-    let mut g = GraphBuilder::new("stem", "stem: conv 7x7x7 s2 + BN + ReLU + max-pool 3 s2");
+    let mut g = GraphBuilder::new("stem", "stem: conv 7x7x7 s2 + BN + ReLU + max-pool 3 s2").with_layout(layout);
     let x = g.input("image", &symbolic(spec.in_channels));
     let y = emit_stem(&mut g, &x, net)?;
     let y = g.identity("features", &y);
@@ -87,7 +94,8 @@ pub fn compile(net: &DeepLab3d, policy: Option<&PolicyNet>, tile: [usize; 3], ve
     for (n, block) in net.blocks.iter().enumerate() {
         let b = block.spec();
         let prefix = b.name();
-        let mut g = GraphBuilder::new(&prefix, &format!("block {n} ({prefix}), kept: relu(shortcut(x) + F(x))"));
+        let mut g = GraphBuilder::new(&prefix, &format!("block {n} ({prefix}), kept: relu(shortcut(x) + F(x))"))
+            .with_layout(layout);
         let x = g.input("x", &symbolic(b.in_channels));
         let y = emit_block(&mut g, &prefix, &x, block)?;
         let y = g.identity("y", &y);
@@ -97,7 +105,8 @@ pub fn compile(net: &DeepLab3d, policy: Option<&PolicyNet>, tile: [usize; 3], ve
             let mut g = GraphBuilder::new(
                 &format!("{prefix}.shortcut"),
                 &format!("block {n} ({prefix}), dropped: projection shortcut only"),
-            );
+            )
+            .with_layout(layout);
             let x = g.input("x", &symbolic(b.in_channels));
             let y = emit_shortcut(&mut g, &prefix, &x, block)?;
             let y = g.identity("y", &y);
@@ -107,7 +116,8 @@ pub fn compile(net: &DeepLab3d, policy: Option<&PolicyNet>, tile: [usize; 3], ve
     }
 
     let k = spec.output.channels();
-    let mut g = GraphBuilder::new("head", "head: ASPP + decoder + trilinear upsampling to the tile + sigmoid/softmax");
+    let mut g = GraphBuilder::new("head", "head: ASPP + decoder + trilinear upsampling to the tile + sigmoid/softmax")
+        .with_layout(layout);
     let x = g.input("x", &symbolic(spec.backbone_channels()));
     let low = spec.low_level_block().map(|_| g.input(LOW_LEVEL_INPUT, &symbolic(spec.low_level_channels())));
     let y = emit_head(&mut g, &x, low.as_deref(), net, tile)?;
@@ -115,7 +125,8 @@ pub fn compile(net: &DeepLab3d, policy: Option<&PolicyNet>, tile: [usize; 3], ve
     g.output(&y, &fixed(k, tile));
     push("head.onnx".into(), "head", g);
 
-    let mut g = GraphBuilder::new("full", "full network: stem + every block + head, the baseline and parity reference");
+    let mut g = GraphBuilder::new("full", "full network: stem + every block + head, the baseline and parity reference")
+        .with_layout(layout);
     let mut h = g.input("image", &fixed(spec.in_channels, tile));
     h = emit_stem(&mut g, &h, net)?;
     let mut low = None;
@@ -132,7 +143,8 @@ pub fn compile(net: &DeepLab3d, policy: Option<&PolicyNet>, tile: [usize; 3], ve
 
     if let Some(p) = policy {
         let mut g =
-            GraphBuilder::new("policy", "policy: ResNet-10 on the downsampled volume -> keep probability per block");
+            GraphBuilder::new("policy", "policy: ResNet-10 on the downsampled volume -> keep probability per block")
+                .with_layout(layout);
         let x = g.input("volume", &fixed(spec.in_channels, spec.policy.input));
         let y = emit_policy(&mut g, &x, p)?;
         let y = g.identity("keep", &y);

@@ -25,6 +25,14 @@ pub struct Producer {
     pub onnx_ir_version: i64,
     /// ONNX Runtime the bundle was verified with.
     pub onnx_runtime: String,
+    /// How the graphs write 3D convolutions: `native` (one 3D `Conv`) or `depth-taps` (2D `Conv`s
+    /// over depth slices, faster on ONNX Runtime's CPU provider). Older bundles: native.
+    #[serde(default = "native")]
+    pub conv3d: String,
+}
+
+fn native() -> String {
+    "native".into()
 }
 
 /// The network's output activation.

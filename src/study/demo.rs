@@ -197,7 +197,8 @@ pub fn run(o: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoOutcome> {
         evaluate(&opts, &|_, _| {}).map(|_| ())
     })?;
     stages.stage("6/8 compile bundle", f.bundle.join("manifest.json").exists(), || {
-        let opts = crate::study::compile::CompileOptions { verify: true, force: true };
+        // The demo's runtime and benchmark run on the CPU provider.
+        let opts = crate::study::compile::CompileOptions::for_provider(crate::deploy::ExecutionProvider::Cpu);
         let results = f.eval.join("results.json");
         let r = crate::study::compile::compile_runs(&f.seg, "best", Some(&f.policy), Some(&results), &f.bundle, opts)?;
         for c in &r.checks {

@@ -433,7 +433,7 @@ pub fn evaluate(opts: &EvalOptions, progress: &dyn Fn(usize, usize)) -> Result<R
         None,
         None,
         &seg_bundle,
-        crate::study::compile::CompileOptions { verify: true, force: true },
+        crate::study::compile::CompileOptions::for_provider(opts.session.ep),
     )?;
     let bundle = Bundle::load(&seg_bundle)?;
     let arch = bundle.manifest.architecture.clone();

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use autopath_export::ConvLayout;
 use autopath_models::deeplab::DeepLab3d;
 use autopath_models::policy::PolicyNet;
 use autopath_models::spec::{ArchSpec, BlockKind, DecoderKind};
@@ -49,18 +50,41 @@ pub struct PolicyInput<'a> {
     pub training: Option<crate::input::bundle::PolicyTraining>,
 }
 
-/// Whether to check the graphs and whether to replace an existing folder.
+/// Whether to check the graphs, whether to replace an existing folder, how to write 3D convolutions.
 #[derive(Debug, Clone, Copy)]
 pub struct CompileOptions {
     /// Run the parity checks against an f64 copy of the model (`--no-verify` turns them off).
     pub verify: bool,
     /// Replace an existing bundle folder.
     pub force: bool,
+    /// How the graphs write 3D convolutions (`--conv3d`).
+    pub conv: ConvLayout,
+}
+
+impl CompileOptions {
+    /// Options for a bundle that only `provider` will run (the segmenter bundles that `eval` and
+    /// `train-policy` score paths with): depth taps on the CPU, where they are faster, native 3D
+    /// convolutions on a GPU provider.
+    pub fn for_provider(provider: crate::deploy::ExecutionProvider) -> Self {
+        let conv = match provider {
+            crate::deploy::ExecutionProvider::Cpu => ConvLayout::DepthTaps,
+            _ => ConvLayout::Native,
+        };
+        CompileOptions { verify: true, force: true, conv }
+    }
+}
+
+/// The manifest's name of a convolution layout.
+pub fn layout_name(layout: ConvLayout) -> &'static str {
+    match layout {
+        ConvLayout::Native => "native",
+        ConvLayout::DepthTaps => "depth-taps",
+    }
 }
 
 impl Default for CompileOptions {
     fn default() -> Self {
-        CompileOptions { verify: true, force: false }
+        CompileOptions { verify: true, force: false, conv: ConvLayout::Native }
     }
 }
 
@@ -112,14 +136,19 @@ pub fn compile(
             format!("the policy decides on {} blocks; the segmenter has {}", p.net.num_blocks(), spec.num_blocks()),
         ));
     }
-    let graphs =
-        autopath_export::compile(net, policy.as_ref().map(|p| p.net), cfg.window.patch, env!("CARGO_PKG_VERSION"))?;
+    let graphs = autopath_export::compile(
+        net,
+        policy.as_ref().map(|p| p.net),
+        cfg.window.patch,
+        env!("CARGO_PKG_VERSION"),
+        opts.conv,
+    )?;
 
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     let tmp = crate::atomic::temporary_sibling(out);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    match build(&tmp, net, cfg, policy.as_ref(), evaluation, &graphs, opts.verify) {
+    match build(&tmp, net, cfg, policy.as_ref(), evaluation, &graphs, opts) {
         Ok((bundle_bytes, checks)) => {
             if out.exists() {
                 std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
@@ -151,7 +180,7 @@ fn build(
     policy: Option<&PolicyInput>,
     evaluation: Option<serde_json::Value>,
     graphs: &[autopath_export::GraphFile],
-    verify: bool,
+    opts: CompileOptions,
 ) -> Result<(u64, Vec<Check>)> {
     let spec = net.spec();
     let mut files = BTreeMap::new();
@@ -172,6 +201,7 @@ fn build(
             onnx_opset: autopath_export::OPSET,
             onnx_ir_version: autopath_export::IR_VERSION,
             onnx_runtime: crate::deploy::ort_library::ORT_VERSION.into(),
+            conv3d: layout_name(opts.conv).into(),
         },
         architecture: architecture.clone(),
         input: input_contract(cfg, crate::study::train::infer::activation(spec.output)),
@@ -191,7 +221,7 @@ fn build(
     };
     crate::study::train::checkpoint::write_json(&dir.join("manifest.json"), &manifest)?;
     let mut checks = Vec::new();
-    if verify {
+    if opts.verify {
         let bundle = Bundle::load(dir)?;
         let mut s = Sessions::open(&bundle, &SessionOptions::default())?;
         checks = parity::verify(net, policy.map(|p| p.net), &mut s, cfg.window.patch)?;

@@ -526,10 +526,15 @@ fn prepare_volumes(seg_cfg: &TrainConfig, evaluator: &mut PathEvaluator) -> Resu
 
 /// The frozen segmenter as its compiled graphs in the run folder (compiled once, reused on resume):
 /// fast, and exactly what will be deployed.
-fn segmenter_bundle(net: &autopath_models::deeplab::DeepLab3d, seg_cfg: &TrainConfig, out: &Path) -> Result<Bundle> {
+fn segmenter_bundle(
+    net: &autopath_models::deeplab::DeepLab3d,
+    seg_cfg: &TrainConfig,
+    out: &Path,
+    session: &SessionOptions,
+) -> Result<Bundle> {
     let dir = out.join("segmenter");
     if !dir.join("manifest.json").exists() {
-        let opts = crate::study::compile::CompileOptions { verify: true, force: true };
+        let opts = crate::study::compile::CompileOptions::for_provider(session.ep);
         crate::study::compile::compile(net, seg_cfg, None, None, &dir, opts)?;
     }
     Bundle::load(&dir)
@@ -546,7 +551,7 @@ fn run(
     let (net, seg_cfg) = load_segmenter(&cfg.seg, "best")?;
     let spec = seg_cfg.spec.clone();
     let n_blocks = spec.num_blocks();
-    let bundle = segmenter_bundle(&net, &seg_cfg, out)?;
+    let bundle = segmenter_bundle(&net, &seg_cfg, out, session)?;
     let workers = crate::study::path_eval::default_workers();
     // TensorRT's profiles must cover the run's own tiles per call (a resumed run keeps its config's).
     let session = SessionOptions { max_tile_batch: cfg.tile_batch.max(1), ..session.clone() };
