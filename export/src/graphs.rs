@@ -63,6 +63,34 @@ fn conv_bn(g: &mut GraphBuilder, name: &str, x: &str, unit: &ConvBn) -> Result<S
     Ok(g.conv(name, x, (&dims, &w), &b, attrs(&unit.conv)))
 }
 
+/// conv + folded BN on an input of spatial `size`, keeping along each axis only the taps that can read
+/// the input. Why: with the same padding and a dilation at least the input's size, every tap but the
+/// centre reads only zero padding, and ASPP's rates (6, 12, 18) are that large on the small feature
+/// map of a tile (4×12×12 on the demo's 32×96×96 tiles; the paper's 48×256×256 tiles give 6×32×32): its
+/// rate-12 and rate-18 branches are 1×1×1 convolutions there, its rate-6 branch 1×3×3. The head's
+/// inputs are fixed to the tile's sizes, so no other input can reach these graphs.
+fn conv_bn_live_taps(g: &mut GraphBuilder, name: &str, x: &str, unit: &ConvBn, size: [usize; 3]) -> Result<String> {
+    let (mut dims, mut w, b) = folded(&unit.conv, Some(&unit.bn), name)?;
+    let mut a = attrs(&unit.conv);
+    for axis in 0..3 {
+        let (k, d) = (a.kernel[axis], a.dilation[axis]);
+        if k > 1 && k % 2 == 1 && a.stride[axis] == 1 && 2 * a.padding[axis] == d * (k - 1) && d >= size[axis] {
+            w = centre_tap(&dims, &w, axis);
+            dims[2 + axis] = 1;
+            (a.kernel[axis], a.padding[axis], a.dilation[axis]) = (1, 0, 1);
+        }
+    }
+    Ok(g.conv(name, x, (&dims, &w), &b, a))
+}
+
+/// The weight `[Co, Ci, kd, kh, kw]` restricted to the centre of its kernel along spatial `axis`.
+fn centre_tap(dims: &[usize], w: &[f32], axis: usize) -> Vec<f32> {
+    let k = dims[2 + axis];
+    let inner: usize = dims[3 + axis..].iter().product();
+    let outer: usize = dims[..2 + axis].iter().product();
+    (0..outer).flat_map(|o| &w[(o * k + k / 2) * inner..(o * k + k / 2 + 1) * inner]).copied().collect()
+}
+
 /// The stem: conv 7³ s2 (+BN) → ReLU → max-pool 3 s2.
 pub fn emit_stem(g: &mut GraphBuilder, x: &str, net: &DeepLab3d) -> Result<String> {
     stem_like(g, "stem", x, &net.stem)
@@ -106,7 +134,8 @@ pub fn emit_head(
     net: &DeepLab3d,
     tile: [usize; 3],
 ) -> Result<String> {
-    let aspp = emit_aspp(g, x, net)?;
+    let feature = net.spec().cost(tile).blocks.last().map(|b| [b.output[1], b.output[2], b.output[3]]);
+    let aspp = emit_aspp(g, x, net, feature)?;
     let logits = match &net.decoder {
         DecoderNet::Paper(dec) => emit_paper_decoder(g, &aspp, dec)?,
         DecoderNet::Skip(dec) => {
@@ -124,12 +153,17 @@ pub fn emit_head(
     })
 }
 
-/// ASPP: four convolutional branches and image pooling, concatenated and projected.
-fn emit_aspp(g: &mut GraphBuilder, x: &str, net: &DeepLab3d) -> Result<String> {
+/// ASPP: four convolutional branches and image pooling, concatenated and projected. `feature`: the
+/// backbone's output size for the tile, where the dilated branches' outer taps can be dropped.
+fn emit_aspp(g: &mut GraphBuilder, x: &str, net: &DeepLab3d, feature: Option<[usize; 3]>) -> Result<String> {
     let aspp = &net.aspp;
     let mut branches = Vec::new();
     for (i, b) in aspp.branches.iter().enumerate() {
-        let c = conv_bn(g, &format!("aspp.b{i}"), x, b)?;
+        let name = format!("aspp.b{i}");
+        let c = match feature {
+            Some(size) => conv_bn_live_taps(g, &name, x, b, size)?,
+            None => conv_bn(g, &name, x, b)?,
+        };
         branches.push(g.relu(&format!("aspp.b{i}.relu"), &c));
     }
     let pooled = g.global_avg_pool("aspp.pool.gap", x);

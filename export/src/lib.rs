@@ -118,8 +118,18 @@ pub fn compile(
     let k = spec.output.channels();
     let mut g = GraphBuilder::new("head", "head: ASPP + decoder + trilinear upsampling to the tile + sigmoid/softmax")
         .with_layout(layout);
-    let x = g.input("x", &symbolic(spec.backbone_channels()));
-    let low = spec.low_level_block().map(|_| g.input(LOW_LEVEL_INPUT, &symbolic(spec.low_level_channels())));
+    // Fixed to the tile's sizes: the head resizes to the tile, and its ASPP drops the taps that only
+    // read padding at these sizes (`graphs::conv_bn_live_taps`).
+    let cost = spec.cost(tile);
+    let at = |n: usize| cost.blocks.get(n).map(|b| [b.output[1], b.output[2], b.output[3]]);
+    let feature = at(cost.blocks.len().wrapping_sub(1)).ok_or_else(|| Error::Tensor {
+        name: "head".into(),
+        reason: "a network without blocks has no head input".into(),
+    })?;
+    let x = g.input("x", &fixed(spec.backbone_channels(), feature));
+    let low = spec
+        .low_level_block()
+        .and_then(|n| at(n).map(|size| g.input(LOW_LEVEL_INPUT, &fixed(spec.low_level_channels(), size))));
     let y = emit_head(&mut g, &x, low.as_deref(), net, tile)?;
     let y = g.identity("probabilities", &y);
     g.output(&y, &fixed(k, tile));
