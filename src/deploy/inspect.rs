@@ -27,11 +27,12 @@ pub fn describe(b: &Bundle, tile_batch: usize) -> String {
     );
     say!(
         out,
-        "producer: autopath {}, ONNX opset {} (IR {}), verified with ONNX Runtime {}",
+        "producer: autopath {}, ONNX opset {} (IR {}), verified with ONNX Runtime {}; 3D convolutions: {}",
         m.producer.autopath,
         m.producer.onnx_opset,
         m.producer.onnx_ir_version,
-        m.producer.onnx_runtime
+        m.producer.onnx_runtime,
+        m.producer.conv3d
     );
     say!(
         out,
