@@ -1,7 +1,8 @@
 //! Runtime hot paths on one tile: (a) `full.onnx`, (b) the chain with every block kept, (c) a
-//! half-dropped path; the policy alone; preprocessing of a volume. The bundle is compiled from a
-//! seeded random r18 (width 16, tile 32×96×96), so the numbers measure the graphs, not the weights.
-//! Needs ONNX Runtime (`make setup`).
+//! half-dropped path; the policy alone; preprocessing of a volume; and `full.onnx` on a batch of 4
+//! tiles with native 3D convolutions against depth taps (`compile --conv3d`). The bundles are compiled
+//! from a seeded random r18 (width 16, tile 32×96×96), so the numbers measure the graphs, not the
+//! weights. Needs ONNX Runtime (`make setup`).
 
 use autopath::deploy::{SessionOptions, Sessions};
 use autopath::input::preprocess::Preprocessing;
@@ -12,7 +13,7 @@ use autopath_models::spec::ArchSpec;
 use criterion::{criterion_group, criterion_main, Criterion};
 use ndarray::{Array3, Array5};
 
-fn bundle(dir: &std::path::Path) -> autopath::input::bundle::Bundle {
+fn bundle(dir: &std::path::Path, conv: autopath_export::ConvLayout) -> autopath::input::bundle::Bundle {
     let spec = ArchSpec::preset("r18", 16, [32, 96, 96]).expect("preset");
     let model = Model::new(&spec, 1, &candle_core::Device::Cpu).expect("model");
     let policy_vars = autopath_models::init::SeededVarMap::new(2);
@@ -30,7 +31,7 @@ fn bundle(dir: &std::path::Path) -> autopath::input::bundle::Bundle {
         Some(p),
         None,
         &out,
-        autopath::study::compile::CompileOptions { verify: false, force: true, ..Default::default() },
+        autopath::study::compile::CompileOptions { verify: false, force: true, conv },
     )
     .expect("compile");
     autopath::input::bundle::Bundle::load(&out).expect("bundle")
@@ -38,7 +39,7 @@ fn bundle(dir: &std::path::Path) -> autopath::input::bundle::Bundle {
 
 fn runtime(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let b = bundle(dir.path());
+    let b = bundle(dir.path(), autopath_export::ConvLayout::Native);
     let mut s = Sessions::open(&b, &SessionOptions::default()).expect("sessions");
     let tile =
         Array5::from_shape_fn((1, 1, 32, 96, 96), |(_, _, z, y, x)| ((z * 31 + y * 7 + x) % 17) as f32 / 17.0 - 0.5);
@@ -51,6 +52,19 @@ fn runtime(c: &mut Criterion) {
     g.bench_function("c_chain_half_dropped", |bch| bch.iter(|| s.run_chain(tile.view(), &half).expect("run")));
     let policy_in = Array5::from_elem((1, 1, 16, 48, 48), 0.1f32);
     g.bench_function("policy", |bch| bch.iter(|| s.run_policy(policy_in.view()).expect("run")));
+    g.finish();
+
+    // What path scoring runs: 4 tiles per call, both ways of writing the 3D convolutions.
+    let tiles = Array5::from_shape_fn((4, 1, 32, 96, 96), |(b, _, z, y, x)| {
+        ((b + z * 31 + y * 7 + x) % 17) as f32 / 17.0 - 0.5
+    });
+    let taps_dir = tempfile::tempdir().expect("tempdir");
+    let taps = bundle(taps_dir.path(), autopath_export::ConvLayout::DepthTaps);
+    let mut t = Sessions::open(&taps, &SessionOptions::default()).expect("sessions");
+    let mut g = c.benchmark_group("full_onnx_4x32x96x96");
+    g.sample_size(10);
+    g.bench_function("native_conv3d", |bch| bch.iter(|| s.run_full(tiles.view()).expect("run")));
+    g.bench_function("depth_taps", |bch| bch.iter(|| t.run_full(tiles.view()).expect("run")));
     g.finish();
 
     let shape = [48, 128, 128];
