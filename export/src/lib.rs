@@ -115,25 +115,7 @@ pub fn compile(
         }
     }
 
-    let k = spec.output.channels();
-    let mut g = GraphBuilder::new("head", "head: ASPP + decoder + trilinear upsampling to the tile + sigmoid/softmax")
-        .with_layout(layout);
-    // Fixed to the tile's sizes: the head resizes to the tile, and its ASPP drops the taps that only
-    // read padding at these sizes (`graphs::conv_bn_live_taps`).
-    let cost = spec.cost(tile);
-    let at = |n: usize| cost.blocks.get(n).map(|b| [b.output[1], b.output[2], b.output[3]]);
-    let feature = at(cost.blocks.len().wrapping_sub(1)).ok_or_else(|| Error::Tensor {
-        name: "head".into(),
-        reason: "a network without blocks has no head input".into(),
-    })?;
-    let x = g.input("x", &fixed(spec.backbone_channels(), feature));
-    let low = spec
-        .low_level_block()
-        .and_then(|n| at(n).map(|size| g.input(LOW_LEVEL_INPUT, &fixed(spec.low_level_channels(), size))));
-    let y = emit_head(&mut g, &x, low.as_deref(), net, tile)?;
-    let y = g.identity("probabilities", &y);
-    g.output(&y, &fixed(k, tile));
-    push("head.onnx".into(), "head", g);
+    push("head.onnx".into(), "head", head_graph(net, tile, layout)?);
 
     let mut g = GraphBuilder::new("full", "full network: stem + every block + head, the baseline and parity reference")
         .with_layout(layout);
@@ -148,7 +130,7 @@ pub fn compile(
     }
     let y = emit_head(&mut g, &h, low.as_deref(), net, tile)?;
     let y = g.identity("probabilities", &y);
-    g.output(&y, &fixed(k, tile));
+    g.output(&y, &fixed(spec.output.channels(), tile));
     push("full.onnx".into(), "full", g);
 
     if let Some(p) = policy {
@@ -162,4 +144,26 @@ pub fn compile(
         push("policy.onnx".into(), "policy", g);
     }
     Ok(files)
+}
+
+/// The head's graph, its inputs fixed to the tile's sizes: the head resizes to the tile, and its ASPP
+/// drops the taps that only read padding at these sizes (`graphs::conv_bn_live_taps`).
+fn head_graph(net: &DeepLab3d, tile: [usize; 3], layout: ConvLayout) -> Result<GraphBuilder> {
+    let spec = net.spec();
+    let mut g = GraphBuilder::new("head", "head: ASPP + decoder + trilinear upsampling to the tile + sigmoid/softmax")
+        .with_layout(layout);
+    let cost = spec.cost(tile);
+    let at = |n: usize| cost.blocks.get(n).map(|b| [b.output[1], b.output[2], b.output[3]]);
+    let feature = at(cost.blocks.len().wrapping_sub(1)).ok_or_else(|| Error::Tensor {
+        name: "head".into(),
+        reason: "a network without blocks has no head input".into(),
+    })?;
+    let x = g.input("x", &fixed(spec.backbone_channels(), feature));
+    let low = spec
+        .low_level_block()
+        .and_then(|n| at(n).map(|size| g.input(LOW_LEVEL_INPUT, &fixed(spec.low_level_channels(), size))));
+    let y = emit_head(&mut g, &x, low.as_deref(), net, tile)?;
+    let y = g.identity("probabilities", &y);
+    g.output(&y, &fixed(spec.output.channels(), tile));
+    Ok(g)
 }

@@ -194,16 +194,8 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
     );
     let opts = cli.provider.options(cli.tile_batch);
     let mut predictor = Predictor::from_bundle(&bundle, &opts)?;
-    let native_on_cpu =
-        predictor.bundle.manifest.producer.conv3d == "native" && opts.ep == autopath::deploy::ExecutionProvider::Cpu;
-    if native_on_cpu && !cli.quiet {
-        // Said once, on stderr: the bundle is fine, but the CPU provider has a faster form of it.
-        eprintln!(
-            "note: {} writes its 3D convolutions natively; on the CPU provider a bundle compiled with \
-             `autopath compile --conv3d depth-taps` runs them on ONNX Runtime's 2D kernels (full network \
-             1.4x faster on the demo's tiles)",
-            bundle.display()
-        );
+    if !cli.quiet {
+        suggest_depth_taps(&predictor, &opts, &bundle);
     }
     predictor.tile_batch = cli.tile_batch.max(1);
     predictor.read_options.max_voxels = cli.max_voxels;
@@ -266,5 +258,18 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => report(&e),
+    }
+}
+
+/// Says once, on stderr, when a bundle with native 3D convolutions runs on the CPU provider: the bundle
+/// is fine, but the CPU provider has a faster form of it.
+fn suggest_depth_taps(predictor: &Predictor, opts: &autopath::deploy::SessionOptions, bundle: &std::path::Path) {
+    if predictor.bundle.manifest.producer.conv3d == "native" && opts.ep == autopath::deploy::ExecutionProvider::Cpu {
+        eprintln!(
+            "note: {} writes its 3D convolutions natively; on the CPU provider a bundle compiled with \
+             `autopath compile --conv3d depth-taps` runs them on ONNX Runtime's 2D kernels (full network \
+             1.4x faster on the demo's tiles)",
+            bundle.display()
+        );
     }
 }
