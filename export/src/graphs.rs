@@ -66,9 +66,9 @@ fn conv_bn(g: &mut GraphBuilder, name: &str, x: &str, unit: &ConvBn) -> Result<S
 /// conv + folded BN on an input of spatial `size`, keeping along each axis only the taps that can read
 /// the input. Why: with the same padding and a dilation at least the input's size, every tap but the
 /// centre reads only zero padding, and ASPP's rates (6, 12, 18) are that large on the small feature
-/// map of a tile (4×12×12 on the demo's 32×96×96 tiles; the paper's 48×256×256 tiles give 6×32×32): its
-/// rate-12 and rate-18 branches are 1×1×1 convolutions there, its rate-6 branch 1×3×3. The head's
-/// inputs are fixed to the tile's sizes, so no other input can reach these graphs.
+/// map of a tile (8×3×3 on the demo's 32×96×96 tiles, 12×8×8 on the paper's 48×256×256): the rate-12
+/// and rate-18 branches are 1×1×1 convolutions at both sizes, the rate-6 branch 3×1×1 on the demo's.
+/// The head's inputs are fixed to the tile's sizes, so no other input can reach these graphs.
 fn conv_bn_live_taps(g: &mut GraphBuilder, name: &str, x: &str, unit: &ConvBn, size: [usize; 3]) -> Result<String> {
     let (mut dims, mut w, b) = folded(&unit.conv, Some(&unit.bn), name)?;
     let mut a = attrs(&unit.conv);
