@@ -78,6 +78,11 @@ fn every_graph_passes_the_onnx_checker_and_dropping_each_block_matches_candle() 
         let head = std::fs::read(out.join("head.onnx")).unwrap();
         let taps = head.windows(5).any(|w| w == b".taps");
         assert_eq!(taps, conv == DepthTaps, "{name}: the head's 3D convolutions as depth taps");
+        // The CPU layout resizes by matrix products, and the skip decoder convolves the ASPP output
+        // on its own grid instead of resizing and concatenating it.
+        let has = |what: &[u8]| head.windows(what.len()).any(|w| w == what);
+        assert_eq!(has(b"Resize"), conv == Native, "{name}: Resize nodes");
+        assert_eq!(has(b"taps_of_resized"), conv == DepthTaps && decoder == Skip, "{name}: fused skip decoder");
         assert!(
             report.checks.len() >= 3 && report.checks.iter().all(|c| c.passed && c.max_rel <= 1e-4),
             "{:?}",

@@ -59,6 +59,11 @@ pub enum ConvLayout {
     /// ones through im2col; on the demo's tiles (4 × 32×96×96, 2 threads) `full.onnx` took 177 ms as
     /// 3D convolutions and 131 ms as depth taps, the skip head's 76→16 3×3×3 convolution 23.3 → 12.4 ms.
     /// Other convolutions (the stem's depth stride 2, 1×1×1 projections) stay native.
+    ///
+    /// The head is written for the CPU provider too (`graphs::emit_head`): trilinear resizing as
+    /// one matrix product per axis instead of `Resize`, and the skip decoder's first convolution
+    /// applied to the ASPP output on its own small grid instead of to its resized copy (4 tiles,
+    /// 1 thread: the skip head 38.8 → 15.4 ms).
     DepthTaps,
 }
 
@@ -271,6 +276,27 @@ impl GraphBuilder {
             &[x, &w, &b],
             vec![ints("kernel_shape", &[2, 2, 2]), ints("strides", &[2, 2, 2])],
         )
+    }
+
+    /// The layout this builder writes (the head picks its CPU forms by it).
+    pub fn layout(&self) -> ConvLayout {
+        self.layout
+    }
+
+    /// `MatMul` (numpy broadcasting: a 2-D operand multiplies every matrix of the other).
+    pub fn matmul(&mut self, name: &str, a: &str, b: &str) -> String {
+        self.node("MatMul", name, &[a, b], vec![])
+    }
+
+    /// `Transpose` by `perm`.
+    pub fn transpose(&mut self, name: &str, x: &str, perm: &[usize]) -> String {
+        self.node("Transpose", name, &[x], vec![ints("perm", perm)])
+    }
+
+    /// `Reshape` to a constant `shape` (`-1` for the one free axis, the batch).
+    pub fn reshape(&mut self, name: &str, x: &str, shape: &[i64]) -> String {
+        let s = self.int64s(&format!("{name}.shape"), shape);
+        self.node("Reshape", name, &[x, &s], vec![])
     }
 
     /// `Relu`.

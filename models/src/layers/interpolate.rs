@@ -5,17 +5,28 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// `[n_in, n_out]` matrix whose column j holds the linear-interpolation weights of output j, with
-/// corners aligned: output 0 ↔ input 0, output n_out−1 ↔ input n_in−1.
+/// Per output index along one axis, with corners aligned (output 0 ↔ input 0, output n_out−1 ↔
+/// input n_in−1): the two inputs it interpolates and their weights. The one definition of the
+/// weights: the CPU kernel, the matrix-product form and the compiler's graphs all read it, so that
+/// Candle and the exported ONNX resize alike.
+pub fn trilinear_taps(n_in: usize, n_out: usize) -> Vec<(usize, usize, f64, f64)> {
+    (0..n_out)
+        .map(|j| {
+            let src = if n_out > 1 { j as f64 * (n_in - 1) as f64 / (n_out - 1) as f64 } else { 0.0 };
+            let lo = (src.floor() as usize).min(n_in - 1);
+            let t = src - lo as f64;
+            (lo, (lo + 1).min(n_in - 1), 1.0 - t, t)
+        })
+        .collect()
+}
+
+/// `[n_in, n_out]` matrix whose column j holds the interpolation weights of output j
+/// ([`trilinear_taps`]).
 pub fn trilinear_matrix(n_in: usize, n_out: usize, dtype: DType, device: &Device) -> Result<Tensor> {
     let mut m = vec![0f64; n_in * n_out];
-    for j in 0..n_out {
-        let src = if n_out > 1 { j as f64 * (n_in - 1) as f64 / (n_out - 1) as f64 } else { 0.0 };
-        let lo = (src.floor() as usize).min(n_in - 1);
-        let hi = (lo + 1).min(n_in - 1);
-        let t = src - lo as f64;
-        m[lo * n_out + j] += 1.0 - t;
-        m[hi * n_out + j] += t;
+    for (j, (lo, hi, a, b)) in trilinear_taps(n_in, n_out).into_iter().enumerate() {
+        m[lo * n_out + j] += a;
+        m[hi * n_out + j] += b;
     }
     Tensor::from_vec(m, (n_in, n_out), device)?.to_dtype(dtype)
 }
@@ -57,17 +68,9 @@ pub fn resize_trilinear_composed(x: &Tensor, size: [usize; 3]) -> Result<Tensor>
     x.reshape((n, c, size[0], size[1], size[2]))
 }
 
-/// Per output index along one axis: the two inputs it interpolates and their weights (the same
-/// weights as [`trilinear_matrix`]).
+/// [`trilinear_taps`] in the kernel's element type.
 fn taps<T: Real>(n_in: usize, n_out: usize) -> Vec<(usize, usize, T, T)> {
-    (0..n_out)
-        .map(|j| {
-            let src = if n_out > 1 { j as f64 * (n_in - 1) as f64 / (n_out - 1) as f64 } else { 0.0 };
-            let lo = (src.floor() as usize).min(n_in - 1);
-            let t = src - lo as f64;
-            (lo, (lo + 1).min(n_in - 1), T::of(1.0 - t), T::of(t))
-        })
-        .collect()
+    trilinear_taps(n_in, n_out).into_iter().map(|(lo, hi, a, b)| (lo, hi, T::of(a), T::of(b))).collect()
 }
 
 /// Element types of the resize kernel.

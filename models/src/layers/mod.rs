@@ -10,7 +10,7 @@ mod pool;
 pub use batchnorm::{precise_statistics, BatchNorm3d, MOMENTUM};
 pub use conv::{Conv3d, ConvTranspose3d};
 pub use dropout::Dropout;
-pub use interpolate::{resize_trilinear, resize_trilinear_composed, trilinear_matrix};
+pub use interpolate::{resize_trilinear, resize_trilinear_composed, trilinear_matrix, trilinear_taps};
 pub use pool::{global_avg_pool, max_pool3d, MaxPool3dParams};
 
 use candle_core::Var;
