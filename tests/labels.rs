@@ -26,3 +26,25 @@ fn accuracy_dice_and_mask_text_follow_their_definitions() {
     assert!((dice - (4.0 + 1e-5) / (5.0 + 1e-5)).abs() < 1e-12);
     assert_eq!(mask_text(&[true, false, true, true]), "1011");
 }
+
+#[test]
+fn accuracy_and_dice_of_large_and_transposed_volumes_match_the_voxel_by_voxel_definition() {
+    // Over a million voxels (more than one counting chunk), labels 0–2, and a transposed view.
+    let label = |seed: u64| {
+        Array3::from_shape_fn((20, 230, 240), move |(z, y, x)| {
+            let mut h = ((z * 230 + y) * 240 + x) as u64 ^ (seed << 40);
+            h = (h ^ (h >> 33)).wrapping_mul(0xff51afd7ed558ccd);
+            h = (h ^ (h >> 33)).wrapping_mul(0xc4ceb9fe1a85ec53);
+            ((h ^ (h >> 33)) % 3) as u8
+        })
+    };
+    let (pred, truth) = (label(1), label(5).reversed_axes());
+    let truth = truth.as_standard_layout().into_owned().reversed_axes();
+    assert!(!truth.is_standard_layout());
+    let same = pred.iter().zip(truth.iter()).filter(|(a, b)| a == b).count() as f64 / pred.len() as f64;
+    let want_dice = autopath::labels::dice(pred.iter().map(|&v| v > 0), truth.iter().map(|&v| v > 0));
+    let (acc, dice) = accuracy_and_dice(&pred, &truth);
+    assert_eq!(acc, same);
+    assert_eq!(dice, want_dice);
+    assert!(acc > 0.2 && acc < 0.5 && dice > 0.5 && dice < 0.8, "a mix of agreements: {acc} {dice}");
+}
