@@ -12,7 +12,7 @@ CARGO    ?= cargo
 export ORT_DYLIB_PATH ?= $(ORT_LIB)
 export AUTOPATH_PYTHONPATH := $(CURDIR)/$(PYDEPS)
 
-.PHONY: setup build test demo lint clean-deps setup-cuda check-cuda setup-gpu torch torch-compare
+.PHONY: setup build test demo demo-build lint clean-deps setup-cuda check-cuda setup-gpu torch torch-compare
 
 setup: $(STAMP)
 
@@ -37,10 +37,14 @@ lint:
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
 # The demo runs the runtime in-process, so only the `autopath` binary is built, without the HTTP
-# service (`autopath-run serve`) and its async stack.
-demo: setup
-	$(CARGO) build --release --bin autopath --no-default-features --features train
+# service (`autopath-run serve`) and its async stack; ONNX Runtime installs while it builds (the
+# build does not need it: ort loads the library at run time).
+demo:
+	@$(MAKE) --no-print-directory -j2 setup demo-build
 	./target/release/autopath demo --out demo-out
+
+demo-build:
+	$(CARGO) build --release --bin autopath --no-default-features --features train
 
 clean-deps:
 	rm -rf $(DEPS)
