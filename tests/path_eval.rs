@@ -60,6 +60,51 @@ fn parallel_workers_and_remembered_paths_give_the_sequential_outcomes() {
     assert!(distinct > 0, "every path scored the same on every volume");
 }
 
+/// `eval` and policy training hand whole volumes to the session sets: each set prepares and scores its
+/// volumes itself. The outcomes are the sequential ones, in item order; a volume's error is returned
+/// and the evaluator keeps every session set for the next call.
+#[test]
+fn volumes_spread_over_the_session_sets_give_the_sequential_outcomes_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, run, bundle) = common::trained_bundle(dir.path());
+    let cfg: TrainConfig = autopath::study::train::checkpoint::read_json(&run.join("config.json")).unwrap();
+    let bundle = Bundle::load(&bundle).unwrap();
+    let n = bundle.manifest.architecture.blocks.len();
+    let cpu = autopath::deploy::SessionOptions::default();
+    let mut one = PathEvaluator::with_workers(&bundle, cfg.window, 2, 1, &cpu).unwrap();
+    let mut three = PathEvaluator::with_workers(&bundle, cfg.window, 2, 3, &cpu).unwrap();
+    let masks: Vec<Vec<bool>> = (0..n).map(|d| (0..n).map(|b| b != d).collect()).chain([vec![true; n]]).collect();
+    let ds = Dataset::open(&data, None).unwrap();
+    let samples: Vec<_> = ds.cases.iter().map(|c| load_sample(c, &cfg.preprocessing).unwrap()).collect();
+    assert!(samples.len() >= 4, "more volumes than session sets");
+    let score = |ev: &mut PathEvaluator, s: &autopath::study::train::data::Sample| {
+        let p = ev.prepare(&s.image, s.record.pad_value, Some(s.labels.clone()))?;
+        Ok(ev.evaluate(&p, &masks, false)?.iter().map(|o| o.dice).collect::<Vec<f64>>())
+    };
+    let want: Vec<Vec<f64>> = samples.iter().map(|s| score(&mut one, s).unwrap()).collect();
+    for round in 0..2 {
+        let got = three.per_volume(samples.iter().collect(), |ev, s| score(ev, s)).unwrap();
+        assert_eq!(got.len(), want.len());
+        for (v, (g, w)) in got.iter().zip(&want).enumerate() {
+            for (i, (a, b)) in g.iter().zip(w).enumerate() {
+                assert!((a - b).abs() < 1e-6, "round {round}, volume {v}, path {i}: Dice {a} vs {b}");
+            }
+        }
+        let failed = three.per_volume((0..7).collect(), |_, i| {
+            if i == 3 {
+                Err(autopath::error::Error::invalid("volume", "number 3 is bad"))
+            } else {
+                Ok(i)
+            }
+        });
+        assert!(failed.is_err_and(|e| e.to_string().contains("number 3 is bad")));
+    }
+    assert_eq!(
+        three.per_volume((0..9).collect(), |_, i| Ok(i * i)).unwrap(),
+        (0..9).map(|i| i * i).collect::<Vec<_>>()
+    );
+}
+
 #[test]
 fn eval_refuses_zero_workers_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();

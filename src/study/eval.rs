@@ -419,7 +419,7 @@ impl VolumeStudy<'_> {
 }
 
 /// Runs the study and writes `report.md`, `results.json` and the figures into `opts.out`.
-pub fn evaluate(opts: &EvalOptions, progress: &dyn Fn(usize, usize)) -> Result<Results> {
+pub fn evaluate(opts: &EvalOptions, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Results> {
     let (net, cfg) = load_segmenter(&opts.seg, "best")?;
     let n_blocks = cfg.spec.num_blocks();
     if n_blocks < 2 {
@@ -458,12 +458,21 @@ pub fn evaluate(opts: &EvalOptions, progress: &dyn Fn(usize, usize)) -> Result<R
     };
     let mut volumes = Vec::new();
     let mut random_dice: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); repeats]; n_blocks - 1]; // [n][repeat][volume]
-    for (ci, case) in cases.iter().enumerate() {
-        progress(ci, cases.len());
+    progress(0, cases.len());
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let per_volume = ev.per_volume(cases.iter().collect(), |ev, case| {
         let s = load_sample(case, &cfg.preprocessing)?;
-        volumes.push(study.run(&mut ev, &case.id, &s, &mut random_dice)?);
+        let mut dice = vec![vec![Vec::new(); repeats]; n_blocks - 1];
+        let r = study.run(ev, &case.id, &s, &mut dice)?;
+        progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1, cases.len());
+        Ok((r, dice))
+    })?;
+    for (r, dice) in per_volume {
+        volumes.push(r);
+        for (all, this) in random_dice.iter_mut().flatten().zip(dice.into_iter().flatten()) {
+            all.extend(this);
+        }
     }
-    progress(cases.len(), cases.len());
 
     let flops = |m: &[bool]| crate::labels::flop_fraction(&arch, m);
     let (_, first, last) = heuristic_masks(n_blocks);
@@ -715,8 +724,7 @@ fn overlays(
     ranked.sort_by(|&a, &b| score(b).total_cmp(&score(a)));
     let mut picks = vec![ranked[0], ranked[ranked.len() / 2], ranked[ranked.len() - 1]];
     picks.dedup();
-    let mut overlays = Vec::new();
-    for &i in &picks {
+    ev.per_volume(picks, |ev, i| {
         let case = &cases[i];
         let s = load_sample(case, prep)?;
         let ct = read_volume(&case.image, &ReadOptions::default())?;
@@ -742,9 +750,8 @@ fn overlays(
         let coronal = out.join(format!("overlay_case{}_coronal.png", case.id));
         overlay_png(&axial, &ct.data, &layers, 0, z, 3, 1.0)?;
         overlay_png(&coronal, &ct.data, &layers, 1, y, 3, sp[2] / sp[0])?;
-        overlays.push((case.id.clone(), score(i), axial, coronal));
-    }
-    Ok(overlays)
+        Ok((case.id.clone(), score(i), axial, coronal))
+    })
 }
 
 /// Index along `axis` with the most foreground.

@@ -3,21 +3,22 @@
 //! prefix it shares with the previous one. Policy rewards and the heuristic study both need hundreds
 //! of paths per volume; without sharing they would cost hundreds of full forward passes.
 //!
-//! On the CPU the tile batches of a volume are spread over two session sets with the cores shared
-//! out between them: the blocks' small 3D tensors split poorly inside one graph (see
-//! [`PathEvaluator::with_workers`]). A volume also remembers the outcome of every path scored on it, so that a
-//! path asked again (the paper's REINFORCE samples the same paths epoch after epoch) costs nothing.
+//! On the CPU the work is spread over two session sets with the cores shared out between them: the
+//! blocks' small 3D tensors split poorly inside one graph (see [`PathEvaluator::with_workers`]).
+//! Several volumes go to the sets whole ([`PathEvaluator::per_volume`]); a single volume's tile
+//! batches are spread over them. A volume also remembers the outcome of every path scored on it, so
+//! that a path asked again (the paper's REINFORCE samples the same paths epoch after epoch) costs
+//! nothing.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 
 use ndarray::{Array3, Array5, ArrayView5, Axis};
 use rayon::prelude::*;
 
 use crate::deploy::chain::Segment;
 use crate::deploy::{SessionOptions, Sessions};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::input::bundle::{Activation, Bundle, LowLevel};
 use crate::input::window::{batch_of_tiles, pad_to_patch, Accumulator, WindowConfig};
 
@@ -28,12 +29,19 @@ pub struct Prepared {
     /// Tile origins, grouped in batches.
     batches: Vec<Vec<[usize; 3]>>,
     /// Stem output per batch.
-    stem: Rc<Vec<Array5<f32>>>,
+    stem: Arc<Vec<Array5<f32>>>,
     /// Labels (mapped) on the network grid, for scoring; may be empty.
     labels: Option<Array3<u8>>,
     /// Outcomes (without predictions) of the paths scored so far. Exact: a path's outcome depends only
     /// on the volume and the sessions, which stay the same for the evaluator's life.
-    scored: RefCell<HashMap<Vec<bool>, Outcome>>,
+    scored: Mutex<HashMap<Vec<bool>, Outcome>>,
+}
+
+impl Prepared {
+    fn scored(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<bool>, Outcome>> {
+        // A panic elsewhere cannot leave the map half-written: entries are inserted whole.
+        self.scored.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// How one path did on one volume.
@@ -51,6 +59,12 @@ pub struct Outcome {
 pub struct PathEvaluator {
     /// One session set per worker; tile batch `b` runs on worker `b % workers.len()`.
     workers: Vec<Sessions>,
+    setup: Setup,
+}
+
+/// What the evaluator knows of the bundle and the window, besides its sessions.
+#[derive(Clone)]
+struct Setup {
     /// Projection shortcut per block (dropped blocks without one are the identity).
     has_shortcut: Vec<bool>,
     low_level: Option<LowLevel>,
@@ -106,15 +120,63 @@ impl PathEvaluator {
         let opts = SessionOptions { own_threads, ..session.clone() };
         let workers = (0..workers).map(|_| Sessions::open(bundle, &opts)).collect::<Result<Vec<_>>>()?;
         let input = &bundle.manifest.input;
-        Ok(PathEvaluator {
+        let setup = Setup {
             has_shortcut: workers[0].shortcuts.iter().map(Option::is_some).collect(),
             low_level: workers[0].low_level.clone(),
-            workers,
             window,
             tile_batch: tile_batch.max(1),
             activation: input.activation,
             threshold: input.threshold,
-        })
+        };
+        Ok(PathEvaluator { workers, setup })
+    }
+
+    /// `f` on every item, the items handed out to the session sets as they come free, each set
+    /// running every tile batch of its volume itself; the results in item order. The outcomes are
+    /// the same as [`Self::evaluate`]'s: the same graphs on the same number of threads.
+    ///
+    /// Why: with one volume's batches spread over the sets, the sets wait for each other after
+    /// every segment and while the blended prediction is scored on one core (`eval` on the demo
+    /// kept 1.56 of 2 cores busy); with whole volumes they do not wait.
+    pub fn per_volume<I: Send, T: Send>(
+        &mut self,
+        items: Vec<I>,
+        f: impl Fn(&mut PathEvaluator, I) -> Result<T> + Sync,
+    ) -> Result<Vec<T>> {
+        if self.workers.len() < 2 || items.len() < 2 {
+            return items.into_iter().map(|item| f(self, item)).collect();
+        }
+        let n = items.len();
+        let queue = Mutex::new(items.into_iter().enumerate());
+        let mut singles: Vec<PathEvaluator> =
+            self.workers.drain(..).map(|s| PathEvaluator { workers: vec![s], setup: self.setup.clone() }).collect();
+        let done: Vec<Vec<(usize, Result<T>)>> = singles
+            .par_iter_mut()
+            .map(|ev| {
+                let mut done = Vec::new();
+                loop {
+                    let next = queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).next();
+                    let Some((i, item)) = next else { break };
+                    let r = f(ev, item);
+                    let failed = r.is_err();
+                    done.push((i, r));
+                    if failed {
+                        break;
+                    }
+                }
+                done
+            })
+            .collect();
+        self.workers = singles.into_iter().flat_map(|s| s.workers).collect();
+        let mut out: Vec<Option<Result<T>>> = (0..n).map(|_| None).collect();
+        for (i, r) in done.into_iter().flatten() {
+            out[i] = Some(r);
+        }
+        // Items are handed out in order and a set stops only at its own error, so an error comes
+        // before any item that no set took.
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::invalid("path evaluation", "a volume was not evaluated"))))
+            .collect()
     }
 
     /// Runs `f` on every tile batch, batch `b` on worker `b % workers`, the workers at once; results in
@@ -147,15 +209,15 @@ impl PathEvaluator {
     /// Tiles a normalised volume and runs the stem on every tile.
     pub fn prepare(&mut self, image: &Array3<f32>, pad_value: f32, labels: Option<Array3<u8>>) -> Result<Prepared> {
         let shape: [usize; 3] = image.dim().into();
-        let padded = pad_to_patch(image.clone(), self.window.patch, pad_value);
+        let padded = pad_to_patch(image.clone(), self.setup.window.patch, pad_value);
         let padded_shape: [usize; 3] = padded.dim().into();
-        let p = self.window.patch;
+        let p = self.setup.window.patch;
         let batches: Vec<Vec<[usize; 3]>> =
-            self.window.tiles(padded_shape).chunks(self.tile_batch).map(|c| c.to_vec()).collect();
+            self.setup.window.tiles(padded_shape).chunks(self.setup.tile_batch).map(|c| c.to_vec()).collect();
         let stem = self.on_batches(batches.len(), |s, b| {
             s.run_segment(Segment::Stem, batch_of_tiles(&padded.view(), &batches[b], p).view())
         })?;
-        Ok(Prepared { shape, padded_shape, batches, stem: Rc::new(stem), labels, scored: RefCell::default() })
+        Ok(Prepared { shape, padded_shape, batches, stem: Arc::new(stem), labels, scored: Mutex::default() })
     }
 
     /// Outcomes of `masks` (in the given order) on a prepared volume. Without predictions, paths
@@ -163,7 +225,7 @@ impl PathEvaluator {
     pub fn evaluate(&mut self, prep: &Prepared, masks: &[Vec<bool>], keep_predictions: bool) -> Result<Vec<Outcome>> {
         let mut out: Vec<Option<Outcome>> = vec![None; masks.len()];
         if !keep_predictions {
-            let scored = prep.scored.borrow();
+            let scored = prep.scored();
             for (o, m) in out.iter_mut().zip(masks) {
                 *o = scored.get(m).cloned();
             }
@@ -174,7 +236,7 @@ impl PathEvaluator {
             order.dedup_by(|a, b| masks[*a] == masks[*b]);
         }
         // stack[d] = features of every batch after the first d blocks of the current path.
-        let mut stack: Vec<Rc<Vec<Array5<f32>>>> = vec![prep.stem.clone()];
+        let mut stack: Vec<Arc<Vec<Array5<f32>>>> = vec![prep.stem.clone()];
         let mut current: Vec<bool> = Vec::new();
         for i in order {
             let m = &masks[i];
@@ -182,9 +244,9 @@ impl PathEvaluator {
             stack.truncate(shared + 1);
             for (n, &keep) in m.iter().enumerate().skip(shared) {
                 let prev = stack[n].clone();
-                let next = if keep || self.has_shortcut[n] {
+                let next = if keep || self.setup.has_shortcut[n] {
                     let seg = if keep { Segment::Block(n) } else { Segment::Shortcut(n) };
-                    Rc::new(self.run_segment(seg, &prev)?)
+                    Arc::new(self.run_segment(seg, &prev)?)
                 } else {
                     prev // dropped identity block: nothing to compute
                 };
@@ -192,13 +254,13 @@ impl PathEvaluator {
             }
             current = m.clone();
             // The skip decoder reads the features after block `after`: stack[after + 1].
-            let low = self.low_level.as_ref().map(|l| stack[l.after_block + 1].clone());
+            let low = self.setup.low_level.as_ref().map(|l| stack[l.after_block + 1].clone());
             let outcome = self.finish(prep, &stack[m.len()], low.as_deref().map(Vec::as_slice), keep_predictions)?;
-            prep.scored.borrow_mut().insert(m.clone(), Outcome { prediction: None, ..outcome.clone() });
+            prep.scored().insert(m.clone(), Outcome { prediction: None, ..outcome.clone() });
             out[i] = Some(outcome);
         }
         // Repeated masks were run once: the others take the stored outcome.
-        let scored = prep.scored.borrow();
+        let scored = prep.scored();
         Ok(out.into_iter().zip(masks).map(|(o, m)| o.unwrap_or_else(|| scored[m].clone())).collect())
     }
 
@@ -209,17 +271,17 @@ impl PathEvaluator {
         low: Option<&[Array5<f32>]>,
         keep_prediction: bool,
     ) -> Result<Outcome> {
-        let k = self.activation.channels();
+        let k = self.setup.activation.channels();
         let low_view = |b: usize| -> Option<ArrayView5<f32>> { low.map(|l| l[b].view()) };
         let probs = self.on_batches(features.len(), |s, b| s.run_head(features[b].view(), low_view(b)))?;
-        let mut acc = Accumulator::new(k, prep.padded_shape, &self.window);
+        let mut acc = Accumulator::new(k, prep.padded_shape, &self.setup.window);
         for (b, p) in prep.batches.iter().zip(&probs) {
             for (j, &t) in b.iter().enumerate() {
                 acc.add(t, p.index_axis(Axis(0), j));
             }
         }
         let probs = acc.finish(prep.shape);
-        let pred = crate::labels::from_probabilities(&probs, self.activation, self.threshold);
+        let pred = crate::labels::from_probabilities(&probs, self.setup.activation, self.setup.threshold);
         let (accuracy, dice) = match &prep.labels {
             Some(l) => crate::labels::accuracy_and_dice(&pred, l),
             None => (f64::NAN, f64::NAN),

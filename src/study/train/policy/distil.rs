@@ -29,6 +29,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{candle, Item, PolicyEpoch, Run};
 use crate::error::{Error, Result};
+use crate::input::bundle::Architecture;
+use crate::study::path_eval::PathEvaluator;
 use crate::study::search::{Objective, PathTable, Scored};
 use crate::study::train::checkpoint::{read_json, write_json};
 
@@ -64,29 +66,29 @@ fn tables(run: &mut Run, objective: Objective) -> Result<Tables> {
             return Ok(t);
         }
     }
-    let full = vec![vec![true; run.n_blocks]];
-    let mut start = |items: &[Item]| -> Result<Vec<PathTable>> {
-        items
-            .iter()
-            .map(|it| {
-                let o = &run.evaluator.evaluate(&it.prepared, &full, false)?[0];
-                let paths =
-                    vec![Scored { mask: full[0].clone(), dice: o.dice, accuracy: o.accuracy, flop_fraction: 1.0 }];
-                Ok(PathTable { paths, full_dice: o.dice, exhaustive: false })
-            })
-            .collect()
-    };
-    let (train, val) = (start(&run.train)?, start(&run.val)?);
-    let mut t = Tables { objective, train, val, order: vec![], order_volumes: run.train.len() + run.val.len() };
+    let full = vec![true; run.n_blocks];
+    let items: Vec<&Item> = run.train.iter().chain(&run.val).collect();
+    let mut tables = run.evaluator.per_volume(items, |ev, it| {
+        let o = &ev.evaluate(&it.prepared, std::slice::from_ref(&full), false)?[0];
+        let paths = vec![Scored { mask: full.clone(), dice: o.dice, accuracy: o.accuracy, flop_fraction: 1.0 }];
+        Ok(PathTable { paths, full_dice: o.dice, exhaustive: false })
+    })?;
+    let val = tables.split_off(run.train.len());
+    let mut t = Tables { objective, train: tables, val, order: vec![], order_volumes: run.train.len() + run.val.len() };
     t.order = drop_order(run, &mut t.train, &mut t.val)?;
     write_json(&file, &t)?;
     Ok(t)
 }
 
-/// Scores on training volume `i` the `masks` its table lacks, in one pass (shared prefixes).
-fn score_missing(run: &mut Run, table: &mut PathTable, item: usize, masks: &[Vec<bool>], val: bool) -> Result<()> {
-    let prepared = if val { &run.val[item].prepared } else { &run.train[item].prepared };
-    table.score_missing(&mut run.evaluator, prepared, &run.arch, masks)
+/// Scores on each volume the masks its table lacks, the volumes spread over the evaluator's session
+/// sets: `(table, volume, masks)` per volume.
+fn score_missing(
+    evaluator: &mut PathEvaluator,
+    arch: &Architecture,
+    jobs: Vec<(&mut PathTable, &Item, Vec<Vec<bool>>)>,
+) -> Result<()> {
+    evaluator.per_volume(jobs, |ev, (table, item, masks)| table.score_missing(ev, &item.prepared, arch, &masks))?;
+    Ok(())
 }
 
 /// Greedy drop order over the training and validation volumes: each step drops the block whose removal
@@ -111,12 +113,8 @@ fn drop_order(run: &mut Run, train: &mut [PathTable], val: &mut [PathTable]) -> 
             })
             .collect();
         let masks: Vec<Vec<bool>> = candidates.iter().map(|c| c.1.clone()).collect();
-        for (i, table) in train.iter_mut().enumerate() {
-            score_missing(run, table, i, &masks, false)?;
-        }
-        for (i, table) in val.iter_mut().enumerate() {
-            score_missing(run, table, i, &masks, true)?;
-        }
+        let jobs = train.iter_mut().zip(&run.train).chain(val.iter_mut().zip(&run.val));
+        score_missing(&mut run.evaluator, &run.arch, jobs.map(|(t, it)| (t, it, masks.clone())).collect())?;
         let value = |m: &Vec<bool>| {
             let dice = train.iter().chain(val.iter()).filter_map(|t| t.get(m)).map(|s| s.dice).sum::<f64>();
             (dice, run.arch.path_flops(m))
@@ -372,10 +370,11 @@ fn score_threshold(
 ) -> Result<Validation> {
     let (tolerance, n) = (run.cfg.dice_tolerance, run.n_blocks);
     let (mut score, mut dice, mut dropped) = (0.0, 0.0, 0.0);
-    for (i, (table, p)) in val_tables.iter_mut().zip(probabilities).enumerate() {
-        let mask: Vec<bool> = p.iter().map(|&v| v >= threshold).collect();
-        score_missing(run, table, i, std::slice::from_ref(&mask), true)?;
-        let s = table.get(&mask).ok_or_else(|| Error::invalid("policy validation", "path not scored"))?;
+    let masks: Vec<Vec<bool>> = probabilities.iter().map(|p| p.iter().map(|&v| v >= threshold).collect()).collect();
+    let jobs = val_tables.iter_mut().zip(&run.val).zip(&masks).map(|((t, it), m)| (t, it, vec![m.clone()]));
+    score_missing(&mut run.evaluator, &run.arch, jobs.collect())?;
+    for (table, mask) in val_tables.iter().zip(&masks) {
+        let s = table.get(mask).ok_or_else(|| Error::invalid("policy validation", "path not scored"))?;
         let excess = (table.full_dice - s.dice - tolerance).max(0.0);
         score += (1.0 - s.flop_fraction) - EXCESS_WEIGHT * excess;
         dice += s.dice;

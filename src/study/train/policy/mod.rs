@@ -394,11 +394,22 @@ impl Run<'_> {
                 (p.to_vec2().map_err(candle)?, pb.to_vec2().map_err(candle)?);
             let mut actions = Vec::new();
             let mut advantages = Vec::new();
-            for (b, item) in items.iter().enumerate() {
-                let sampled: Vec<bool> =
-                    (0..n_blocks).map(|n| !learned[n] || self.rng.random::<f32>() < pbv[b][n]).collect();
-                let greedy: Vec<bool> = (0..n_blocks).map(|n| !learned[n] || pv[b][n] >= cfg.threshold).collect();
-                let outcomes = self.evaluator.evaluate(&item.prepared, &[sampled.clone(), greedy.clone()], false)?;
+            // The masks first, in the rng's order; then the volumes' paths, spread over the session sets.
+            let jobs: Vec<(&Item, [Vec<bool>; 2])> = items
+                .iter()
+                .enumerate()
+                .map(|(b, &item)| {
+                    let sampled: Vec<bool> =
+                        (0..n_blocks).map(|n| !learned[n] || self.rng.random::<f32>() < pbv[b][n]).collect();
+                    let greedy: Vec<bool> = (0..n_blocks).map(|n| !learned[n] || pv[b][n] >= cfg.threshold).collect();
+                    (item, [sampled, greedy])
+                })
+                .collect();
+            let scored = self.evaluator.per_volume(jobs, |ev, (item, masks)| {
+                let outcomes = ev.evaluate(&item.prepared, &masks, false)?;
+                Ok((masks, outcomes))
+            })?;
+            for ([sampled, greedy], outcomes) in scored {
                 let kept = |m: &[bool]| m.iter().filter(|&&k| k).count();
                 let rs = reward(outcomes[0].accuracy, kept(&sampled), n_blocks, cfg.tau);
                 let rg = reward(outcomes[1].accuracy, kept(&greedy), n_blocks, cfg.tau);
@@ -420,10 +431,17 @@ impl Run<'_> {
         let (mut vr, mut vd, mut vdrop, mut best) = (None, None, None, false);
         if validate {
             let (mut rsum, mut dsum, mut dropped) = (0.0, 0.0, 0.0);
-            for i in 0..self.val.len() {
-                let p = self.deployed_probabilities(&self.val[i])?;
-                let greedy: Vec<bool> = p.iter().map(|&v| v >= cfg.threshold).collect();
-                let o = &self.evaluator.evaluate(&self.val[i].prepared, std::slice::from_ref(&greedy), false)?[0];
+            let mut jobs = Vec::with_capacity(self.val.len());
+            for item in &self.val {
+                let p = self.deployed_probabilities(item)?;
+                jobs.push((item, vec![p.iter().map(|&v| v >= cfg.threshold).collect::<Vec<bool>>()]));
+            }
+            let scored = self.evaluator.per_volume(jobs, |ev, (item, masks)| {
+                let o = ev.evaluate(&item.prepared, &masks, false)?.remove(0);
+                Ok((masks, o))
+            })?;
+            for (masks, o) in scored {
+                let greedy = &masks[0];
                 let kept = greedy.iter().filter(|&&k| k).count();
                 rsum += reward(o.accuracy, kept, n_blocks, cfg.tau);
                 dsum += o.dice;
@@ -511,15 +529,12 @@ fn prepare_volumes(seg_cfg: &TrainConfig, evaluator: &mut PathEvaluator) -> Resu
     let dataset = Dataset::open(&seg_cfg.data, Some(seg_cfg.layout))?;
     let prep = seg_cfg.preprocessing;
     let mut load = |ids: &[String]| -> Result<Vec<Item>> {
-        cases_by_id(&dataset, ids)?
-            .iter()
-            .map(|c| {
-                let s = load_sample(c, &prep)?;
-                let policy_input = resample_linear(&s.image, seg_cfg.spec.policy.input);
-                let prepared = evaluator.prepare(&s.image, s.record.pad_value, Some(s.labels))?;
-                Ok(Item { policy_input, prepared })
-            })
-            .collect()
+        evaluator.per_volume(cases_by_id(&dataset, ids)?, |ev, c| {
+            let s = load_sample(&c, &prep)?;
+            let policy_input = resample_linear(&s.image, seg_cfg.spec.policy.input);
+            let prepared = ev.prepare(&s.image, s.record.pad_value, Some(s.labels))?;
+            Ok(Item { policy_input, prepared })
+        })
     };
     Ok((load(&seg_cfg.train_ids)?, load(&seg_cfg.val_ids)?))
 }
