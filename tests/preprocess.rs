@@ -2,7 +2,7 @@
 
 use autopath::input::preprocess::{resample_linear, resample_nearest, Intensity, LabelMapping, Preprocessing};
 use autopath::input::volume::{Geometry, Volume};
-use autopath::input::window::{pad_to_patch, Accumulator, Blend, WindowConfig};
+use autopath::input::window::{pad_to_patch, Accumulator, Blend, Coverage, WindowConfig};
 use ndarray::{Array3, Array4, Axis};
 
 fn volume(data: Array3<f32>, spacing_xyz: [f64; 3]) -> Volume {
@@ -107,6 +107,30 @@ fn blending_reproduces_a_prediction_that_tiles_agree_on() {
         assert!(err < 1e-5, "{blend:?}: max error {err}");
         let err = (&out.index_axis(Axis(0), 1) + &input).mapv(f32::abs).fold(0.0f32, |a, &b| a.max(b));
         assert!(err < 1e-5);
+    }
+}
+
+#[test]
+fn a_coverage_blends_many_predictions_exactly_as_an_accumulator() {
+    // Tiles that disagree (each adds its own offset), on a volume the tiles overlap unevenly.
+    let shape = [20, 30, 26];
+    let cfg = WindowConfig { patch: [8, 16, 16], overlap: 0.5, blend: Blend::Gaussian { sigma_scale: 0.125 } };
+    let tiles = cfg.tiles(shape);
+    let coverage = Coverage::new(&cfg, shape, &tiles);
+    for path in 0..3 {
+        let pred = |i: usize| {
+            Array4::from_shape_fn((1, 8, 16, 16), |(_, z, y, x)| {
+                ((i * 31 + z * 7 + y * 3 + x + path) as f32 * 0.37).sin()
+            })
+        };
+        let mut acc = Accumulator::new(1, shape, &cfg);
+        let mut sum = coverage.sum(1);
+        for (i, &t) in tiles.iter().enumerate() {
+            acc.add(t, pred(i).view());
+            coverage.add(&mut sum, t, pred(i).view());
+        }
+        let cropped = [18, 29, 26];
+        assert_eq!(coverage.finish(sum, cropped), acc.finish(cropped), "path {path}");
     }
 }
 

@@ -106,12 +106,22 @@ impl Sessions {
 
     /// The head on arrays: the backbone's output `x` and, for the skip decoder, the low-level features.
     pub fn run_head(&mut self, x: ArrayView5<f32>, low: Option<ArrayView5<f32>>) -> Result<Array5<f32>> {
+        self.run_head_with(x, low, |a| a.to_owned())
+    }
+
+    /// [`Sessions::run_head`], handing `f` a view of the probabilities instead of a copy.
+    pub fn run_head_with<R>(
+        &mut self,
+        x: ArrayView5<f32>,
+        low: Option<ArrayView5<f32>>,
+        f: impl FnOnce(ArrayView5<f32>) -> R,
+    ) -> Result<R> {
         let x = x.as_standard_layout();
         let low = low.as_ref().map(|l| l.as_standard_layout());
         let xv = TensorRef::from_array_view(x.view()).map_err(|e| ort_err("head", e))?;
         let lv =
             low.as_ref().map(|l| TensorRef::from_array_view(l.view())).transpose().map_err(|e| ort_err("head", e))?;
-        self.head_values(xv.into(), lv.map(Into::into), |a| a.to_owned())
+        self.head_values(xv.into(), lv.map(Into::into), f)
     }
 
     /// Runs the head graph and hands `f` its probabilities, in host memory whatever the inputs' device.

@@ -13,19 +13,21 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use ndarray::{Array3, Array5, ArrayView5, Axis};
+use ndarray::{s, Array3, Array4, Array5, ArrayView5, Axis};
 use rayon::prelude::*;
 
 use crate::deploy::chain::Segment;
 use crate::deploy::{SessionOptions, Sessions};
 use crate::error::{Error, Result};
 use crate::input::bundle::{Activation, Bundle, LowLevel};
-use crate::input::window::{batch_of_tiles, pad_to_patch, Accumulator, WindowConfig};
+use crate::input::window::{batch_of_tiles, blended, pad_to_patch, Coverage, WindowConfig};
+use crate::labels::Agreement;
 
 /// A volume ready for path evaluation: tiles extracted and the stem already run.
 pub struct Prepared {
     shape: [usize; 3],
-    padded_shape: [usize; 3],
+    /// The tiles' blending weights.
+    coverage: Coverage,
     /// Tile origins, grouped in batches.
     batches: Vec<Vec<[usize; 3]>>,
     /// Stem output per batch.
@@ -217,7 +219,8 @@ impl PathEvaluator {
         let stem = self.on_batches(batches.len(), |s, b| {
             s.run_segment(Segment::Stem, batch_of_tiles(&padded.view(), &batches[b], p).view())
         })?;
-        Ok(Prepared { shape, padded_shape, batches, stem: Arc::new(stem), labels, scored: Mutex::default() })
+        let coverage = Coverage::new(&self.setup.window, padded_shape, &batches.concat());
+        Ok(Prepared { shape, coverage, batches, stem: Arc::new(stem), labels, scored: Mutex::default() })
     }
 
     /// Outcomes of `masks` (in the given order) on a prepared volume. Without predictions, paths
@@ -264,6 +267,7 @@ impl PathEvaluator {
         Ok(out.into_iter().zip(masks).map(|(o, m)| o.unwrap_or_else(|| scored[m].clone())).collect())
     }
 
+    /// The head on every batch, the tiles blended, and the labels scored.
     fn finish(
         &mut self,
         prep: &Prepared,
@@ -271,21 +275,57 @@ impl PathEvaluator {
         low: Option<&[Array5<f32>]>,
         keep_prediction: bool,
     ) -> Result<Outcome> {
-        let k = self.setup.activation.channels();
         let low_view = |b: usize| -> Option<ArrayView5<f32>> { low.map(|l| l[b].view()) };
-        let probs = self.on_batches(features.len(), |s, b| s.run_head(features[b].view(), low_view(b)))?;
-        let mut acc = Accumulator::new(k, prep.padded_shape, &self.setup.window);
-        for (b, p) in prep.batches.iter().zip(&probs) {
-            for (j, &t) in b.iter().enumerate() {
-                acc.add(t, p.index_axis(Axis(0), j));
+        let mut sum = prep.coverage.sum(self.setup.activation.channels());
+        if let [sessions] = self.workers.as_mut_slice() {
+            // One set: each batch's probabilities are blended straight from ONNX Runtime's buffer.
+            for (b, origins) in prep.batches.iter().enumerate() {
+                sessions.run_head_with(features[b].view(), low_view(b), |p| {
+                    for (j, &t) in origins.iter().enumerate() {
+                        prep.coverage.add(&mut sum, t, p.index_axis(Axis(0), j));
+                    }
+                })?;
+            }
+        } else {
+            let probs = self.on_batches(features.len(), |s, b| s.run_head(features[b].view(), low_view(b)))?;
+            for (origins, p) in prep.batches.iter().zip(&probs) {
+                for (j, &t) in origins.iter().enumerate() {
+                    prep.coverage.add(&mut sum, t, p.index_axis(Axis(0), j));
+                }
             }
         }
-        let probs = acc.finish(prep.shape);
-        let pred = crate::labels::from_probabilities(&probs, self.setup.activation, self.setup.threshold);
+        let (activation, threshold) = (self.setup.activation, self.setup.threshold);
+        if let (Some(truth), Activation::Sigmoid, false) = (&prep.labels, activation, keep_prediction) {
+            let a = score_foreground(&sum, prep.coverage.weight(), threshold, truth);
+            return Ok(Outcome { accuracy: a.accuracy(), dice: a.dice(), prediction: None });
+        }
+        let probs = prep.coverage.finish(sum, prep.shape);
+        let pred = crate::labels::from_probabilities(&probs, activation, threshold);
         let (accuracy, dice) = match &prep.labels {
             Some(l) => crate::labels::accuracy_and_dice(&pred, l),
             None => (f64::NAN, f64::NAN),
         };
         Ok(Outcome { accuracy, dice, prediction: keep_prediction.then_some(pred) })
     }
+}
+
+/// The foreground labels of a blended sigmoid sum `[1, D', H', W']` (padded) against `truth`
+/// `[D, H, W]`, counted row by row without a probability or label volume: the labels
+/// [`crate::labels::from_probabilities`] gives for [`Coverage::finish`]'s probabilities, voxel for voxel.
+fn score_foreground(sum: &Array4<f32>, weight: &Array3<f32>, threshold: f32, truth: &Array3<u8>) -> Agreement {
+    let truth = truth.as_standard_layout();
+    let [d, h, w] = [0, 1, 2].map(|a| truth.shape()[a]);
+    let sum = sum.index_axis(Axis(0), 0);
+    let mut agreement = Agreement::default();
+    let mut labels = vec![0u8; w];
+    for z in 0..d {
+        for y in 0..h {
+            let (s, wt, t) = (sum.slice(s![z, y, ..w]), weight.slice(s![z, y, ..w]), truth.slice(s![z, y, ..]));
+            for ((l, &s), &wt) in labels.iter_mut().zip(s.iter()).zip(wt.iter()) {
+                *l = u8::from(blended(s, wt) >= threshold);
+            }
+            agreement.add(&labels, t.as_slice().unwrap_or_default());
+        }
+    }
+    agreement
 }
