@@ -10,17 +10,32 @@ use autopath::study::path_eval::PathEvaluator;
 use autopath::study::train::data::load_sample;
 use autopath::study::train::segment::TrainConfig;
 
-#[test]
-fn parallel_workers_and_remembered_paths_give_the_sequential_outcomes() {
+/// A trained segmenter's bundle and data, and evaluators of 1 and 3 session sets over it with
+/// `tile_batch` tiles per call.
+struct Setup {
+    _dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    cfg: TrainConfig,
+    one: PathEvaluator,
+    three: PathEvaluator,
+    blocks: usize,
+}
+
+fn setup(tile_batch: usize) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let (data, run, bundle) = common::trained_bundle(dir.path());
     let cfg: TrainConfig = autopath::study::train::checkpoint::read_json(&run.join("config.json")).unwrap();
     let bundle = Bundle::load(&bundle).unwrap();
-    let n = bundle.manifest.architecture.blocks.len();
-    // One tile per batch: 8 batches per volume, spread unevenly over 3 workers.
     let cpu = autopath::deploy::SessionOptions::default();
-    let mut one = PathEvaluator::with_workers(&bundle, cfg.window, 1, 1, &cpu).unwrap();
-    let mut three = PathEvaluator::with_workers(&bundle, cfg.window, 1, 3, &cpu).unwrap();
+    let one = PathEvaluator::with_workers(&bundle, cfg.window, tile_batch, 1, &cpu).unwrap();
+    let three = PathEvaluator::with_workers(&bundle, cfg.window, tile_batch, 3, &cpu).unwrap();
+    Setup { _dir: dir, data, cfg, one, three, blocks: bundle.manifest.architecture.blocks.len() }
+}
+
+#[test]
+fn parallel_workers_and_remembered_paths_give_the_sequential_outcomes() {
+    // One tile per batch: 8 batches per volume, spread unevenly over 3 workers.
+    let Setup { _dir, data, cfg, mut one, mut three, blocks: n } = setup(1);
     let mask = |dropped: &[usize]| (0..n).map(|b| !dropped.contains(&b)).collect::<Vec<bool>>();
     // Repeats inside one call, a dropped block with a projection shortcut (2), one without (0, 7).
     let masks = vec![mask(&[]), mask(&[0]), mask(&[2]), mask(&[0, 7]), mask(&[]), mask(&[0])];
@@ -65,14 +80,7 @@ fn parallel_workers_and_remembered_paths_give_the_sequential_outcomes() {
 /// and the evaluator keeps every session set for the next call.
 #[test]
 fn volumes_spread_over_the_session_sets_give_the_sequential_outcomes_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let (data, run, bundle) = common::trained_bundle(dir.path());
-    let cfg: TrainConfig = autopath::study::train::checkpoint::read_json(&run.join("config.json")).unwrap();
-    let bundle = Bundle::load(&bundle).unwrap();
-    let n = bundle.manifest.architecture.blocks.len();
-    let cpu = autopath::deploy::SessionOptions::default();
-    let mut one = PathEvaluator::with_workers(&bundle, cfg.window, 2, 1, &cpu).unwrap();
-    let mut three = PathEvaluator::with_workers(&bundle, cfg.window, 2, 3, &cpu).unwrap();
+    let Setup { _dir, data, cfg, mut one, mut three, blocks: n } = setup(2);
     let masks: Vec<Vec<bool>> = (0..n).map(|d| (0..n).map(|b| b != d).collect()).chain([vec![true; n]]).collect();
     let ds = Dataset::open(&data, None).unwrap();
     let samples: Vec<_> = ds.cases.iter().map(|c| load_sample(c, &cfg.preprocessing).unwrap()).collect();

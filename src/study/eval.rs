@@ -310,6 +310,9 @@ struct PolicyMasks {
     chosen: Vec<Vec<bool>>,
 }
 
+/// DropRandomN's Dice, `[n][repeat][volume]`.
+type RandomDice = Vec<Vec<Vec<f64>>>;
+
 /// Everything one volume needs: the oracles' search, then every other mask of the study scored in one
 /// pass of the path evaluator (shared prefixes).
 struct VolumeStudy<'a> {
@@ -386,6 +389,37 @@ impl VolumeStudy<'_> {
         })
     }
 
+    /// Every test volume, the volumes spread over the evaluator's session sets: their results in
+    /// order, and DropRandomN's Dice as `[n][repeat][volume]`.
+    fn run_all(
+        &self,
+        ev: &mut PathEvaluator,
+        cases: &[crate::study::dataset::Case],
+        prep: &crate::input::preprocess::Preprocessing,
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> Result<(Vec<VolumeResult>, RandomDice)> {
+        let levels = self.arch.blocks.len() - 1;
+        let repeats = self.random.first().map_or(0, Vec::len);
+        progress(0, cases.len());
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let per_volume = ev.per_volume(cases.iter().collect(), |ev, case| {
+            let s = load_sample(case, prep)?;
+            let mut dice = vec![vec![Vec::new(); repeats]; levels];
+            let r = self.run(ev, &case.id, &s, &mut dice)?;
+            progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1, cases.len());
+            Ok((r, dice))
+        })?;
+        let mut volumes = Vec::with_capacity(cases.len());
+        let mut random_dice: RandomDice = vec![vec![Vec::new(); repeats]; levels];
+        for (r, dice) in per_volume {
+            volumes.push(r);
+            for (all, this) in random_dice.iter_mut().flatten().zip(dice.into_iter().flatten()) {
+                all.extend(this);
+            }
+        }
+        Ok((volumes, random_dice))
+    }
+
     /// The oracles' search on one volume: exhaustive up to [`crate::study::search`]'s limit, else a beam per
     /// objective whose paths share one table.
     fn oracle_table(&self, ev: &mut PathEvaluator, prepared: &Prepared) -> Result<PathTable> {
@@ -456,23 +490,7 @@ pub fn evaluate(opts: &EvalOptions, progress: &(dyn Fn(usize, usize) + Sync)) ->
         delta,
         policy_input: cfg.spec.policy.input,
     };
-    let mut volumes = Vec::new();
-    let mut random_dice: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); repeats]; n_blocks - 1]; // [n][repeat][volume]
-    progress(0, cases.len());
-    let done = std::sync::atomic::AtomicUsize::new(0);
-    let per_volume = ev.per_volume(cases.iter().collect(), |ev, case| {
-        let s = load_sample(case, &cfg.preprocessing)?;
-        let mut dice = vec![vec![Vec::new(); repeats]; n_blocks - 1];
-        let r = study.run(ev, &case.id, &s, &mut dice)?;
-        progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1, cases.len());
-        Ok((r, dice))
-    })?;
-    for (r, dice) in per_volume {
-        volumes.push(r);
-        for (all, this) in random_dice.iter_mut().flatten().zip(dice.into_iter().flatten()) {
-            all.extend(this);
-        }
-    }
+    let (volumes, random_dice) = study.run_all(&mut ev, &cases, &cfg.preprocessing, progress)?;
 
     let flops = |m: &[bool]| crate::labels::flop_fraction(&arch, m);
     let (_, first, last) = heuristic_masks(n_blocks);

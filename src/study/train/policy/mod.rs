@@ -374,6 +374,30 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// The deployed policy's greedy paths on the validation volumes: mean reward, Dice and fraction
+    /// of blocks dropped.
+    fn greedy_validation(&mut self) -> Result<(f64, f64, f64)> {
+        let (cfg, n_blocks) = (self.cfg, self.n_blocks);
+        let mut jobs = Vec::with_capacity(self.val.len());
+        for item in &self.val {
+            let p = self.deployed_probabilities(item)?;
+            jobs.push((item, vec![p.iter().map(|&v| v >= cfg.threshold).collect::<Vec<bool>>()]));
+        }
+        let scored = self.evaluator.per_volume(jobs, |ev, (item, masks)| {
+            let o = ev.evaluate(&item.prepared, &masks, false)?.remove(0);
+            Ok((masks, o))
+        })?;
+        let (mut rsum, mut dsum, mut dropped) = (0.0, 0.0, 0.0);
+        for (masks, o) in scored {
+            let kept = masks[0].iter().filter(|&&k| k).count();
+            rsum += reward(o.accuracy, kept, n_blocks, cfg.tau);
+            dsum += o.dice;
+            dropped += (n_blocks - kept) as f64 / n_blocks as f64;
+        }
+        let nv = self.val.len().max(1) as f64;
+        Ok((rsum / nv, dsum / nv, dropped / nv))
+    }
+
     /// One epoch of the paper's REINFORCE with its curriculum, then greedy validation by reward.
     fn paper_epoch(&mut self, epoch: usize, on_epoch: &dyn Fn(&PolicyEpoch)) -> Result<()> {
         let (cfg, n_blocks) = (self.cfg, self.n_blocks);
@@ -430,25 +454,8 @@ impl Run<'_> {
         let validate = done.is_multiple_of(cfg.val_every.max(1)) || done == cfg.epochs;
         let (mut vr, mut vd, mut vdrop, mut best) = (None, None, None, false);
         if validate {
-            let (mut rsum, mut dsum, mut dropped) = (0.0, 0.0, 0.0);
-            let mut jobs = Vec::with_capacity(self.val.len());
-            for item in &self.val {
-                let p = self.deployed_probabilities(item)?;
-                jobs.push((item, vec![p.iter().map(|&v| v >= cfg.threshold).collect::<Vec<bool>>()]));
-            }
-            let scored = self.evaluator.per_volume(jobs, |ev, (item, masks)| {
-                let o = ev.evaluate(&item.prepared, &masks, false)?.remove(0);
-                Ok((masks, o))
-            })?;
-            for (masks, o) in scored {
-                let greedy = &masks[0];
-                let kept = greedy.iter().filter(|&&k| k).count();
-                rsum += reward(o.accuracy, kept, n_blocks, cfg.tau);
-                dsum += o.dice;
-                dropped += (n_blocks - kept) as f64 / n_blocks as f64;
-            }
-            let nv = self.val.len().max(1) as f64;
-            (vr, vd, vdrop) = (Some(rsum / nv), Some(dsum / nv), Some(dropped / nv));
+            let (r, d, dropped) = self.greedy_validation()?;
+            (vr, vd, vdrop) = (Some(r), Some(d), Some(dropped));
             best = self.record_validation(vr, vd, vdrop, done);
         }
         let c = count.max(1) as f64;
