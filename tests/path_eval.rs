@@ -111,6 +111,12 @@ fn volumes_spread_over_the_session_sets_give_the_sequential_outcomes_in_order() 
         three.per_volume((0..9).collect(), |_, i| Ok(i * i)).unwrap(),
         (0..9).map(|i| i * i).collect::<Vec<_>>()
     );
+    // Labels that do not match their image are refused, not read out of bounds.
+    let s = &samples[0];
+    let (d, h, w) = s.labels.dim();
+    let short = s.labels.slice(ndarray::s![..d, ..h - 1, ..w]).to_owned();
+    let err = three.prepare(&s.image, s.record.pad_value, Some(short)).err().expect("mismatched labels refused");
+    assert!(err.to_string().contains("labels") && err.to_string().contains("differs"), "{err}");
 }
 
 #[test]

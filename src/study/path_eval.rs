@@ -211,6 +211,10 @@ impl PathEvaluator {
     /// Tiles a normalised volume and runs the stem on every tile.
     pub fn prepare(&mut self, image: &Array3<f32>, pad_value: f32, labels: Option<Array3<u8>>) -> Result<Prepared> {
         let shape: [usize; 3] = image.dim().into();
+        if let Some(l) = labels.as_ref().filter(|l| l.dim() != image.dim()) {
+            // Scoring reads labels voxel for voxel beside the image's blended prediction.
+            return Err(Error::invalid("labels", format!("shape {:?} differs from the image's {shape:?}", l.dim())));
+        }
         let padded = pad_to_patch(image.clone(), self.setup.window.patch, pad_value);
         let padded_shape: [usize; 3] = padded.dim().into();
         let p = self.setup.window.patch;
