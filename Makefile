@@ -9,6 +9,9 @@ PYDEPS   := $(DEPS)/python
 STAMP    := $(DEPS)/setup.stamp
 ORT_LIB  := $(CURDIR)/$(PYDEPS)/onnxruntime/capi/libonnxruntime.so.1.31.1
 CARGO    ?= cargo
+# No wheel cache: the GPU and CUDA wheels are 3.7 GB unpacked, and a cached copy of each would double
+# what a clean clone's `.ci/run` writes to a disk that may be shared and nearly full.
+PIP_INSTALL := $(PYTHON) -m pip install --quiet --disable-pip-version-check --no-warn-script-location --no-cache-dir
 export ORT_DYLIB_PATH ?= $(ORT_LIB)
 export AUTOPATH_PYTHONPATH := $(CURDIR)/$(PYDEPS)
 
@@ -20,7 +23,7 @@ setup: $(STAMP)
 $(STAMP): python/requirements.txt
 	@mkdir -p $(DEPS)
 	@rm -rf $(PYDEPS).tmp
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-warn-script-location --target $(PYDEPS).tmp -r python/requirements.txt
+	$(PIP_INSTALL) --target $(PYDEPS).tmp -r python/requirements.txt
 	@rm -rf $(PYDEPS) && mv $(PYDEPS).tmp $(PYDEPS)
 	@test -f $(ORT_LIB) || { echo "onnxruntime wheel did not provide $(ORT_LIB)"; exit 1; }
 	@touch $@
@@ -63,7 +66,7 @@ setup-gpu: $(GPU_STAMP)
 $(GPU_STAMP): python/requirements-gpu.txt
 	@mkdir -p $(DEPS)
 	@rm -rf $(GPU_PYDEPS).tmp
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-warn-script-location --target $(GPU_PYDEPS).tmp -r python/requirements-gpu.txt
+	$(PIP_INSTALL) --target $(GPU_PYDEPS).tmp -r python/requirements-gpu.txt
 	@rm -rf $(GPU_PYDEPS) && mv $(GPU_PYDEPS).tmp $(GPU_PYDEPS)
 	@test -f $(GPU_ORT_LIB) || { echo "onnxruntime-gpu wheel did not provide $(GPU_ORT_LIB)"; exit 1; }
 	@touch $@
@@ -87,7 +90,7 @@ setup-cuda: $(CUDA_STAMP)
 $(CUDA_STAMP): Makefile scripts/cuda_link_stub.py
 	@mkdir -p $(DEPS)
 	@rm -rf $(CUDA_DEPS).tmp
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-warn-script-location --no-deps --target $(CUDA_DEPS).tmp $(CUDA_WHEELS)
+	$(PIP_INSTALL) --no-deps --target $(CUDA_DEPS).tmp $(CUDA_WHEELS)
 	@rm -rf $(CUDA_DEPS) && mv $(CUDA_DEPS).tmp $(CUDA_DEPS)
 	@cd $(CUDA_HOME_)/lib && for l in cublas.so.13 cublasLt.so.13 curand.so.10 nvrtc.so.13 cudart.so.13; do ln -sf lib$$l lib$${l%.so.*}.so; done
 	$(PYTHON) scripts/cuda_link_stub.py $(CUDA_HOME_)/lib/stubs
@@ -111,7 +114,7 @@ torch: $(TORCH_STAMP)
 $(TORCH_STAMP):
 	@mkdir -p $(DEPS)
 	@rm -rf $(TORCH_DEPS).tmp
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-warn-script-location --target $(TORCH_DEPS).tmp torch
+	$(PIP_INSTALL) --target $(TORCH_DEPS).tmp torch
 	@rm -rf $(TORCH_DEPS) && mv $(TORCH_DEPS).tmp $(TORCH_DEPS)
 	@touch $@
 

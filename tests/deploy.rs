@@ -122,6 +122,7 @@ fn the_serve_deployment_becomes_ready_and_exposes_metrics() {
         let r = get(path);
         assert!(r.starts_with("HTTP/1.1 200"), "{path}: {r}");
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    // Stopped as Kubernetes stops a pod: SIGTERM, then a clean exit.
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(child.wait().unwrap().success());
 }

@@ -1,6 +1,7 @@
 //! `autopath-run serve` on a loopback port: segmentations equal the batch CLI's, bad bodies get 4xx
 //! and the service keeps serving, oversize bodies 413, a full queue 503 while accepted requests
-//! complete, SIGTERM lets an in-flight request finish, and the token guards the API.
+//! complete, SIGTERM lets an in-flight request finish and leaves no scratch files, and the token
+//! guards the API.
 
 mod common;
 
@@ -182,7 +183,15 @@ fn sigterm_lets_the_request_in_flight_finish() {
         .unwrap();
     assert!(ok.status.success());
     let body = std::fs::read(big.join("volume-0.nii.gz")).unwrap();
-    let server = std::sync::Arc::new(Server::start(&bundle, &[]));
+    // The server's scratch files go under a temporary folder of the test's own, to be checked after.
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let (child, addr) = common::spawn_server(
+        Command::new(env!("CARGO_BIN_EXE_autopath-run"))
+            .args(["serve", "--bundle", bundle.to_str().unwrap(), "--addr", "127.0.0.1:0"])
+            .env("TMPDIR", &tmp),
+    );
+    let server = std::sync::Arc::new(Server { child, addr });
     let s = server.clone();
     let h = std::thread::spawn(move || s.request("POST", "/v1/segment", &[], &body));
     // Signal only once the server reports the request in flight (its own metrics), not after a guess.
@@ -202,6 +211,14 @@ fn sigterm_lets_the_request_in_flight_finish() {
     assert_eq!(nifti[0], 0x1f);
     let mut server = std::sync::Arc::try_unwrap(server).ok().unwrap();
     assert!(server.child.wait().unwrap().success());
+    // A stopped service leaves none of its scratch files behind (ONNX Runtime keeps a `.ses` file of
+    // its own there).
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("autopath")))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
 
 #[test]
