@@ -31,7 +31,7 @@ fn bundle(dir: &std::path::Path, conv: autopath_export::ConvLayout) -> autopath:
         Some(p),
         None,
         &out,
-        autopath::study::compile::CompileOptions { verify: false, force: true, conv },
+        autopath::study::compile::CompileOptions { verify: false, force: true, conv, split_head: false },
     )
     .expect("compile");
     autopath::input::bundle::Bundle::load(&out).expect("bundle")

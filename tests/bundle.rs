@@ -72,9 +72,13 @@ fn every_graph_passes_the_onnx_checker_and_dropping_each_block_matches_candle() 
             None,
             None,
             &out,
-            autopath::study::compile::CompileOptions { verify: true, conv, ..Default::default() },
+            autopath::study::compile::CompileOptions { verify: true, conv, split_head: true, ..Default::default() },
         )
         .unwrap();
+        // The head splits at the skip decoder's low-level part where it is written with depth taps.
+        let split = conv == DepthTaps && decoder == Skip;
+        let split_checked = report.checks.iter().any(|c| c.name == "head_low + head_rest");
+        assert_eq!(split_checked, split, "{name}: the split head compared with the f64 model");
         let head = std::fs::read(out.join("head.onnx")).unwrap();
         let taps = head.windows(5).any(|w| w == b".taps");
         assert_eq!(taps, conv == DepthTaps, "{name}: the head's 3D convolutions as depth taps");
@@ -98,7 +102,8 @@ fn every_graph_passes_the_onnx_checker_and_dropping_each_block_matches_candle() 
         let checked = common::python_json("check_bundle.py", &[out.to_str().unwrap()]);
         let n = model.net.spec().num_blocks();
         let projections = model.net.blocks.iter().filter(|b| b.shortcut.is_some()).count();
-        assert_eq!(checked.as_object().unwrap().len(), 3 + n + projections, "stem, head, full, blocks, shortcuts");
+        let files = 3 + n + projections + if split { 2 } else { 0 };
+        assert_eq!(checked.as_object().unwrap().len(), files, "stem, head, full, blocks, shortcuts, split head");
         for (file, r) in checked.as_object().unwrap() {
             assert_eq!(r["checker"], "ok", "{name} {file}: {}", r["checker"]);
             assert_eq!(r["ort"], "ok", "{name} {file}: {}", r["ort"]);
@@ -108,6 +113,8 @@ fn every_graph_passes_the_onnx_checker_and_dropping_each_block_matches_candle() 
 
         let bundle = autopath::input::bundle::Bundle::load(&out).unwrap();
         assert_eq!(bundle.manifest.producer.conv3d, autopath::study::compile::layout_name(conv));
+        let listed = bundle.manifest.architecture.low_level.as_ref().and_then(|l| l.split.as_ref());
+        assert_eq!(listed.is_some(), split, "{name}: the split head in the manifest");
         let mut s = Sessions::open(&bundle, &SessionOptions::default()).unwrap();
         let x = Array5::from_shape_fn((2, 1, 16, 32, 32), |(b, _, z, y, w)| {
             ((b * 7 + z * 3 + y * 5 + w) as f32 * 0.37).sin()

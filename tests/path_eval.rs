@@ -1,6 +1,7 @@
 //! The path evaluator behind `eval` and policy training: spreading a volume's tile batches over
-//! single-threaded session sets, and answering a path asked again from the volume's memory, must give
-//! what one session set computing every batch in turn gives.
+//! single-threaded session sets, answering a path asked again from the volume's memory, and sharing
+//! the split head's low-level part between paths must give what one session set computing every
+//! batch in turn with the whole head gives.
 
 mod common;
 
@@ -191,4 +192,65 @@ fn a_missing_gpu_provider_is_an_error_for_eval_and_train_policy_unless_fallback_
     let res = train(&["--ep", "cuda", "--allow-fallback"]);
     assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
     assert!(dir.path().join("policy").join("best.safetensors").exists());
+}
+
+/// With the head split at the skip decoder's low-level part (the bundles `eval` and `train-policy`
+/// compile for the CPU), paths that agree on the blocks before the low-level features share that
+/// part; every path scores as with the whole head, in any order of the paths.
+#[test]
+fn paths_sharing_the_split_heads_low_level_part_score_as_with_the_whole_head() {
+    use autopath::study::compile::{compile_runs, CompileOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let (data, run, _) = common::trained_bundle(dir.path());
+    let cfg: TrainConfig = autopath::study::train::checkpoint::read_json(&run.join("config.json")).unwrap();
+    let cpu = CompileOptions::for_provider(autopath::deploy::ExecutionProvider::Cpu);
+    let open = |name: &str, split_head: bool| {
+        let out = dir.path().join(name);
+        compile_runs(&run, "best", None, None, &out, CompileOptions { split_head, ..cpu }).unwrap();
+        let bundle = Bundle::load(&out).unwrap();
+        let low = bundle.manifest.architecture.low_level.clone().expect("the skip decoder");
+        assert_eq!(low.split.is_some(), split_head, "{name}: the split head in the manifest");
+        let ev = PathEvaluator::with_workers(&bundle, cfg.window, 2, 1, &Default::default()).unwrap();
+        (ev, low.after_block, bundle.manifest.architecture.blocks.len())
+    };
+    let (mut whole, after, n) = open("whole", false);
+    let (mut split, _, _) = open("split", true);
+    // Every combination of the blocks up to the low-level features, each with two different later
+    // parts, visited in an order that keeps changing the early blocks.
+    let mut masks = Vec::new();
+    for later in [vec![true; n - after - 1], (after + 1..n).map(|b| b % 2 == 0).collect()] {
+        for early in 0..1usize << (after + 1) {
+            masks.push((0..=after).map(|b| early >> b & 1 == 0).chain(later.iter().copied()).collect::<Vec<bool>>());
+        }
+    }
+    masks.reverse();
+    let ds = Dataset::open(&data, None).unwrap();
+    for case in &ds.cases[..2] {
+        let s = load_sample(case, &cfg.preprocessing).unwrap();
+        let pw = whole.prepare(&s.image, s.record.pad_value, Some(s.labels.clone())).unwrap();
+        let ps = split.prepare(&s.image, s.record.pad_value, Some(s.labels.clone())).unwrap();
+        let want = whole.evaluate(&pw, &masks, true).unwrap();
+        let got = split.evaluate(&ps, &masks, false).unwrap();
+        let predicted = split.evaluate(&ps, &masks, true).unwrap();
+        for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+            assert!(
+                (g.dice - w.dice).abs() < 1e-6,
+                "case {} path {:?}: Dice {} vs {}",
+                case.id,
+                masks[i],
+                g.dice,
+                w.dice
+            );
+            assert!((g.accuracy - w.accuracy).abs() < 1e-6, "case {} path {:?}", case.id, masks[i]);
+            let (a, b) = (w.prediction.as_ref().unwrap(), predicted[i].prediction.as_ref().unwrap());
+            let differ = a.iter().zip(b.iter()).filter(|(x, y)| x != y).count();
+            assert!(differ * 10_000 <= a.len(), "case {} path {i}: {differ} of {} voxels differ", case.id, a.len());
+        }
+        // Not a trivial case: the early blocks change the outcome.
+        assert!(
+            want.iter().any(|o| (o.dice - want[0].dice).abs() > 1e-9),
+            "case {}: every path scored the same",
+            case.id
+        );
+    }
 }

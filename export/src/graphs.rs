@@ -127,12 +127,23 @@ pub fn emit_block(g: &mut GraphBuilder, prefix: &str, x: &str, block: &Block) ->
     Ok(g.relu(&format!("{prefix}.out"), &s))
 }
 
-/// ASPP + decoder + trilinear upsampling to `tile` + sigmoid/softmax. `low` names the low-level
-/// features (the output after the last block of stage 0), which the skip decoder reads.
+/// What the skip decoder reads besides the ASPP output.
+#[derive(Debug, Clone, Copy)]
+pub enum LowLevel<'a> {
+    /// The low-level features: the output after the last block of stage 0.
+    Features(&'a str),
+    /// The part of the decoder's first convolution that reads only those features
+    /// ([`emit_skip_part`]), computed by another graph. It depends only on the blocks of stage 0, so
+    /// when many paths share those, it is computed once for all of them.
+    SkipPart(&'a str),
+}
+
+/// ASPP + decoder + trilinear upsampling to `tile` + sigmoid/softmax. `low`: what the skip decoder
+/// reads besides the ASPP output (None for the paper's decoder).
 pub fn emit_head(
     g: &mut GraphBuilder,
     x: &str,
-    low: Option<&str>,
+    low: Option<LowLevel>,
     net: &DeepLab3d,
     tile: [usize; 3],
 ) -> Result<String> {
@@ -274,21 +285,33 @@ fn emit_paper_decoder(g: &mut GraphBuilder, x: &str, dec: &Decoder) -> Result<St
 fn emit_skip_decoder(
     g: &mut GraphBuilder,
     x: &str,
-    low: &str,
+    low: LowLevel,
     dec: &SkipDecoder,
     grids: Option<([usize; 3], [usize; 3])>,
 ) -> Result<String> {
-    let r = conv_bn(g, "decoder.reduce", low, &dec.reduce)?;
-    let r = g.relu("decoder.reduce.relu", &r);
-    let c = match grids {
-        Some((from, to)) if g.layout() == ConvLayout::DepthTaps && same_size(&dec.conv1.conv) => {
-            let r_channels = dec.reduce.conv.weight().dims()[0];
-            conv_of_resized_concat(g, "decoder.conv1", (x, from), (&r, r_channels, to), &dec.conv1)?
+    let fused = grids.filter(|_| g.layout() == ConvLayout::DepthTaps && same_size(&dec.conv1.conv));
+    let c = match (low, fused) {
+        (LowLevel::Features(low), Some((from, to))) => {
+            let skip = emit_skip_part(g, low, dec)?;
+            conv_of_resized_concat(g, "decoder.conv1", (x, from, to), &skip, dec)?
         }
-        _ => {
+        (LowLevel::SkipPart(skip), Some((from, to))) => {
+            conv_of_resized_concat(g, "decoder.conv1", (x, from, to), skip, dec)?
+        }
+        (LowLevel::Features(low), None) => {
+            let r = conv_bn(g, "decoder.reduce", low, &dec.reduce)?;
+            let r = g.relu("decoder.reduce.relu", &r);
             let up = g.resize_trilinear_like("decoder.aspp_up", x, low);
             let cat = g.concat_channels("decoder.concat", &[&up, &r]);
             conv_bn(g, "decoder.conv1", &cat, &dec.conv1)?
+        }
+        (LowLevel::SkipPart(_), None) => {
+            return Err(Error::Tensor {
+                name: "decoder.conv1".into(),
+                reason: "the head splits at the skip part only in the depth-taps layout, with fixed sizes and a \
+                         same-size first convolution"
+                    .into(),
+            })
         }
     };
     let c = g.relu("decoder.conv1.relu", &c);
@@ -298,30 +321,68 @@ fn emit_skip_decoder(
     Ok(g.conv("decoder.classifier", &c, (&dims, &w), &b, attrs(&dec.classifier)))
 }
 
+/// Whether [`emit_head`] can take [`LowLevel::SkipPart`] in `layout`: the skip decoder, written with
+/// depth taps, whose first convolution keeps the size (the split is that of
+/// `conv_of_resized_concat`).
+pub fn head_splits(net: &DeepLab3d, layout: ConvLayout) -> bool {
+    matches!(&net.decoder, DecoderNet::Skip(dec) if layout == ConvLayout::DepthTaps && same_size(&dec.conv1.conv))
+}
+
+/// Channels of [`emit_skip_part`]'s output: the skip decoder's first convolution's (None for the
+/// paper's decoder).
+pub fn skip_part_channels(net: &DeepLab3d) -> Option<usize> {
+    match &net.decoder {
+        DecoderNet::Skip(dec) => Some(dec.conv1.conv.weight().dims()[0]),
+        DecoderNet::Paper(_) => None,
+    }
+}
+
+/// The part of the skip decoder's first convolution (+ folded BN, its bias included) that reads
+/// the reduced low-level features (reduce → ReLU) — the last channels of its concatenated input.
+pub fn emit_skip_part(g: &mut GraphBuilder, low: &str, dec: &SkipDecoder) -> Result<String> {
+    let name = "decoder.conv1";
+    let r = conv_bn(g, "decoder.reduce", low, &dec.reduce)?;
+    let r = g.relu("decoder.reduce.relu", &r);
+    let r_channels = dec.reduce.conv.weight().dims()[0];
+    let (dims, w, bias) = folded(&dec.conv1.conv, Some(&dec.conv1.bn), name)?;
+    let (co, ci, k) = (dims[0], dims[1], [dims[2], dims[3], dims[4]]);
+    let taps = k.iter().product::<usize>();
+    let ca = ci.checked_sub(r_channels).ok_or_else(|| Error::Tensor {
+        name: name.into(),
+        reason: format!("{ci} input channels cannot hold {r_channels} low-level ones"),
+    })?;
+    let wr: Vec<f32> = (0..co).flat_map(|o| w[(o * ci + ca) * taps..(o + 1) * ci * taps].iter().copied()).collect();
+    Ok(g.conv(&format!("{name}.skip"), &r, (&[co, r_channels, k[0], k[1], k[2]], &wr), &bias, attrs(&dec.conv1.conv)))
+}
+
 /// Stride 1 and same padding on every axis: the output has the input's size.
 fn same_size(conv: &Conv3d) -> bool {
     let a = attrs(conv);
     (0..3).all(|i| a.stride[i] == 1 && 2 * a.padding[i] == a.dilation[i] * (a.kernel[i] - 1))
 }
 
-/// conv + folded BN of `concat(resize(a, to), r)` without the resized tensor or the concatenation.
-/// Why: both steps are linear, so the resized part equals the kernel's taps applied to `a` on its
-/// own small grid (a 1×1×1 convolution to `Co·taps` channels), then one matrix product per axis
-/// that interpolates and shifts each tap into place (`taps_of_resized`). On the demo's tiles the
-/// 64 ASPP channels are resized from 8×3×3 to 8×24×24 before a 76→16 3×3×3 convolution: 10.2 ms of
-/// convolution, 3.6 of `Resize` and 1.0 of `Concat` per 4 tiles become well under 2 ms, and only the
-/// 12 low-level channels still go through a 3×3×3 convolution at 8×24×24. Exact up to rounding.
+/// conv + folded BN of `concat(resize(a, to), r)` without the resized tensor or the concatenation,
+/// given `skip`, the part that reads `r` ([`emit_skip_part`]; the convolution is linear in its input
+/// channels). Why: both steps are linear, so the resized part equals the kernel's taps applied to `a`
+/// on its own small grid (a 1×1×1 convolution to `Co·taps` channels), then one matrix product per
+/// axis that interpolates and shifts each tap into place (`taps_of_resized`). On the demo's tiles
+/// the 64 ASPP channels are resized from 8×3×3 to 8×24×24 before a 76→16 3×3×3 convolution: 10.2 ms
+/// of convolution, 3.6 of `Resize` and 1.0 of `Concat` per 4 tiles become well under 2 ms, and only
+/// the 12 low-level channels still go through a 3×3×3 convolution at 8×24×24. Exact up to rounding.
 fn conv_of_resized_concat(
     g: &mut GraphBuilder,
     name: &str,
-    (a, from): (&str, [usize; 3]),
-    (r, r_channels, to): (&str, usize, [usize; 3]),
-    unit: &ConvBn,
+    (a, from, to): (&str, [usize; 3], [usize; 3]),
+    skip: &str,
+    dec: &SkipDecoder,
 ) -> Result<String> {
-    let (dims, w, bias) = folded(&unit.conv, Some(&unit.bn), name)?;
+    let unit = &dec.conv1;
+    let (dims, w, _) = folded(&unit.conv, Some(&unit.bn), name)?;
     let at = attrs(&unit.conv);
     let (co, ci, k) = (dims[0], dims[1], [dims[2], dims[3], dims[4]]);
     let taps = k.iter().product::<usize>();
+    // The resized channels come first in the concatenation, the reduced low-level ones last.
+    let r_channels = dec.reduce.conv.weight().dims()[0];
     let ca = ci.checked_sub(r_channels).ok_or_else(|| Error::Tensor {
         name: name.into(),
         reason: format!("{ci} input channels cannot hold {r_channels} low-level ones"),
@@ -355,9 +416,7 @@ fn conv_of_resized_concat(
     let y = g.reshape(&n("height_taps"), &y, &[-1, i(co), i(d2), i(kh * h), i(w2)]);
     let mh = g.weight(&n("height_weights"), &[h2, kh * h], &transposed(&m(1, h, h2), kh * h, h2));
     let resized_part = g.matmul(&n("height"), &mh, &y);
-    let wr: Vec<f32> = (0..co).flat_map(|o| w[(o * ci + ca) * taps..(o + 1) * ci * taps].iter().copied()).collect();
-    let skip_part = g.conv(&n("skip"), r, (&[co, r_channels, kd, kh, kw], &wr), &bias, at);
-    Ok(g.add(name, &resized_part, &skip_part))
+    Ok(g.add(name, &resized_part, skip))
 }
 
 /// `m` `[rows, cols]` transposed.

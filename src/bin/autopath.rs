@@ -849,7 +849,8 @@ fn compile(args: CompileArgs) -> anyhow::Result<()> {
         no_verify,
         conv3d,
     } = args;
-    let opts = autopath::study::compile::CompileOptions { verify: !no_verify, force, conv: conv3d.into() };
+    let opts =
+        autopath::study::compile::CompileOptions { verify: !no_verify, force, conv: conv3d.into(), split_head: false };
     if let Some(arch) = untrained {
         return compile_untrained(&arch, width, patch, decoder.into(), &out, opts);
     }

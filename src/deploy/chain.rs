@@ -13,6 +13,18 @@ fn ort_err(what: &str, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -
     Error::ort(what, e)
 }
 
+/// Runs a graph whose output is `probabilities` and hands `f` a host view of them.
+fn probabilities_of<'v, R>(
+    session: &mut Session,
+    what: &str,
+    inputs: Vec<(std::borrow::Cow<'_, str>, SessionInputValue<'v>)>,
+    f: impl FnOnce(ArrayView5<f32>) -> R,
+) -> Result<R> {
+    let mut out = session.run(inputs).map_err(|e| ort_err(what, e))?;
+    let p = out.remove("probabilities").ok_or_else(|| ort_err(what, "graph has no output \"probabilities\""))?;
+    with_view(&p, what, f)
+}
+
 fn run_one(session: &mut Session, what: &str, input: &str, value: &DynValue, output: &str) -> Result<DynValue> {
     let mut out = session.run(ort::inputs![input => value]).map_err(|e| ort_err(what, e))?;
     out.remove(output).ok_or_else(|| ort_err(what, format!("graph has no output {output:?}")))
@@ -139,9 +151,40 @@ impl Sessions {
             }
             (None, _) => {}
         }
-        let mut out = self.head.run(inputs).map_err(|e| ort_err("head", e))?;
-        let p = out.remove("probabilities").ok_or_else(|| ort_err("head", "graph has no output \"probabilities\""))?;
-        with_view(&p, "head", f)
+        probabilities_of(&mut self.head, "head", inputs, f)
+    }
+
+    /// The split head's first graph: the skip part of the low-level features `low` (one copy out).
+    pub fn run_skip_part(&mut self, low: ArrayView5<f32>) -> Result<Array5<f32>> {
+        let what = "head_low";
+        let (Some(l), Some(split)) = (&self.low_level, self.split_head.as_mut()) else {
+            return Err(ort_err(what, "the split head is not open"));
+        };
+        let low = low.as_standard_layout();
+        let t = TensorRef::from_array_view(low.view()).map_err(|e| ort_err(what, e))?;
+        let mut out = split.low.run(ort::inputs![l.input.as_str() => t]).map_err(|e| ort_err(what, e))?;
+        let v = out
+            .remove(&split.output)
+            .ok_or_else(|| ort_err(what, format!("graph has no output {:?}", split.output)))?;
+        with_view(&v, what, |a| a.to_owned())
+    }
+
+    /// The split head's second graph on the backbone's output `x` and a skip part
+    /// ([`Sessions::run_skip_part`]): the probabilities the head gives for `x` and the low-level
+    /// features, handed to `f` as a view.
+    pub fn run_head_after_skip_with<R>(
+        &mut self,
+        x: ArrayView5<f32>,
+        skip: ArrayView5<f32>,
+        f: impl FnOnce(ArrayView5<f32>) -> R,
+    ) -> Result<R> {
+        let what = "head_rest";
+        let split = self.split_head.as_mut().ok_or_else(|| ort_err(what, "the split head is not open"))?;
+        let (x, skip) = (x.as_standard_layout(), skip.as_standard_layout());
+        let xv = TensorRef::from_array_view(x.view()).map_err(|e| ort_err(what, e))?;
+        let sv = TensorRef::from_array_view(skip.view()).map_err(|e| ort_err(what, e))?;
+        let inputs = vec![("x".into(), xv.into()), (split.output.clone().into(), sv.into())];
+        probabilities_of(&mut split.rest, what, inputs, f)
     }
 
     /// Probabilities `[B, K, tile]` for tiles `[B, 1, tile]` on a path: stem, then per block the

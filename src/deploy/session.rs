@@ -305,10 +305,23 @@ pub struct Sessions {
     pub policy: Option<Session>,
     /// The skip decoder's low-level input (None: the head takes the backbone's output only).
     pub low_level: Option<crate::input::bundle::LowLevel>,
+    /// The head in two graphs, where the bundle has them and [`Sessions::open_split_head`] opened
+    /// them: for scoring many paths per volume.
+    pub split_head: Option<SplitSessions>,
     /// Where the block chain keeps its intermediate values.
     pub residency: Residency,
     /// The provider the sessions run on (after any fallback) and the options they were built with.
     pub options: SessionOptions,
+}
+
+/// The head's two graphs when split at the skip decoder's low-level part.
+pub struct SplitSessions {
+    /// Low-level features → the skip part.
+    pub low: Session,
+    /// The head's `x` and the skip part → probabilities.
+    pub rest: Session,
+    /// Name of the skip part.
+    pub output: String,
 }
 
 /// The per-sample inputs of every graph of a bundle, for TensorRT's profiles: stem, blocks, head (two
@@ -371,9 +384,28 @@ impl Sessions {
             full_graph: (bundle.path(&a.full_file), full_input, h.clone()),
             policy,
             low_level: a.low_level.clone(),
+            split_head: None,
             residency,
             options: settled,
         })
+    }
+
+    /// Opens the split head's two graphs ([`crate::input::bundle::SplitHead`]) if the bundle has
+    /// them; returns whether it does. Not part of [`Sessions::open`]: one path per volume, as the
+    /// runtime runs, has no use for them.
+    pub fn open_split_head(&mut self, bundle: &Bundle) -> Result<bool> {
+        let a = &bundle.manifest.architecture;
+        let Some((low, split)) = a.low_level.as_ref().and_then(|l| l.split.as_ref().map(|s| (l, s))) else {
+            return Ok(false);
+        };
+        let (_, _, head_inputs, _) = inputs(bundle);
+        let skip = GraphInput { name: split.output.clone(), sample: split.shape.to_vec() };
+        let low_input = GraphInput { name: low.input.clone(), sample: low.shape.to_vec() };
+        let o = |f: &str, inputs: &[GraphInput]| open(&bundle.path(f), &self.options, &bundle.hash, inputs);
+        let low_session = o(&split.low_file, std::slice::from_ref(&low_input))?.0;
+        let rest = o(&split.rest_file, &[head_inputs[0].clone(), skip])?.0;
+        self.split_head = Some(SplitSessions { low: low_session, rest, output: split.output.clone() });
+        Ok(true)
     }
 
     /// The whole-network session, opened now if this is its first use.

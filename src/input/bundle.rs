@@ -93,6 +93,25 @@ pub struct LowLevel {
     pub input: String,
     /// Shape `[C, D, H, W]` for one tile.
     pub shape: [usize; 4],
+    /// The head also in two graphs, for scoring many paths per volume (`eval`, `train-policy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<SplitHead>,
+}
+
+/// The head in two graphs: `low_file` maps the low-level features to `output`, the part of the skip
+/// decoder that reads nothing else; `rest_file` maps the head's `x` and `output` to the
+/// probabilities, as the head graph maps `x` and the features. Paths that run the same blocks before
+/// the low-level features share that part, which costs a third of the head on the CPU.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SplitHead {
+    /// Low-level features → the skip part.
+    pub low_file: String,
+    /// `x` and the skip part → probabilities.
+    pub rest_file: String,
+    /// Name of the skip part: `low_file`'s output and `rest_file`'s second input.
+    pub output: String,
+    /// Shape `[C, D, H, W]` of the skip part for one tile.
+    pub shape: [usize; 4],
 }
 
 /// The architecture and the cost of each segment, per tile.
@@ -440,6 +459,9 @@ impl Bundle {
             referenced.extend(b.shortcut_file.iter());
         }
         referenced.extend(manifest.policy.as_ref().map(|p| &p.file));
+        if let Some(split) = arch.low_level.as_ref().and_then(|l| l.split.as_ref()) {
+            referenced.extend([&split.low_file, &split.rest_file]);
+        }
         for f in referenced {
             if !manifest.files.contains_key(f) {
                 return Err(bundle_error(dir, format!("{f} is used but not listed with a checksum")));

@@ -200,8 +200,9 @@ pub fn run(o: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoOutcome> {
         evaluate(&opts, &|_, _| {}).map(|_| ())
     })?;
     stages.stage("6/8 compile bundle", f.bundle.join("manifest.json").exists(), || {
-        // The demo's runtime and benchmark run on the CPU provider.
-        let opts = crate::study::compile::CompileOptions::for_provider(crate::deploy::ExecutionProvider::Cpu);
+        // The demo's runtime and benchmark run on the CPU provider, one path per volume.
+        let cpu = crate::study::compile::CompileOptions::for_provider(crate::deploy::ExecutionProvider::Cpu);
+        let opts = crate::study::compile::CompileOptions { split_head: false, ..cpu };
         let results = f.eval.join("results.json");
         let r = crate::study::compile::compile_runs(&f.seg, "best", Some(&f.policy), Some(&results), &f.bundle, opts)?;
         for c in &r.checks {

@@ -1,7 +1,9 @@
 //! Evaluating many block paths on one volume, sharing work between paths: the stem runs once, and
 //! paths are visited in lexicographic order so that each reuses the block outputs of the longest
 //! prefix it shares with the previous one. Policy rewards and the heuristic study both need hundreds
-//! of paths per volume; without sharing they would cost hundreds of full forward passes.
+//! of paths per volume; without sharing they would cost hundreds of full forward passes. Where the
+//! bundle has the head split at the skip decoder's low-level part (`compile`'s `split_head`), paths
+//! that agree on the blocks before the low-level features also share that part of the head.
 //!
 //! On the CPU the work is spread over two session sets with the cores shared out between them: the
 //! blocks' small 3D tensors split poorly inside one graph (see [`PathEvaluator::with_workers`]).
@@ -23,6 +25,9 @@ use crate::input::bundle::{Activation, Bundle, LowLevel};
 use crate::input::window::{batch_of_tiles, blended, pad_to_patch, Coverage, WindowConfig};
 use crate::labels::Agreement;
 
+/// One value per tile batch of a volume (features, skip parts), shared between paths.
+type PerBatch = Arc<Vec<Array5<f32>>>;
+
 /// A volume ready for path evaluation: tiles extracted and the stem already run.
 pub struct Prepared {
     shape: [usize; 3],
@@ -31,7 +36,7 @@ pub struct Prepared {
     /// Tile origins, grouped in batches.
     batches: Vec<Vec<[usize; 3]>>,
     /// Stem output per batch.
-    stem: Arc<Vec<Array5<f32>>>,
+    stem: PerBatch,
     /// Labels (mapped) on the network grid, for scoring; may be empty.
     labels: Option<Array3<u8>>,
     /// Outcomes (without predictions) of the paths scored so far. Exact: a path's outcome depends only
@@ -44,6 +49,14 @@ impl Prepared {
         // A panic elsewhere cannot leave the map half-written: entries are inserted whole.
         self.scored.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// What the head reads besides the backbone's output, per tile batch.
+enum HeadLow {
+    /// The low-level features (the head graph).
+    Features(PerBatch),
+    /// Their skip part (the split head's second graph).
+    SkipPart(PerBatch),
 }
 
 /// How one path did on one volume.
@@ -70,6 +83,9 @@ struct Setup {
     /// Projection shortcut per block (dropped blocks without one are the identity).
     has_shortcut: Vec<bool>,
     low_level: Option<LowLevel>,
+    /// Every set has the split head open: paths that agree on the blocks before the low-level
+    /// features share one skip part.
+    split_head: bool,
     window: WindowConfig,
     tile_batch: usize,
     activation: Activation,
@@ -120,11 +136,16 @@ impl PathEvaluator {
         let threads = session.threads.unwrap_or_else(cores);
         let own_threads = (workers > 1).then(|| (threads / workers).max(1));
         let opts = SessionOptions { own_threads, ..session.clone() };
-        let workers = (0..workers).map(|_| Sessions::open(bundle, &opts)).collect::<Result<Vec<_>>>()?;
+        let mut workers = (0..workers).map(|_| Sessions::open(bundle, &opts)).collect::<Result<Vec<_>>>()?;
+        let mut split_head = true;
+        for w in &mut workers {
+            split_head &= w.open_split_head(bundle)?;
+        }
         let input = &bundle.manifest.input;
         let setup = Setup {
             has_shortcut: workers[0].shortcuts.iter().map(Option::is_some).collect(),
             low_level: workers[0].low_level.clone(),
+            split_head,
             window,
             tile_batch: tile_batch.max(1),
             activation: input.activation,
@@ -243,8 +264,10 @@ impl PathEvaluator {
             order.dedup_by(|a, b| masks[*a] == masks[*b]);
         }
         // stack[d] = features of every batch after the first d blocks of the current path.
-        let mut stack: Vec<Arc<Vec<Array5<f32>>>> = vec![prep.stem.clone()];
+        let mut stack: Vec<PerBatch> = vec![prep.stem.clone()];
         let mut current: Vec<bool> = Vec::new();
+        // With the split head: the skip part of every batch, and the blocks before it that made it.
+        let mut skip: Option<(&[bool], PerBatch)> = None;
         for i in order {
             let m = &masks[i];
             let shared = current.iter().zip(m).take_while(|(a, b)| a == b).count();
@@ -261,8 +284,20 @@ impl PathEvaluator {
             }
             current = m.clone();
             // The skip decoder reads the features after block `after`: stack[after + 1].
-            let low = self.setup.low_level.as_ref().map(|l| stack[l.after_block + 1].clone());
-            let outcome = self.finish(prep, &stack[m.len()], low.as_deref().map(Vec::as_slice), keep_predictions)?;
+            let low = match &self.setup.low_level {
+                Some(l) if self.setup.split_head => {
+                    let prefix = &m[..=l.after_block];
+                    if skip.as_ref().is_none_or(|(p, _)| *p != prefix) {
+                        let features = &stack[l.after_block + 1];
+                        let parts = self.on_batches(features.len(), |s, b| s.run_skip_part(features[b].view()))?;
+                        skip = Some((prefix, Arc::new(parts)));
+                    }
+                    skip.as_ref().map(|(_, parts)| HeadLow::SkipPart(parts.clone()))
+                }
+                Some(l) => Some(HeadLow::Features(stack[l.after_block + 1].clone())),
+                None => None,
+            };
+            let outcome = self.finish(prep, &stack[m.len()], low.as_ref(), keep_predictions)?;
             prep.scored().insert(m.clone(), Outcome { prediction: None, ..outcome.clone() });
             out[i] = Some(outcome);
         }
@@ -276,22 +311,32 @@ impl PathEvaluator {
         &mut self,
         prep: &Prepared,
         features: &[Array5<f32>],
-        low: Option<&[Array5<f32>]>,
+        low: Option<&HeadLow>,
         keep_prediction: bool,
     ) -> Result<Outcome> {
-        let low_view = |b: usize| -> Option<ArrayView5<f32>> { low.map(|l| l[b].view()) };
+        let head = |s: &mut Sessions, b: usize, f: &mut dyn FnMut(ArrayView5<f32>)| -> Result<()> {
+            match low {
+                Some(HeadLow::SkipPart(parts)) => s.run_head_after_skip_with(features[b].view(), parts[b].view(), f),
+                Some(HeadLow::Features(l)) => s.run_head_with(features[b].view(), Some(l[b].view()), f),
+                None => s.run_head_with(features[b].view(), None, f),
+            }
+        };
         let mut sum = prep.coverage.sum(self.setup.activation.channels());
         if let [sessions] = self.workers.as_mut_slice() {
             // One set: each batch's probabilities are blended straight from ONNX Runtime's buffer.
             for (b, origins) in prep.batches.iter().enumerate() {
-                sessions.run_head_with(features[b].view(), low_view(b), |p| {
+                head(sessions, b, &mut |p| {
                     for (j, &t) in origins.iter().enumerate() {
                         prep.coverage.add(&mut sum, t, p.index_axis(Axis(0), j));
                     }
                 })?;
             }
         } else {
-            let probs = self.on_batches(features.len(), |s, b| s.run_head(features[b].view(), low_view(b)))?;
+            let probs = self.on_batches(features.len(), |s, b| {
+                let mut probs = None;
+                head(s, b, &mut |p| probs = Some(p.to_owned()))?;
+                probs.ok_or_else(|| Error::invalid("head", "no probabilities"))
+            })?;
             for (origins, p) in prep.batches.iter().zip(&probs) {
                 for (j, &t) in origins.iter().enumerate() {
                     prep.coverage.add(&mut sum, t, p.index_axis(Axis(0), j));

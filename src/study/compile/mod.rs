@@ -8,14 +8,14 @@ use std::time::Instant;
 use autopath_export::ConvLayout;
 use autopath_models::deeplab::DeepLab3d;
 use autopath_models::policy::PolicyNet;
-use autopath_models::spec::{ArchSpec, BlockKind, DecoderKind};
+use autopath_models::spec::{BlockKind, DecoderKind};
 use serde::Serialize;
 
 use crate::deploy::{SessionOptions, Sessions};
 use crate::error::{Error, Result};
 use crate::input::bundle::{
     sha256_hex, Activation, Architecture, BlockEntry, BudgetPoint, Bundle, FileEntry, InputContract, LowLevel,
-    Manifest, PolicyEntry, Producer, SCHEMA_VERSION,
+    Manifest, PolicyEntry, Producer, SplitHead, SCHEMA_VERSION,
 };
 use crate::study::train::segment::TrainConfig;
 
@@ -59,6 +59,9 @@ pub struct CompileOptions {
     pub force: bool,
     /// How the graphs write 3D convolutions (`--conv3d`).
     pub conv: ConvLayout,
+    /// Also write the head split in two graphs (`head_low.onnx`, `head_rest.onnx`) where the head
+    /// splits: for the bundles that score many paths per volume; a deployed bundle has no use for them.
+    pub split_head: bool,
 }
 
 impl CompileOptions {
@@ -70,7 +73,7 @@ impl CompileOptions {
             crate::deploy::ExecutionProvider::Cpu => ConvLayout::DepthTaps,
             _ => ConvLayout::Native,
         };
-        CompileOptions { verify: true, force: true, conv }
+        CompileOptions { verify: true, force: true, conv, split_head: true }
     }
 }
 
@@ -84,7 +87,7 @@ pub fn layout_name(layout: ConvLayout) -> &'static str {
 
 impl Default for CompileOptions {
     fn default() -> Self {
-        CompileOptions { verify: true, force: false, conv: ConvLayout::Native }
+        CompileOptions { verify: true, force: false, conv: ConvLayout::Native, split_head: false }
     }
 }
 
@@ -136,19 +139,21 @@ pub fn compile(
             format!("the policy decides on {} blocks; the segmenter has {}", p.net.num_blocks(), spec.num_blocks()),
         ));
     }
-    let graphs = autopath_export::compile(
-        net,
-        policy.as_ref().map(|p| p.net),
-        cfg.window.patch,
-        env!("CARGO_PKG_VERSION"),
-        opts.conv,
-    )?;
+    let version = env!("CARGO_PKG_VERSION");
+    let mut graphs =
+        autopath_export::compile(net, policy.as_ref().map(|p| p.net), cfg.window.patch, version, opts.conv)?;
+    let split = match opts.split_head {
+        true => autopath_export::split_head(net, cfg.window.patch, version, opts.conv)?,
+        false => None,
+    };
+    let split_head = split.is_some();
+    graphs.extend(split.into_iter().flatten());
 
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     let tmp = crate::atomic::temporary_sibling(out);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    match build(&tmp, net, cfg, policy.as_ref(), evaluation, &graphs, opts) {
+    match build(&tmp, net, cfg, policy.as_ref(), evaluation, &graphs, (opts, split_head)) {
         Ok((bundle_bytes, checks)) => {
             if out.exists() {
                 std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
@@ -180,7 +185,7 @@ fn build(
     policy: Option<&PolicyInput>,
     evaluation: Option<serde_json::Value>,
     graphs: &[autopath_export::GraphFile],
-    opts: CompileOptions,
+    (opts, split_head): (CompileOptions, bool),
 ) -> Result<(u64, Vec<Check>)> {
     let spec = net.spec();
     let mut files = BTreeMap::new();
@@ -193,7 +198,7 @@ fn build(
             FileEntry { sha256: sha256_hex(&g.bytes), bytes: g.bytes.len() as u64, role: g.role.clone() },
         );
     }
-    let architecture = architecture(spec, cfg.window.patch);
+    let architecture = architecture(net, cfg.window.patch, split_head);
     let manifest = Manifest {
         schema_version: SCHEMA_VERSION,
         producer: Producer {
@@ -224,6 +229,7 @@ fn build(
     if opts.verify {
         let bundle = Bundle::load(dir)?;
         let mut s = Sessions::open(&bundle, &SessionOptions::default())?;
+        s.open_split_head(&bundle)?;
         checks = parity::verify(net, policy.map(|p| p.net), &mut s, cfg.window.patch)?;
         if let Some(e) = parity::failure(&checks) {
             return Err(e);
@@ -232,8 +238,10 @@ fn build(
     Ok((bundle_bytes, checks))
 }
 
-/// The manifest's architecture: every block's graph files, shapes and FLOPs at the tile `tile`.
-fn architecture(spec: &ArchSpec, tile: [usize; 3]) -> Architecture {
+/// The manifest's architecture: every block's graph files, shapes and FLOPs at the tile `tile`, and
+/// the split head's files with `split_head`.
+fn architecture(net: &DeepLab3d, tile: [usize; 3], split_head: bool) -> Architecture {
+    let spec = net.spec();
     let cost = spec.cost(tile);
     let blocks = spec
         .blocks()
@@ -272,6 +280,15 @@ fn architecture(spec: &ArchSpec, tile: [usize; 3]) -> Architecture {
             after_block: n,
             input: autopath_export::LOW_LEVEL_INPUT.into(),
             shape: cost.blocks[n].output,
+            split: autopath_export::graphs::skip_part_channels(net).filter(|_| split_head).map(|c| {
+                let [_, d, h, w] = cost.blocks[n].output;
+                SplitHead {
+                    low_file: "head_low.onnx".into(),
+                    rest_file: "head_rest.onnx".into(),
+                    output: autopath_export::SKIP_PART.into(),
+                    shape: [c, d, h, w],
+                }
+            }),
         }),
         head_flops: cost.head_flops,
         full_file: "full.onnx".into(),

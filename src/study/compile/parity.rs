@@ -37,8 +37,8 @@ enum Output {
 /// against the f64 reference on the same input.
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
-    /// The segment or composition compared: `stem`, `block_03`, `shortcut_04`, `head`, `full.onnx`,
-    /// `chain …`, `policy`.
+    /// The segment or composition compared: `stem`, `block_03`, `shortcut_04`, `head`,
+    /// `head_low + head_rest` (the split head), `full.onnx`, `chain …`, `policy`.
     pub name: String,
     /// ONNX Runtime vs the f64 reference: largest absolute difference.
     pub max_abs: f64,
@@ -182,6 +182,11 @@ fn segment_checks(
     let low32 = low.as_ref().map(|l| tensor(l.view(), DType::F32)).transpose()?;
     let candle = probs(net, &tensor(features.view(), DType::F32)?, low32.as_ref())?;
     push("head".into(), &ort, &candle, &want, Output::Probabilities)?;
+    if let (Some(l), true) = (&low, s.split_head.is_some()) {
+        let skip = s.run_skip_part(l.view())?;
+        let ort = s.run_head_after_skip_with(features.view(), skip.view(), |p| p.to_owned())?;
+        push("head_low + head_rest".into(), &ort, &candle, &want, Output::Probabilities)?;
+    }
     Ok(checks)
 }
 
