@@ -13,6 +13,7 @@
 //! nothing.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ndarray::{s, Array3, Array4, Array5, ArrayView5, Axis};
@@ -42,6 +43,63 @@ pub struct Prepared {
     /// Outcomes (without predictions) of the paths scored so far. Exact: a path's outcome depends only
     /// on the volume and the sessions, which stay the same for the evaluator's life.
     scored: Mutex<HashMap<Vec<bool>, Outcome>>,
+    /// With the split head: the skip parts of the stage-0 paths used, most recent first.
+    skip_parts: SkipParts,
+}
+
+/// A volume's skip parts by the stage-0 path that made them, most recent first, within the bytes
+/// that all volumes of an evaluator may keep ([`SKIP_PART_BYTES`]). Why remembered across calls:
+/// policy training scores a few paths per call, call after call on the same volumes (the demo's
+/// distilled policy: 685 skip parts computed for 1336 head runs when only the last two were kept, 145
+/// with all four of an r18's stage-0 paths).
+struct SkipParts {
+    kept: Mutex<Vec<(Vec<bool>, PerBatch)>>,
+    /// Bytes kept by every volume of the evaluator.
+    used: Arc<AtomicUsize>,
+    /// The most `used` may reach.
+    limit: usize,
+}
+
+fn bytes(parts: &PerBatch) -> usize {
+    parts.iter().map(|a| a.len() * std::mem::size_of::<f32>()).sum()
+}
+
+impl SkipParts {
+    fn new(used: Arc<AtomicUsize>, limit: usize) -> Self {
+        SkipParts { kept: Mutex::default(), used, limit }
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, Vec<(Vec<bool>, PerBatch)>> {
+        self.kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn get(&self, prefix: &[bool]) -> Option<PerBatch> {
+        let mut kept = self.kept();
+        let i = kept.iter().position(|(p, _)| p == prefix)?;
+        let hit = kept.remove(i);
+        let parts = hit.1.clone();
+        kept.insert(0, hit);
+        Some(parts)
+    }
+
+    /// Keeps `parts` if the budget allows, after giving up this volume's least recent ones.
+    fn keep(&self, prefix: &[bool], parts: &PerBatch) {
+        let size = bytes(parts);
+        let mut kept = self.kept();
+        while self.used.load(Ordering::Relaxed) + size > self.limit {
+            let Some((_, old)) = kept.pop() else { return };
+            self.used.fetch_sub(bytes(&old), Ordering::Relaxed);
+        }
+        self.used.fetch_add(size, Ordering::Relaxed);
+        kept.insert(0, (prefix.to_vec(), parts.clone()));
+    }
+}
+
+impl Drop for SkipParts {
+    fn drop(&mut self) {
+        let size: usize = self.kept().iter().map(|(_, p)| bytes(p)).sum();
+        self.used.fetch_sub(size, Ordering::Relaxed);
+    }
 }
 
 impl Prepared {
@@ -86,6 +144,8 @@ struct Setup {
     /// Every set has the split head open: paths that agree on the blocks before the low-level
     /// features share one skip part.
     split_head: bool,
+    /// Bytes of skip parts kept by all volumes prepared with this evaluator.
+    skip_part_bytes: Arc<AtomicUsize>,
     window: WindowConfig,
     tile_batch: usize,
     activation: Activation,
@@ -104,6 +164,11 @@ fn cores() -> usize {
 fn mask_key(m: &[bool]) -> Vec<u8> {
     m.iter().map(|&k| u8::from(!k)).collect() // kept first: the all-kept prefix is shared most
 }
+
+/// Bytes of skip parts that the volumes of one evaluator keep at most. At the demo's tiles a skip
+/// part takes 295 kB per tile: an r18's four of a demo volume (8 tiles) 9.4 MB, one of a
+/// 200×512×512 volume (1200 tiles) 354 MB.
+const SKIP_PART_BYTES: usize = 1 << 30;
 
 /// Most session sets opened: the demo's volumes have 2 batches of 4 tiles, and a set beyond a volume's
 /// batches would idle; on more cores each set's sessions get more threads instead.
@@ -146,6 +211,7 @@ impl PathEvaluator {
             has_shortcut: workers[0].shortcuts.iter().map(Option::is_some).collect(),
             low_level: workers[0].low_level.clone(),
             split_head,
+            skip_part_bytes: Arc::default(),
             window,
             tile_batch: tile_batch.max(1),
             activation: input.activation,
@@ -245,7 +311,15 @@ impl PathEvaluator {
             s.run_segment(Segment::Stem, batch_of_tiles(&padded.view(), &batches[b], p).view())
         })?;
         let coverage = Coverage::new(&self.setup.window, padded_shape, &batches.concat());
-        Ok(Prepared { shape, coverage, batches, stem: Arc::new(stem), labels, scored: Mutex::default() })
+        Ok(Prepared {
+            shape,
+            coverage,
+            batches,
+            stem: Arc::new(stem),
+            labels,
+            scored: Mutex::default(),
+            skip_parts: SkipParts::new(self.setup.skip_part_bytes.clone(), SKIP_PART_BYTES),
+        })
     }
 
     /// Outcomes of `masks` (in the given order) on a prepared volume. Without predictions, paths
@@ -266,8 +340,6 @@ impl PathEvaluator {
         // stack[d] = features of every batch after the first d blocks of the current path.
         let mut stack: Vec<PerBatch> = vec![prep.stem.clone()];
         let mut current: Vec<bool> = Vec::new();
-        // With the split head: the skip part of every batch, and the blocks before it that made it.
-        let mut skip: Option<(&[bool], PerBatch)> = None;
         for i in order {
             let m = &masks[i];
             let shared = current.iter().zip(m).take_while(|(a, b)| a == b).count();
@@ -286,13 +358,7 @@ impl PathEvaluator {
             // The skip decoder reads the features after block `after`: stack[after + 1].
             let low = match &self.setup.low_level {
                 Some(l) if self.setup.split_head => {
-                    let prefix = &m[..=l.after_block];
-                    if skip.as_ref().is_none_or(|(p, _)| *p != prefix) {
-                        let features = &stack[l.after_block + 1];
-                        let parts = self.on_batches(features.len(), |s, b| s.run_skip_part(features[b].view()))?;
-                        skip = Some((prefix, Arc::new(parts)));
-                    }
-                    skip.as_ref().map(|(_, parts)| HeadLow::SkipPart(parts.clone()))
+                    Some(HeadLow::SkipPart(self.skip_part(prep, &m[..=l.after_block], &stack[l.after_block + 1])?))
                 }
                 Some(l) => Some(HeadLow::Features(stack[l.after_block + 1].clone())),
                 None => None,
@@ -304,6 +370,17 @@ impl PathEvaluator {
         // Repeated masks were run once: the others take the stored outcome.
         let scored = prep.scored();
         Ok(out.into_iter().zip(masks).map(|(o, m)| o.unwrap_or_else(|| scored[m].clone())).collect())
+    }
+
+    /// The skip parts of the low-level `features` that the blocks `prefix` made, remembered on the
+    /// volume.
+    fn skip_part(&mut self, prep: &Prepared, prefix: &[bool], features: &PerBatch) -> Result<PerBatch> {
+        if let Some(parts) = prep.skip_parts.get(prefix) {
+            return Ok(parts);
+        }
+        let parts = Arc::new(self.on_batches(features.len(), |s, b| s.run_skip_part(features[b].view()))?);
+        prep.skip_parts.keep(prefix, &parts);
+        Ok(parts)
     }
 
     /// The head on every batch, the tiles blended, and the labels scored.
@@ -377,4 +454,41 @@ fn score_foreground(sum: &Array4<f32>, weight: &Array3<f32>, threshold: f32, tru
         }
     }
     agreement
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(values: usize) -> PerBatch {
+        Arc::new(vec![Array5::zeros((1, 1, 1, 1, values))])
+    }
+
+    #[test]
+    fn skip_parts_stay_within_the_shared_budget_giving_up_the_least_recent_first() {
+        let used = Arc::new(AtomicUsize::new(0));
+        // Two volumes sharing 100 bytes: 25 f32 values.
+        let (a, b) = (SkipParts::new(used.clone(), 100), SkipParts::new(used.clone(), 100));
+        a.keep(&[true], &parts(10));
+        a.keep(&[false], &parts(10));
+        assert_eq!(used.load(Ordering::Relaxed), 80);
+        // Used most recently: [true], so [false] goes when room is needed.
+        assert!(a.get(&[true]).is_some());
+        a.keep(&[true, true], &parts(6));
+        assert!(a.get(&[false]).is_none() && a.get(&[true]).is_some() && a.get(&[true, true]).is_some());
+        assert_eq!(used.load(Ordering::Relaxed), 64);
+        // Another volume cannot take what this one holds: with nothing of its own to give up, it keeps
+        // only what fits.
+        b.keep(&[true], &parts(10));
+        assert!(b.get(&[true]).is_none());
+        b.keep(&[false], &parts(9));
+        assert!(b.get(&[false]).is_some());
+        assert_eq!(used.load(Ordering::Relaxed), 100);
+        // A volume dropped returns its bytes.
+        drop(a);
+        assert_eq!(used.load(Ordering::Relaxed), 36);
+        b.keep(&[true], &parts(15));
+        assert!(b.get(&[true]).is_some() && b.get(&[false]).is_some());
+        assert_eq!(used.load(Ordering::Relaxed), 96);
+    }
 }
