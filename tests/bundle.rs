@@ -154,7 +154,13 @@ fn tampered_bundles_are_refused(decoder: DecoderKind) {
         None,
         None,
         &out,
-        autopath::study::compile::CompileOptions { verify: false, ..Default::default() },
+        // The skip decoder's bundle with the split head, whose manifest entry is checked too.
+        autopath::study::compile::CompileOptions {
+            verify: false,
+            conv: autopath_export::ConvLayout::DepthTaps,
+            split_head: decoder == DecoderKind::Skip,
+            ..Default::default()
+        },
     )
     .unwrap();
     let ok = autopath(&["inspect", out.to_str().unwrap()]);
@@ -202,6 +208,7 @@ fn tampered_bundles_are_refused(decoder: DecoderKind) {
             ("/architecture/low_level/after_block", serde_json::json!(9)),
         ));
         edits.push(("low_level.shape", ("/architecture/low_level/shape/0", serde_json::json!(3))));
+        edits.push(("low_level.split.shape", ("/architecture/low_level/split/shape/2", serde_json::json!(5))));
     } else {
         // A bundle from before the decoder was recorded (no `decoder` key) loads as the paper's.
         let copy = dir.path().join("old");

@@ -365,6 +365,13 @@ impl Manifest {
                     l.shape, l.after_block, b.output
                 ));
             }
+            if let Some(split) = l.split.as_ref().filter(|s| s.shape[1..] != l.shape[1..] || s.shape[0] == 0) {
+                return Err(format!(
+                    "architecture.low_level.split.shape = {:?} is not on the low-level grid {:?}",
+                    split.shape,
+                    &l.shape[1..]
+                ));
+            }
         }
         self.input.window.validate().map_err(|e| format!("input.window: {e}"))?;
         let unit = |name: &str, v: f32| {
