@@ -105,4 +105,17 @@ fn quick_demo_runs_every_stage_and_reuses_them() {
     assert!(second.status.success());
     let err = String::from_utf8_lossy(&second.stderr);
     assert_eq!(err.matches("reusing finished stage").count(), 8, "{err}");
+    // The two policies trained side by side in the first run; the paper's, trained again alone (its
+    // folder removed), comes out the same to the bit, and only it and the stages after it run again.
+    let paper = out.join("policy-paper");
+    let side_by_side = std::fs::read(paper.join("last.safetensors")).unwrap();
+    std::fs::remove_dir_all(&paper).unwrap();
+    let third = run();
+    let err = String::from_utf8_lossy(&third.stderr);
+    assert!(third.status.success(), "{err}");
+    assert_eq!(err.matches("reusing finished stage").count(), 3, "{err}");
+    assert!(
+        std::fs::read(paper.join("last.safetensors")).unwrap() == side_by_side,
+        "paper policy differs when trained alone"
+    );
 }

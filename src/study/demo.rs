@@ -148,10 +148,16 @@ impl Folders {
 /// Runs stages in order, reusing finished ones until one has to run (every later one then runs too, as
 /// its inputs changed), and times those that ran.
 struct Stages<'a> {
-    say: &'a dyn Fn(&str),
+    say: &'a Say,
     redo: bool,
     times: Vec<(String, f64)>,
 }
+
+/// Progress lines; `Sync` because the two policy stages report from their own threads.
+type Say = dyn Fn(&str) + Sync;
+
+/// One stage of a side-by-side pair: its name, whether its output is already there, and its work.
+type Job<'f> = (&'f str, bool, Box<dyn FnOnce() -> Result<()> + Send + 'f>);
 
 impl Stages<'_> {
     fn stage(&mut self, name: &str, done: bool, f: impl FnOnce() -> Result<()>) -> Result<()> {
@@ -167,10 +173,46 @@ impl Stages<'_> {
         (self.say)(&format!("[{name}] done in {:.1} s", t.elapsed().as_secs_f64()));
         Ok(())
     }
+
+    /// Two stages that depend on the same earlier ones but not on each other. When both have to run,
+    /// they run side by side: each leaves a third of a core idle on its own (1.7 of 2 cores used, in
+    /// ONNX Runtime's shared pool and Candle's), and they share only what they read, so their outputs
+    /// are those of running them one after the other.
+    fn pair(&mut self, a: Job<'_>, b: Job<'_>) -> Result<()> {
+        let run_a = !a.1 || self.redo;
+        let run_b = !b.1 || self.redo;
+        if !(run_a && run_b) {
+            self.stage(a.0, a.1, a.2)?;
+            return self.stage(b.0, b.1, b.2);
+        }
+        self.redo = true;
+        let say = self.say;
+        let t = Instant::now();
+        let timed = |(name, _, f): Job<'_>| {
+            say(&format!("[{name}] running"));
+            let t = Instant::now();
+            let r = f();
+            let s = t.elapsed().as_secs_f64();
+            if r.is_ok() {
+                say(&format!("[{name}] done in {s:.1} s"));
+            }
+            r.map(|()| (name.to_string(), s))
+        };
+        let (ra, rb) = std::thread::scope(|scope| {
+            let hb = scope.spawn(|| timed(b));
+            let ra = timed(a);
+            let rb = hb.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (ra, rb)
+        });
+        let (ta, tb) = (ra?, rb?);
+        say(&format!("      both done in {:.1} s", t.elapsed().as_secs_f64()));
+        self.times.extend([ta, tb]);
+        Ok(())
+    }
 }
 
 /// Runs (or reuses) every stage; `say` reports progress lines.
-pub fn run(o: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoOutcome> {
+pub fn run(o: &DemoOptions, say: &Say) -> Result<DemoOutcome> {
     let out = &o.out;
     if o.fresh && out.exists() {
         std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
@@ -234,7 +276,7 @@ pub fn run(o: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoOutcome> {
 }
 
 /// Stage 2: the segmenter on a seeded split of the phantoms (a sixth for validation, a quarter for test).
-fn train_segmenter(o: &DemoOptions, f: &Folders, say: &dyn Fn(&str)) -> Result<()> {
+fn train_segmenter(o: &DemoOptions, f: &Folders, say: &Say) -> Result<()> {
     let _ = std::fs::remove_dir_all(&f.seg);
     let spec = ArchSpec::preset("r18", o.width, o.patch).ok_or_else(|| Error::invalid("arch", "r18"))?;
     let spec = ArchSpec { decoder: o.decoder, ..spec };
@@ -266,52 +308,58 @@ fn train_segmenter(o: &DemoOptions, f: &Folders, say: &dyn Fn(&str)) -> Result<(
     Ok(())
 }
 
-/// Stages 3 and 4: our distilled policy with its defaults, and the paper's REINFORCE with the demo's.
+/// Stages 3 and 4: our distilled policy with its defaults, and the paper's REINFORCE with the demo's,
+/// side by side (their progress lines are tagged `ours` and `paper`).
 fn train_policies(o: &DemoOptions, f: &Folders, stages: &mut Stages) -> Result<()> {
     let say = stages.say;
     let seg_abs = std::path::absolute(&f.seg).map_err(|e| Error::io(&f.seg, e))?;
     let policy_done = |dir: &Path, epochs: usize| {
         read_json::<crate::study::train::policy::PolicyMeta>(&dir.join("last.json")).is_ok_and(|m| m.epoch >= epochs)
     };
-    let report = |r: &crate::study::train::policy::PolicyEpoch| {
-        if let (Some(d), Some(dr)) = (r.val_dice, r.val_dropped) {
-            say(&format!(
-                "      epoch {:>3}/{}: learning {} blocks, validation Dice {d:.4}, {:.0} % dropped",
-                r.epoch,
-                r.epochs,
-                r.learned,
-                100.0 * dr
-            ));
+    let report = |tag: &'static str| {
+        move |r: &crate::study::train::policy::PolicyEpoch| {
+            if let (Some(d), Some(dr)) = (r.val_dice, r.val_dropped) {
+                say(&format!(
+                    "      {tag} epoch {:>3}/{}: learning {} blocks, validation Dice {d:.4}, {:.0} % dropped",
+                    r.epoch,
+                    r.epochs,
+                    r.learned,
+                    100.0 * dr
+                ));
+            }
         }
     };
-    stages.stage("3/8 train policy (ours: distilled paths)", policy_done(&f.policy, DISTIL_EPOCHS), || {
-        let _ = std::fs::remove_dir_all(&f.policy);
-        let cfg = PolicyConfig { seed: o.seed, val_every: 5, ..PolicyConfig::new(seg_abs.clone()) };
-        train_policy(cfg, &f.policy, &o.device, &SessionOptions::default(), &report)
-    })?;
-    stages.stage("4/8 train policy (the paper's REINFORCE)", policy_done(&f.paper, o.policy_epochs), || {
-        let _ = std::fs::remove_dir_all(&f.paper);
-        let cfg = PolicyConfig {
-            method: Method::Paper,
-            tau: o.tau,
-            curriculum_epochs: o.curriculum_epochs,
-            batch: o.policy_batch,
-            epochs: o.policy_epochs,
-            val_every: 2,
-            seed: o.seed,
-            ..PolicyConfig::new(seg_abs.clone())
-        };
-        train_policy(cfg, &f.paper, &o.device, &SessionOptions::default(), &report)
-    })
+    let ours = PolicyConfig { seed: o.seed, val_every: 5, ..PolicyConfig::new(seg_abs.clone()) };
+    let paper = PolicyConfig {
+        method: Method::Paper,
+        tau: o.tau,
+        curriculum_epochs: o.curriculum_epochs,
+        batch: o.policy_batch,
+        epochs: o.policy_epochs,
+        val_every: 2,
+        seed: o.seed,
+        ..PolicyConfig::new(seg_abs)
+    };
+    let train = |cfg: PolicyConfig, dir: &Path, tag: &'static str| {
+        let _ = std::fs::remove_dir_all(dir);
+        train_policy(cfg, dir, &o.device, &SessionOptions::default(), &report(tag))
+    };
+    stages.pair(
+        (
+            "3/8 train policy (ours: distilled paths)",
+            policy_done(&f.policy, DISTIL_EPOCHS),
+            Box::new(|| train(ours, &f.policy, "ours ")),
+        ),
+        (
+            "4/8 train policy (the paper's REINFORCE)",
+            policy_done(&f.paper, o.policy_epochs),
+            Box::new(|| train(paper, &f.paper, "paper")),
+        ),
+    )
 }
 
 /// Stage 7: each test volume through the bundle with the runtime's own predictor.
-fn segment_tests(
-    f: &Folders,
-    test: &[crate::study::dataset::Case],
-    outputs: &[PathBuf],
-    say: &dyn Fn(&str),
-) -> Result<()> {
+fn segment_tests(f: &Folders, test: &[crate::study::dataset::Case], outputs: &[PathBuf], say: &Say) -> Result<()> {
     std::fs::create_dir_all(&f.segmentations).map_err(|e| Error::io(&f.segmentations, e))?;
     let mut p = Predictor::from_bundle(&f.bundle, &SessionOptions::default())?;
     for (c, o) in test.iter().zip(outputs) {
