@@ -89,7 +89,8 @@ pub struct VolumeReport {
     pub peak_rss_mb: f64,
 }
 
-/// Peak resident set size of this process in MB (Linux), 0 where unknown.
+/// Peak resident set size of this process in MB (Linux), 0 where unknown: since the process started or
+/// since the last [`reset_peak_rss`].
 pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -100,6 +101,13 @@ pub fn peak_rss_mb() -> f64 {
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Restarts [`peak_rss_mb`] from the present resident size (Linux's `clear_refs` 5); false where the
+/// kernel does not offer it. Why: `autopath demo` benchmarks in the process that trained the
+/// networks, whose peak would otherwise be reported as the runtime's.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 /// A segmentation on the original grid with the path that produced it.
@@ -312,5 +320,24 @@ impl Predictor {
             seconds: times,
             peak_rss_mb: peak_rss_mb(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peak left by earlier work (in `demo`, the training) is gone from the count after a reset, so the
+    /// benchmark reports its own memory.
+    #[test]
+    fn a_reset_forgets_an_earlier_peak() {
+        const MB: usize = 1 << 20;
+        let big = vec![1u8; 600 * MB];
+        assert!(big.iter().step_by(4096).all(|&b| b == 1));
+        let with_big = peak_rss_mb();
+        drop(big);
+        assert!(reset_peak_rss(), "/proc/self/clear_refs refused");
+        let after = peak_rss_mb();
+        assert!(with_big - after > 400.0, "peak {with_big:.0} MB with the buffer, {after:.0} MB after the reset");
     }
 }

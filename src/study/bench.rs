@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::deploy::predict::peak_rss_mb;
+use crate::deploy::predict::{peak_rss_mb, reset_peak_rss};
 use crate::deploy::{ExecutionProvider, PathChoice, Predictor, SessionOptions};
 use crate::error::{Error, Result};
 use crate::input::volume::{read_volume, ReadOptions};
@@ -106,7 +106,8 @@ pub struct BenchSummary {
     pub policy_share: f64,
     /// Largest relative spread (p90 − min)/median over all timings.
     pub max_spread: f64,
-    /// Peak resident memory, MB.
+    /// Peak resident memory since the benchmark started, MB (the process's whole life where the kernel
+    /// cannot restart the count).
     pub peak_rss_mb: f64,
 }
 
@@ -175,6 +176,7 @@ pub fn bench(bundle: &Path, inputs: &[PathBuf], scratch: &Path, opts: &BenchOpti
     if opts.repeats == 0 {
         return Err(Error::invalid("--repeats", "must be at least 1 (medians of no runs do not exist)"));
     }
+    reset_peak_rss();
     let mut p = Predictor::from_bundle(bundle, &opts.session)?;
     p.tile_batch = opts.tile_batch.max(1);
     std::fs::create_dir_all(scratch).map_err(|e| Error::io(scratch, e))?;

@@ -11,6 +11,13 @@
 //! between rows) are computed and dropped, so the kernel is used only where they are few.
 //! The input gradient of a stride-1 convolution is itself one of these (see `input_grad_as_conv`), so
 //! the backward pass gains as well.
+//!
+//! On CPUs with AVX-512 the forward runs in wider tiles of 4 channels × 64 positions (16 accumulators
+//! of the 32 registers) while a whole one fits, the rest of a plane in the AVX2 tiles. Each output is
+//! the same chain of FMAs over (input channel, tap) in both, so the results are the same to the bit:
+//! which kernel runs depends on the machine, the numbers do not. The weight gradient's dot products
+//! pair two taps in the halves of one AVX-512 vector, each half the AVX2 kernel's 8-lane sum, for the
+//! same reason.
 
 use super::Dims;
 
@@ -50,7 +57,7 @@ pub(super) fn forward(d: &Dims, x: &[f32], w: &[f32]) -> Vec<f32> {
     debug_assert!(applies(d));
     #[cfg(target_arch = "x86_64")]
     {
-        x86::forward(d, x, w)
+        x86::forward(d, x, w, std::is_x86_feature_detected!("avx512f"))
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("direct::applies is false off x86-64")
@@ -61,7 +68,7 @@ pub(super) fn weight_grad(d: &Dims, x: &[f32], gy: &[f32]) -> Vec<f32> {
     debug_assert!(applies(d));
     #[cfg(target_arch = "x86_64")]
     {
-        x86::weight_grad(d, x, gy)
+        x86::weight_grad(d, x, gy, std::is_x86_feature_detected!("avx512f"))
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("direct::applies is false off x86-64")
@@ -74,6 +81,9 @@ mod x86 {
     use rayon::prelude::*;
 
     use super::{Dims, CO_BLOCK, Q_BLOCK};
+
+    /// Positions per AVX-512 register tile (4 vectors of 16).
+    const WIDE_Q: usize = 64;
 
     /// The padded input of one sample: `[Ci, Dp, Hp, Wp]` plus a tail of slack so that the last
     /// register tile may read past the end (into positions it then drops).
@@ -124,7 +134,8 @@ mod x86 {
         out
     }
 
-    pub(super) fn forward(d: &Dims, x: &[f32], w: &[f32]) -> Vec<f32> {
+    /// `wide`: AVX-512 tiles where they fit (the caller checked the CPU has it).
+    pub(super) fn forward(d: &Dims, x: &[f32], w: &[f32], wide: bool) -> Vec<f32> {
         let [od, oh, ow] = d.out;
         let out_size = od * oh * ow;
         let in_sample = d.ci * d.input.iter().product::<usize>();
@@ -150,7 +161,7 @@ mod x86 {
                 }
                 let wb = &packed[b * per_block..(b + 1) * per_block];
                 // SAFETY: the job writes output plane z of channels b·4 .. b·4 + co_n only.
-                unsafe { plane_job(src, z * hp * wp, wb, &offsets, d.ci, [oh, ow, wp], &planes[..co_n]) };
+                unsafe { plane_job(src, z * hp * wp, wb, &offsets, d.ci, [oh, ow, wp], &planes[..co_n], wide) };
             });
         });
         y
@@ -179,7 +190,8 @@ mod x86 {
     /// zeros in the padding columns (and in channels up to a multiple of 4), so every sum runs over
     /// whole vectors. One job per (block of 4 output channels, input channel) owns its 4 × taps
     /// results: no reduction across threads, and the same sums in the same order on any thread count.
-    pub(super) fn weight_grad(d: &Dims, x: &[f32], gy: &[f32]) -> Vec<f32> {
+    /// `avx512`: four taps per pass in AVX-512 vectors (the caller checked the CPU has it).
+    pub(super) fn weight_grad(d: &Dims, x: &[f32], gy: &[f32], avx512: bool) -> Vec<f32> {
         let [od, oh, ow] = d.out;
         let out_size = od * oh * ow;
         let in_sample = d.ci * d.input.iter().product::<usize>();
@@ -209,26 +221,40 @@ mod x86 {
         let gw_ptr = SendPtr(gw.as_mut_ptr());
         let jobs: Vec<(usize, usize)> = (0..blocks).flat_map(|b| (0..d.ci).map(move |c| (b, c))).collect();
         jobs.par_iter().for_each(|&(b, c)| {
-            // Planes outside, tap pairs inside: one plane's 4 gradient rows and input rows stay in
-            // cache for all the pairs (the other order streamed the whole gradient once per pair).
-            let pairs: Vec<[usize; 2]> = (0..taps).step_by(2).map(|t| [t, (t + 1).min(taps - 1)]).collect();
-            let mut acc = vec![[[0f32; CO_BLOCK]; 2]; pairs.len()];
+            // Planes outside, tap groups inside: one plane's 4 gradient rows and input rows stay in
+            // cache for all the groups (the other order streamed the whole gradient once per group).
+            // The last group repeats the last tap; the repeat's sums are the same and overwrite it.
+            let per_group = if avx512 { 4 } else { 2 };
+            let groups: Vec<[usize; 4]> = (0..taps)
+                .step_by(per_group)
+                .map(|t| std::array::from_fn(|i| (t + i.min(per_group - 1)).min(taps - 1)))
+                .collect();
+            let mut acc = vec![[[0f32; CO_BLOCK]; 4]; groups.len()];
             for (n, src) in padded.iter().enumerate() {
                 let chan = src.channel();
                 for z in 0..od {
                     let xb = src.data[c * chan + z * hp * wp..].as_ptr();
                     let gb = wide[((n * co4 + b * CO_BLOCK) * od + z) * lq..].as_ptr();
-                    for (a, &[t0, t1]) in acc.iter_mut().zip(&pairs) {
-                        // SAFETY: AVX2 and FMA checked by `applies`; x reads end within the padded
-                        // channel's slack (see `plane_job`), gy reads within the 4 rows of `wide`.
-                        unsafe { pair_dots(xb, [offsets[t0], offsets[t1]], gb, od * lq, lq, a) };
+                    for (a, t) in acc.iter_mut().zip(&groups) {
+                        let o = t.map(|t| offsets[t]);
+                        // SAFETY: AVX2 and FMA checked by `applies`, AVX-512 by the caller for `avx512`;
+                        // x reads end within the padded channel's slack (see `plane_job`), gy reads
+                        // within the 4 rows of `wide`.
+                        unsafe {
+                            if avx512 {
+                                quad_dots(xb, o, gb, od * lq, lq, a);
+                            } else {
+                                pair_dots(xb, [o[0], o[1]], gb, od * lq, lq, a);
+                            }
+                        }
                     }
                 }
             }
             let mut sums = vec![[0f32; CO_BLOCK]; taps];
-            for (a, &[t0, t1]) in acc.iter().zip(&pairs) {
-                sums[t0] = a[0];
-                sums[t1] = if t1 == t0 { sums[t1] } else { a[1] };
+            for (a, group) in acc.iter().zip(&groups) {
+                for (row, &t) in a.iter().zip(group).take(per_group) {
+                    sums[t] = *row;
+                }
             }
             for (t, s) in sums.iter().enumerate() {
                 for (j, &v) in s.iter().enumerate().take(CO_BLOCK.min(d.co - b * CO_BLOCK)) {
@@ -240,7 +266,8 @@ mod x86 {
         gw
     }
 
-    /// `acc[i][j] += Σ_{q < lq} g[j·g_stride + q] · x[off_i + q]` for two taps and four channels.
+    /// `acc[i][j] += Σ_{q < lq} g[j·g_stride + q] · x[off_i + q]` for two taps (`i` < 2) and four
+    /// channels.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn pair_dots(
         x: *const f32,
@@ -248,7 +275,7 @@ mod x86 {
         g: *const f32,
         g_stride: usize,
         lq: usize,
-        acc: &mut [[f32; CO_BLOCK]; 2],
+        acc: &mut [[f32; CO_BLOCK]; 4],
     ) {
         let z = _mm256_setzero_ps();
         let (mut a00, mut a01, mut a02, mut a03) = (z, z, z, z);
@@ -288,6 +315,65 @@ mod x86 {
         }
     }
 
+    /// [`pair_dots`] for four taps: taps 0 and 1 in the low and high halves of one AVX-512 vector, taps 2
+    /// and 3 in another, each half summing its 8 lanes as the AVX2 kernel does, so the sums are its sums
+    /// to the bit in half the FMAs.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn quad_dots(
+        x: *const f32,
+        o: [usize; 4],
+        g: *const f32,
+        g_stride: usize,
+        lq: usize,
+        acc: &mut [[f32; CO_BLOCK]; 4],
+    ) {
+        // Two 8-float vectors as one 16-float one (AVX-512F has the 256-bit insert for doubles only).
+        let join = |lo: __m256, hi: __m256| {
+            _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                _mm512_castps_pd(_mm512_castps256_ps512(lo)),
+                _mm256_castps_pd(hi),
+            ))
+        };
+        let twice = |v: __m256| _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(v)));
+        let z = _mm512_setzero_ps();
+        let (mut a00, mut a01, mut a02, mut a03) = (z, z, z, z);
+        let (mut a10, mut a11, mut a12, mut a13) = (z, z, z, z);
+        let mut q = 0;
+        // SAFETY (whole loop): the caller guarantees lq readable floats after x + o[i] and each of the
+        // four rows of g.
+        unsafe {
+            let (g0, g1, g2, g3) = (g, g.add(g_stride), g.add(2 * g_stride), g.add(3 * g_stride));
+            let xs = o.map(|o| x.add(o));
+            while q < lq {
+                let u = join(_mm256_loadu_ps(xs[0].add(q)), _mm256_loadu_ps(xs[1].add(q)));
+                let v = join(_mm256_loadu_ps(xs[2].add(q)), _mm256_loadu_ps(xs[3].add(q)));
+                let h = twice(_mm256_loadu_ps(g0.add(q)));
+                a00 = _mm512_fmadd_ps(h, u, a00);
+                a10 = _mm512_fmadd_ps(h, v, a10);
+                let h = twice(_mm256_loadu_ps(g1.add(q)));
+                a01 = _mm512_fmadd_ps(h, u, a01);
+                a11 = _mm512_fmadd_ps(h, v, a11);
+                let h = twice(_mm256_loadu_ps(g2.add(q)));
+                a02 = _mm512_fmadd_ps(h, u, a02);
+                a12 = _mm512_fmadd_ps(h, v, a12);
+                let h = twice(_mm256_loadu_ps(g3.add(q)));
+                a03 = _mm512_fmadd_ps(h, u, a03);
+                a13 = _mm512_fmadd_ps(h, v, a13);
+                q += LANES;
+            }
+        }
+        let sums = [[a00, a01, a02, a03], [a10, a11, a12, a13]];
+        for (rows, vs) in acc.chunks_exact_mut(2).zip(&sums) {
+            for (j, v) in vs.iter().enumerate() {
+                let mut lanes = [0f32; 2 * LANES];
+                // SAFETY: lanes holds 16 floats.
+                unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *v) };
+                rows[0][j] += lanes[..LANES].iter().sum::<f32>();
+                rows[1][j] += lanes[LANES..].iter().sum::<f32>();
+            }
+        }
+    }
+
     #[derive(Clone, Copy)]
     struct SendPtr(*mut f32);
     unsafe impl Send for SendPtr {}
@@ -298,8 +384,9 @@ mod x86 {
         }
     }
 
-    /// One output plane of one channel block: register tiles along `q = y·Wp + x`; positions with
-    /// `x < W` are stored into `planes[j]` (`[H', W']` each).
+    /// One output plane of one channel block: register tiles along `q = y·Wp + x` (AVX-512 ones while a
+    /// whole one fits when `wide`); positions with `x < W` are stored into `planes[j]` (`[H', W']` each).
+    #[allow(clippy::too_many_arguments)]
     unsafe fn plane_job(
         src: &Padded,
         plane_base: usize,
@@ -308,18 +395,25 @@ mod x86 {
         ci: usize,
         [oh, ow, wp]: [usize; 3],
         planes: &[*mut f32],
+        wide: bool,
     ) {
         let chan = src.channel();
         let last = (oh - 1) * wp + ow;
-        let mut tile = [[0f32; Q_BLOCK]; CO_BLOCK];
-        let (mut q0, mut yy0, mut xx0) = (0, 0, 0);
+        let mut tile = [[0f32; WIDE_Q]; CO_BLOCK];
+        let (mut q0, mut yy, mut xx) = (0, 0, 0);
         while q0 < last {
-            // SAFETY: the caller checked AVX2 and FMA (`applies`); reads stay inside `src.data` thanks
-            // to its tail of Q_BLOCK slack: the largest index is (ci−1)·chan + plane_base + last − 1 +
-            // max offset + Q_BLOCK − 1 < data.len().
-            unsafe { tile_fma(src.data.as_ptr().add(plane_base + q0), chan, wb, offsets, ci, &mut tile) };
-            let (mut yy, mut xx) = (yy0, xx0);
-            for t in 0..Q_BLOCK.min(last - q0) {
+            // SAFETY: the caller checked AVX2 and FMA (`applies`) and AVX-512 for `wide`; reads stay
+            // inside `src.data` thanks to its tail of Q_BLOCK slack: the largest index is (ci−1)·chan +
+            // plane_base + last − 1 + max offset + Q_BLOCK − 1 < data.len() (a wide tile ends by `last`).
+            let base = unsafe { src.data.as_ptr().add(plane_base + q0) };
+            let width = if wide && q0 + WIDE_Q <= last {
+                unsafe { tile_fma_wide(base, chan, wb, offsets, ci, &mut tile) };
+                WIDE_Q
+            } else {
+                unsafe { tile_fma(base, chan, wb, offsets, ci, &mut tile) };
+                Q_BLOCK
+            };
+            for t in 0..width.min(last - q0) {
                 if xx < ow {
                     for (row, &plane) in tile.iter().zip(planes) {
                         // SAFETY: yy < H' and xx < W' inside this plane.
@@ -331,11 +425,70 @@ mod x86 {
                     (yy, xx) = (yy + 1, 0);
                 }
             }
-            (q0, yy0, xx0) = (q0 + Q_BLOCK, yy, xx);
+            q0 += width;
         }
     }
 
-    /// `tile[j][t] = Σ_ci Σ_tap wb[ci, tap, j] · base[ci·chan + offset(tap) + t]`. The twelve
+    /// [`tile_fma`] over 64 positions in AVX-512 vectors: the same FMAs per position in the same order.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile_fma_wide(
+        base: *const f32,
+        chan: usize,
+        wb: &[f32],
+        offsets: &[usize],
+        ci: usize,
+        tile: &mut [[f32; WIDE_Q]; CO_BLOCK],
+    ) {
+        let z = _mm512_setzero_ps();
+        let (mut a00, mut a01, mut a02, mut a03) = (z, z, z, z);
+        let (mut a10, mut a11, mut a12, mut a13) = (z, z, z, z);
+        let (mut a20, mut a21, mut a22, mut a23) = (z, z, z, z);
+        let (mut a30, mut a31, mut a32, mut a33) = (z, z, z, z);
+        let mut wptr = wb.as_ptr();
+        for c in 0..ci {
+            // SAFETY (whole block): see `plane_job`; `wb` holds ci × taps × 4 weights in this order.
+            unsafe {
+                let cbase = base.add(c * chan);
+                for &off in offsets {
+                    let p = cbase.add(off);
+                    let v0 = _mm512_loadu_ps(p);
+                    let v1 = _mm512_loadu_ps(p.add(16));
+                    let v2 = _mm512_loadu_ps(p.add(32));
+                    let v3 = _mm512_loadu_ps(p.add(48));
+                    let w = _mm512_set1_ps(*wptr);
+                    a00 = _mm512_fmadd_ps(w, v0, a00);
+                    a01 = _mm512_fmadd_ps(w, v1, a01);
+                    a02 = _mm512_fmadd_ps(w, v2, a02);
+                    a03 = _mm512_fmadd_ps(w, v3, a03);
+                    let w = _mm512_set1_ps(*wptr.add(1));
+                    a10 = _mm512_fmadd_ps(w, v0, a10);
+                    a11 = _mm512_fmadd_ps(w, v1, a11);
+                    a12 = _mm512_fmadd_ps(w, v2, a12);
+                    a13 = _mm512_fmadd_ps(w, v3, a13);
+                    let w = _mm512_set1_ps(*wptr.add(2));
+                    a20 = _mm512_fmadd_ps(w, v0, a20);
+                    a21 = _mm512_fmadd_ps(w, v1, a21);
+                    a22 = _mm512_fmadd_ps(w, v2, a22);
+                    a23 = _mm512_fmadd_ps(w, v3, a23);
+                    let w = _mm512_set1_ps(*wptr.add(3));
+                    a30 = _mm512_fmadd_ps(w, v0, a30);
+                    a31 = _mm512_fmadd_ps(w, v1, a31);
+                    a32 = _mm512_fmadd_ps(w, v2, a32);
+                    a33 = _mm512_fmadd_ps(w, v3, a33);
+                    wptr = wptr.add(CO_BLOCK);
+                }
+            }
+        }
+        let rows = [[a00, a01, a02, a03], [a10, a11, a12, a13], [a20, a21, a22, a23], [a30, a31, a32, a33]];
+        for (row, a) in tile.iter_mut().zip(&rows) {
+            for (s, v) in a.iter().enumerate() {
+                // SAFETY: each row holds 4 × 16 floats.
+                unsafe { _mm512_storeu_ps(row.as_mut_ptr().add(16 * s), *v) };
+            }
+        }
+    }
+
+    /// `tile[j][t] = Σ_ci Σ_tap wb[ci, tap, j] · base[ci·chan + offset(tap) + t]` for `t < Q_BLOCK`. The eight
     /// accumulators are named rather than an array: with an array LLVM kept one on the stack and
     /// shuffled the others every iteration, which halved the throughput.
     #[target_feature(enable = "avx2,fma")]
@@ -345,7 +498,7 @@ mod x86 {
         wb: &[f32],
         offsets: &[usize],
         ci: usize,
-        tile: &mut [[f32; Q_BLOCK]; CO_BLOCK],
+        tile: &mut [[f32; WIDE_Q]; CO_BLOCK],
     ) {
         let z = _mm256_setzero_ps();
         let (mut a00, mut a01, mut a10, mut a11) = (z, z, z, z);
@@ -413,5 +566,36 @@ mod tests {
         assert!(applies(&dims(3, [4, 20, 21], 3, 1, 1)));
         assert!(applies(&dims(5, [6, 18, 37], 3, 2, 2)));
         assert!(applies(&dims(1, [3, 17, 17], 3, 1, 1)));
+    }
+
+    /// The AVX-512 kernels give the AVX2 kernels' results to the bit (same FMAs per value, same order),
+    /// forward and weight gradient, on planes with whole wide tiles, a partial one, and one too small for
+    /// any; 27 taps leave a last group of three, its fourth slot repeating the last tap.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn wide_tiles_give_the_narrow_tiles_bits() {
+        if !has_avx2_fma() || !std::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        for d in [dims(16, [8, 24, 24], 3, 1, 1), dims(5, [6, 18, 37], 3, 2, 2), dims(3, [4, 6, 6], 3, 1, 1)] {
+            assert!(applies(&d));
+            let x: Vec<f32> = (0..d.n * d.ci * d.input.iter().product::<usize>()).map(|_| next()).collect();
+            let w: Vec<f32> = (0..d.co * d.ci * 27).map(|_| next()).collect();
+            let gy: Vec<f32> = (0..d.n * d.co * d.out.iter().product::<usize>()).map(|_| next()).collect();
+            let pairs = [
+                ("forward", x86::forward(&d, &x, &w, true), x86::forward(&d, &x, &w, false)),
+                ("weight gradient", x86::weight_grad(&d, &x, &gy, true), x86::weight_grad(&d, &x, &gy, false)),
+            ];
+            for (what, wide, narrow) in pairs {
+                assert_eq!(wide.len(), narrow.len());
+                let differ = wide.iter().zip(&narrow).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                assert_eq!(differ, 0, "{what}: {differ} of {} values differ for input {:?}", wide.len(), d.input);
+            }
+        }
     }
 }
