@@ -13,7 +13,8 @@
 //! the backward pass gains as well.
 //!
 //! On CPUs with AVX-512 the forward runs in wider tiles of 4 channels × 64 positions (16 accumulators
-//! of the 32 registers) while a whole one fits, the rest of a plane in the AVX2 tiles. Each output is
+//! of the 32 registers), a plane's last one too unless an AVX2 tile holds what is left (the AVX2 tails
+//! had taken as many samples as the wide tiles: a 6×6 plane is 46 positions). Each output is
 //! the same chain of FMAs over (input channel, tap) in both, so the results are the same to the bit:
 //! which kernel runs depends on the machine, the numbers do not. The weight gradient's dot products
 //! pair two taps in the halves of one AVX-512 vector, each half the AVX2 kernel's 8-lane sum, for the
@@ -99,7 +100,7 @@ mod x86 {
             let dims = [id + 2 * pd, ih + 2 * ph, iw + 2 * pw];
             let plane = dims[1] * dims[2];
             let chan = dims[0] * plane;
-            let mut data = vec![0f32; d.ci * chan + Q_BLOCK];
+            let mut data = vec![0f32; d.ci * chan + WIDE_Q];
             for ci in 0..d.ci {
                 for z in 0..id {
                     for y in 0..ih {
@@ -384,8 +385,9 @@ mod x86 {
         }
     }
 
-    /// One output plane of one channel block: register tiles along `q = y·Wp + x` (AVX-512 ones while a
-    /// whole one fits when `wide`); positions with `x < W` are stored into `planes[j]` (`[H', W']` each).
+    /// One output plane of one channel block: register tiles along `q = y·Wp + x` (AVX-512 ones when
+    /// `wide`, but for a last tile that an AVX2 one covers); positions with `x < W` are stored into
+    /// `planes[j]` (`[H', W']` each).
     #[allow(clippy::too_many_arguments)]
     unsafe fn plane_job(
         src: &Padded,
@@ -403,10 +405,10 @@ mod x86 {
         let (mut q0, mut yy, mut xx) = (0, 0, 0);
         while q0 < last {
             // SAFETY: the caller checked AVX2 and FMA (`applies`) and AVX-512 for `wide`; reads stay
-            // inside `src.data` thanks to its tail of Q_BLOCK slack: the largest index is (ci−1)·chan +
-            // plane_base + last − 1 + max offset + Q_BLOCK − 1 < data.len() (a wide tile ends by `last`).
+            // inside `src.data` thanks to its tail of WIDE_Q slack: the largest index is (ci−1)·chan +
+            // plane_base + last − 1 + max offset + WIDE_Q − 1 < data.len().
             let base = unsafe { src.data.as_ptr().add(plane_base + q0) };
-            let width = if wide && q0 + WIDE_Q <= last {
+            let width = if wide && last - q0 > Q_BLOCK {
                 unsafe { tile_fma_wide(base, chan, wb, offsets, ci, &mut tile) };
                 WIDE_Q
             } else {
