@@ -135,7 +135,7 @@ mod x86 {
         out
     }
 
-    /// `wide`: AVX-512 tiles where they fit (the caller checked the CPU has it).
+    /// `wide`: AVX-512 tiles (see `plane_job`; the caller checked the CPU has it).
     pub(super) fn forward(d: &Dims, x: &[f32], w: &[f32], wide: bool) -> Vec<f32> {
         let [od, oh, ow] = d.out;
         let out_size = od * oh * ow;
