@@ -1,9 +1,12 @@
-"""Rewrites candle-core's backprop: a gradient's first contribution is stored as is instead of being
+"""Patches a candle-core source tree (argument: its root); see vendor/README.md.
+
+src/backprop.rs: a gradient's first contribution is stored as is instead of being
 added to a fresh zeros tensor. Each `let S = grads.or_insert(A)?;` whose S is next used only in
 `*S = S.add(&E)?` / `*S = S.sub(&E)?` (and `S.dims()`) becomes `grads.accumulate(A, &E)?` /
 `grads.accumulate_neg(A, &E)?`."""
 import re, sys
-path = sys.argv[1]
+root = sys.argv[1]
+path = root + '/src/backprop.rs'
 src = open(path).read().split('\n')
 out, i, done, kept = [], 0, 0, 0
 decl = re.compile(r'^(\s*)let (\w+) = grads\.or_insert\((\w+)\)\?;\s*$')
@@ -108,4 +111,5 @@ anchor2 = "\n    /// Subtracts `grad` from the gradient of `tensor`, as [`Self::
 assert text.count(anchor2) == 1
 text = text.replace(anchor2, helper2 + anchor2)
 open(path, 'w').write(text)
-print(f'rewritten {done}, left {kept}', file=sys.stderr)
+print(f'backprop.rs: rewritten {done}, left {kept}', file=sys.stderr)
+
