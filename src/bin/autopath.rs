@@ -645,7 +645,29 @@ fn device_check(args: DeviceCheckArgs) -> anyhow::Result<()> {
             row(&format!("training step {}: loss", i + 1), r, tol);
         }
     }
-    row(&format!("training steps 1..{}: mean loss", args.steps), steps.mean_rel, MEAN_TOLERANCE);
+    // Free-running curves part after two steps (Adam's early updates); shown, not judged. The synced
+    // steps are the equality check.
+    println!("| training steps 1..{} free-running: mean loss | {:.2e} | | measured |", args.steps, steps.mean_rel);
+    let synced = check_synced_steps(&spec, args.steps, 0, &device)?;
+    let worst = |v: &[f64]| v.iter().copied().fold(0f64, f64::max);
+    row(
+        &format!("steps 1..{} from the CPU run's weights: worst loss", args.steps),
+        worst(&synced.loss),
+        SYNCED_LOSS_TOLERANCE,
+    );
+    let mut grads = synced.grad.clone();
+    grads.sort_by(f64::total_cmp);
+    let median = grads.get(grads.len() / 2).copied().unwrap_or(0.0);
+    row(
+        &format!("steps 1..{} from the CPU run's weights: median gradient (L2, all parameters)", args.steps),
+        median,
+        SYNCED_GRAD_TOLERANCE,
+    );
+    println!(
+        "| steps 1..{} from the CPU run's weights: worst gradient (shown: near-ties route single gradients differently) | {:.2e} | | measured |",
+        args.steps,
+        worst(&synced.grad)
+    );
     let mut timed = None;
     if let Some(patch) = args.time_patch {
         let spec = ArchSpec::preset("r18", args.time_width, patch).ok_or_else(|| anyhow::anyhow!("r18 preset"))?;
@@ -657,7 +679,7 @@ fn device_check(args: DeviceCheckArgs) -> anyhow::Result<()> {
         timed = Some(ms);
     }
     if let Some(path) = args.json {
-        let v = serde_json::json!({ "ops": ops, "steps": steps, "step_ms": timed });
+        let v = serde_json::json!({ "ops": ops, "steps": steps, "synced": synced, "step_ms": timed });
         autopath::study::train::checkpoint::write_json(&path, &v)?;
     }
     if failed.is_empty() {
