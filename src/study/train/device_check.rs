@@ -265,8 +265,7 @@ pub fn check_synced_steps(spec: &ArchSpec, steps: usize, seed: u64, device: &Dev
                 total += sq(a)?;
                 diff += sq(&(&b - a).map_err(candle)?)?;
             }
-            let worst = (diff / total.max(f64::MIN_POSITIVE)).sqrt();
-            out.grad.push(worst);
+            out.grad.push((diff / total.max(f64::MIN_POSITIVE)).sqrt());
             adam.step(&gc).map_err(candle)?;
         }
         Ok(())
