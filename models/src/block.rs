@@ -4,6 +4,7 @@ use candle_core::{DType, Module, Result, Tensor, Var};
 use candle_nn::VarBuilder;
 
 use crate::layers::{BatchNorm3d, Buffers, Conv3d};
+use crate::ops::residual::add_relu;
 use crate::ops::Conv3dParams;
 use crate::spec::{BlockKind, BlockSpec};
 
@@ -147,9 +148,9 @@ impl Block {
         let r = self.shortcut(x, train)?;
         match keep {
             BlockKeep::None => Ok(r),
-            BlockKeep::All => (r + self.residual(x, train)?)?.relu(),
+            BlockKeep::All => add_relu(&r, &self.residual(x, train)?),
             BlockKeep::Mask(m) => {
-                let kept = (&r + self.residual(x, train)?)?.relu()?;
+                let kept = add_relu(&r, &self.residual(x, train)?)?;
                 // mask·kept + (1 − mask)·r, per sample.
                 let m = m.reshape((m.dim(0)?, 1, 1, 1, 1))?;
                 kept.broadcast_mul(&m)? + r.broadcast_mul(&(1.0 - &m)?)?

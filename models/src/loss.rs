@@ -13,6 +13,9 @@ pub fn segmentation_loss(logits: &Tensor, target: &Tensor, output: Output) -> Re
         Output::Sigmoid => {
             let x = logits.reshape((b, d * h * w))?;
             let y = target.to_dtype(dt)?.reshape((b, d * h * w))?;
+            if crate::ops::cpu_kernels(&x) {
+                return crate::ops::bce_dice::bce_dice(&x, &y);
+            }
             // Stable BCE with logits: max(x, 0) − x·y + log(1 + e^{−|x|}).
             let bce = ((x.relu()? - (&x * &y)?)? + ((x.abs()?.neg()?.exp()? + 1.0)?.log()?))?.mean_all()?;
             let p = candle_nn::ops::sigmoid(&x)?;

@@ -1,8 +1,10 @@
 //! Differentiable 3D operations that Candle 0.11 lacks.
 
 pub mod batch_norm;
+pub mod bce_dice;
 pub mod conv3d;
 pub mod generic;
+pub mod residual;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
