@@ -5,7 +5,9 @@ use candle_core::{Device, Tensor, Var};
 use std::time::Instant;
 fn main() {
     let dev = Device::Cpu;
-    for (ci, co, d, hw) in [(32, 32, 16, 32), (80, 16, 8, 24), (16, 16, 8, 24), (64, 64, 8, 6)] {
+    for (ci, co, d, hw) in
+        [(32, 32, 16, 32), (80, 16, 8, 24), (16, 16, 8, 24), (32, 32, 8, 12), (64, 64, 8, 6), (128, 128, 8, 3)]
+    {
         let x = Tensor::randn(0f32, 1.0, (2, ci, d, hw, hw), &dev).unwrap();
         let w = Var::from_tensor(&Tensor::randn(0f32, 0.05, (co, ci, 3, 3, 3), &dev).unwrap()).unwrap();
         let p = Conv3dParams { padding: [1; 3], ..Default::default() };

@@ -337,7 +337,7 @@ elem!(
         direct::applies(d).then(|| direct::forward(d, x, w))
     },
     fn direct_weight_grad(d: &Dims, x: &[f32], gy: &[f32]) -> Option<Vec<f32>> {
-        direct::applies(d).then(|| direct::weight_grad(d, x, gy))
+        direct::applies_weight_grad(d).then(|| direct::weight_grad(d, x, gy))
     }
 );
 elem!(f64);

@@ -18,10 +18,12 @@
 //! the same chain of FMAs over (input channel, tap) in both, so the results are the same to the bit:
 //! which kernel runs depends on the machine, the numbers do not. The weight gradient's dot products
 //! pair two taps in the halves of one AVX-512 vector, each half the AVX2 kernel's 8-lane sum, for the
-//! same reason. Each plane ends in 16 such sums of 8 lanes; they are added 16 at a time after a
-//! transpose (one add per lane, in the scalar sum's order), which took the kernel's perf samples per
-//! forward-tile sample from 1.03 to 0.92: on the small planes of the later stages the 16 scalar sums
-//! had cost as much as the plane's FMAs.
+//! same reason. The 8 lanes of each sum stay in registers over a chunk of planes (up to 2048
+//! positions) and are added at the chunk's end, 16 sums at a time after a transpose (one add per
+//! lane, in the scalar sum's order). On the small planes of the later stages a per-plane reduction
+//! had cost as much as the plane's FMAs: with chunks, 64 channels on 6×6 planes took 1.29 ms instead
+//! of 1.75 (`examples/wgrad`), and 3×3 planes, which the forward leaves to im2col, run here too
+//! (128 channels: 2.18 ms instead of im2col + gemm's 2.70).
 
 use super::Dims;
 
@@ -40,10 +42,17 @@ pub(super) fn applies(d: &Dims) -> bool {
     let [_, oh, ow] = d.out;
     let wp = d.input[2] + 2 * d.p.padding[2];
     let computed = ((oh - 1) * wp + ow).div_ceil(Q_BLOCK) * Q_BLOCK;
+    10 * oh * ow >= 7 * computed && applies_weight_grad(d)
+}
+
+/// Whether [`weight_grad`] handles `d`: as [`applies`] but for small planes too. Its sums run over
+/// all of a job's planes in registers, so the dropped padding columns cost their FMAs and no more;
+/// on 3×3 planes (16 computed per 9 kept) it still took a third of im2col + gemm's time.
+pub(super) fn applies_weight_grad(d: &Dims) -> bool {
     // The padded copy pads both sides equally: the output must span it exactly (a trimmed kernel,
     // see `Trim`, leaves the right side implicit and goes to im2col).
     let symmetric = (0..3).all(|a| d.input[a] + 2 * d.p.padding[a] == d.out[a] + d.p.dilation[a] * (d.kernel[a] - 1));
-    d.p.stride == [1; 3] && !d.is_pointwise() && symmetric && 10 * oh * ow >= 7 * computed && has_avx2_fma()
+    d.p.stride == [1; 3] && !d.is_pointwise() && symmetric && has_avx2_fma()
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -67,9 +76,9 @@ pub(super) fn forward(d: &Dims, x: &[f32], w: &[f32]) -> Vec<f32> {
     unreachable!("direct::applies is false off x86-64")
 }
 
-/// The weight gradient `gw = Σ gy ⊗ x` of a `d` that [`applies`].
+/// The weight gradient `gw = Σ gy ⊗ x` of a `d` that [`applies_weight_grad`].
 pub(super) fn weight_grad(d: &Dims, x: &[f32], gy: &[f32]) -> Vec<f32> {
-    debug_assert!(applies(d));
+    debug_assert!(applies_weight_grad(d));
     #[cfg(target_arch = "x86_64")]
     {
         x86::weight_grad(d, x, gy, std::is_x86_feature_detected!("avx512f"))
@@ -189,6 +198,20 @@ mod x86 {
     /// Lanes per vector.
     const LANES: usize = 8;
 
+    /// Output positions per chunk of planes in the weight gradient: a chunk's 4 gradient rows (32 KiB)
+    /// and input rows stay in cache while every tap group passes over them.
+    const CHUNK_POSITIONS: usize = 2048;
+
+    /// The most planes in one chunk (a stack buffer of their pointers).
+    const MAX_CHUNK_PLANES: usize = 64;
+
+    /// One output plane of a weight-gradient job: where its input rows and its 4 gradient rows start.
+    #[derive(Clone, Copy)]
+    struct Plane {
+        x: *const f32,
+        g: *const f32,
+    }
+
     /// `gw[co, ci, tap] = Σ_n Σ_z Σ_q gy[n, co, z, q] · xp[n, ci, z, q + offset(tap)]` over the output
     /// positions `q = y·Wp + x`. The output gradient is first laid out on the padded row pitch with
     /// zeros in the padding columns (and in channels up to a multiple of 4), so every sum runs over
@@ -223,60 +246,63 @@ mod x86 {
         });
         let mut gw = vec![0f32; d.co * d.ci * taps];
         let gw_ptr = SendPtr(gw.as_mut_ptr());
+        let chunk_planes = (CHUNK_POSITIONS / lq).clamp(1, MAX_CHUNK_PLANES);
+        // The last group repeats the last tap; the repeat's sums are the same and overwrite it.
+        let per_group = if avx512 { 4 } else { 2 };
+        let groups: Vec<[usize; 4]> = (0..taps)
+            .step_by(per_group)
+            .map(|t| std::array::from_fn(|i| (t + i.min(per_group - 1)).min(taps - 1)))
+            .collect();
         let jobs: Vec<(usize, usize)> = (0..blocks).flat_map(|b| (0..d.ci).map(move |c| (b, c))).collect();
         jobs.par_iter().for_each(|&(b, c)| {
-            // Planes outside, tap groups inside: one plane's 4 gradient rows and input rows stay in
-            // cache for all the groups (the other order streamed the whole gradient once per group).
-            // The last group repeats the last tap; the repeat's sums are the same and overwrite it.
-            let per_group = if avx512 { 4 } else { 2 };
-            let groups: Vec<[usize; 4]> = (0..taps)
-                .step_by(per_group)
-                .map(|t| std::array::from_fn(|i| (t + i.min(per_group - 1)).min(taps - 1)))
-                .collect();
+            // Chunks of planes outside, tap groups inside: a chunk's gradient rows and input rows stay
+            // in cache for all the groups (the other order streamed the whole gradient once per group),
+            // and each group's sums stay in registers over the chunk's planes.
             let mut acc = vec![[[0f32; CO_BLOCK]; 4]; groups.len()];
-            for (n, src) in padded.iter().enumerate() {
-                let chan = src.channel();
-                for z in 0..od {
-                    let xb = src.data[c * chan + z * hp * wp..].as_ptr();
-                    let gb = wide[((n * co4 + b * CO_BLOCK) * od + z) * lq..].as_ptr();
-                    for (a, t) in acc.iter_mut().zip(&groups) {
-                        let o = t.map(|t| offsets[t]);
-                        // SAFETY: AVX2 and FMA checked by `applies`, AVX-512 by the caller for `avx512`;
-                        // x reads end within the padded channel's slack (see `plane_job`), gy reads
-                        // within the 4 rows of `wide`.
-                        unsafe {
-                            if avx512 {
-                                quad_dots(xb, o, gb, od * lq, lq, a);
-                            } else {
-                                pair_dots(xb, [o[0], o[1]], gb, od * lq, lq, a);
-                            }
+            let plane = |i: usize| {
+                let (n, z) = (i / od, i % od);
+                let x = &padded[n].data[c * padded[n].channel() + z * hp * wp..];
+                Plane { x: x.as_ptr(), g: wide[((n * co4 + b * CO_BLOCK) * od + z) * lq..].as_ptr() }
+            };
+            let mut chunk = [Plane { x: std::ptr::null(), g: std::ptr::null() }; MAX_CHUNK_PLANES];
+            for first in (0..d.n * od).step_by(chunk_planes) {
+                let len = chunk_planes.min(d.n * od - first);
+                for (i, p) in chunk[..len].iter_mut().enumerate() {
+                    *p = plane(first + i);
+                }
+                for (a, t) in acc.iter_mut().zip(&groups) {
+                    let o = t.map(|t| offsets[t]);
+                    // SAFETY: AVX2 and FMA checked by `applies`, AVX-512 by the caller for `avx512`;
+                    // x reads end within the padded channel's slack (see `plane_job`), gy reads
+                    // within the 4 rows of `wide`.
+                    unsafe {
+                        if avx512 {
+                            quad_dots(&chunk[..len], o, od * lq, lq, a);
+                        } else {
+                            pair_dots(&chunk[..len], [o[0], o[1]], od * lq, lq, a);
                         }
                     }
                 }
             }
-            let mut sums = vec![[0f32; CO_BLOCK]; taps];
+            let co_n = CO_BLOCK.min(d.co - b * CO_BLOCK);
             for (a, group) in acc.iter().zip(&groups) {
                 for (row, &t) in a.iter().zip(group).take(per_group) {
-                    sums[t] = *row;
-                }
-            }
-            for (t, s) in sums.iter().enumerate() {
-                for (j, &v) in s.iter().enumerate().take(CO_BLOCK.min(d.co - b * CO_BLOCK)) {
-                    // SAFETY: job (b, c) alone writes gw[b·4 + j, c, ·].
-                    unsafe { *gw_ptr.ptr().add(((b * CO_BLOCK + j) * d.ci + c) * taps + t) = v };
+                    for (j, &v) in row.iter().enumerate().take(co_n) {
+                        // SAFETY: job (b, c) alone writes gw[b·4 + j, c, ·].
+                        unsafe { *gw_ptr.ptr().add(((b * CO_BLOCK + j) * d.ci + c) * taps + t) = v };
+                    }
                 }
             }
         });
         gw
     }
 
-    /// `acc[i][j] += Σ_{q < lq} g[j·g_stride + q] · x[off_i + q]` for two taps (`i` < 2) and four
-    /// channels.
+    /// `acc[i][j] += Σ_planes Σ_{q < lq} g[j·g_stride + q] · x[off_i + q]` for two taps (`i` < 2) and
+    /// four channels, the 8 lanes of each sum kept over all the planes and added at the end.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn pair_dots(
-        x: *const f32,
+        planes: &[Plane],
         [o0, o1]: [usize; 2],
-        g: *const f32,
         g_stride: usize,
         lq: usize,
         acc: &mut [[f32; CO_BLOCK]; 4],
@@ -284,28 +310,30 @@ mod x86 {
         let z = _mm256_setzero_ps();
         let (mut a00, mut a01, mut a02, mut a03) = (z, z, z, z);
         let (mut a10, mut a11, mut a12, mut a13) = (z, z, z, z);
-        let mut q = 0;
-        // SAFETY (whole loop): the caller guarantees lq readable floats after x + o0, x + o1 and each
-        // of the four rows of g.
-        unsafe {
-            let (g0, g1, g2, g3) = (g, g.add(g_stride), g.add(2 * g_stride), g.add(3 * g_stride));
-            let (x0, x1) = (x.add(o0), x.add(o1));
-            while q < lq {
-                let u = _mm256_loadu_ps(x0.add(q));
-                let v = _mm256_loadu_ps(x1.add(q));
-                let h = _mm256_loadu_ps(g0.add(q));
-                a00 = _mm256_fmadd_ps(h, u, a00);
-                a10 = _mm256_fmadd_ps(h, v, a10);
-                let h = _mm256_loadu_ps(g1.add(q));
-                a01 = _mm256_fmadd_ps(h, u, a01);
-                a11 = _mm256_fmadd_ps(h, v, a11);
-                let h = _mm256_loadu_ps(g2.add(q));
-                a02 = _mm256_fmadd_ps(h, u, a02);
-                a12 = _mm256_fmadd_ps(h, v, a12);
-                let h = _mm256_loadu_ps(g3.add(q));
-                a03 = _mm256_fmadd_ps(h, u, a03);
-                a13 = _mm256_fmadd_ps(h, v, a13);
-                q += LANES;
+        for &Plane { x, g } in planes {
+            let mut q = 0;
+            // SAFETY (whole loop): the caller guarantees lq readable floats after x + o0, x + o1 and
+            // each of the four rows of g.
+            unsafe {
+                let (g0, g1, g2, g3) = (g, g.add(g_stride), g.add(2 * g_stride), g.add(3 * g_stride));
+                let (x0, x1) = (x.add(o0), x.add(o1));
+                while q < lq {
+                    let u = _mm256_loadu_ps(x0.add(q));
+                    let v = _mm256_loadu_ps(x1.add(q));
+                    let h = _mm256_loadu_ps(g0.add(q));
+                    a00 = _mm256_fmadd_ps(h, u, a00);
+                    a10 = _mm256_fmadd_ps(h, v, a10);
+                    let h = _mm256_loadu_ps(g1.add(q));
+                    a01 = _mm256_fmadd_ps(h, u, a01);
+                    a11 = _mm256_fmadd_ps(h, v, a11);
+                    let h = _mm256_loadu_ps(g2.add(q));
+                    a02 = _mm256_fmadd_ps(h, u, a02);
+                    a12 = _mm256_fmadd_ps(h, v, a12);
+                    let h = _mm256_loadu_ps(g3.add(q));
+                    a03 = _mm256_fmadd_ps(h, u, a03);
+                    a13 = _mm256_fmadd_ps(h, v, a13);
+                    q += LANES;
+                }
             }
         }
         let sums = [[a00, a01, a02, a03], [a10, a11, a12, a13]];
@@ -323,14 +351,7 @@ mod x86 {
     /// and 3 in another, each half summing its 8 lanes as the AVX2 kernel does, so the sums are its sums
     /// to the bit in half the FMAs.
     #[target_feature(enable = "avx512f")]
-    unsafe fn quad_dots(
-        x: *const f32,
-        o: [usize; 4],
-        g: *const f32,
-        g_stride: usize,
-        lq: usize,
-        acc: &mut [[f32; CO_BLOCK]; 4],
-    ) {
+    unsafe fn quad_dots(planes: &[Plane], o: [usize; 4], g_stride: usize, lq: usize, acc: &mut [[f32; CO_BLOCK]; 4]) {
         // Two 8-float vectors as one 16-float one (AVX-512F has the 256-bit insert for doubles only).
         let join = |lo: __m256, hi: __m256| {
             _mm512_castpd_ps(_mm512_insertf64x4::<1>(
@@ -342,28 +363,30 @@ mod x86 {
         let z = _mm512_setzero_ps();
         let (mut a00, mut a01, mut a02, mut a03) = (z, z, z, z);
         let (mut a10, mut a11, mut a12, mut a13) = (z, z, z, z);
-        let mut q = 0;
-        // SAFETY (whole loop): the caller guarantees lq readable floats after x + o[i] and each of the
-        // four rows of g.
-        unsafe {
-            let (g0, g1, g2, g3) = (g, g.add(g_stride), g.add(2 * g_stride), g.add(3 * g_stride));
-            let xs = o.map(|o| x.add(o));
-            while q < lq {
-                let u = join(_mm256_loadu_ps(xs[0].add(q)), _mm256_loadu_ps(xs[1].add(q)));
-                let v = join(_mm256_loadu_ps(xs[2].add(q)), _mm256_loadu_ps(xs[3].add(q)));
-                let h = twice(_mm256_loadu_ps(g0.add(q)));
-                a00 = _mm512_fmadd_ps(h, u, a00);
-                a10 = _mm512_fmadd_ps(h, v, a10);
-                let h = twice(_mm256_loadu_ps(g1.add(q)));
-                a01 = _mm512_fmadd_ps(h, u, a01);
-                a11 = _mm512_fmadd_ps(h, v, a11);
-                let h = twice(_mm256_loadu_ps(g2.add(q)));
-                a02 = _mm512_fmadd_ps(h, u, a02);
-                a12 = _mm512_fmadd_ps(h, v, a12);
-                let h = twice(_mm256_loadu_ps(g3.add(q)));
-                a03 = _mm512_fmadd_ps(h, u, a03);
-                a13 = _mm512_fmadd_ps(h, v, a13);
-                q += LANES;
+        for &Plane { x, g } in planes {
+            let mut q = 0;
+            // SAFETY (whole loop): the caller guarantees lq readable floats after x + o[i] and each of
+            // the four rows of g.
+            unsafe {
+                let (g0, g1, g2, g3) = (g, g.add(g_stride), g.add(2 * g_stride), g.add(3 * g_stride));
+                let xs = o.map(|o| x.add(o));
+                while q < lq {
+                    let u = join(_mm256_loadu_ps(xs[0].add(q)), _mm256_loadu_ps(xs[1].add(q)));
+                    let v = join(_mm256_loadu_ps(xs[2].add(q)), _mm256_loadu_ps(xs[3].add(q)));
+                    let h = twice(_mm256_loadu_ps(g0.add(q)));
+                    a00 = _mm512_fmadd_ps(h, u, a00);
+                    a10 = _mm512_fmadd_ps(h, v, a10);
+                    let h = twice(_mm256_loadu_ps(g1.add(q)));
+                    a01 = _mm512_fmadd_ps(h, u, a01);
+                    a11 = _mm512_fmadd_ps(h, v, a11);
+                    let h = twice(_mm256_loadu_ps(g2.add(q)));
+                    a02 = _mm512_fmadd_ps(h, u, a02);
+                    a12 = _mm512_fmadd_ps(h, v, a12);
+                    let h = twice(_mm256_loadu_ps(g3.add(q)));
+                    a03 = _mm512_fmadd_ps(h, u, a03);
+                    a13 = _mm512_fmadd_ps(h, v, a13);
+                    q += LANES;
+                }
             }
         }
         // The 16 sums of 8 lanes (tap t = 2·pair + half, channel j), 16 at a time: transposed so that
@@ -596,6 +619,9 @@ mod tests {
         assert!(applies(&dims(64, [8, 6, 6], 3, 1, 1)));
         // 3×3 planes keep 9 of 16 positions; ASPP's dilation 6 on them even fewer; 1×1×1 is a gemm.
         assert!(!applies(&dims(128, [8, 3, 3], 3, 1, 1)));
+        // The weight gradient takes them (its sums run over all of a job's planes), but not 1×1×1.
+        assert!(applies_weight_grad(&dims(128, [8, 3, 3], 3, 1, 1)));
+        assert!(!applies_weight_grad(&dims(128, [8, 24, 24], 1, 0, 1)));
         assert!(!applies(&dims(128, [8, 3, 3], 3, 6, 6)));
         assert!(!applies(&dims(128, [8, 24, 24], 1, 0, 1)));
         // The cases of tests/conv3d.rs meant for this kernel.
@@ -633,5 +659,13 @@ mod tests {
                 assert_eq!(differ, 0, "{what}: {differ} of {} values differ for input {:?}", wide.len(), d.input);
             }
         }
+        // 3×3 planes: weight gradient only (the forward leaves them to im2col); 2 samples × 4 planes
+        // of 16 computed positions in one chunk.
+        let d = Dims { n: 2, ..dims(6, [4, 3, 3], 3, 1, 1) };
+        assert!(applies_weight_grad(&d) && !applies(&d));
+        let x: Vec<f32> = (0..d.n * d.ci * 36).map(|_| next()).collect();
+        let gy: Vec<f32> = (0..d.n * d.co * 36).map(|_| next()).collect();
+        let (wide, narrow) = (x86::weight_grad(&d, &x, &gy, true), x86::weight_grad(&d, &x, &gy, false));
+        assert!(wide.iter().zip(&narrow).all(|(a, b)| a.to_bits() == b.to_bits()), "3×3 planes differ");
     }
 }
