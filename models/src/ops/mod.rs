@@ -23,3 +23,17 @@ pub fn set_composed(on: bool) {
 pub(crate) fn cpu_kernels(t: &candle_core::Tensor) -> bool {
     t.device().is_cpu() && !COMPOSED.load(Ordering::Relaxed)
 }
+
+/// Runs `f` on one of rayon's worker threads when `device` takes the CPU kernels, else here.
+///
+/// Why: called from a thread outside the pool, every parallel loop of the kernels (a training step
+/// has a few hundred) hands its work to the pool and sleeps until the pool wakes it; on a worker the
+/// calling thread takes part in the loop and no thread waits to be woken. The r18 width-16 training
+/// step took 115 ms instead of 123 (median of 12 alternating runs each).
+pub fn on_worker<R: Send>(device: &candle_core::Device, f: impl FnOnce() -> R + Send) -> R {
+    if device.is_cpu() && !COMPOSED.load(Ordering::Relaxed) {
+        rayon::scope(|_| f())
+    } else {
+        f()
+    }
+}

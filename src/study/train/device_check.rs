@@ -297,29 +297,33 @@ pub fn time_step(spec: &ArchSpec, batch_size: usize, repeats: usize, device: &De
     let mut adam = Adam::new(model.trainable(), 1e-3).map_err(candle)?;
     let (x, y) = batch(spec, batch_size, 0, device)?;
     let mut phases: [Vec<f64>; 5] = Default::default();
-    for i in 0..=repeats.max(1) {
-        let mut marks = [Instant::now(); 5];
-        let mut mark = |k: usize| -> Result<()> {
-            device.synchronize().map_err(candle)?;
-            marks[k] = Instant::now();
-            Ok(())
-        };
-        mark(0)?;
-        let logits = model.net.forward(&x, BlockPath::Full, true).map_err(candle)?;
-        mark(1)?;
-        let loss = segmentation_loss(&logits, &y, spec.output).map_err(candle)?;
-        mark(2)?;
-        let grads = loss.backward().map_err(candle)?;
-        mark(3)?;
-        adam.step(&grads).map_err(candle)?;
-        mark(4)?;
-        if i > 0 {
-            let ms = |a: usize, b: usize| (marks[b] - marks[a]).as_secs_f64() * 1e3;
-            for (k, v) in [ms(0, 1), ms(1, 2), ms(2, 3), ms(3, 4), ms(0, 4)].into_iter().enumerate() {
-                phases[k].push(v);
+    // As training runs it (see `train`).
+    autopath_models::ops::on_worker(device, || -> Result<()> {
+        for i in 0..=repeats.max(1) {
+            let mut marks = [Instant::now(); 5];
+            let mut mark = |k: usize| -> Result<()> {
+                device.synchronize().map_err(candle)?;
+                marks[k] = Instant::now();
+                Ok(())
+            };
+            mark(0)?;
+            let logits = model.net.forward(&x, BlockPath::Full, true).map_err(candle)?;
+            mark(1)?;
+            let loss = segmentation_loss(&logits, &y, spec.output).map_err(candle)?;
+            mark(2)?;
+            let grads = loss.backward().map_err(candle)?;
+            mark(3)?;
+            adam.step(&grads).map_err(candle)?;
+            mark(4)?;
+            if i > 0 {
+                let ms = |a: usize, b: usize| (marks[b] - marks[a]).as_secs_f64() * 1e3;
+                for (k, v) in [ms(0, 1), ms(1, 2), ms(2, 3), ms(3, 4), ms(0, 4)].into_iter().enumerate() {
+                    phases[k].push(v);
+                }
             }
         }
-    }
+        Ok(())
+    })?;
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]

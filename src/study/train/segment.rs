@@ -9,6 +9,7 @@ use std::time::Instant;
 use autopath_models::deeplab::{BlockPath, DeepLab3d};
 use autopath_models::init::SeededVarMap;
 use autopath_models::loss::segmentation_loss;
+use autopath_models::ops::on_worker;
 use autopath_models::optim::Adam;
 use autopath_models::spec::ArchSpec;
 use candle_core::{DType, Device, Tensor, Var};
@@ -447,11 +448,15 @@ fn run(
     for epoch in meta.epoch..cfg.epochs {
         let t0 = Instant::now();
         adam.lr = lr_at(&cfg, epoch);
-        let loss_sum = train_epoch(&model, &mut adam, &train_set, &sampler, &cfg, &mut rng, device)?;
+        let loss_sum =
+            on_worker(device, || train_epoch(&model, &mut adam, &train_set, &sampler, &cfg, &mut rng, device))?;
         let done = epoch + 1;
         let val_dice = if done % cfg.val_every.max(1) == 0 || done == cfg.epochs {
-            recalibrate(&model.net, &train_set, &sampler, &cfg)?;
-            Some(mean_dice(&model.net, &val_set, &cfg.window, BlockPath::Full, cfg.tile_batch)?)
+            on_worker(device, || -> Result<f64> {
+                recalibrate(&model.net, &train_set, &sampler, &cfg)?;
+                mean_dice(&model.net, &val_set, &cfg.window, BlockPath::Full, cfg.tile_batch)
+            })
+            .map(Some)?
         } else {
             None
         };
