@@ -76,12 +76,13 @@ pub(super) fn forward(d: &Dims, x: &[f32], w: &[f32]) -> Vec<f32> {
     unreachable!("direct::applies is false off x86-64")
 }
 
-/// The weight gradient `gw = Σ gy ⊗ x` of a `d` that [`applies_weight_grad`].
-pub(super) fn weight_grad(d: &Dims, x: &[f32], gy: &[f32]) -> Vec<f32> {
+/// The weight gradient `gw = Σ gy ⊗ x` of a `d` that [`applies_weight_grad`]; where `needed` (per input
+/// channel and tap) says false, the gradient may be left 0.
+pub(super) fn weight_grad(d: &Dims, x: &[f32], gy: &[f32], needed: Option<&[bool]>) -> Vec<f32> {
     debug_assert!(applies_weight_grad(d));
     #[cfg(target_arch = "x86_64")]
     {
-        x86::weight_grad(d, x, gy, std::is_x86_feature_detected!("avx512f"))
+        x86::weight_grad(d, x, gy, std::is_x86_feature_detected!("avx512f"), needed)
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("direct::applies is false off x86-64")
@@ -218,7 +219,7 @@ mod x86 {
     /// whole vectors. One job per (block of 4 output channels, input channel) owns its 4 × taps
     /// results: no reduction across threads, and the same sums in the same order on any thread count.
     /// `avx512`: four taps per pass in AVX-512 vectors (the caller checked the CPU has it).
-    pub(super) fn weight_grad(d: &Dims, x: &[f32], gy: &[f32], avx512: bool) -> Vec<f32> {
+    pub(super) fn weight_grad(d: &Dims, x: &[f32], gy: &[f32], avx512: bool, needed: Option<&[bool]>) -> Vec<f32> {
         let [od, oh, ow] = d.out;
         let out_size = od * oh * ow;
         let in_sample = d.ci * d.input.iter().product::<usize>();
@@ -271,6 +272,9 @@ mod x86 {
                     *p = plane(first + i);
                 }
                 for (a, t) in acc.iter_mut().zip(&groups) {
+                    if needed.is_some_and(|n| !t.iter().any(|&t| n[c * taps + t])) {
+                        continue;
+                    }
                     let o = t.map(|t| offsets[t]);
                     // SAFETY: AVX2 and FMA checked by `applies`, AVX-512 by the caller for `avx512`;
                     // x reads end within the padded channel's slack (see `plane_job`), gy reads
@@ -651,7 +655,11 @@ mod tests {
             let gy: Vec<f32> = (0..d.n * d.co * d.out.iter().product::<usize>()).map(|_| next()).collect();
             let pairs = [
                 ("forward", x86::forward(&d, &x, &w, true), x86::forward(&d, &x, &w, false)),
-                ("weight gradient", x86::weight_grad(&d, &x, &gy, true), x86::weight_grad(&d, &x, &gy, false)),
+                (
+                    "weight gradient",
+                    x86::weight_grad(&d, &x, &gy, true, None),
+                    x86::weight_grad(&d, &x, &gy, false, None),
+                ),
             ];
             for (what, wide, narrow) in pairs {
                 assert_eq!(wide.len(), narrow.len());
@@ -665,7 +673,7 @@ mod tests {
         assert!(applies_weight_grad(&d) && !applies(&d));
         let x: Vec<f32> = (0..d.n * d.ci * 36).map(|_| next()).collect();
         let gy: Vec<f32> = (0..d.n * d.co * 36).map(|_| next()).collect();
-        let (wide, narrow) = (x86::weight_grad(&d, &x, &gy, true), x86::weight_grad(&d, &x, &gy, false));
+        let (wide, narrow) = (x86::weight_grad(&d, &x, &gy, true, None), x86::weight_grad(&d, &x, &gy, false, None));
         assert!(wide.iter().zip(&narrow).all(|(a, b)| a.to_bits() == b.to_bits()), "3×3 planes differ");
     }
 }
