@@ -628,14 +628,17 @@ fn input_grad_as_conv<T: Elem>(d: &Dims, gy: &[T], w: &[T]) -> Option<Vec<T>> {
     }
     let [kd, kh, kw] = d.kernel;
     let kvol = kd * kh * kw;
+    // Written in order, one input channel per task: writing in the weight's order (runs of 27
+    // floats 55 KB apart for 128 channels) took 0.5 ms of the 1.8 ms input gradient on 3×3 planes.
     let mut wt = vec![T::ZERO; w.len()];
-    for co in 0..d.co {
-        for ci in 0..d.ci {
-            for t in 0..kvol {
-                wt[(ci * d.co + co) * kvol + (kvol - 1 - t)] = w[(co * d.ci + ci) * kvol + t];
+    wt.par_chunks_mut(d.co * kvol).enumerate().for_each(|(ci, dst)| {
+        for (co, row) in dst.chunks_mut(kvol).enumerate() {
+            let src = &w[(co * d.ci + ci) * kvol..][..kvol];
+            for (v, &s) in row.iter_mut().rev().zip(src) {
+                *v = s;
             }
         }
-    }
+    });
     let flipped = Dims {
         n: d.n,
         ci: d.co,
