@@ -4,7 +4,9 @@
 //! product, |x|, negation, exp, +1, log, sums, sigmoid, products) and as many again backward, each a
 //! separate pass that allocates; on the r18 width-16 step (2×32×96×96 logits) that was 6 ms forward
 //! and about 25 ms backward, more than the backward of any convolution. Fused, the forward takes one
-//! exp and one log per voxel and keeps the sigmoid for the backward, which is one pass.
+//! exp and one log per voxel and keeps the sigmoid for the backward, which is one pass. In f32 the exp
+//! and log are short polynomials that LLVM vectorises: with libm's scalar calls the loss phase took
+//! 4.0 ms, with them 1.4 (PyTorch's: about 2).
 //!
 //! The sums accumulate in f64 over fixed chunks added in order, so the result depends neither on
 //! the thread count nor on work stealing. The value matches the composed loss to rounding (tested in
@@ -49,39 +51,91 @@ struct BceDiceGrad {
     g: f64,
 }
 
-trait Float:
-    Copy
-    + Send
-    + Sync
-    + Default
-    + PartialOrd
-    + Into<f64>
-    + std::ops::Add<Output = Self>
-    + std::ops::Neg<Output = Self>
-    + 'static
-{
-    fn exp(self) -> Self;
-    fn ln(self) -> Self;
+trait Float: Copy + Send + Sync + Default + PartialOrd + Into<f64> + 'static {
     fn of(v: f64) -> Self;
+    /// Per voxel: `σ(x)` into `sig` and the BCE term `max(x, 0) − x·y + log(1 + e^{−|x|})` into `bce`.
+    fn terms(x: &[Self], y: &[Self], sig: &mut [Self], bce: &mut [Self]);
 }
 
-macro_rules! float {
-    ($t:ty) => {
-        impl Float for $t {
-            fn exp(self) -> Self {
-                <$t>::exp(self)
-            }
-            fn ln(self) -> Self {
-                <$t>::ln(self)
-            }
-            fn of(v: f64) -> Self {
-                v as $t
-            }
+impl Float for f64 {
+    fn of(v: f64) -> Self {
+        v
+    }
+    fn terms(x: &[f64], y: &[f64], sig: &mut [f64], bce: &mut [f64]) {
+        for (((&x, &y), s), b) in x.iter().zip(y).zip(sig.iter_mut()).zip(bce.iter_mut()) {
+            // One exp serves both: log(1 + e^{−|x|}) and σ(x) = 1/(1 + e^{−x}).
+            let e = (-x.abs()).exp();
+            *s = if x < 0.0 { e / (1.0 + e) } else { 1.0 / (1.0 + e) };
+            *b = x.max(0.0) - x * y + e.ln_1p();
         }
-    };
+    }
 }
-float!(f32);
-float!(f64);
+
+impl Float for f32 {
+    fn of(v: f64) -> Self {
+        v as f32
+    }
+    fn terms(x: &[f32], y: &[f32], sig: &mut [f32], bce: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA.
+            return unsafe { terms_f32_avx2(x, y, sig, bce) };
+        }
+        terms_f32(x, y, sig, bce)
+    }
+}
+
+/// [`terms_f32`] compiled for AVX2 + FMA, where LLVM vectorises it (8 voxels per instruction). The
+/// arithmetic is the same (`mul_add` is fused either way), so are the results.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn terms_f32_avx2(x: &[f32], y: &[f32], sig: &mut [f32], bce: &mut [f32]) {
+    terms_f32(x, y, sig, bce)
+}
+
+/// The f32 terms with polynomial `exp` and `log1p` (1–3 ulp) instead of libm's scalar calls.
+#[inline(always)]
+fn terms_f32(x: &[f32], y: &[f32], sig: &mut [f32], bce: &mut [f32]) {
+    for (((&x, &y), s), b) in x.iter().zip(y).zip(sig.iter_mut()).zip(bce.iter_mut()) {
+        let e = exp_nonpositive(-x.abs());
+        *s = if x < 0.0 { e } else { 1.0 } / (1.0 + e);
+        *b = x.max(0.0) - x * y + ln_1p_unit(e);
+    }
+}
+
+/// `e^t` for `t ≤ 0` (clamped at −87, where it is ~1.6e-38): `t = n·ln 2 + r` with `|r| ≤ ln 2 / 2`,
+/// a degree-7 Taylor polynomial of `e^r` (truncation below 6e-9 relative) and `2^n` from the exponent
+/// bits. Branch-free f32 arithmetic, so LLVM vectorises the loop around it.
+#[inline(always)]
+fn exp_nonpositive(t: f32) -> f32 {
+    // 1.5 · 2²³: adding and subtracting it rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    // ln 2 split so that n · LN2_HI is exact for |n| < 2⁹.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let t = t.max(-87.0);
+    let n = t.mul_add(std::f32::consts::LOG2_E, ROUND) - ROUND;
+    let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, t));
+    let mut p: f32 = 1.0 / 5040.0;
+    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = p.mul_add(r, c);
+    }
+    // n ∈ [−126, 0]: 2ⁿ is a normal f32.
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// `log(1 + e)` for `e ∈ [0, 1]` as `2·atanh(s)`, `s = e / (2 + e) ≤ 1/3`: the odd series to `s¹⁵`
+/// (truncation below 2e-9 relative), accurate for small `e` too, where `log(1 + e)` would cancel.
+#[inline(always)]
+fn ln_1p_unit(e: f32) -> f32 {
+    let s = e / (2.0 + e);
+    let s2 = s * s;
+    let mut p: f32 = 1.0 / 15.0;
+    for c in [1.0 / 13.0, 1.0 / 11.0, 1.0 / 9.0, 1.0 / 7.0, 1.0 / 5.0, 1.0 / 3.0, 1.0] {
+        p = p.mul_add(s2, c);
+    }
+    2.0 * s * p
+}
 
 /// Per chunk: `(Σ BCE, Σ σ·y, Σ σ, Σ y)`.
 type Partial = [f64; 4];
@@ -95,22 +149,16 @@ fn forward<T: Float>(x: &[T], y: &[T], b: usize, v: usize) -> (f64, Saved<T>) {
         .enumerate()
         .flat_map_iter(|(s, out)| out.chunks_mut(CHUNK).enumerate().map(move |(c, out)| (s * v + c * CHUNK, out)))
         .map(|(at, out)| {
+            let (xs, ys) = (&x[at..at + out.len()], &y[at..at + out.len()]);
+            let mut bce = vec![T::default(); out.len()];
+            T::terms(xs, ys, out, &mut bce);
             let mut acc = [0f64; 4];
-            for (j, p) in out.iter_mut().enumerate() {
-                let (xv, yv) = (x[at + j], y[at + j]);
-                // One exp serves both: log(1 + e^{−|x|}) and σ(x) = 1/(1 + e^{−x}). `ln` rather than
-                // `ln_1p`: 1 + e lies in (1, 2], and the loss phase took 3.9 ms instead of 5.5.
-                let zero = T::default();
-                let neg_abs = if xv < zero { xv } else { -xv };
-                let e = neg_abs.exp();
-                let (xf, yf, ef) = (xv.into(), yv.into(), e.into());
-                let sig = if xv < zero { ef / (1.0 + ef) } else { 1.0 / (1.0 + ef) };
-                *p = T::of(sig);
-                let sig: f64 = (*p).into();
-                acc[0] += xf.max(0.0) - xf * yf + (T::of(1.0) + e).ln().into();
-                acc[1] += sig * yf;
+            for ((&sig, &b), &t) in out.iter().zip(&bce).zip(ys) {
+                let (sig, t): (f64, f64) = (sig.into(), t.into());
+                acc[0] += b.into();
+                acc[1] += sig * t;
                 acc[2] += sig;
-                acc[3] += yf;
+                acc[3] += t;
             }
             acc
         })
@@ -206,5 +254,44 @@ impl CustomOp2 for BceDiceGrad {
             _ => bail!("bce_dice: backward without its forward's values"),
         };
         Ok((storage, l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The polynomials against f64 libm over their whole domains (measured: 7.6e-8 and 2.2e-7, 1–3 ulp).
+    #[test]
+    fn polynomial_exp_and_log1p_are_accurate_to_f32() {
+        let mut worst = (0f64, 0f64);
+        for i in 0..=200_000 {
+            let t = -(i as f32) * 87.0 / 200_000.0;
+            let want = (t as f64).exp();
+            worst.0 = worst.0.max(((exp_nonpositive(t) as f64) - want).abs() / want);
+            let e = i as f32 / 200_000.0;
+            let want = (e as f64).ln_1p();
+            if want > 0.0 {
+                worst.1 = worst.1.max(((ln_1p_unit(e) as f64) - want).abs() / want);
+            }
+        }
+        assert!(worst.0 < 1.5e-7 && worst.1 < 3e-7, "relative errors: exp {:.2e}, log1p {:.2e}", worst.0, worst.1);
+    }
+
+    /// Vectorised (AVX2 + FMA) and plain code compute the same bits.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vectorised_terms_equal_the_scalar_ones() {
+        if !std::is_x86_feature_detected!("avx2") || !std::is_x86_feature_detected!("fma") {
+            return;
+        }
+        let x: Vec<f32> = (0..4099).map(|i| ((i * 7919) % 4001) as f32 / 200.0 - 10.0).collect();
+        let y: Vec<f32> = (0..4099).map(|i| (i % 3 == 0) as u8 as f32).collect();
+        let (mut s1, mut b1, mut s2, mut b2) = (vec![0f32; 4099], vec![0f32; 4099], vec![0f32; 4099], vec![0f32; 4099]);
+        terms_f32(&x, &y, &mut s1, &mut b1);
+        // SAFETY: checked above.
+        unsafe { terms_f32_avx2(&x, &y, &mut s2, &mut b2) };
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!((bits(&s1), bits(&b1)), (bits(&s2), bits(&b2)));
     }
 }
