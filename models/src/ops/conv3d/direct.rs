@@ -131,17 +131,32 @@ mod x86 {
         }
     }
 
-    /// The weight as `[Co/4, Ci, taps, 4]` (output channels padded to a multiple of 4 with zeros): the
-    /// four weights one tap multiplies are adjacent.
-    fn pack_weight(d: &Dims, w: &[f32]) -> Vec<f32> {
+    /// Per input channel, the taps whose weight is non-zero for some output channel. Why: the phase
+    /// rewrite of a strided convolution pads its kernel with zeros (the stem: 169 of 512 taps per
+    /// channel block; a stage transition's stride (1, 2, 2): 7 of 12 per phase channel), and the
+    /// forward (and the input gradient, a forward of the flipped kernel) multiplied them all. Dropping
+    /// an FMA with a zero weight leaves the sum as it was (it adds ±0), except that an infinite or NaN
+    /// input under a zero weight no longer poisons the output. Trained dense kernels keep every tap.
+    fn live_taps(d: &Dims, w: &[f32]) -> Vec<Vec<usize>> {
         let taps: usize = d.kernel.iter().product();
-        let blocks = d.co.div_ceil(CO_BLOCK);
-        let mut out = vec![0f32; blocks * d.ci * taps * CO_BLOCK];
+        (0..d.ci)
+            .map(|c| (0..taps).filter(|&t| (0..d.co).any(|co| w[(co * d.ci + c) * taps + t] != 0.0)).collect())
+            .collect()
+    }
+
+    /// The weight as `[Co/4, Ci, live taps of ci, 4]` (output channels padded to a multiple of 4 with
+    /// zeros): the four weights one tap multiplies are adjacent.
+    fn pack_weight(d: &Dims, w: &[f32], live: &[Vec<usize>]) -> Vec<f32> {
+        let taps: usize = d.kernel.iter().product();
+        let per_block: usize = live.iter().map(Vec::len).sum::<usize>() * CO_BLOCK;
+        let mut out = vec![0f32; d.co.div_ceil(CO_BLOCK) * per_block];
         for co in 0..d.co {
             let (b, j) = (co / CO_BLOCK, co % CO_BLOCK);
-            for ci in 0..d.ci {
-                for t in 0..taps {
-                    out[((b * d.ci + ci) * taps + t) * CO_BLOCK + j] = w[(co * d.ci + ci) * taps + t];
+            let mut at = b * per_block + j;
+            for (ci, ts) in live.iter().enumerate() {
+                for &t in ts {
+                    out[at] = w[(co * d.ci + ci) * taps + t];
+                    at += CO_BLOCK;
                 }
             }
         }
@@ -153,11 +168,13 @@ mod x86 {
         let [od, oh, ow] = d.out;
         let out_size = od * oh * ow;
         let in_sample = d.ci * d.input.iter().product::<usize>();
-        let packed = pack_weight(d, w);
+        let live = live_taps(d, w);
+        let packed = pack_weight(d, w, &live);
         let padded: Vec<Padded> =
             (0..d.n).into_par_iter().map(|n| Padded::new(d, &x[n * in_sample..(n + 1) * in_sample])).collect();
         let [_, hp, wp] = padded[0].dims;
-        let offsets = tap_offsets(d, [hp, wp]);
+        let all = tap_offsets(d, [hp, wp]);
+        let offsets: Vec<Vec<usize>> = live.iter().map(|ts| ts.iter().map(|&t| all[t]).collect()).collect();
         let blocks = d.co.div_ceil(CO_BLOCK);
         let mut y = vec![0f32; d.n * d.co * out_size];
         // One job per (sample, channel block, output plane): disjoint outputs.
@@ -165,7 +182,7 @@ mod x86 {
             let src = &padded[n];
             let jobs: Vec<(usize, usize)> = (0..blocks).flat_map(|b| (0..od).map(move |z| (b, z))).collect();
             let ys_ptr = SendPtr(ys.as_mut_ptr());
-            let per_block = d.ci * offsets.len() * CO_BLOCK;
+            let per_block = packed.len() / blocks;
             jobs.par_iter().for_each(|&(b, z)| {
                 let co_n = CO_BLOCK.min(d.co - b * CO_BLOCK);
                 let mut planes = [std::ptr::null_mut(); CO_BLOCK];
@@ -175,7 +192,7 @@ mod x86 {
                 }
                 let wb = &packed[b * per_block..(b + 1) * per_block];
                 // SAFETY: the job writes output plane z of channels b·4 .. b·4 + co_n only.
-                unsafe { plane_job(src, z * hp * wp, wb, &offsets, d.ci, [oh, ow, wp], &planes[..co_n], wide) };
+                unsafe { plane_job(src, z * hp * wp, wb, &offsets, [oh, ow, wp], &planes[..co_n], wide) };
             });
         });
         y
@@ -449,13 +466,11 @@ mod x86 {
     /// One output plane of one channel block: register tiles along `q = y·Wp + x` (AVX-512 ones when
     /// `wide`, but for a last tile that an AVX2 one covers); positions with `x < W` are stored into
     /// `planes[j]` (`[H', W']` each).
-    #[allow(clippy::too_many_arguments)]
     unsafe fn plane_job(
         src: &Padded,
         plane_base: usize,
         wb: &[f32],
-        offsets: &[usize],
-        ci: usize,
+        offsets: &[Vec<usize>],
         [oh, ow, wp]: [usize; 3],
         planes: &[*mut f32],
         wide: bool,
@@ -470,10 +485,10 @@ mod x86 {
             // plane_base + last − 1 + max offset + WIDE_Q − 1 < data.len().
             let base = unsafe { src.data.as_ptr().add(plane_base + q0) };
             let width = if wide && last - q0 > Q_BLOCK {
-                unsafe { tile_fma_wide(base, chan, wb, offsets, ci, &mut tile) };
+                unsafe { tile_fma_wide(base, chan, wb, offsets, &mut tile) };
                 WIDE_Q
             } else {
-                unsafe { tile_fma(base, chan, wb, offsets, ci, &mut tile) };
+                unsafe { tile_fma(base, chan, wb, offsets, &mut tile) };
                 Q_BLOCK
             };
             for t in 0..width.min(last - q0) {
@@ -498,8 +513,7 @@ mod x86 {
         base: *const f32,
         chan: usize,
         wb: &[f32],
-        offsets: &[usize],
-        ci: usize,
+        offsets: &[Vec<usize>],
         tile: &mut [[f32; WIDE_Q]; CO_BLOCK],
     ) {
         let z = _mm512_setzero_ps();
@@ -508,8 +522,9 @@ mod x86 {
         let (mut a20, mut a21, mut a22, mut a23) = (z, z, z, z);
         let (mut a30, mut a31, mut a32, mut a33) = (z, z, z, z);
         let mut wptr = wb.as_ptr();
-        for c in 0..ci {
-            // SAFETY (whole block): see `plane_job`; `wb` holds ci × taps × 4 weights in this order.
+        for (c, offsets) in offsets.iter().enumerate() {
+            // SAFETY (whole block): see `plane_job`; `wb` holds 4 weights per live tap of every input
+            // channel, in this order (`pack_weight`).
             unsafe {
                 let cbase = base.add(c * chan);
                 for &off in offsets {
@@ -559,16 +574,16 @@ mod x86 {
         base: *const f32,
         chan: usize,
         wb: &[f32],
-        offsets: &[usize],
-        ci: usize,
+        offsets: &[Vec<usize>],
         tile: &mut [[f32; WIDE_Q]; CO_BLOCK],
     ) {
         let z = _mm256_setzero_ps();
         let (mut a00, mut a01, mut a10, mut a11) = (z, z, z, z);
         let (mut a20, mut a21, mut a30, mut a31) = (z, z, z, z);
         let mut wptr = wb.as_ptr();
-        for c in 0..ci {
-            // SAFETY (whole block): see `plane_job`; `wb` holds ci × taps × 4 weights in this order.
+        for (c, offsets) in offsets.iter().enumerate() {
+            // SAFETY (whole block): see `plane_job`; `wb` holds 4 weights per live tap of every input
+            // channel, in this order (`pack_weight`).
             unsafe {
                 let cbase = base.add(c * chan);
                 for &off in offsets {
