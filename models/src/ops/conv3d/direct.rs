@@ -221,6 +221,27 @@ mod x86 {
     /// and input rows stay in cache while every tap group passes over them.
     const CHUNK_POSITIONS: usize = 2048;
 
+    /// The output gradient as `[N, Co4, D', lq]` on the padded row pitch `wp`, zero in the padding
+    /// columns and in the channels up to `co4`, so that the dot products run over whole vectors.
+    fn gradient_on_pitch(d: &Dims, gy: &[f32], co4: usize, wp: usize, lq: usize) -> Vec<f32> {
+        let [od, oh, ow] = d.out;
+        let out_size = od * oh * ow;
+        let mut wide = vec![0f32; d.n * co4 * od * lq];
+        wide.par_chunks_mut(od * lq).enumerate().for_each(|(nc, dst)| {
+            let (n, co) = (nc / co4, nc % co4);
+            if co >= d.co {
+                return;
+            }
+            let src = &gy[(n * d.co + co) * out_size..][..out_size];
+            for z in 0..od {
+                for y in 0..oh {
+                    dst[z * lq + y * wp..][..ow].copy_from_slice(&src[(z * oh + y) * ow..][..ow]);
+                }
+            }
+        });
+        wide
+    }
+
     /// The most planes in one chunk (a stack buffer of their pointers).
     const MAX_CHUNK_PLANES: usize = 64;
 
@@ -239,7 +260,6 @@ mod x86 {
     /// `avx512`: four taps per pass in AVX-512 vectors (the caller checked the CPU has it).
     pub(super) fn weight_grad(d: &Dims, x: &[f32], gy: &[f32], avx512: bool, needed: Option<&[bool]>) -> Vec<f32> {
         let [od, oh, ow] = d.out;
-        let out_size = od * oh * ow;
         let in_sample = d.ci * d.input.iter().product::<usize>();
         let padded: Vec<Padded> =
             (0..d.n).into_par_iter().map(|n| Padded::new(d, &x[n * in_sample..(n + 1) * in_sample])).collect();
@@ -249,20 +269,7 @@ mod x86 {
         let lq = ((oh - 1) * wp + ow).div_ceil(LANES) * LANES;
         let blocks = d.co.div_ceil(CO_BLOCK);
         let co4 = blocks * CO_BLOCK;
-        // gy on the padded pitch: [N, Co4, D', lq].
-        let mut wide = vec![0f32; d.n * co4 * od * lq];
-        wide.par_chunks_mut(od * lq).enumerate().for_each(|(nc, dst)| {
-            let (n, co) = (nc / co4, nc % co4);
-            if co >= d.co {
-                return;
-            }
-            let src = &gy[(n * d.co + co) * out_size..][..out_size];
-            for z in 0..od {
-                for y in 0..oh {
-                    dst[z * lq + y * wp..][..ow].copy_from_slice(&src[(z * oh + y) * ow..][..ow]);
-                }
-            }
-        });
+        let wide = gradient_on_pitch(d, gy, co4, wp, lq);
         let mut gw = vec![0f32; d.co * d.ci * taps];
         let gw_ptr = SendPtr(gw.as_mut_ptr());
         let chunk_planes = (CHUNK_POSITIONS / lq).clamp(1, MAX_CHUNK_PLANES);
