@@ -196,13 +196,6 @@ fn backward<T: Float>(saved: &Saved<T>, y: &[T], v: usize, g: f64) -> Vec<T> {
     out
 }
 
-fn slice<'a, T>(s: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((from, to)) => Ok(&s[from..to]),
-        None => bail!("bce_dice: {what} must be contiguous"),
-    }
-}
-
 impl CustomOp2 for BceDice {
     fn name(&self) -> &'static str {
         "bce_dice"
@@ -216,11 +209,21 @@ impl CustomOp2 for BceDice {
         }
         let (storage, saved) = match (s1, s2) {
             (CpuStorage::F32(x), CpuStorage::F32(y)) => {
-                let (loss, saved) = forward(slice(x, l1, "logits")?, slice(y, l2, "target")?, b, v);
+                let (loss, saved) = forward(
+                    super::contiguous(x, l1, "bce_dice", "logits")?,
+                    super::contiguous(y, l2, "bce_dice", "target")?,
+                    b,
+                    v,
+                );
                 (CpuStorage::F32(vec![loss as f32]), AnySaved::F32(saved))
             }
             (CpuStorage::F64(x), CpuStorage::F64(y)) => {
-                let (loss, saved) = forward(slice(x, l1, "logits")?, slice(y, l2, "target")?, b, v);
+                let (loss, saved) = forward(
+                    super::contiguous(x, l1, "bce_dice", "logits")?,
+                    super::contiguous(y, l2, "bce_dice", "target")?,
+                    b,
+                    v,
+                );
                 (CpuStorage::F64(vec![loss]), AnySaved::F64(saved))
             }
             _ => bail!("bce_dice: f32 or f64 logits and target of one dtype"),
@@ -246,10 +249,10 @@ impl CustomOp2 for BceDiceGrad {
         let v = l1.shape().elem_count() / l1.dims()[0];
         let storage = match (saved.as_ref(), s2) {
             (Some(AnySaved::F32(s)), CpuStorage::F32(y)) => {
-                CpuStorage::F32(backward(s, slice(y, l2, "target")?, v, self.g))
+                CpuStorage::F32(backward(s, super::contiguous(y, l2, "bce_dice", "target")?, v, self.g))
             }
             (Some(AnySaved::F64(s)), CpuStorage::F64(y)) => {
-                CpuStorage::F64(backward(s, slice(y, l2, "target")?, v, self.g))
+                CpuStorage::F64(backward(s, super::contiguous(y, l2, "bce_dice", "target")?, v, self.g))
             }
             _ => bail!("bce_dice: backward without its forward's values"),
         };

@@ -703,13 +703,6 @@ fn input_grad<T: Elem>(d: &Dims, gy: &[T], w: &[T]) -> Vec<T> {
     gx
 }
 
-fn contiguous<'a, T>(s: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s[a..b]),
-        None => bail!("conv3d: {what} must be contiguous"),
-    }
-}
-
 fn dims5(l: &Layout, what: &str) -> Result<[usize; 5]> {
     match l.dims() {
         &[a, b, c, d, e] => Ok([a, b, c, d, e]),
@@ -728,13 +721,13 @@ macro_rules! dispatch {
     ($name:expr, $s1:expr, $l1:expr, $s2:expr, $l2:expr, |$a:ident, $b:ident| $body:expr) => {
         match ($s1, $s2) {
             (CpuStorage::F32(x), CpuStorage::F32(y)) => {
-                let $a = contiguous(x, $l1, "first operand")?;
-                let $b = contiguous(y, $l2, "second operand")?;
+                let $a = super::contiguous(x, $l1, "conv3d", "first operand")?;
+                let $b = super::contiguous(y, $l2, "conv3d", "second operand")?;
                 CpuStorage::F32($body)
             }
             (CpuStorage::F64(x), CpuStorage::F64(y)) => {
-                let $a = contiguous(x, $l1, "first operand")?;
-                let $b = contiguous(y, $l2, "second operand")?;
+                let $a = super::contiguous(x, $l1, "conv3d", "first operand")?;
+                let $b = super::contiguous(y, $l2, "conv3d", "second operand")?;
                 CpuStorage::F64($body)
             }
             (a, b) => bail!("{}: unsupported dtypes {:?} and {:?} (f32 or f64)", $name, a.dtype(), b.dtype()),

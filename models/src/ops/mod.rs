@@ -10,6 +10,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use conv3d::{conv3d, Conv3dParams};
 
+/// The elements a contiguous layout covers, or an error naming the op and the operand: the CPU
+/// kernels read their operands as plain slices.
+pub(crate) fn contiguous<'a, T>(
+    s: &'a [T],
+    l: &candle_core::Layout,
+    op: &str,
+    what: &str,
+) -> candle_core::Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((from, to)) => Ok(&s[from..to]),
+        None => candle_core::bail!("{op}: {what} must be contiguous"),
+    }
+}
+
 static COMPOSED: AtomicBool = AtomicBool::new(false);
 
 /// Makes CPU tensors take the composed, device-generic path (what CUDA runs) instead of the CPU

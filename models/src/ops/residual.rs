@@ -31,13 +31,6 @@ struct AddRelu;
 /// (gradient, a, b) → the gradient where `a + b ≥ 0`, zero elsewhere.
 struct AddReluGrad;
 
-fn slice<'a, T>(s: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((from, to)) => Ok(&s[from..to]),
-        None => bail!("add_relu: {what} must be contiguous"),
-    }
-}
-
 fn join<T: Copy + Send + Sync + Default>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
     let mut out = vec![T::default(); a.len()];
     out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).zip(b.par_chunks(CHUNK)).for_each(|((o, a), b)| {
@@ -72,12 +65,16 @@ impl CustomOp2 for AddRelu {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let storage = match (s1, s2) {
-            (CpuStorage::F32(a), CpuStorage::F32(b)) => {
-                CpuStorage::F32(join(slice(a, l1, "a")?, slice(b, l2, "b")?, |a, b| (a + b).max(0.0)))
-            }
-            (CpuStorage::F64(a), CpuStorage::F64(b)) => {
-                CpuStorage::F64(join(slice(a, l1, "a")?, slice(b, l2, "b")?, |a, b| (a + b).max(0.0)))
-            }
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(join(
+                super::contiguous(a, l1, "add_relu", "a")?,
+                super::contiguous(b, l2, "add_relu", "b")?,
+                |a, b| (a + b).max(0.0),
+            )),
+            (CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64(join(
+                super::contiguous(a, l1, "add_relu", "a")?,
+                super::contiguous(b, l2, "add_relu", "b")?,
+                |a, b| (a + b).max(0.0),
+            )),
             _ => bail!("add_relu: f32 or f64 operands of one dtype"),
         };
         Ok((storage, l1.shape().clone()))
@@ -105,16 +102,16 @@ impl CustomOp3 for AddReluGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let storage = match (s1, s2, s3) {
             (CpuStorage::F32(g), CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(masked(
-                slice(g, l1, "gradient")?,
-                slice(a, l2, "a")?,
-                slice(b, l3, "b")?,
+                super::contiguous(g, l1, "add_relu", "gradient")?,
+                super::contiguous(a, l2, "add_relu", "a")?,
+                super::contiguous(b, l3, "add_relu", "b")?,
                 |a, b| a + b >= 0.0,
                 |g, pass| g * if pass { 1.0 } else { 0.0 },
             )),
             (CpuStorage::F64(g), CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64(masked(
-                slice(g, l1, "gradient")?,
-                slice(a, l2, "a")?,
-                slice(b, l3, "b")?,
+                super::contiguous(g, l1, "add_relu", "gradient")?,
+                super::contiguous(a, l2, "add_relu", "a")?,
+                super::contiguous(b, l3, "add_relu", "b")?,
                 |a, b| a + b >= 0.0,
                 |g, pass| g * if pass { 1.0 } else { 0.0 },
             )),
