@@ -170,8 +170,8 @@ fn mismatched_or_impossible_shapes_are_errors() {
     assert!(conv3d(&x4, &w, Conv3dParams::default()).unwrap_err().to_string().contains("5D"));
 }
 
-/// Shapes large enough for the direct f32 kernel (AVX2 + FMA machines; elsewhere they run through
-/// im2col and the test still holds): output channels not a multiple of its block of 4, rows longer
+/// Shapes for the direct f32 kernels (AVX2 + FMA machines; elsewhere they run through im2col and the
+/// test still holds): output channels not a multiple of its block of 4, rows longer
 /// than one register tile, dilation, an anisotropic kernel and padding, one input channel, strides.
 fn direct_cases() -> Vec<Case> {
     vec![
@@ -183,6 +183,12 @@ fn direct_cases() -> Vec<Case> {
         // transition (stride (1, 2, 2)) on odd sizes.
         Case { x: [1, 1, 10, 30, 35], w: [4, 1, 7, 7, 7], p: p([2; 3], [3; 3], [1; 3]) },
         Case { x: [2, 3, 4, 27, 29], w: [5, 3, 3, 3, 3], p: p([1, 2, 2], [1; 3], [1; 3]) },
+        // Small planes with 64 output channels, the channel-vectorised tiles: a deep-stage block (its
+        // input gradient as well), a stage transition (the phase rewrite's zero taps, packed both
+        // ways), and a few input channels.
+        Case { x: [2, 64, 4, 3, 3], w: [64, 64, 3, 3, 3], p: p([1; 3], [1; 3], [1; 3]) },
+        Case { x: [1, 32, 3, 10, 9], w: [64, 32, 3, 3, 3], p: p([1, 2, 2], [1; 3], [1; 3]) },
+        Case { x: [1, 5, 3, 4, 5], w: [64, 5, 3, 3, 3], p: p([1; 3], [1; 3], [1; 3]) },
     ]
 }
 

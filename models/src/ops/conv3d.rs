@@ -11,6 +11,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+mod channel_tiles;
 mod direct;
 
 /// Stride, padding and dilation per axis `(D, H, W)`.
@@ -310,6 +311,11 @@ trait Elem: Copy + Send + Sync + 'static + std::ops::AddAssign + Default {
     fn direct_weight_grad(_d: &Dims, _x: &[Self], _gy: &[Self], _needed: Option<&[bool]>) -> Option<Vec<Self>> {
         None
     }
+    /// A faster kernel for the input gradient as the forward of `flipped` (see `input_grad_as_conv`),
+    /// taking the original weight `w`, if there is one.
+    fn direct_input_grad(_flipped: &Dims, _gy: &[Self], _w: &[Self]) -> Option<Vec<Self>> {
+        None
+    }
 }
 
 macro_rules! elem {
@@ -343,10 +349,19 @@ elem!(
     f32,
     const DIRECT: bool = true;,
     fn direct_forward(d: &Dims, x: &[f32], w: &[f32]) -> Option<Vec<f32>> {
+        if channel_tiles::applies(d) {
+            return Some(channel_tiles::forward(d, x, w));
+        }
         direct::applies(d).then(|| direct::forward(d, x, w))
     },
     fn direct_weight_grad(d: &Dims, x: &[f32], gy: &[f32], needed: Option<&[bool]>) -> Option<Vec<f32>> {
+        if channel_tiles::applies(d) {
+            return Some(channel_tiles::weight_grad(d, x, gy));
+        }
         direct::applies_weight_grad(d).then(|| direct::weight_grad(d, x, gy, needed))
+    },
+    fn direct_input_grad(flipped: &Dims, gy: &[f32], w: &[f32]) -> Option<Vec<f32>> {
+        channel_tiles::applies(flipped).then(|| channel_tiles::input_grad(flipped, gy, w))
     }
 );
 elem!(f64);
@@ -626,6 +641,18 @@ fn input_grad_as_conv<T: Elem>(d: &Dims, gy: &[T], w: &[T]) -> Option<Vec<T>> {
     for (a, pad) in padding.iter_mut().enumerate() {
         *pad = (d.p.dilation[a] * (d.kernel[a] - 1)).checked_sub(d.p.padding[a])?;
     }
+    let flipped = Dims {
+        n: d.n,
+        ci: d.co,
+        co: d.ci,
+        input: d.out,
+        kernel: d.kernel,
+        out: d.input,
+        p: Conv3dParams { stride: [1; 3], padding, dilation: d.p.dilation },
+    };
+    if let Some(gx) = T::direct_input_grad(&flipped, gy, w) {
+        return Some(gx);
+    }
     let [kd, kh, kw] = d.kernel;
     let kvol = kd * kh * kw;
     // Written in order, one input channel per task: writing in the weight's order (runs of 27
@@ -639,15 +666,6 @@ fn input_grad_as_conv<T: Elem>(d: &Dims, gy: &[T], w: &[T]) -> Option<Vec<T>> {
             }
         }
     });
-    let flipped = Dims {
-        n: d.n,
-        ci: d.co,
-        co: d.ci,
-        input: d.out,
-        kernel: d.kernel,
-        out: d.input,
-        p: Conv3dParams { stride: [1; 3], padding, dilation: d.p.dilation },
-    };
     Some(forward(&flipped, gy, &wt))
 }
 

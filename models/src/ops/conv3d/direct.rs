@@ -89,7 +89,7 @@ pub(super) fn weight_grad(d: &Dims, x: &[f32], gy: &[f32], needed: Option<&[bool
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use std::arch::x86_64::*;
 
     use rayon::prelude::*;
@@ -101,13 +101,13 @@ mod x86 {
 
     /// The padded input of one sample: `[Ci, Dp, Hp, Wp]` plus a tail of slack so that the last
     /// register tile may read past the end (into positions it then drops).
-    struct Padded {
-        data: Vec<f32>,
-        dims: [usize; 3],
+    pub(in crate::ops::conv3d) struct Padded {
+        pub(in crate::ops::conv3d) data: Vec<f32>,
+        pub(in crate::ops::conv3d) dims: [usize; 3],
     }
 
     impl Padded {
-        fn new(d: &Dims, x: &[f32]) -> Self {
+        pub(in crate::ops::conv3d) fn new(d: &Dims, x: &[f32]) -> Self {
             let [id, ih, iw] = d.input;
             let [pd, ph, pw] = d.p.padding;
             let dims = [id + 2 * pd, ih + 2 * ph, iw + 2 * pw];
@@ -126,7 +126,7 @@ mod x86 {
             Padded { data, dims }
         }
 
-        fn channel(&self) -> usize {
+        pub(in crate::ops::conv3d) fn channel(&self) -> usize {
             self.dims.iter().product()
         }
     }
@@ -138,7 +138,7 @@ mod x86 {
     /// an FMA with a zero weight leaves the sum as it was (it adds ±0), except that an infinite or NaN
     /// input under a zero weight no longer poisons the output. Trained dense kernels keep every tap.
     /// The stem's forward (2 × 32×96×96): minimum of 21 runs 5.7–6.4 → 4.5–5.2 ms.
-    fn live_taps(d: &Dims, w: &[f32]) -> Vec<Vec<usize>> {
+    pub(in crate::ops::conv3d) fn live_taps(d: &Dims, w: &[f32]) -> Vec<Vec<usize>> {
         let taps: usize = d.kernel.iter().product();
         (0..d.ci)
             .map(|c| (0..taps).filter(|&t| (0..d.co).any(|co| w[(co * d.ci + c) * taps + t] != 0.0)).collect())
@@ -165,7 +165,7 @@ mod x86 {
     }
 
     /// `wide`: AVX-512 tiles (see `plane_job`; the caller checked the CPU has it).
-    pub(super) fn forward(d: &Dims, x: &[f32], w: &[f32], wide: bool) -> Vec<f32> {
+    pub(in crate::ops::conv3d) fn forward(d: &Dims, x: &[f32], w: &[f32], wide: bool) -> Vec<f32> {
         let [od, oh, ow] = d.out;
         let out_size = od * oh * ow;
         let in_sample = d.ci * d.input.iter().product::<usize>();
@@ -200,7 +200,7 @@ mod x86 {
     }
 
     /// Each tap's offset in the padded input (rows `hp`, pitch `wp`), in the weight's tap order.
-    fn tap_offsets(d: &Dims, [hp, wp]: [usize; 2]) -> Vec<usize> {
+    pub(in crate::ops::conv3d) fn tap_offsets(d: &Dims, [hp, wp]: [usize; 2]) -> Vec<usize> {
         let [kd, kh, kw] = d.kernel;
         let [dd, dh, dw] = d.p.dilation;
         let mut offsets = Vec::with_capacity(kd * kh * kw);
