@@ -6,6 +6,11 @@
 //! Backward: the weight gradient is `grad_out · colsᵀ` summed over tiles (per-thread accumulators);
 //! the input gradient is `Wᵀ · grad_out` scattered back through the same index map (col2im), which is
 //! correct for every stride, padding and dilation.
+//!
+//! On x86-64 with AVX2 + FMA, f32 convolutions of stride 1 (strided ones through the phase rewrite,
+//! [`Phases`]) run in direct kernels instead, without a column matrix: [`channel_tiles`] (vectors along
+//! the output channels) where those are a multiple of 64, else [`direct`] (vectors along a padded row)
+//! where the rows are long enough.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};

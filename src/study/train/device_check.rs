@@ -92,9 +92,14 @@ fn conv_run(x: &Tensor, w: &Tensor, p: Conv3dParams, device: &Device, composed: 
 pub fn check_ops(device: &Device) -> Result<Vec<OpCheck>> {
     let composed = device.is_cpu();
     let p = |s: [usize; 3], pad: usize, dil: usize| Conv3dParams { stride: s, padding: [pad; 3], dilation: [dil; 3] };
-    let convs: [(&str, [usize; 5], [usize; 5], Conv3dParams); 7] = [
+    let convs: [(&str, [usize; 5], [usize; 5], Conv3dParams); 10] = [
         ("conv stem 7³ stride 2", [2, 1, 16, 40, 40], [16, 1, 7, 7, 7], p([2; 3], 3, 1)),
         ("conv 3³ stride 1", [2, 16, 8, 20, 20], [16, 16, 3, 3, 3], p([1; 3], 1, 1)),
+        // The deep stages' channel counts (the CPU's channel tiles): 128 on 3×3 planes, a transition
+        // into 64 channels, ASPP's dilation 6 into 64 on a 3×3 map (a trimmed kernel).
+        ("conv 3³ stride 1, 128 channels", [2, 128, 8, 3, 3], [128, 128, 3, 3, 3], p([1; 3], 1, 1)),
+        ("conv 3³ stride (1,2,2), 32 → 64", [2, 32, 8, 12, 12], [64, 32, 3, 3, 3], p([1, 2, 2], 1, 1)),
+        ("conv ASPP dilation 6, 128 → 64", [2, 128, 8, 3, 3], [64, 128, 3, 3, 3], p([1; 3], 6, 6)),
         ("conv 3³ stride (1,2,2)", [2, 16, 8, 20, 20], [32, 16, 3, 3, 3], p([1, 2, 2], 1, 1)),
         ("conv 3³ stride 2", [2, 16, 8, 20, 20], [32, 16, 3, 3, 3], p([2; 3], 1, 1)),
         ("conv ASPP dilation 6", [2, 32, 6, 10, 10], [16, 32, 3, 3, 3], p([1; 3], 6, 6)),

@@ -1,4 +1,5 @@
-//! Direct f32 convolution vectorised over output channels, for the deep stages' small planes.
+//! Direct f32 convolution vectorised over output channels, for channel counts that are a multiple of
+//! 64: the deep stages, whose planes are small.
 //!
 //! Why: the position-vectorised kernel ([`super::direct`]) fills its vectors with consecutive
 //! positions of one padded row, which works while planes are wide. The deep stages of the demo network
