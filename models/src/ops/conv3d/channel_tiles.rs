@@ -253,6 +253,26 @@ mod x86 {
         run(flipped, gy, &Packed::flipped(flipped, w), avx512)
     }
 
+    /// Input channels per pass over a job's tiles, as `(first channel, its packed offset)` boundaries
+    /// ending with `(ci, per_group)`: their packed weights (≤ 16 KiB) stay in L1 while every tile of the
+    /// job uses them, instead of a group's whole weight (884 KiB for 128 channels) streaming past each
+    /// tile of 6 positions. On the 2 MiB-L2 Xeon both measured the same (0.83 against 0.87 ms, 128
+    /// channels on 3×3 planes); on CPUs with 512 KiB of L2 that stream would come from L3.
+    fn channel_blocks(live: &[Vec<usize>], per_group: usize) -> Vec<(usize, usize)> {
+        let taps_per_block = (BLOCK_FLOATS / CO_GROUP).max(1);
+        let mut blocks = vec![(0, 0)];
+        let mut live_in_block = 0;
+        for (ci, ts) in live.iter().enumerate() {
+            if live_in_block > 0 && live_in_block + ts.len() > taps_per_block {
+                blocks.push((ci, blocks[blocks.len() - 1].1 + live_in_block * CO_GROUP));
+                live_in_block = 0;
+            }
+            live_in_block += ts.len();
+        }
+        blocks.push((live.len(), per_group));
+        blocks
+    }
+
     /// The forward of `d` with its weight packed.
     fn run(d: &Dims, x: &[f32], packed: &Packed, avx512: bool) -> Vec<f32> {
         let out_size: usize = d.out.iter().product();
@@ -265,22 +285,7 @@ mod x86 {
         let offsets: Vec<Vec<usize>> = live.iter().map(|ts| ts.iter().map(|&t| all[t]).collect()).collect();
         let q = positions(d, [hp, wp]);
         let (rows, cos) = if avx512 { (ROWS, CO_GROUP) } else { (NARROW_ROWS, NARROW_CO) };
-        // Input channels per pass over a job's tiles: their packed weights (≤ 16 KiB) stay in L1 while
-        // every tile of the job uses them, instead of a group's whole weight (884 KiB for 128 channels)
-        // streaming past each tile of 6 positions. On the 2 MiB-L2 Xeon both measured the same (0.83
-        // against 0.87 ms, 128 channels on 3×3 planes); on CPUs with 512 KiB of L2 that stream would
-        // come from L3.
-        let taps_per_block = (BLOCK_FLOATS / CO_GROUP).max(1);
-        let mut blocks = vec![(0, 0)];
-        let mut live_in_block = 0;
-        for (ci, ts) in live.iter().enumerate() {
-            if live_in_block > 0 && live_in_block + ts.len() > taps_per_block {
-                blocks.push((ci, blocks[blocks.len() - 1].1 + live_in_block * CO_GROUP));
-                live_in_block = 0;
-            }
-            live_in_block += ts.len();
-        }
-        blocks.push((d.ci, per_group));
+        let blocks = channel_blocks(live, per_group);
         let mut y = vec![0f32; d.n * d.co * out_size];
         let y_ptr = SendPtr(y.as_mut_ptr());
         // One job per (sample, channel tile, chunk of positions): disjoint outputs.
@@ -333,7 +338,8 @@ mod x86 {
     }
 
     /// `tile[r][j] += Σ_ci Σ_live tap w[ci, tap, j] · x[ci·chan + at[r] + offset(tap)]`, 64 channels,
-    /// continuing each output's chain from the sum the tile holds. The accumulators are named, as in `direct`'s tiles: in arrays LLVM may keep some on the stack.
+    /// continuing each output's chain from the sum the tile holds. The accumulators are named, as in
+    /// `direct`'s tiles: in arrays LLVM may keep some on the stack.
     #[target_feature(enable = "avx512f")]
     unsafe fn forward_tile(
         x: *const f32,
