@@ -31,15 +31,23 @@ pub(super) fn applies(d: &Dims) -> bool {
     d.co.is_multiple_of(CO_GROUP) && super::direct::applies_weight_grad(d)
 }
 
+/// Calls `x86::$kernel` with the widest tiles the CPU has (AVX-512, else AVX2); [`applies`] is false
+/// off x86-64, so the call is unreachable there.
+macro_rules! widest_tiles {
+    ($kernel:ident($($arg:expr),*)) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            x86::$kernel($($arg,)* std::is_x86_feature_detected!("avx512f"))
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("channel_tiles::applies is false off x86-64")
+    }};
+}
+
 /// `y = conv(x, w)` for a `d` that [`applies`].
 pub(super) fn forward(d: &Dims, x: &[f32], w: &[f32]) -> Vec<f32> {
     debug_assert!(applies(d));
-    #[cfg(target_arch = "x86_64")]
-    {
-        x86::forward(d, x, w, std::is_x86_feature_detected!("avx512f"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("channel_tiles::applies is false off x86-64")
+    widest_tiles!(forward(d, x, w))
 }
 
 /// The input gradient of a stride-1 convolution as the forward of `flipped` (its output gradient
@@ -49,23 +57,13 @@ pub(super) fn forward(d: &Dims, x: &[f32], w: &[f32]) -> Vec<f32> {
 /// pass over the weight.
 pub(super) fn input_grad(flipped: &Dims, gy: &[f32], w: &[f32]) -> Vec<f32> {
     debug_assert!(applies(flipped));
-    #[cfg(target_arch = "x86_64")]
-    {
-        x86::input_grad(flipped, gy, w, std::is_x86_feature_detected!("avx512f"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("channel_tiles::applies is false off x86-64")
+    widest_tiles!(input_grad(flipped, gy, w))
 }
 
 /// The weight gradient `gw = Σ gy ⊗ x` of a `d` that [`applies`].
 pub(super) fn weight_grad(d: &Dims, x: &[f32], gy: &[f32]) -> Vec<f32> {
     debug_assert!(applies(d));
-    #[cfg(target_arch = "x86_64")]
-    {
-        x86::weight_grad(d, x, gy, std::is_x86_feature_detected!("avx512f"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("channel_tiles::applies is false off x86-64")
+    widest_tiles!(weight_grad(d, x, gy))
 }
 
 #[cfg(target_arch = "x86_64")]
