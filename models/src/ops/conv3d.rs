@@ -360,8 +360,8 @@ elem!(
         direct::applies(d).then(|| direct::forward(d, x, w))
     },
     fn direct_weight_grad(d: &Dims, x: &[f32], gy: &[f32], needed: Option<&[bool]>) -> Option<Vec<f32>> {
-        if channel_tiles::applies(d) {
-            return Some(channel_tiles::weight_grad(d, x, gy));
+        if channel_tiles::applies_weight_grad(d) {
+            return Some(channel_tiles::weight_grad(d, x, gy, needed));
         }
         direct::applies_weight_grad(d).then(|| direct::weight_grad(d, x, gy, needed))
     },
