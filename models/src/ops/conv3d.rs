@@ -9,8 +9,8 @@
 //!
 //! On x86-64 with AVX2 + FMA, f32 convolutions of stride 1 (strided ones through the phase rewrite,
 //! [`Phases`]) run in direct kernels instead, without a column matrix: [`channel_tiles`] (vectors along
-//! the output channels) where those are a multiple of 64, else [`direct`] (vectors along a padded row)
-//! where the rows are long enough.
+//! the output channels) where those are a multiple of 64 (the weight gradient: of 16), else [`direct`]
+//! (vectors along a padded row) where the rows are long enough.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
