@@ -191,9 +191,8 @@ fn direct_cases() -> Vec<Case> {
         Case { x: [1, 5, 3, 4, 5], w: [64, 5, 3, 3, 3], p: p([1; 3], [1; 3], [1; 3]) },
         Case { x: [2, 128, 8, 3, 3], w: [64, 128, 3, 3, 3], p: p([1; 3], [6; 3], [6; 3]) },
         Case { x: [2, 128, 4, 3, 3], w: [128, 128, 3, 3, 3], p: p([1; 3], [1; 3], [1; 3]) },
-        // The weight-gradient channel tiles for 16 and 32 output channels (and 48, a multiple of 16
-        // only): the stem with its zero phase taps left out, a block whose positions span two chunks
-        // of the transposed gradient, a stage transition.
+        // The demo network's 16- and 32-channel shapes (and 48): the stem with its zero phase taps
+        // left out, a block of 1680 positions, a stage transition.
         Case { x: [1, 1, 10, 30, 35], w: [16, 1, 7, 7, 7], p: p([2; 3], [3; 3], [1; 3]) },
         Case { x: [1, 3, 4, 20, 21], w: [16, 3, 3, 3, 3], p: p([1; 3], [1; 3], [1; 3]) },
         Case { x: [2, 16, 3, 12, 11], w: [32, 16, 3, 3, 3], p: p([1, 2, 2], [1; 3], [1; 3]) },

@@ -9,8 +9,8 @@
 //!
 //! On x86-64 with AVX2 + FMA, f32 convolutions of stride 1 (strided ones through the phase rewrite,
 //! [`Phases`]) run in direct kernels instead, without a column matrix: [`channel_tiles`] (vectors along
-//! the output channels) where those are a multiple of 64 (the weight gradient: of 16), else [`direct`]
-//! (vectors along a padded row) where the rows are long enough.
+//! the output channels) where those are a multiple of 64, else [`direct`] (vectors along a padded row)
+//! where the rows are long enough.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
@@ -360,8 +360,8 @@ elem!(
         direct::applies(d).then(|| direct::forward(d, x, w))
     },
     fn direct_weight_grad(d: &Dims, x: &[f32], gy: &[f32], needed: Option<&[bool]>) -> Option<Vec<f32>> {
-        if channel_tiles::applies_weight_grad(d) {
-            return Some(channel_tiles::weight_grad(d, x, gy, needed));
+        if channel_tiles::applies(d) {
+            return Some(channel_tiles::weight_grad(d, x, gy));
         }
         direct::applies_weight_grad(d).then(|| direct::weight_grad(d, x, gy, needed))
     },

@@ -1,5 +1,5 @@
-//! Direct f32 convolution vectorised over output channels: the forward for channel counts that are a
-//! multiple of 64 (the deep stages, whose planes are small), the weight gradient for any multiple of 16.
+//! Direct f32 convolution vectorised over output channels, for channel counts that are a multiple of
+//! 64: the deep stages, whose planes are small.
 //!
 //! Why: the position-vectorised kernel ([`super::direct`]) fills its vectors with consecutive
 //! positions of one padded row, which works while planes are wide. The deep stages of the demo network
@@ -11,16 +11,10 @@
 //! multiplies a broadcast input value by 16 weights (or 16 output-gradient values), and nothing is
 //! reduced across lanes. Every position computed is a kept one.
 //!
-//! The weight gradient is a sum over positions, which the position kernel reduces across lanes
-//! (shuffles that compete with its FMAs for the same ports); vectors along the channels need none, so
-//! its tiles run for 16 and 32 channels too (24 × 16 and 8 × 32): on the AMD EPYC (Zen 5) the stem's
-//! kernel reached about 2 FMAs a cycle a core, and a training step's backward pass went from 30–35 to
-//! 27–28 ms (an AVX2-only build: 46–48 to 42–43), alternating with the previous kernels.
-//!
 //! Each output is one chain of FMAs: the forward over (input channel, live tap) in the order of
 //! [`super::direct`]'s kernel, so both give the same bits wherever both apply; the weight gradient over
-//! (sample, position). The AVX2 tiles are narrower (2 × 32, 6 × 16) and run the same chains, so the
-//! numbers do not depend on the CPU's vector width.
+//! (sample, position). The AVX2 tiles are narrower (2 × 32) and run the same chains, so the numbers do
+//! not depend on the CPU's vector width.
 
 use super::Dims;
 
@@ -66,16 +60,10 @@ pub(super) fn input_grad(flipped: &Dims, gy: &[f32], w: &[f32]) -> Vec<f32> {
     widest_tiles!(input_grad(flipped, gy, w))
 }
 
-/// Whether [`weight_grad`] handles `d`: as [`applies`], for any multiple of 16 output channels.
-pub(super) fn applies_weight_grad(d: &Dims) -> bool {
-    d.co.is_multiple_of(16) && super::direct::applies_weight_grad(d) || applies(d)
-}
-
-/// The weight gradient `gw = Σ gy ⊗ x` of a `d` that [`applies_weight_grad`]; where `needed` (per input
-/// channel and tap) says false, the gradient is left 0.
-pub(super) fn weight_grad(d: &Dims, x: &[f32], gy: &[f32], needed: Option<&[bool]>) -> Vec<f32> {
-    debug_assert!(applies_weight_grad(d));
-    widest_tiles!(weight_grad(d, x, gy, needed))
+/// The weight gradient `gw = Σ gy ⊗ x` of a `d` that [`applies`].
+pub(super) fn weight_grad(d: &Dims, x: &[f32], gy: &[f32]) -> Vec<f32> {
+    debug_assert!(applies(d));
+    widest_tiles!(weight_grad(d, x, gy))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -145,7 +133,7 @@ mod x86 {
             let mut data = vec![0f32; d.co * k];
             data.par_chunks_mut(stride).enumerate().for_each(|(g, dst)| {
                 // SAFETY: the group's 64 rows of k floats, and k × 64 floats of destination.
-                unsafe { transpose(w[g * stride..].as_ptr(), k, CO_GROUP, k, dst.as_mut_ptr()) };
+                unsafe { transpose_64(w[g * stride..].as_ptr(), k, k, dst.as_mut_ptr()) };
                 if !dense {
                     // Keep the live taps' rows in order: each moves only towards the front.
                     let mut at = 0;
@@ -180,13 +168,7 @@ mod x86 {
                 for (c, ts) in live.iter().enumerate() {
                     // SAFETY: 64 rows of `taps` floats from (c, g·64), and taps × 64 floats of block.
                     unsafe {
-                        transpose(
-                            w[(c * fd.co + g * CO_GROUP) * taps..].as_ptr(),
-                            taps,
-                            CO_GROUP,
-                            taps,
-                            block.as_mut_ptr(),
-                        )
+                        transpose_64(w[(c * fd.co + g * CO_GROUP) * taps..].as_ptr(), taps, taps, block.as_mut_ptr())
                     };
                     for &t in ts {
                         let from = (taps - 1 - t) * CO_GROUP;
@@ -199,16 +181,16 @@ mod x86 {
         }
     }
 
-    /// `dst[c·rows + j] = src[j·stride + c]` for `j < rows` (a multiple of 8), `c < cols`: 8×8 blocks in
-    /// AVX registers, the last `cols mod 8` columns one by one.
+    /// `dst[c·64 + j] = src[j·stride + c]` for `j < 64`, `c < cols`: 8×8 blocks in AVX registers, the
+    /// last `cols mod 8` columns one by one.
     #[target_feature(enable = "avx2")]
-    unsafe fn transpose(src: *const f32, stride: usize, rows: usize, cols: usize, dst: *mut f32) {
-        // SAFETY (whole body): the caller guarantees `rows` rows of `cols` floats at `stride` from src
-        // and cols × rows floats at dst.
+    unsafe fn transpose_64(src: *const f32, stride: usize, cols: usize, dst: *mut f32) {
+        // SAFETY (whole body): the caller guarantees 64 rows of `cols` floats at `stride` from src and
+        // cols × 64 floats at dst.
         unsafe {
             let whole = cols / 8 * 8;
             for c0 in (0..whole).step_by(8) {
-                for j0 in (0..rows).step_by(8) {
+                for j0 in (0..CO_GROUP).step_by(8) {
                     let r: [__m256; 8] = std::array::from_fn(|a| _mm256_loadu_ps(src.add((j0 + a) * stride + c0)));
                     let t0 = _mm256_unpacklo_ps(r[0], r[1]);
                     let t1 = _mm256_unpackhi_ps(r[0], r[1]);
@@ -237,13 +219,13 @@ mod x86 {
                         _mm256_permute2f128_ps::<0x31>(u3, u7),
                     ];
                     for (b, v) in columns.into_iter().enumerate() {
-                        _mm256_storeu_ps(dst.add((c0 + b) * rows + j0), v);
+                        _mm256_storeu_ps(dst.add((c0 + b) * CO_GROUP + j0), v);
                     }
                 }
             }
             for c in whole..cols {
-                for j in 0..rows {
-                    *dst.add(c * rows + j) = *src.add(j * stride + c);
+                for j in 0..CO_GROUP {
+                    *dst.add(c * CO_GROUP + j) = *src.add(j * stride + c);
                 }
             }
         }
@@ -494,48 +476,11 @@ mod x86 {
         }
     }
 
-    /// A weight-gradient register tile: `rows` (input channel, tap) pairs × `cos` output channels.
-    /// Every row needs its own broadcast per position, every vector of channels its own load, so the
-    /// tile is as tall as the registers allow for the channels it spans: 24 accumulators of AVX-512's
-    /// 32 registers, 8 or 12 of AVX2's 16.
-    #[derive(Clone, Copy, PartialEq, Debug)]
-    struct WeightTile {
-        rows: usize,
-        cos: usize,
-    }
-
-    impl WeightTile {
-        /// The widest tile whose channels divide `co` (a multiple of 16, see `applies_weight_grad`).
-        fn of(co: usize, avx512: bool) -> WeightTile {
-            let cos = [CO_GROUP, 32, 16].into_iter().find(|&c| co.is_multiple_of(c)).unwrap_or(16);
-            let rows = match (avx512, cos) {
-                (true, 32) => 8,
-                (true, c) => 24 * 16 / c,
-                (false, 16) => 6,
-                (false, _) => 2,
-            };
-            WeightTile { rows, cos: if avx512 { cos } else { cos.min(32) } }
-        }
-    }
-
-    /// The most floats a weight-gradient tile holds (6 × 64 = 12 × 32 = 24 × 16).
-    const TILE_FLOATS: usize = ROWS * CO_GROUP;
-
-    /// A tile kernel: `tile[r·cos + j] += Σ_p g[p·co + j] · x[starts[r] + q[p]]` over one sample's
-    /// chunk of positions, continuing each output's chain from the sum the tile holds.
-    type WeightKernel = unsafe fn(*const f32, *const f32, &[usize], usize, &[usize], &mut [f32; TILE_FLOATS]);
-
-    /// Output-gradient floats per chunk of positions (64 KiB): a chunk's transposed gradient stays in
-    /// L2 while every tile of a job runs over it, instead of the whole gradient (4.7 MB for the stem)
-    /// streaming from L3 once per tile.
-    const CHUNK_FLOATS: usize = 16384;
-
     /// `gw[co, ci, tap] = Σ_n Σ_p gy[n, co, p] · xp[n, ci, q(p) + offset(tap)]`, each a chain over
     /// (sample, position). The output gradient is first transposed to `[N, P, Co]` so that a position's
-    /// channels load as vectors. One job per (channel tile, group of tiles of (input channel, tap)
-    /// pairs) owns its results: no reduction across threads. Where `needed` says false, the pair is not
-    /// computed and its gradient stays 0 (the phase rewrite's zero taps: a third of the stem's).
-    pub(super) fn weight_grad(d: &Dims, x: &[f32], gy: &[f32], needed: Option<&[bool]>, avx512: bool) -> Vec<f32> {
+    /// 64 channels load as vectors. One job per (channel tile, row of (input channel, tap) pairs) owns its
+    /// results: no reduction across threads.
+    pub(super) fn weight_grad(d: &Dims, x: &[f32], gy: &[f32], avx512: bool) -> Vec<f32> {
         let out_size: usize = d.out.iter().product();
         let in_sample = d.ci * d.input.iter().product::<usize>();
         let padded: Vec<Padded> =
@@ -545,156 +490,158 @@ mod x86 {
         let offsets = tap_offsets(d, [hp, wp]);
         let taps = offsets.len();
         let q = positions(d, [hp, wp]);
-        let gt = channels_last(gy, d.n, d.co, out_size, TRANSPOSED.take());
+        let mut gt = vec![0f32; gy.len()];
+        gt.par_chunks_mut(out_size * d.co).enumerate().for_each(|(n, dst)| {
+            for co in 0..d.co {
+                let src = &gy[(n * d.co + co) * out_size..][..out_size];
+                for (p, &v) in src.iter().enumerate() {
+                    dst[p * d.co + co] = v;
+                }
+            }
+        });
         let k = d.ci * taps;
-        let pairs: Vec<usize> = (0..k).filter(|&i| needed.is_none_or(|n| n[i])).collect();
-        // Where each computed pair (ci, tap) starts reading in a sample's padded input.
-        let starts: Vec<usize> = pairs.iter().map(|&i| (i / taps) * chan + offsets[i % taps]).collect();
-        let shape = WeightTile::of(d.co, avx512);
-        let kernel: WeightKernel = match (avx512, shape.rows) {
-            (true, 6) => weight_tile_wide::<6, 4>,
-            (true, 8) => weight_tile_wide::<8, 2>,
-            (true, _) => weight_tile_wide::<24, 1>,
-            (false, 2) => weight_tile_narrow::<2, 4>,
-            (false, _) => weight_tile_narrow::<6, 2>,
-        };
-        // Each tile's starts, a last partial tile repeating its last pair (computed and dropped).
-        let tiles: Vec<(usize, Vec<usize>)> = (0..pairs.len())
-            .step_by(shape.rows)
-            .map(|i0| {
-                let len = shape.rows.min(pairs.len() - i0);
-                (i0, (0..shape.rows).map(|r| starts[i0 + r.min(len - 1)]).collect())
-            })
-            .collect();
-        // Four jobs a thread per channel tile at least, tiles grouped so that each chunk of the
-        // gradient serves several.
-        let channel_tiles = d.co / shape.cos;
-        let per_job = (tiles.len() * channel_tiles).div_ceil(4 * rayon::current_num_threads()).max(1);
-        let chunk = (CHUNK_FLOATS / d.co).max(1);
+        // Where pair (ci, tap) starts reading in a sample's padded input.
+        let starts: Vec<usize> = (0..k).map(|i| (i / taps) * chan + offsets[i % taps]).collect();
+        let (rows, cos) = if avx512 { (ROWS, CO_GROUP) } else { (NARROW_ROWS, NARROW_CO) };
         let mut gw = vec![0f32; d.co * k];
         let gw_ptr = SendPtr(gw.as_mut_ptr());
         let jobs: Vec<(usize, usize)> =
-            (0..d.co).step_by(shape.cos).flat_map(|c| (0..tiles.len()).step_by(per_job).map(move |t| (c, t))).collect();
-        jobs.par_iter().for_each(|&(c0, t0)| {
-            let group = &tiles[t0..(t0 + per_job).min(tiles.len())];
-            let mut sums = vec![[0f32; TILE_FLOATS]; group.len()];
-            for (pad, g) in padded.iter().zip(gt.chunks(out_size * d.co)) {
-                for (ci, q) in q.chunks(chunk).enumerate() {
-                    let g = g[ci * chunk * d.co + c0..].as_ptr();
-                    for ((_, starts), sum) in group.iter().zip(&mut sums) {
-                        // SAFETY: AVX2 + FMA checked by `applies_weight_grad`, AVX-512 by the caller
-                        // for `avx512`. Reads: the padded input at (start + q) inside the sample's
-                        // padded data, the transposed gradient at p·Co + c0 + j with j < cos inside
-                        // the sample's [P, Co].
-                        unsafe { kernel(pad.data.as_ptr(), g, q, d.co, starts, sum) };
-                    }
+            (0..d.co).step_by(cos).flat_map(|c| (0..k).step_by(rows).map(move |i| (c, i))).collect();
+        jobs.par_iter().for_each(|&(c0, i0)| {
+            let len = rows.min(k - i0);
+            // A last, partial row repeats its last pair; the repeats are computed and dropped.
+            let pairs: [usize; ROWS] = std::array::from_fn(|r| starts[i0 + r.min(len - 1)]);
+            let mut tile = [[0f32; CO_GROUP]; ROWS];
+            let samples: Vec<(*const f32, *const f32)> =
+                (0..d.n).map(|n| (padded[n].data.as_ptr(), gt[n * out_size * d.co + c0..].as_ptr())).collect();
+            // SAFETY: AVX2 + FMA checked by `applies`, AVX-512 by the caller for `avx512`. Reads: the
+            // padded input at (start + q) inside the sample's padded data, the transposed gradient at
+            // p·Co + c0 + j with j < 64 (AVX2: 32) inside the sample's [P, Co].
+            unsafe {
+                if avx512 {
+                    weight_tile(&samples, &q, d.co, pairs, &mut tile);
+                } else {
+                    weight_tile_narrow(&samples, &q, d.co, pairs, &mut tile);
                 }
             }
-            for ((i0, _), sum) in group.iter().zip(&sums) {
-                let len = shape.rows.min(pairs.len() - i0);
-                for (r, &pair) in pairs[*i0..i0 + len].iter().enumerate() {
-                    for (j, &v) in sum[r * shape.cos..(r + 1) * shape.cos].iter().enumerate() {
-                        // SAFETY: job (c0, t0) alone writes gw[c0 + j, pair] for its tiles' pairs.
-                        unsafe { *gw_ptr.ptr().add((c0 + j) * k + pair) = v };
-                    }
+            for (r, row) in tile.iter().enumerate().take(len) {
+                for (j, &v) in row.iter().enumerate().take(cos) {
+                    // SAFETY: job (c0, i0) alone writes gw[c0 + j, i0 + r].
+                    unsafe { *gw_ptr.ptr().add((c0 + j) * k + i0 + r) = v };
                 }
             }
         });
-        TRANSPOSED.set(gt);
         gw
     }
 
-    thread_local! {
-        static TRANSPOSED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
-    }
-
-    /// `g` `[N, Co, P]` as `[N, P, Co]` (`co` a multiple of 8), in 8×8 blocks over chunks of positions:
-    /// one float at a time it took 1.35 ms for the stem's gradient, a third of its weight gradient.
-    fn channels_last(g: &[f32], n: usize, co: usize, positions: usize, mut t: Vec<f32>) -> Vec<f32> {
-        const COLUMNS: usize = 1024;
-        t.resize(n * co * positions, 0.0);
-        t.par_chunks_mut(positions * co).enumerate().for_each(|(s, sample)| {
-            sample.par_chunks_mut(COLUMNS * co).enumerate().for_each(|(i, dst)| {
-                let c0 = i * COLUMNS;
-                // SAFETY: AVX2 checked by `applies_weight_grad`; co rows of dst.len() / co floats from
-                // (s, 0, c0) at the row stride `positions`, and as many × co floats of dst.
-                unsafe {
-                    transpose(g[s * co * positions + c0..].as_ptr(), positions, co, dst.len() / co, dst.as_mut_ptr())
-                };
-            });
-        });
-        t
-    }
-
-    /// [`WeightKernel`] for `R` pairs × `V` AVX-512 vectors of 16 channels.
+    /// `tile[r][j] = Σ_samples Σ_p g[p·co + j] · x[start_r + q[p]]` for 6 pairs × 64 channels.
     #[target_feature(enable = "avx512f")]
-    unsafe fn weight_tile_wide<const R: usize, const V: usize>(
-        x: *const f32,
-        g: *const f32,
+    unsafe fn weight_tile(
+        samples: &[(*const f32, *const f32)],
         q: &[usize],
         co: usize,
-        starts: &[usize],
-        tile: &mut [f32; TILE_FLOATS],
+        starts: [usize; ROWS],
+        tile: &mut [[f32; CO_GROUP]; ROWS],
     ) {
-        let t = tile.as_mut_ptr();
-        // SAFETY (whole body): see `weight_grad`; the tile holds R·V·16 ≤ TILE_FLOATS floats.
-        unsafe {
-            let mut acc: [[__m512; V]; R] =
-                std::array::from_fn(|r| std::array::from_fn(|s| _mm512_loadu_ps(t.add((r * V + s) * 16))));
-            let rows: [*const f32; R] = std::array::from_fn(|r| x.add(starts[r]));
-            let mut gp = g;
-            for &at in q {
-                let gv: [__m512; V] = std::array::from_fn(|s| _mm512_loadu_ps(gp.add(16 * s)));
-                for (a, row) in acc.iter_mut().zip(&rows) {
-                    let v = _mm512_set1_ps(*row.add(at));
-                    for (a, g) in a.iter_mut().zip(&gv) {
-                        *a = _mm512_fmadd_ps(*g, v, *a);
-                    }
-                }
-                gp = gp.add(co);
-            }
-            for (r, a) in acc.iter().enumerate() {
-                for (s, v) in a.iter().enumerate() {
-                    _mm512_storeu_ps(t.add((r * V + s) * 16), *v);
+        let z = _mm512_setzero_ps();
+        let (mut a00, mut a01, mut a02, mut a03) = (z, z, z, z);
+        let (mut a10, mut a11, mut a12, mut a13) = (z, z, z, z);
+        let (mut a20, mut a21, mut a22, mut a23) = (z, z, z, z);
+        let (mut a30, mut a31, mut a32, mut a33) = (z, z, z, z);
+        let (mut a40, mut a41, mut a42, mut a43) = (z, z, z, z);
+        let (mut a50, mut a51, mut a52, mut a53) = (z, z, z, z);
+        for &(x, g) in samples {
+            // SAFETY (whole block): see `weight_grad`.
+            unsafe {
+                let rows = starts.map(|s| x.add(s));
+                let mut gp = g;
+                for &at in q {
+                    let g0 = _mm512_loadu_ps(gp);
+                    let g1 = _mm512_loadu_ps(gp.add(16));
+                    let g2 = _mm512_loadu_ps(gp.add(32));
+                    let g3 = _mm512_loadu_ps(gp.add(48));
+                    let v = _mm512_set1_ps(*rows[0].add(at));
+                    a00 = _mm512_fmadd_ps(g0, v, a00);
+                    a01 = _mm512_fmadd_ps(g1, v, a01);
+                    a02 = _mm512_fmadd_ps(g2, v, a02);
+                    a03 = _mm512_fmadd_ps(g3, v, a03);
+                    let v = _mm512_set1_ps(*rows[1].add(at));
+                    a10 = _mm512_fmadd_ps(g0, v, a10);
+                    a11 = _mm512_fmadd_ps(g1, v, a11);
+                    a12 = _mm512_fmadd_ps(g2, v, a12);
+                    a13 = _mm512_fmadd_ps(g3, v, a13);
+                    let v = _mm512_set1_ps(*rows[2].add(at));
+                    a20 = _mm512_fmadd_ps(g0, v, a20);
+                    a21 = _mm512_fmadd_ps(g1, v, a21);
+                    a22 = _mm512_fmadd_ps(g2, v, a22);
+                    a23 = _mm512_fmadd_ps(g3, v, a23);
+                    let v = _mm512_set1_ps(*rows[3].add(at));
+                    a30 = _mm512_fmadd_ps(g0, v, a30);
+                    a31 = _mm512_fmadd_ps(g1, v, a31);
+                    a32 = _mm512_fmadd_ps(g2, v, a32);
+                    a33 = _mm512_fmadd_ps(g3, v, a33);
+                    let v = _mm512_set1_ps(*rows[4].add(at));
+                    a40 = _mm512_fmadd_ps(g0, v, a40);
+                    a41 = _mm512_fmadd_ps(g1, v, a41);
+                    a42 = _mm512_fmadd_ps(g2, v, a42);
+                    a43 = _mm512_fmadd_ps(g3, v, a43);
+                    let v = _mm512_set1_ps(*rows[5].add(at));
+                    a50 = _mm512_fmadd_ps(g0, v, a50);
+                    a51 = _mm512_fmadd_ps(g1, v, a51);
+                    a52 = _mm512_fmadd_ps(g2, v, a52);
+                    a53 = _mm512_fmadd_ps(g3, v, a53);
+                    gp = gp.add(co);
                 }
             }
         }
+        let acc = [
+            [a00, a01, a02, a03],
+            [a10, a11, a12, a13],
+            [a20, a21, a22, a23],
+            [a30, a31, a32, a33],
+            [a40, a41, a42, a43],
+            [a50, a51, a52, a53],
+        ];
+        store_wide(&acc, tile);
     }
 
-    /// [`WeightKernel`] for `R` pairs × `V` AVX2 vectors of 8 channels: the same chain per output as
-    /// [`weight_tile_wide`].
+    /// [`weight_tile`] in AVX2: 2 pairs × 32 channels, the same chain per output.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn weight_tile_narrow<const R: usize, const V: usize>(
-        x: *const f32,
-        g: *const f32,
+    unsafe fn weight_tile_narrow(
+        samples: &[(*const f32, *const f32)],
         q: &[usize],
         co: usize,
-        starts: &[usize],
-        tile: &mut [f32; TILE_FLOATS],
+        starts: [usize; ROWS],
+        tile: &mut [[f32; CO_GROUP]; ROWS],
     ) {
-        let t = tile.as_mut_ptr();
-        // SAFETY (whole body): see `weight_grad`; the tile holds R·V·8 ≤ TILE_FLOATS floats.
-        unsafe {
-            let mut acc: [[__m256; V]; R] =
-                std::array::from_fn(|r| std::array::from_fn(|s| _mm256_loadu_ps(t.add((r * V + s) * 8))));
-            let rows: [*const f32; R] = std::array::from_fn(|r| x.add(starts[r]));
-            let mut gp = g;
-            for &at in q {
-                let gv: [__m256; V] = std::array::from_fn(|s| _mm256_loadu_ps(gp.add(8 * s)));
-                for (a, row) in acc.iter_mut().zip(&rows) {
-                    let v = _mm256_broadcast_ss(&*row.add(at));
-                    for (a, g) in a.iter_mut().zip(&gv) {
-                        *a = _mm256_fmadd_ps(*g, v, *a);
-                    }
-                }
-                gp = gp.add(co);
-            }
-            for (r, a) in acc.iter().enumerate() {
-                for (s, v) in a.iter().enumerate() {
-                    _mm256_storeu_ps(t.add((r * V + s) * 8), *v);
+        let z = _mm256_setzero_ps();
+        let (mut a00, mut a01, mut a02, mut a03) = (z, z, z, z);
+        let (mut a10, mut a11, mut a12, mut a13) = (z, z, z, z);
+        for &(x, g) in samples {
+            // SAFETY (whole block): see `weight_grad`.
+            unsafe {
+                let (r0, r1) = (x.add(starts[0]), x.add(starts[1]));
+                let mut gp = g;
+                for &at in q {
+                    let g0 = _mm256_loadu_ps(gp);
+                    let g1 = _mm256_loadu_ps(gp.add(8));
+                    let g2 = _mm256_loadu_ps(gp.add(16));
+                    let g3 = _mm256_loadu_ps(gp.add(24));
+                    let v = _mm256_broadcast_ss(&*r0.add(at));
+                    a00 = _mm256_fmadd_ps(g0, v, a00);
+                    a01 = _mm256_fmadd_ps(g1, v, a01);
+                    a02 = _mm256_fmadd_ps(g2, v, a02);
+                    a03 = _mm256_fmadd_ps(g3, v, a03);
+                    let v = _mm256_broadcast_ss(&*r1.add(at));
+                    a10 = _mm256_fmadd_ps(g0, v, a10);
+                    a11 = _mm256_fmadd_ps(g1, v, a11);
+                    a12 = _mm256_fmadd_ps(g2, v, a12);
+                    a13 = _mm256_fmadd_ps(g3, v, a13);
+                    gp = gp.add(co);
                 }
             }
         }
+        store_narrow(&[[a00, a01, a02, a03], [a10, a11, a12, a13]], tile);
     }
 
     #[cfg(test)]
@@ -744,38 +691,8 @@ mod x86 {
                 assert_eq!(differing(&narrow, &position), 0, "case {i}: forward differs from direct");
                 if wide {
                     assert_eq!(differing(&forward(&d, &x, &w, true), &narrow), 0, "case {i}: forward");
-                    let (a, b) = (weight_grad(&d, &x, &gy, None, true), weight_grad(&d, &x, &gy, None, false));
+                    let (a, b) = (weight_grad(&d, &x, &gy, true), weight_grad(&d, &x, &gy, false));
                     assert_eq!(differing(&a, &b), 0, "case {i}: weight gradient");
-                }
-            }
-        }
-
-        /// The weight-gradient tiles of every width (64, 32 and 16 channels; 24, 8 and 6 rows on AVX-512,
-        /// 2 and 6 on AVX2) give the same bits, over positions that span chunks of the transposed
-        /// gradient; pairs that `needed` leaves out come back 0 and the others do not change.
-        #[test]
-        fn weight_tiles_of_every_width_give_the_same_bits_and_skip_unneeded_pairs() {
-            if !super::super::applies_weight_grad(&case(1, 1, 16, [2, 3, 3])) {
-                return;
-            }
-            let wide = std::is_x86_feature_detected!("avx512f");
-            for (i, d) in [case(2, 3, 16, [3, 20, 21]), case(1, 7, 32, [2, 9, 8]), case(2, 2, 48, [2, 5, 6])]
-                .into_iter()
-                .enumerate()
-            {
-                assert!(super::super::applies_weight_grad(&d) && !super::super::applies(&d), "case {i}");
-                let x = noise(d.n * d.ci * d.input.iter().product::<usize>(), 31 + i as u64);
-                let gy = noise(d.n * d.co * d.out.iter().product::<usize>(), 41 + i as u64);
-                let narrow = weight_grad(&d, &x, &gy, None, false);
-                if wide {
-                    assert_eq!(differing(&weight_grad(&d, &x, &gy, None, true), &narrow), 0, "case {i}");
-                }
-                let k = d.ci * 27;
-                let needed: Vec<bool> = (0..k).map(|p| p % 3 != 1).collect();
-                let some = weight_grad(&d, &x, &gy, Some(&needed), false);
-                for (j, (a, b)) in some.iter().zip(&narrow).enumerate() {
-                    let want = if needed[j % k] { b.to_bits() } else { 0 };
-                    assert_eq!(a.to_bits(), want, "case {i}, element {j}");
                 }
             }
         }
