@@ -595,12 +595,17 @@ struct StepTimeArgs {
     /// Timed steps after one warm-up (medians are reported).
     #[arg(long, default_value_t = 5)]
     repeats: usize,
+    /// Keep the CPU convolution kernels to AVX2 on a CPU with AVX-512: the speed of a CPU without it,
+    /// measured on this one (`gemm` keeps its AVX-512 code; the numbers are the same).
+    #[arg(long)]
+    avx2_only: bool,
     /// Also write the times as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
 }
 
 fn step_time(args: StepTimeArgs) -> anyhow::Result<()> {
+    autopath_models::ops::set_avx2_only(args.avx2_only);
     let device = open_device(args.device)?;
     let mut spec = ArchSpec::preset(&args.arch, args.width, args.patch)
         .ok_or_else(|| anyhow::anyhow!("invalid --arch {}: expected r18, r34 or r50", args.arch))?;

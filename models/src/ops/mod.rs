@@ -33,6 +33,24 @@ pub fn set_composed(on: bool) {
     COMPOSED.store(on, Ordering::Relaxed);
 }
 
+static AVX2_ONLY: AtomicBool = AtomicBool::new(false);
+
+/// Keeps the CPU convolution kernels to their AVX2 tiles for this whole process, on a CPU that has
+/// AVX-512 too. Why: training speed depends on the vector width and machines differ, and a ratio
+/// against PyTorch is only a fact in one run; this measures the case of a CPU without AVX-512 on one
+/// that has it (`autopath step-time --avx2-only`, `scripts/torch-step-compare --isa avx2`). The
+/// numbers do not change: each kernel's AVX2 tiles give its AVX-512 tiles' bits (their tests).
+/// `gemm`'s matrix products keep their AVX-512 code, which that crate chooses at build time.
+pub fn set_avx2_only(on: bool) {
+    AVX2_ONLY.store(on, Ordering::Relaxed);
+}
+
+/// Whether the CPU kernels may use AVX-512: the CPU has it and [`set_avx2_only`] is off.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx512() -> bool {
+    !AVX2_ONLY.load(Ordering::Relaxed) && std::is_x86_feature_detected!("avx512f")
+}
+
 /// Whether `t` goes through the CPU kernels: it is on the CPU and the composed path is not forced.
 pub(crate) fn cpu_kernels(t: &candle_core::Tensor) -> bool {
     t.device().is_cpu() && !COMPOSED.load(Ordering::Relaxed)

@@ -37,7 +37,7 @@ macro_rules! widest_tiles {
     ($kernel:ident($($arg:expr),*)) => {{
         #[cfg(target_arch = "x86_64")]
         {
-            x86::$kernel($($arg,)* std::is_x86_feature_detected!("avx512f"))
+            x86::$kernel($($arg,)* crate::ops::avx512())
         }
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!("channel_tiles::applies is false off x86-64")

@@ -70,7 +70,7 @@ pub(super) fn forward(d: &Dims, x: &[f32], w: &[f32]) -> Vec<f32> {
     debug_assert!(applies(d));
     #[cfg(target_arch = "x86_64")]
     {
-        x86::forward(d, x, w, std::is_x86_feature_detected!("avx512f"))
+        x86::forward(d, x, w, crate::ops::avx512())
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("direct::applies is false off x86-64")
@@ -82,7 +82,7 @@ pub(super) fn weight_grad(d: &Dims, x: &[f32], gy: &[f32], needed: Option<&[bool
     debug_assert!(applies_weight_grad(d));
     #[cfg(target_arch = "x86_64")]
     {
-        x86::weight_grad(d, x, gy, std::is_x86_feature_detected!("avx512f"), needed)
+        x86::weight_grad(d, x, gy, crate::ops::avx512(), needed)
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("direct::applies is false off x86-64")
