@@ -472,12 +472,13 @@ pub(super) mod x86 {
         v
     }
 
+    /// An output buffer's pointer shared by rayon jobs that each write a disjoint part of it.
     #[derive(Clone, Copy)]
-    struct SendPtr(*mut f32);
+    pub(in crate::ops::conv3d) struct SendPtr(pub(in crate::ops::conv3d) *mut f32);
     unsafe impl Send for SendPtr {}
     unsafe impl Sync for SendPtr {}
     impl SendPtr {
-        fn ptr(self) -> *mut f32 {
+        pub(in crate::ops::conv3d) fn ptr(self) -> *mut f32 {
             self.0
         }
     }
