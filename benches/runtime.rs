@@ -5,6 +5,7 @@
 //! weights. Needs ONNX Runtime (`make setup`).
 
 use autopath::deploy::{SessionOptions, Sessions};
+use autopath::input::preprocess::Preprocess;
 use autopath::input::preprocess::Preprocessing;
 use autopath::input::volume::{Geometry, Volume};
 use autopath::study::compile::compile;
@@ -13,7 +14,7 @@ use autopath_models::spec::ArchSpec;
 use criterion::{criterion_group, criterion_main, Criterion};
 use ndarray::{Array3, Array5};
 
-fn bundle(dir: &std::path::Path, conv: autopath_export::ConvLayout) -> autopath::input::bundle::Bundle {
+fn bundle(dir: &std::path::Path, conv: autopath_bundle::Conv3dLayout) -> autopath_bundle::Bundle {
     let spec = ArchSpec::preset("r18", 16, [32, 96, 96]).expect("preset");
     let model = Model::new(&spec, 1, &candle_core::Device::Cpu).expect("model");
     let policy_vars = autopath_models::init::SeededVarMap::new(2);
@@ -34,12 +35,12 @@ fn bundle(dir: &std::path::Path, conv: autopath_export::ConvLayout) -> autopath:
         autopath::study::compile::CompileOptions { verify: false, force: true, conv, split_head: false },
     )
     .expect("compile");
-    autopath::input::bundle::Bundle::load(&out).expect("bundle")
+    autopath_bundle::Bundle::load(&out).expect("bundle")
 }
 
 fn runtime(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let b = bundle(dir.path(), autopath_export::ConvLayout::Native);
+    let b = bundle(dir.path(), autopath_bundle::Conv3dLayout::Native);
     let mut s = Sessions::open(&b, &SessionOptions::default()).expect("sessions");
     let tile =
         Array5::from_shape_fn((1, 1, 32, 96, 96), |(_, _, z, y, x)| ((z * 31 + y * 7 + x) % 17) as f32 / 17.0 - 0.5);
@@ -59,7 +60,7 @@ fn runtime(c: &mut Criterion) {
         ((b + z * 31 + y * 7 + x) % 17) as f32 / 17.0 - 0.5
     });
     let taps_dir = tempfile::tempdir().expect("tempdir");
-    let taps = bundle(taps_dir.path(), autopath_export::ConvLayout::DepthTaps);
+    let taps = bundle(taps_dir.path(), autopath_bundle::Conv3dLayout::DepthTaps);
     let mut t = Sessions::open(&taps, &SessionOptions::default()).expect("sessions");
     let mut g = c.benchmark_group("full_onnx_4x32x96x96");
     g.sample_size(10);

@@ -77,6 +77,17 @@ pub enum Error {
     Export(#[from] autopath_export::Error),
 }
 
+impl From<autopath_bundle::BundleError> for Error {
+    fn from(e: autopath_bundle::BundleError) -> Self {
+        use autopath_bundle::BundleError as B;
+        match e {
+            B::Invalid { path, reason } => Error::Bundle { path, reason },
+            B::Setting { what, reason } => Error::InvalidArgument { what, reason },
+            B::Request { what, reason } => Error::Request { what, reason },
+        }
+    }
+}
+
 /// Result with the library's error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

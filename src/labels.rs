@@ -4,7 +4,7 @@
 
 use ndarray::{Array3, Array4, Axis};
 
-use crate::input::bundle::{Activation, Architecture};
+use autopath_bundle::Activation;
 
 /// Foreground threshold on sigmoid probabilities: what `compile` records in the manifest and what
 /// training and evaluation use before a manifest exists.
@@ -102,9 +102,4 @@ pub fn accuracy_and_dice(pred: &Array3<u8>, truth: &Array3<u8>) -> (f64, f64) {
 /// A keep mask as text, block 0 first: `10110111`.
 pub fn mask_text(keep: &[bool]) -> String {
     keep.iter().map(|&k| if k { '1' } else { '0' }).collect()
-}
-
-/// The FLOPs of a path as a fraction of the full network's.
-pub fn flop_fraction(arch: &Architecture, keep: &[bool]) -> f64 {
-    arch.path_flops(keep) as f64 / arch.full_flops().max(1) as f64
 }

@@ -51,7 +51,7 @@ fn max_rel(a: &[f32], b: &[f32]) -> f64 {
 /// convolutions (depth taps: basic and bottleneck blocks, dilated stages, both heads).
 #[test]
 fn every_graph_passes_the_onnx_checker_and_dropping_each_block_matches_candle() {
-    use autopath_export::ConvLayout::{DepthTaps, Native};
+    use autopath_bundle::Conv3dLayout::{DepthTaps, Native};
     use DecoderKind::{Paper, Skip};
     for (name, seed, decoder, conv) in [
         ("r18", 1, Paper, Native),
@@ -111,8 +111,8 @@ fn every_graph_passes_the_onnx_checker_and_dropping_each_block_matches_candle() 
             assert_eq!(r["node_names_unique"], true);
         }
 
-        let bundle = autopath::input::bundle::Bundle::load(&out).unwrap();
-        assert_eq!(bundle.manifest.producer.conv3d, autopath::study::compile::layout_name(conv));
+        let bundle = autopath_bundle::Bundle::load(&out).unwrap();
+        assert_eq!(bundle.manifest.producer.conv3d, conv);
         let listed = bundle.manifest.architecture.low_level.as_ref().and_then(|l| l.split.as_ref());
         assert_eq!(listed.is_some(), split, "{name}: the split head in the manifest");
         let mut s = Sessions::open(&bundle, &SessionOptions::default()).unwrap();
@@ -157,7 +157,7 @@ fn tampered_bundles_are_refused(decoder: DecoderKind) {
         // The skip decoder's bundle with the split head, whose manifest entry is checked too.
         autopath::study::compile::CompileOptions {
             verify: false,
-            conv: autopath_export::ConvLayout::DepthTaps,
+            conv: autopath_bundle::Conv3dLayout::DepthTaps,
             split_head: decoder == DecoderKind::Skip,
             ..Default::default()
         },

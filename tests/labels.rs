@@ -1,8 +1,8 @@
 //! Labels from probabilities: one rule for Candle and ONNX Runtime outputs, ties to the first class
 //! (NumPy's and PyTorch's argmax), and the manifest's threshold for sigmoid outputs.
 
-use autopath::input::bundle::Activation;
 use autopath::labels::{accuracy_and_dice, from_probabilities, mask_text};
+use autopath_bundle::Activation;
 use ndarray::{Array3, Array4};
 
 #[test]

@@ -158,7 +158,7 @@ fn a_bundle_that_differs_from_its_model_in_one_block_is_refused_naming_that_bloc
     let name = format!("{}.bn2.weight", model.net.blocks[3].spec().name());
     let (_, var) = model.state().into_iter().find(|(n, _)| *n == name).unwrap();
     var.set(&(var.as_tensor() * 2.0).unwrap()).unwrap();
-    let bundle = autopath::input::bundle::Bundle::load(&out).unwrap();
+    let bundle = autopath_bundle::Bundle::load(&out).unwrap();
     let mut sessions = Sessions::open(&bundle, &SessionOptions::default()).unwrap();
     let checks = verify(&model.net, None, &mut sessions, cfg.window.patch).unwrap();
     let first = checks.iter().find(|c| !c.passed).unwrap();

@@ -5,11 +5,11 @@
 
 mod common;
 
-use autopath::input::bundle::Bundle;
 use autopath::study::dataset::Dataset;
 use autopath::study::path_eval::PathEvaluator;
 use autopath::study::train::data::load_sample;
 use autopath::study::train::segment::TrainConfig;
+use autopath_bundle::Bundle;
 
 /// A trained segmenter's bundle and data, and evaluators of 1 and 3 session sets over it with
 /// `tile_batch` tiles per call.

@@ -2,6 +2,7 @@
 //! are exact identities (residual branch zeroed) and whose other blocks change the prediction, it
 //! must drop exactly the identities.
 
+use autopath::input::preprocess::Preprocess;
 use std::process::Command;
 
 use autopath::input::preprocess::Preprocessing;

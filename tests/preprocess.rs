@@ -1,5 +1,6 @@
 //! Preprocessing and sliding windows: values against hand computations, coverage and exact stitching.
 
+use autopath::input::preprocess::Preprocess;
 use autopath::input::preprocess::{resample_linear, resample_nearest, Intensity, LabelMapping, Preprocessing};
 use autopath::input::volume::{Geometry, Volume};
 use autopath::input::window::{pad_to_patch, Accumulator, Blend, Coverage, WindowConfig};
@@ -137,7 +138,7 @@ fn a_coverage_blends_many_predictions_exactly_as_an_accumulator() {
 #[test]
 fn gaussian_weights_peak_in_the_centre_and_never_vanish() {
     let cfg = WindowConfig { patch: [8, 16, 16], overlap: 0.5, blend: Blend::Gaussian { sigma_scale: 0.125 } };
-    let w = cfg.weights();
+    let w = autopath::input::window::tile_weights(&cfg);
     let max = w.iter().copied().fold(0.0f32, f32::max);
     assert_eq!(max, 1.0);
     assert!(w[[0, 0, 0]] > 0.0 && w[[0, 0, 0]] < 0.01);

@@ -3,6 +3,7 @@
 
 mod common;
 
+use autopath::input::preprocess::Preprocess;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -330,10 +331,10 @@ fn a_gpu_provider_that_is_missing_is_an_error_unless_fallback_is_allowed() {
 
 #[test]
 fn auto_path_outputs_equal_the_evaluation_s_autopath_predictions() {
-    use autopath::input::bundle::Bundle;
     use autopath::study::path_eval::PathEvaluator;
     use autopath::study::train::data::load_sample;
     use autopath::study::train::policy::load_policy;
+    use autopath_bundle::Bundle;
 
     let f = fixture();
     let policy = f.root.join("policy");

@@ -3,12 +3,12 @@
 
 mod common;
 
-use autopath::input::bundle::Bundle;
 use autopath::study::dataset::Dataset;
 use autopath::study::path_eval::PathEvaluator;
 use autopath::study::search::{beam, exhaustive, Objective, BEAM_WIDTH};
 use autopath::study::train::data::load_sample;
 use autopath::study::train::segment::TrainConfig;
+use autopath_bundle::Bundle;
 
 #[test]
 fn beam_search_finds_the_exhaustive_oracle_path_on_every_volume() {

@@ -6,6 +6,7 @@ use crate::pb::{
     attribute_type, data_type, dimension, AttributeProto, Dimension, GraphProto, NodeProto, TensorProto,
     TensorShapeProto, TypeProto, TypeProtoTensor, ValueInfoProto,
 };
+use autopath_bundle::Conv3dLayout;
 
 /// A dimension of a graph input or output: fixed or symbolic.
 #[derive(Debug, Clone)]
@@ -46,32 +47,11 @@ fn string(name: &str, v: &str) -> AttributeProto {
     AttributeProto { name: name.into(), s: v.as_bytes().to_vec(), r#type: attribute_type::STRING, ..Default::default() }
 }
 
-/// How 3D convolutions are written into the graphs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum ConvLayout {
-    /// One `Conv` node with a 3D kernel: the portable form, what GPU providers map to their own 3D
-    /// convolutions.
-    #[default]
-    Native,
-    /// A 3D convolution of depth kernel k (depth stride 1, same depth padding) as one 2D `Conv` over
-    /// every depth slice with the k depth taps stacked as output channels, then the taps' depth-shifted
-    /// sum. Why: ONNX Runtime's CPU provider runs 2D convolutions on its blocked (NCHWc) kernels and 3D
-    /// ones through im2col; on the demo's tiles (4 × 32×96×96, 2 threads) `full.onnx` took 177 ms as
-    /// 3D convolutions and 131 ms as depth taps, the skip head's 76→16 3×3×3 convolution 23.3 → 12.4 ms.
-    /// Other convolutions (the stem's depth stride 2, 1×1×1 projections) stay native.
-    ///
-    /// The head is written for the CPU provider too (`graphs::emit_head`): trilinear resizing as
-    /// one matrix product per axis instead of `Resize`, and the skip decoder's first convolution
-    /// applied to the ASPP output on its own small grid instead of to its resized copy (4 tiles,
-    /// 1 thread: the skip head 38.8 → 15.4 ms).
-    DepthTaps,
-}
-
 /// Builds one ONNX graph.
 #[derive(Debug, Default)]
 pub struct GraphBuilder {
     graph: GraphProto,
-    layout: ConvLayout,
+    layout: Conv3dLayout,
 }
 
 impl GraphBuilder {
@@ -79,12 +59,12 @@ impl GraphBuilder {
     pub fn new(name: &str, doc: &str) -> Self {
         GraphBuilder {
             graph: GraphProto { name: name.into(), doc_string: doc.into(), ..Default::default() },
-            layout: ConvLayout::Native,
+            layout: Conv3dLayout::Native,
         }
     }
 
     /// The same builder writing 3D convolutions as `layout` says.
-    pub fn with_layout(mut self, layout: ConvLayout) -> Self {
+    pub fn with_layout(mut self, layout: Conv3dLayout) -> Self {
         self.layout = layout;
         self
     }
@@ -163,10 +143,10 @@ impl GraphBuilder {
     }
 
     /// `Conv` with weight and bias initializers `name.weight`, `name.bias` (as depth taps, see
-    /// [`ConvLayout::DepthTaps`], where the layout asks for them and the convolution allows them).
+    /// [`Conv3dLayout::DepthTaps`], where the layout asks for them and the convolution allows them).
     pub fn conv(&mut self, name: &str, x: &str, weight: (&[usize], &[f32]), bias: &[f32], a: ConvAttrs) -> String {
         let (k, p, d) = (a.kernel[0], a.padding[0], a.dilation[0]);
-        if self.layout == ConvLayout::DepthTaps && k > 1 && a.stride[0] == 1 && 2 * p == d * (k - 1) {
+        if self.layout == Conv3dLayout::DepthTaps && k > 1 && a.stride[0] == 1 && 2 * p == d * (k - 1) {
             return self.conv_depth_taps(name, x, weight, bias, a);
         }
         let w = self.weight(&format!("{name}.weight"), weight.0, weight.1);
@@ -279,7 +259,7 @@ impl GraphBuilder {
     }
 
     /// The layout this builder writes (the head picks its CPU forms by it).
-    pub fn layout(&self) -> ConvLayout {
+    pub fn layout(&self) -> Conv3dLayout {
         self.layout
     }
 

@@ -11,7 +11,9 @@ use candle_core::{DType, Tensor};
 
 use autopath_models::layers::trilinear_taps;
 
-use crate::builder::{ConvAttrs, ConvLayout, Dim, GraphBuilder};
+use autopath_bundle::{names, Conv3dLayout};
+
+use crate::builder::{ConvAttrs, Dim, GraphBuilder};
 use crate::{Error, Result};
 
 fn values(t: &Tensor, what: &str) -> Result<Vec<f32>> {
@@ -164,14 +166,14 @@ pub fn emit_head(
         }
     };
     let resized = match grid {
-        Some(from) if g.layout() == ConvLayout::DepthTaps => {
+        Some(from) if g.layout() == Conv3dLayout::DepthTaps => {
             resize_by_products(g, "upsample", &logits, net.spec().output.channels(), from, tile)
         }
         _ => g.resize_trilinear("upsample", &logits, tile),
     };
     Ok(match net.spec().output {
-        Output::Sigmoid => g.sigmoid("probabilities", &resized),
-        Output::Softmax { .. } => g.softmax_channels("probabilities", &resized),
+        Output::Sigmoid => g.sigmoid(names::PROBABILITIES, &resized),
+        Output::Softmax { .. } => g.softmax_channels(names::PROBABILITIES, &resized),
     })
 }
 
@@ -289,7 +291,7 @@ fn emit_skip_decoder(
     dec: &SkipDecoder,
     grids: Option<([usize; 3], [usize; 3])>,
 ) -> Result<String> {
-    let fused = grids.filter(|_| g.layout() == ConvLayout::DepthTaps && same_size(&dec.conv1.conv));
+    let fused = grids.filter(|_| g.layout() == Conv3dLayout::DepthTaps && same_size(&dec.conv1.conv));
     let c = match (low, fused) {
         (LowLevel::Features(low), Some((from, to))) => {
             let skip = emit_skip_part(g, low, dec)?;
@@ -324,8 +326,8 @@ fn emit_skip_decoder(
 /// Whether [`emit_head`] can take [`LowLevel::SkipPart`] in `layout`: the skip decoder, written with
 /// depth taps, whose first convolution keeps the size (the split is that of
 /// `conv_of_resized_concat`).
-pub fn head_splits(net: &DeepLab3d, layout: ConvLayout) -> bool {
-    matches!(&net.decoder, DecoderNet::Skip(dec) if layout == ConvLayout::DepthTaps && same_size(&dec.conv1.conv))
+pub fn head_splits(net: &DeepLab3d, layout: Conv3dLayout) -> bool {
+    matches!(&net.decoder, DecoderNet::Skip(dec) if layout == Conv3dLayout::DepthTaps && same_size(&dec.conv1.conv))
 }
 
 /// Channels of [`emit_skip_part`]'s output: the skip decoder's first convolution's (None for the

@@ -3,16 +3,20 @@
 #![warn(clippy::unwrap_used)]
 #![deny(missing_docs)]
 
+pub mod architecture;
 pub mod builder;
 pub mod graphs;
 pub mod pb;
 
+pub use architecture::architecture;
+
+use autopath_bundle::names;
 use autopath_models::deeplab::DeepLab3d;
 use autopath_models::policy::PolicyNet;
 use prost::Message;
 
+use autopath_bundle::Conv3dLayout;
 use autopath_models::deeplab::DecoderNet;
-pub use builder::ConvLayout;
 use builder::{Dim, GraphBuilder};
 use graphs::{
     emit_block, emit_head, emit_policy, emit_shortcut, emit_skip_part, emit_stem, fixed, head_splits,
@@ -40,13 +44,6 @@ pub enum Error {
 
 /// Result with the compiler's error.
 pub type Result<T> = std::result::Result<T, Error>;
-
-/// Name of the head's second input (skip decoder): the output after the last block of stage 0.
-pub const LOW_LEVEL_INPUT: &str = "low";
-
-/// Name of the split head's intermediate value ([`split_head`]): `head_low.onnx`'s output and
-/// `head_rest.onnx`'s second input.
-pub const SKIP_PART: &str = "skip";
 
 /// A serialised ONNX model with its file name in the bundle.
 #[derive(Debug, Clone)]
@@ -77,14 +74,14 @@ fn model(graph: pb::GraphProto, doc: &str, producer_version: &str) -> Vec<u8> {
 /// Every graph of a bundle for a segmenter (and optionally a policy), for tiles of size `tile`.
 ///
 /// Inputs and outputs: `image` `[N, 1, D, H, W]` → stem → `features`; each block maps `x` → `y`;
-/// the head maps `x` (and, with the skip decoder, [`LOW_LEVEL_INPUT`]) → `probabilities` `[N, K, tile]`; `full.onnx` maps `image` → `probabilities`;
+/// the head maps `x` (and, with the skip decoder, [`names::LOW`]) → `probabilities` `[N, K, tile]`; `full.onnx` maps `image` → `probabilities`;
 /// the policy maps `volume` `[N, 1, d, h, w]` → `keep` `[N, blocks]`.
 pub fn compile(
     net: &DeepLab3d,
     policy: Option<&PolicyNet>,
     tile: [usize; 3],
     version: &str,
-    layout: ConvLayout,
+    layout: Conv3dLayout,
 ) -> Result<Vec<GraphFile>> {
     let spec = net.spec();
     let mut files = Vec::new();
@@ -93,41 +90,41 @@ pub fn compile(
     };
 
     let mut g = GraphBuilder::new("stem", "stem: conv 7x7x7 s2 + BN + ReLU + max-pool 3 s2").with_layout(layout);
-    let x = g.input("image", &symbolic(spec.in_channels));
+    let x = g.input(names::IMAGE, &symbolic(spec.in_channels));
     let y = emit_stem(&mut g, &x, net)?;
-    let y = g.identity("features", &y);
+    let y = g.identity(names::FEATURES, &y);
     g.output(&y, &symbolic(spec.width));
-    push("stem.onnx".into(), "stem", g);
+    push(names::STEM_FILE.into(), "stem", g);
 
     for (n, block) in net.blocks.iter().enumerate() {
         let b = block.spec();
         let prefix = b.name();
         let mut g = GraphBuilder::new(&prefix, &format!("block {n} ({prefix}), kept: relu(shortcut(x) + F(x))"))
             .with_layout(layout);
-        let x = g.input("x", &symbolic(b.in_channels));
+        let x = g.input(names::X, &symbolic(b.in_channels));
         let y = emit_block(&mut g, &prefix, &x, block)?;
-        let y = g.identity("y", &y);
+        let y = g.identity(names::Y, &y);
         g.output(&y, &symbolic(b.out_channels));
-        push(format!("block_{n:02}.onnx"), &format!("block {n}"), g);
+        push(names::block_file(n), &format!("block {n}"), g);
         if block.shortcut.is_some() {
             let mut g = GraphBuilder::new(
                 &format!("{prefix}.shortcut"),
                 &format!("block {n} ({prefix}), dropped: projection shortcut only"),
             )
             .with_layout(layout);
-            let x = g.input("x", &symbolic(b.in_channels));
+            let x = g.input(names::X, &symbolic(b.in_channels));
             let y = emit_shortcut(&mut g, &prefix, &x, block)?;
-            let y = g.identity("y", &y);
+            let y = g.identity(names::Y, &y);
             g.output(&y, &symbolic(b.out_channels));
-            push(format!("shortcut_{n:02}.onnx"), &format!("shortcut {n}"), g);
+            push(names::shortcut_file(n), &format!("shortcut {n}"), g);
         }
     }
 
-    push("head.onnx".into(), "head", head_graph(net, tile, layout)?);
+    push(names::HEAD_FILE.into(), "head", head_graph(net, tile, layout)?);
 
     let mut g = GraphBuilder::new("full", "full network: stem + every block + head, the baseline and parity reference")
         .with_layout(layout);
-    let mut h = g.input("image", &fixed(spec.in_channels, tile));
+    let mut h = g.input(names::IMAGE, &fixed(spec.in_channels, tile));
     h = emit_stem(&mut g, &h, net)?;
     let mut low = None;
     for (n, block) in net.blocks.iter().enumerate() {
@@ -137,26 +134,26 @@ pub fn compile(
         }
     }
     let y = emit_head(&mut g, &h, low.as_deref().map(LowLevel::Features), net, tile)?;
-    let y = g.identity("probabilities", &y);
+    let y = g.identity(names::PROBABILITIES, &y);
     g.output(&y, &fixed(spec.output.channels(), tile));
-    push("full.onnx".into(), "full", g);
+    push(names::FULL_FILE.into(), "full", g);
 
     if let Some(p) = policy {
         let mut g =
             GraphBuilder::new("policy", "policy: ResNet-10 on the downsampled volume -> keep probability per block")
                 .with_layout(layout);
-        let x = g.input("volume", &fixed(spec.in_channels, spec.policy.input));
+        let x = g.input(names::VOLUME, &fixed(spec.in_channels, spec.policy.input));
         let y = emit_policy(&mut g, &x, p)?;
-        let y = g.identity("keep", &y);
+        let y = g.identity(names::KEEP, &y);
         g.output(&y, &[Dim::Symbolic("batch"), Dim::Fixed(spec.num_blocks())]);
-        push("policy.onnx".into(), "policy", g);
+        push(names::POLICY_FILE.into(), "policy", g);
     }
     Ok(files)
 }
 
 /// The head's graph, its inputs fixed to the tile's sizes: the head resizes to the tile, and its ASPP
 /// drops the taps that only read padding at these sizes (`graphs::conv_bn_live_taps`).
-fn head_graph(net: &DeepLab3d, tile: [usize; 3], layout: ConvLayout) -> Result<GraphBuilder> {
+fn head_graph(net: &DeepLab3d, tile: [usize; 3], layout: Conv3dLayout) -> Result<GraphBuilder> {
     let spec = net.spec();
     let mut g = GraphBuilder::new("head", "head: ASPP + decoder + trilinear upsampling to the tile + sigmoid/softmax")
         .with_layout(layout);
@@ -166,19 +163,19 @@ fn head_graph(net: &DeepLab3d, tile: [usize; 3], layout: ConvLayout) -> Result<G
         name: "head".into(),
         reason: "a network without blocks has no head input".into(),
     })?;
-    let x = g.input("x", &fixed(spec.backbone_channels(), feature));
+    let x = g.input(names::X, &fixed(spec.backbone_channels(), feature));
     let low = spec
         .low_level_block()
-        .and_then(|n| at(n).map(|size| g.input(LOW_LEVEL_INPUT, &fixed(spec.low_level_channels(), size))));
+        .and_then(|n| at(n).map(|size| g.input(names::LOW, &fixed(spec.low_level_channels(), size))));
     let y = emit_head(&mut g, &x, low.as_deref().map(LowLevel::Features), net, tile)?;
-    let y = g.identity("probabilities", &y);
+    let y = g.identity(names::PROBABILITIES, &y);
     g.output(&y, &fixed(spec.output.channels(), tile));
     Ok(g)
 }
 
 /// The head in two graphs, for evaluating many paths on one volume: `head_low.onnx` maps the
-/// low-level features [`LOW_LEVEL_INPUT`] to [`SKIP_PART`], the part of the skip decoder that reads
-/// nothing else; `head_rest.onnx` maps `x` and [`SKIP_PART`] to `probabilities`, as `head.onnx` maps
+/// low-level features [`names::LOW`] to [`names::SKIP`], the part of the skip decoder that reads
+/// nothing else; `head_rest.onnx` maps `x` and [`names::SKIP`] to `probabilities`, as `head.onnx` maps
 /// `x` and the features. The low-level features depend only on the blocks of stage 0, so all paths
 /// that agree on those share one skip part: an r18's 256 paths need 4. On the CPU the skip part is a
 /// third of the head's time (4.5 of 13.5 ms per 4 demo tiles on one thread). None where the head does
@@ -187,7 +184,7 @@ pub fn split_head(
     net: &DeepLab3d,
     tile: [usize; 3],
     version: &str,
-    layout: ConvLayout,
+    layout: Conv3dLayout,
 ) -> Result<Option<[GraphFile; 2]>> {
     let (DecoderNet::Skip(dec), true) = (&net.decoder, head_splits(net, layout)) else { return Ok(None) };
     let spec = net.spec();
@@ -206,18 +203,18 @@ pub fn split_head(
 
     let role = "head, low-level part: the skip decoder's reduce + ReLU + first convolution over those channels";
     let mut g = GraphBuilder::new("head_low", role).with_layout(layout);
-    let low = g.input(LOW_LEVEL_INPUT, &fixed(spec.low_level_channels(), grid));
+    let low = g.input(names::LOW, &fixed(spec.low_level_channels(), grid));
     let y = emit_skip_part(&mut g, &low, dec)?;
-    let y = g.identity(SKIP_PART, &y);
+    let y = g.identity(names::SKIP, &y);
     g.output(&y, &fixed(channels, grid));
-    let low_graph = file(g, "head_low.onnx", "head low-level part");
+    let low_graph = file(g, names::HEAD_LOW_FILE, "head low-level part");
 
     let role = "head after the low-level part: ASPP + the rest of the decoder + upsampling + activation";
     let mut g = GraphBuilder::new("head_rest", role).with_layout(layout);
-    let x = g.input("x", &fixed(spec.backbone_channels(), feature));
-    let skip = g.input(SKIP_PART, &fixed(channels, grid));
+    let x = g.input(names::X, &fixed(spec.backbone_channels(), feature));
+    let skip = g.input(names::SKIP, &fixed(channels, grid));
     let y = emit_head(&mut g, &x, Some(LowLevel::SkipPart(&skip)), net, tile)?;
-    let y = g.identity("probabilities", &y);
+    let y = g.identity(names::PROBABILITIES, &y);
     g.output(&y, &fixed(spec.output.channels(), tile));
-    Ok(Some([low_graph, file(g, "head_rest.onnx", "head after the low-level part")]))
+    Ok(Some([low_graph, file(g, names::HEAD_REST_FILE, "head after the low-level part")]))
 }

@@ -5,6 +5,7 @@
 //! counts are nominal: dilated taps that fall into padding are counted, since the runtime computes
 //! them too.
 
+pub use autopath_bundle::PathCost;
 use serde::{Deserialize, Serialize};
 
 /// Residual block type.
@@ -151,15 +152,13 @@ pub struct NetworkCost {
     pub head_flops: u64,
 }
 
-impl NetworkCost {
-    /// FLOPs with every block kept.
-    pub fn full_flops(&self) -> u64 {
-        self.stem_flops + self.head_flops + self.blocks.iter().map(|b| b.branch_flops + b.shortcut_flops).sum::<u64>()
+impl PathCost for NetworkCost {
+    fn stem_and_head_flops(&self) -> u64 {
+        self.stem_flops + self.head_flops
     }
 
-    /// FLOPs of a path (`keep[n]` true = block n runs).
-    pub fn path_flops(&self, keep: &[bool]) -> u64 {
-        self.full_flops() - self.blocks.iter().zip(keep).filter(|(_, k)| !**k).map(|(b, _)| b.branch_flops).sum::<u64>()
+    fn block_flops(&self) -> Vec<(u64, u64)> {
+        self.blocks.iter().map(|b| (b.branch_flops, b.shortcut_flops)).collect()
     }
 }
 

@@ -264,7 +264,9 @@ fn main() -> ExitCode {
 /// Says once, on stderr, when a bundle with native 3D convolutions runs on the CPU provider: the bundle
 /// is fine, but the CPU provider has a faster form of it.
 fn suggest_depth_taps(predictor: &Predictor, opts: &autopath::deploy::SessionOptions, bundle: &std::path::Path) {
-    if predictor.bundle.manifest.producer.conv3d == "native" && opts.ep == autopath::deploy::ExecutionProvider::Cpu {
+    if predictor.bundle.manifest.producer.conv3d == autopath_bundle::Conv3dLayout::Native
+        && opts.ep == autopath::deploy::ExecutionProvider::Cpu
+    {
         eprintln!(
             "note: {} writes its 3D convolutions natively; on the CPU provider a bundle compiled with \
              `autopath compile --conv3d depth-taps` runs them on ONNX Runtime's 2D kernels (full network \

@@ -284,11 +284,11 @@ enum ConvArg {
     DepthTaps,
 }
 
-impl From<ConvArg> for autopath_export::ConvLayout {
+impl From<ConvArg> for autopath_bundle::Conv3dLayout {
     fn from(c: ConvArg) -> Self {
         match c {
-            ConvArg::Native => autopath_export::ConvLayout::Native,
-            ConvArg::DepthTaps => autopath_export::ConvLayout::DepthTaps,
+            ConvArg::Native => autopath_bundle::Conv3dLayout::Native,
+            ConvArg::DepthTaps => autopath_bundle::Conv3dLayout::DepthTaps,
         }
     }
 }
@@ -954,7 +954,7 @@ fn bench_inputs(data: &[PathBuf], limit: Option<usize>) -> anyhow::Result<Vec<Pa
 }
 
 fn inspect(dir: &std::path::Path, json: bool, tile_batch: usize) -> anyhow::Result<()> {
-    let b = autopath::input::bundle::Bundle::load(dir)?;
+    let b = autopath_bundle::Bundle::load(dir)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&b.manifest)?);
     } else {

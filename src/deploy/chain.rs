@@ -1,6 +1,7 @@
 //! Running tiles through the bundle: the block chain (only kept blocks, values handed from session to
 //! session without copies to ndarrays), the monolithic full graph, and the policy.
 
+use autopath_bundle::names::{FEATURES, IMAGE, KEEP, PROBABILITIES, VOLUME, X, Y};
 use ndarray::{Array2, Array5, ArrayView5};
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::{Session, SessionInputValue};
@@ -21,7 +22,7 @@ fn probabilities_of<'v, R>(
     f: impl FnOnce(ArrayView5<f32>) -> R,
 ) -> Result<R> {
     let mut out = session.run(inputs).map_err(|e| ort_err(what, e))?;
-    let p = out.remove("probabilities").ok_or_else(|| ort_err(what, "graph has no output \"probabilities\""))?;
+    let p = out.remove(PROBABILITIES).ok_or_else(|| ort_err(what, format!("graph has no output {PROBABILITIES:?}")))?;
     with_view(&p, what, f)
 }
 
@@ -98,15 +99,15 @@ impl Sessions {
     /// share intermediate results that must be kept (evaluation and policy rewards).
     pub fn run_segment(&mut self, segment: Segment, x: ndarray::ArrayView5<f32>) -> Result<Array5<f32>> {
         let (session, what, input, output) = match segment {
-            Segment::Stem => (&mut self.stem, "stem".to_string(), "image", "features"),
-            Segment::Block(n) => (&mut self.blocks[n], format!("block {n}"), "x", "y"),
+            Segment::Stem => (&mut self.stem, "stem".to_string(), IMAGE, FEATURES),
+            Segment::Block(n) => (&mut self.blocks[n], format!("block {n}"), X, Y),
             Segment::Shortcut(n) => (
                 self.shortcuts[n]
                     .as_mut()
                     .ok_or_else(|| Error::invalid("segment", format!("block {n} has no projection shortcut")))?,
                 format!("shortcut {n}"),
-                "x",
-                "y",
+                X,
+                Y,
             ),
         };
         let x = x.as_standard_layout();
@@ -143,7 +144,7 @@ impl Sessions {
         low: Option<SessionInputValue<'v>>,
         f: impl FnOnce(ArrayView5<f32>) -> R,
     ) -> Result<R> {
-        let mut inputs: Vec<(std::borrow::Cow<'_, str>, SessionInputValue<'v>)> = vec![("x".into(), x)];
+        let mut inputs: Vec<(std::borrow::Cow<'_, str>, SessionInputValue<'v>)> = vec![(X.into(), x)];
         match (&self.low_level, low) {
             (Some(l), Some(v)) => inputs.push((l.input.clone().into(), v)),
             (Some(l), None) => {
@@ -183,7 +184,7 @@ impl Sessions {
         let (x, skip) = (x.as_standard_layout(), skip.as_standard_layout());
         let xv = TensorRef::from_array_view(x.view()).map_err(|e| ort_err(what, e))?;
         let sv = TensorRef::from_array_view(skip.view()).map_err(|e| ort_err(what, e))?;
-        let inputs = vec![("x".into(), xv.into()), (split.output.clone().into(), sv.into())];
+        let inputs = vec![(X.into(), xv.into()), (split.output.clone().into(), sv.into())];
         probabilities_of(&mut split.rest, what, inputs, f)
     }
 
@@ -225,15 +226,15 @@ impl Sessions {
         };
         let view = view_value(&tiles)?;
         let input: &DynValue = owned.as_ref().unwrap_or(&view);
-        let mut h = step(&mut self.stem, "stem", "image", input, "features")?;
+        let mut h = step(&mut self.stem, "stem", IMAGE, input, FEATURES)?;
         // `low` gets the value after block `after` when the next block replaces it; if none does, it
         // is still `h` at the head.
         let (mut low, mut low_is_current) = (None, false);
         for (n, &k) in keep.iter().enumerate() {
             let next = if k {
-                Some(step(&mut self.blocks[n], &format!("block {n}"), "x", &h, "y")?)
+                Some(step(&mut self.blocks[n], &format!("block {n}"), X, &h, Y)?)
             } else if let Some(s) = self.shortcuts[n].as_mut() {
-                Some(step(s, &format!("shortcut {n}"), "x", &h, "y")?)
+                Some(step(s, &format!("shortcut {n}"), X, &h, Y)?)
             } else {
                 None
             };
@@ -259,7 +260,7 @@ impl Sessions {
     pub fn run_full_with<R>(&mut self, tiles: ArrayView5<f32>, f: impl FnOnce(ArrayView5<f32>) -> R) -> Result<R> {
         let tiles = standard(tiles);
         let tiles = tiles.view();
-        let p = run_one(self.full()?, "full", "image", &*view_value(&tiles)?, "probabilities")?;
+        let p = run_one(self.full()?, "full", IMAGE, &*view_value(&tiles)?, PROBABILITIES)?;
         with_view(&p, "full", f)
     }
 
@@ -270,7 +271,7 @@ impl Sessions {
         })?;
         let volumes = standard(volumes);
         let volumes = volumes.view();
-        let p = run_one(s, "policy", "volume", &*view_value(&volumes)?, "keep")?;
+        let p = run_one(s, "policy", VOLUME, &*view_value(&volumes)?, KEEP)?;
         let a = p.try_extract_array::<f32>().map_err(|e| ort_err("policy", e))?;
         a.to_owned().into_dimensionality().map_err(|e| ort_err("policy", e))
     }

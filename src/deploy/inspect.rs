@@ -1,9 +1,10 @@
 //! `autopath inspect`: what a bundle is, in lines a person reads — architecture, decoder, blocks with
 //! their FLOPs, the input contract, the policy, the evaluation it came from, and a GPU memory estimate.
 
+use autopath_bundle::PathCost;
 use std::fmt::Write as _;
 
-use crate::input::bundle::Bundle;
+use autopath_bundle::Bundle;
 
 /// Appends one formatted line.
 macro_rules! say {
@@ -78,7 +79,7 @@ pub fn describe(b: &Bundle, tile_batch: usize) -> String {
 }
 
 /// The decoder line and the block table.
-fn architecture_lines(out: &mut String, a: &crate::input::bundle::Architecture) {
+fn architecture_lines(out: &mut String, a: &autopath_bundle::Architecture) {
     match &a.low_level {
         Some(l) => say!(
             out,

@@ -12,7 +12,7 @@
 //!
 //! An estimate, not a measurement: `scripts/gpu-check` is where it gets compared with one.
 
-use crate::input::bundle::Bundle;
+use autopath_bundle::Bundle;
 
 /// MB per worker, by part.
 #[derive(Debug, Clone, Copy, serde::Serialize)]

@@ -2,6 +2,8 @@
 //! the benchmark. Read → preprocess (the training code) → policy → sliding-window tiles through the
 //! chain of kept blocks → blend → threshold → original grid → write.
 
+use crate::input::preprocess::Preprocess;
+use autopath_bundle::PathCost;
 use std::path::Path;
 use std::time::Instant;
 
@@ -10,10 +12,10 @@ use serde::Serialize;
 
 use super::session::{SessionOptions, Sessions};
 use crate::error::{Error, Result};
-use crate::input::bundle::Bundle;
 use crate::input::preprocess::{resample_linear, Record};
 use crate::input::volume::{read_volume, write_labels, ReadOptions, Volume};
 use crate::input::window::{slide, TileEngine, WindowConfig};
+use autopath_bundle::Bundle;
 
 /// Which blocks to run.
 #[derive(Debug, Clone, PartialEq)]
@@ -322,7 +324,7 @@ impl Predictor {
             keep: crate::labels::mask_text(&keep),
             keep_probabilities: probs,
             blocks_kept: keep.iter().filter(|&&k| k).count(),
-            flop_fraction: crate::labels::flop_fraction(arch, &keep),
+            flop_fraction: arch.flop_fraction(&keep),
             tiles,
             seconds: times,
             peak_rss_mb: peak_rss_mb(),

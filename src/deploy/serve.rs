@@ -5,6 +5,7 @@
 //! Retry-After instead of piling up memory. SIGTERM stops accepting connections and lets in-flight
 //! requests finish.
 
+use autopath_bundle::PathCost;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -134,7 +135,7 @@ struct AppState {
     jobs: SyncSender<Job>,
     manifest: String,
     /// The bundle's policy entry, for `?budget=` (its calibration).
-    policy: Option<crate::input::bundle::PolicyEntry>,
+    policy: Option<autopath_bundle::PolicyEntry>,
     metrics: Arc<Metrics>,
     token: Option<String>,
     timeout: Duration,
@@ -182,7 +183,7 @@ fn work(p: &mut Predictor, scratch: &Path, job: &Job, metrics: &Metrics) -> Resu
                 nifti,
                 keep: crate::labels::mask_text(&seg.keep),
                 kept: seg.keep.iter().filter(|&&k| k).count(),
-                flop_fraction: crate::labels::flop_fraction(arch, &seg.keep),
+                flop_fraction: arch.flop_fraction(&seg.keep),
                 times,
             })
         }

@@ -7,7 +7,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 
 use crate::error::{Error, Result};
-use crate::input::bundle::Bundle;
+use autopath_bundle::{names, Bundle};
 
 /// Which hardware runs the graphs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -304,7 +304,7 @@ pub struct Sessions {
     /// The policy, if the bundle has one.
     pub policy: Option<Session>,
     /// The skip decoder's low-level input (None: the head takes the backbone's output only).
-    pub low_level: Option<crate::input::bundle::LowLevel>,
+    pub low_level: Option<autopath_bundle::LowLevel>,
     /// The head in two graphs, where the bundle has them and [`Sessions::open_split_head`] opened
     /// them: for scoring many paths per volume.
     pub split_head: Option<SplitSessions>,
@@ -329,12 +329,12 @@ pub struct SplitSessions {
 fn inputs(bundle: &Bundle) -> (GraphInput, Vec<GraphInput>, Vec<GraphInput>, GraphInput) {
     let a = &bundle.manifest.architecture;
     let image = GraphInput {
-        name: "image".into(),
+        name: names::IMAGE.into(),
         sample: [1].into_iter().chain(bundle.manifest.input.window.patch).collect(),
     };
-    let blocks = a.blocks.iter().map(|b| GraphInput { name: "x".into(), sample: b.input.to_vec() }).collect();
+    let blocks = a.blocks.iter().map(|b| GraphInput { name: names::X.into(), sample: b.input.to_vec() }).collect();
     let head_in = a.blocks.last().map_or(a.stem_output, |b| b.output);
-    let mut head = vec![GraphInput { name: "x".into(), sample: head_in.to_vec() }];
+    let mut head = vec![GraphInput { name: names::X.into(), sample: head_in.to_vec() }];
     head.extend(a.low_level.as_ref().map(|l| GraphInput { name: l.input.clone(), sample: l.shape.to_vec() }));
     (image.clone(), blocks, head, image)
 }
@@ -364,7 +364,7 @@ impl Sessions {
         let head = o(&a.head_file, &head_inputs)?;
         let policy = match &bundle.manifest.policy {
             Some(p) => {
-                let input = GraphInput { name: "volume".into(), sample: [1].into_iter().chain(p.input).collect() };
+                let input = GraphInput { name: names::VOLUME.into(), sample: [1].into_iter().chain(p.input).collect() };
                 Some(o(&p.file, &[input])?)
             }
             None => None,
@@ -390,7 +390,7 @@ impl Sessions {
         })
     }
 
-    /// Opens the split head's two graphs ([`crate::input::bundle::SplitHead`]) if the bundle has
+    /// Opens the split head's two graphs ([`autopath_bundle::SplitHead`]) if the bundle has
     /// them; returns whether it does. Not part of [`Sessions::open`]: one path per volume, as the
     /// runtime runs, has no use for them.
     pub fn open_split_head(&mut self, bundle: &Bundle) -> Result<bool> {

@@ -1,7 +1,7 @@
-//! What the network reads and what a bundle promises: NIfTI volumes, intensity preprocessing, sliding
-//! windows, and the bundle with its manifest. Shared by training, the study and deployment.
+//! What the network reads: NIfTI volumes, intensity preprocessing and sliding windows, applying the
+//! settings of the bundle's input contract (`autopath_bundle::input`). Shared by training, the study
+//! and deployment.
 
-pub mod bundle;
 pub mod preprocess;
 pub mod volume;
 pub mod window;

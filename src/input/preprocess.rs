@@ -1,7 +1,7 @@
 //! The one preprocessing used by training, evaluation and the runtime, and its inverse for predictions.
 //!
-//! [`Preprocessing::image`] returns the network input together with a [`Record`] of what it did, so a
-//! prediction can be taken back to the original grid in reverse order ([`Preprocessing::restore`]).
+//! [`Preprocess::image`] returns the network input together with a [`Record`] of what it did, so a
+//! prediction can be taken back to the original grid in reverse order ([`Preprocess::restore`]).
 
 use ndarray::{Array3, Zip};
 use serde::{Deserialize, Serialize};
@@ -9,63 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::input::volume::Volume;
 
-/// How image intensities become network inputs.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Intensity {
-    /// CT: clip to `[lo, hi]` HU, then divide by `scale` (reference: [-200, 250] / 200).
-    Ct {
-        /// Lower clip (HU).
-        lo: f32,
-        /// Upper clip (HU).
-        hi: f32,
-        /// Divisor after clipping.
-        scale: f32,
-    },
-    /// MRI: zero mean, unit variance over the body (voxels above the image minimum).
-    Zscore,
-}
+pub use autopath_bundle::{Intensity, LabelMapping, Preprocessing};
 
-impl Default for Intensity {
-    fn default() -> Self {
-        Intensity::Ct { lo: -200.0, hi: 250.0, scale: 200.0 }
-    }
-}
-
-/// How label values become training targets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum LabelMapping {
-    /// Foreground = label > 0 (liver and tumour merged), one sigmoid channel.
-    #[default]
-    Merge,
-    /// Keep label values as classes (softmax over `max label + 1` channels).
-    Keep,
-}
-
-impl LabelMapping {
-    /// Maps one raw label value.
-    pub fn map(self, v: f32) -> u8 {
-        let v = v.round().clamp(0.0, 255.0) as u8;
-        match self {
-            LabelMapping::Merge => u8::from(v > 0),
-            LabelMapping::Keep => v,
-        }
-    }
-}
-
-/// Preprocessing settings; recorded in checkpoints and bundles so every stage applies the same.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
-pub struct Preprocessing {
-    /// Intensity normalisation.
-    pub intensity: Intensity,
-    /// Label mapping.
-    pub labels: LabelMapping,
-    /// Resample to this spacing (mm, array order `[D, H, W]`) before the network; `None` keeps the grid.
-    pub target_spacing: Option<[f64; 3]>,
-}
-
-/// What [`Preprocessing::image`] did, to undo it on predictions.
+/// What [`Preprocess::image`] did, to undo it on predictions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     /// Shape of the input volume `[D, H, W]`.
@@ -76,9 +22,21 @@ pub struct Record {
     pub pad_value: f32,
 }
 
-impl Preprocessing {
+/// Applying [`Preprocessing`] settings to volumes: the same steps for training, evaluation and the
+/// runtime, and their inverse for predictions.
+pub trait Preprocess {
     /// Normalises (and, if configured, resamples) an image volume.
-    pub fn image(&self, volume: &Volume) -> Result<(Array3<f32>, Record)> {
+    fn image(&self, volume: &Volume) -> Result<(Array3<f32>, Record)>;
+    /// Normalises intensities in place; returns the normalised value of the lowest intensity (padding).
+    fn normalise(&self, data: &mut Array3<f32>) -> f32;
+    /// Maps a label volume onto the network grid (nearest neighbour where resampled).
+    fn labels(&self, labels: &Array3<f32>, record: &Record) -> Array3<u8>;
+    /// Takes a prediction on the network grid back to the original grid.
+    fn restore(&self, prediction: &Array3<u8>, record: &Record) -> Array3<u8>;
+}
+
+impl Preprocess for Preprocessing {
+    fn image(&self, volume: &Volume) -> Result<(Array3<f32>, Record)> {
         let original_shape = volume.geometry.shape;
         let resampled_shape = match self.target_spacing {
             Some(target) => {
@@ -99,8 +57,7 @@ impl Preprocessing {
         Ok((data, Record { original_shape, resampled_shape, pad_value }))
     }
 
-    /// Normalises intensities in place; returns the normalised value of the lowest intensity (padding).
-    pub fn normalise(&self, data: &mut Array3<f32>) -> f32 {
+    fn normalise(&self, data: &mut Array3<f32>) -> f32 {
         match self.intensity {
             Intensity::Ct { lo, hi, scale } => {
                 data.par_mapv_inplace(|v| v.clamp(lo, hi) / scale);
@@ -123,8 +80,7 @@ impl Preprocessing {
         }
     }
 
-    /// Maps a label volume onto the network grid (nearest neighbour where resampled).
-    pub fn labels(&self, labels: &Array3<f32>, record: &Record) -> Array3<u8> {
+    fn labels(&self, labels: &Array3<f32>, record: &Record) -> Array3<u8> {
         let mapped = labels.mapv(|v| self.labels.map(v));
         if record.resampled_shape == record.original_shape {
             mapped
@@ -133,8 +89,7 @@ impl Preprocessing {
         }
     }
 
-    /// Takes a prediction on the network grid back to the original grid.
-    pub fn restore(&self, prediction: &Array3<u8>, record: &Record) -> Array3<u8> {
+    fn restore(&self, prediction: &Array3<u8>, record: &Record) -> Array3<u8> {
         if prediction.dim() == record.original_shape.into() {
             prediction.clone()
         } else {

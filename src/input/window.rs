@@ -2,106 +2,10 @@
 //! accumulator that stitches them into a whole-volume prediction with memory bounded by the volume.
 
 use ndarray::{s, Array3, Array4, ArrayView3, ArrayView4};
-use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
-/// How overlapping tiles are weighted.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Blend {
-    /// Every voxel of a tile counts the same.
-    Constant,
-    /// Gaussian centred on the tile, sigma = `sigma_scale` × tile size per axis (nnU-Net uses 1/8):
-    /// tile borders, where the network sees least context, count least.
-    Gaussian {
-        /// Sigma as a fraction of the tile size.
-        sigma_scale: f32,
-    },
-}
-
-impl Default for Blend {
-    fn default() -> Self {
-        Blend::Gaussian { sigma_scale: 0.125 }
-    }
-}
-
-/// Sliding-window settings; recorded in bundles.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct WindowConfig {
-    /// Tile size `[D, H, W]`.
-    pub patch: [usize; 3],
-    /// Fraction of a tile shared with its neighbour, in `[0, 1)`.
-    pub overlap: f32,
-    /// Weighting of overlapping tiles.
-    pub blend: Blend,
-}
-
-impl WindowConfig {
-    /// Checks the settings.
-    pub fn validate(&self) -> Result<()> {
-        if self.patch.contains(&0) {
-            return Err(Error::invalid("patch size", format!("{:?} has a zero extent", self.patch)));
-        }
-        if !(0.0..1.0).contains(&self.overlap) {
-            return Err(Error::invalid("overlap", format!("{} is not in [0, 1)", self.overlap)));
-        }
-        if let Blend::Gaussian { sigma_scale } = self.blend {
-            if !(sigma_scale.is_finite() && sigma_scale > 0.0) {
-                return Err(Error::invalid("blend", format!("sigma scale {sigma_scale} must be positive")));
-            }
-        }
-        Ok(())
-    }
-
-    /// Tile start positions along one axis: evenly spaced from 0 to `size - patch`, with at most
-    /// `patch × (1 − overlap)` between starts. An axis shorter than the patch gets one tile at 0 (the
-    /// volume is padded to the patch, see [`pad_to_patch`]).
-    pub fn starts(&self, size: usize, patch: usize) -> Vec<usize> {
-        if size <= patch {
-            return vec![0];
-        }
-        let step = ((patch as f32) * (1.0 - self.overlap)).max(1.0);
-        let span = (size - patch) as f32;
-        let n = (span / step).ceil() as usize + 1;
-        (0..n).map(|i| ((span * i as f32) / (n - 1) as f32).round() as usize).collect()
-    }
-
-    /// All tile origins for a volume of `shape` (after padding), in raster order.
-    pub fn tiles(&self, shape: [usize; 3]) -> Vec<[usize; 3]> {
-        let [sd, sh, sw] = [0, 1, 2].map(|a| self.starts(shape[a], self.patch[a]));
-        let mut out = Vec::with_capacity(sd.len() * sh.len() * sw.len());
-        for &d in &sd {
-            for &h in &sh {
-                for &w in &sw {
-                    out.push([d, h, w]);
-                }
-            }
-        }
-        out
-    }
-
-    /// Per-voxel weight of a tile's prediction.
-    pub fn weights(&self) -> Array3<f32> {
-        match self.blend {
-            Blend::Constant => Array3::ones(self.patch),
-            Blend::Gaussian { sigma_scale } => {
-                let axis = |n: usize| -> Vec<f32> {
-                    let c = (n as f32 - 1.0) / 2.0;
-                    let sigma = (n as f32 * sigma_scale).max(1e-3);
-                    (0..n).map(|i| (-((i as f32 - c).powi(2)) / (2.0 * sigma * sigma)).exp()).collect()
-                };
-                let (a, b, c) = (axis(self.patch[0]), axis(self.patch[1]), axis(self.patch[2]));
-                let mut w = Array3::from_shape_fn(self.patch, |(z, y, x)| a[z] * b[y] * c[x]);
-                let max = w.iter().copied().fold(0.0, f32::max);
-                // Normalise, and keep a floor so no voxel is left with zero weight (nnU-Net does the same).
-                let floor = w.iter().copied().filter(|v| *v > 0.0).fold(f32::INFINITY, f32::min) / max;
-                w.mapv_inplace(|v| (v / max).max(floor).max(1e-6));
-                w
-            }
-        }
-    }
-}
+pub use autopath_bundle::{Blend, WindowConfig};
 
 /// Pads a volume at the far end of each axis up to at least `patch`, with `value`. Returns it unchanged
 /// (no copy) when it is large enough.
@@ -138,7 +42,7 @@ impl Accumulator {
         Accumulator {
             sum: Array4::zeros([channels, shape[0], shape[1], shape[2]]),
             weight: Array3::zeros(shape),
-            tile_weight: config.weights(),
+            tile_weight: tile_weights(config),
         }
     }
 
@@ -204,7 +108,7 @@ pub struct Coverage {
 impl Coverage {
     /// The blending of tiles at `origins` over a (padded) volume of `shape`.
     pub fn new(config: &WindowConfig, shape: [usize; 3], origins: &[[usize; 3]]) -> Self {
-        let tile_weight = config.weights();
+        let tile_weight = tile_weights(config);
         let mut weight = Array3::zeros(shape);
         for &o in origins {
             add_weight(&mut weight, &tile_weight, o);
@@ -300,4 +204,25 @@ pub fn slide(
         })?;
     }
     Ok((acc.finish(shape), tiles.len()))
+}
+
+/// Per-voxel weight of a tile's prediction under `config`'s blending.
+pub fn tile_weights(config: &WindowConfig) -> Array3<f32> {
+    match config.blend {
+        Blend::Constant => Array3::ones(config.patch),
+        Blend::Gaussian { sigma_scale } => {
+            let axis = |n: usize| -> Vec<f32> {
+                let c = (n as f32 - 1.0) / 2.0;
+                let sigma = (n as f32 * sigma_scale).max(1e-3);
+                (0..n).map(|i| (-((i as f32 - c).powi(2)) / (2.0 * sigma * sigma)).exp()).collect()
+            };
+            let (a, b, c) = (axis(config.patch[0]), axis(config.patch[1]), axis(config.patch[2]));
+            let mut w = Array3::from_shape_fn(config.patch, |(z, y, x)| a[z] * b[y] * c[x]);
+            let max = w.iter().copied().fold(0.0, f32::max);
+            // Normalise, and keep a floor so no voxel is left with zero weight (nnU-Net does the same).
+            let floor = w.iter().copied().filter(|v| *v > 0.0).fold(f32::INFINITY, f32::min) / max;
+            w.mapv_inplace(|v| (v / max).max(floor).max(1e-6));
+            w
+        }
+    }
 }

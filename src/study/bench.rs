@@ -2,6 +2,7 @@
 //! (a) `full.onnx`, (b) the block chain with every block kept, (c) policy + chain of the kept blocks;
 //! network only (tiles in, probabilities out) and end to end (read to write).
 
+use autopath_bundle::PathCost;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -232,7 +233,7 @@ fn bench_volume(p: &mut Predictor, input: &Path, scratch: &Path, opts: &BenchOpt
         shape: vol.geometry.shape,
         tiles,
         keep: crate::labels::mask_text(&keep),
-        flop_fraction: crate::labels::flop_fraction(&p.bundle.manifest.architecture, &keep),
+        flop_fraction: p.bundle.manifest.architecture.flop_fraction(&keep),
         full_graph: a,
         chain_all: b,
         autopath: c,

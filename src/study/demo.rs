@@ -241,7 +241,7 @@ pub fn run(o: &DemoOptions, say: &Say) -> Result<DemoOutcome> {
         };
         evaluate(&opts, &|_, _| {}).map(|_| ())
     })?;
-    stages.stage("6/8 compile bundle", f.bundle.join("manifest.json").exists(), || {
+    stages.stage("6/8 compile bundle", f.bundle.join(autopath_bundle::names::MANIFEST).exists(), || {
         // The demo's runtime and benchmark run on the CPU provider, one path per volume.
         let cpu = crate::study::compile::CompileOptions::for_provider(crate::deploy::ExecutionProvider::Cpu);
         let opts = crate::study::compile::CompileOptions { split_head: false, ..cpu };

@@ -1,6 +1,7 @@
 //! `autopath eval`: the paper's study on the test split, on whole volumes — full backbone, DropN,
 //! DropFirstN, DropLastN, DropRandomN and AutoPath — with Table 1, Figures 3–8 and qualitative overlays.
 
+use autopath_bundle::PathCost;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -12,7 +13,6 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::input::bundle::{Architecture, Bundle};
 use crate::input::volume::{read_volume, ReadOptions};
 use crate::study::dataset::Dataset;
 use crate::study::figures::{histogram, line_chart, overlay_png, Series, AUTOPATH, FULL, TRUTH};
@@ -21,6 +21,7 @@ use crate::study::search::{search, Objective, PathTable, Scored, BEAM_WIDTH, EXH
 use crate::study::train::data::{load_sample, Sample};
 use crate::study::train::policy::{keep_probabilities, load_policy, Method, DICE_TOLERANCE};
 use crate::study::train::segment::{cases_by_id, load_segmenter};
+use autopath_bundle::{Architecture, Bundle};
 use plotters::style::RGBColor;
 
 /// What to evaluate.
@@ -492,7 +493,7 @@ pub fn evaluate(opts: &EvalOptions, progress: &(dyn Fn(usize, usize) + Sync)) ->
     };
     let (volumes, random_dice) = study.run_all(&mut ev, &cases, &cfg.preprocessing, progress)?;
 
-    let flops = |m: &[bool]| crate::labels::flop_fraction(&arch, m);
+    let flops = |m: &[bool]| arch.flop_fraction(m);
     let (_, first, last) = heuristic_masks(n_blocks);
     let oracle_search = if n_blocks <= EXHAUSTIVE_MAX_BLOCKS {
         format!("exhaustive ({} paths per volume)", 1usize << n_blocks)

@@ -22,9 +22,9 @@ use rayon::prelude::*;
 use crate::deploy::chain::Segment;
 use crate::deploy::{SessionOptions, Sessions};
 use crate::error::{Error, Result};
-use crate::input::bundle::{Activation, Bundle, LowLevel};
 use crate::input::window::{batch_of_tiles, blended, pad_to_patch, Coverage, WindowConfig};
 use crate::labels::Agreement;
+use autopath_bundle::{Activation, Bundle, LowLevel};
 
 /// One value per tile batch of a volume (features, skip parts), shared between paths.
 type PerBatch = Arc<Vec<Array5<f32>>>;

@@ -2,14 +2,15 @@
 //! 2^N paths for N ≤ [`EXHAUSTIVE_MAX_BLOCKS`], a beam search over keep masks above (ResNet-50 has
 //! N = 16). `eval`'s oracle rows and the distilled policy's training targets both come from here.
 
+use autopath_bundle::PathCost;
 use std::collections::HashMap;
 
 use autopath_models::reward::reward;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::input::bundle::Architecture;
 use crate::study::path_eval::{PathEvaluator, Prepared};
+use autopath_bundle::Architecture;
 
 /// Largest N for which every path is scored.
 pub const EXHAUSTIVE_MAX_BLOCKS: usize = 10;
@@ -54,7 +55,7 @@ pub struct Scored {
 impl Scored {
     /// A path's evaluation on one volume, with its FLOP fraction.
     pub fn new(mask: Vec<bool>, outcome: &crate::study::path_eval::Outcome, arch: &Architecture) -> Scored {
-        let flop_fraction = crate::labels::flop_fraction(arch, &mask);
+        let flop_fraction = arch.flop_fraction(&mask);
         Scored { mask, dice: outcome.dice, accuracy: outcome.accuracy, flop_fraction }
     }
 

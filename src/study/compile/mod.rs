@@ -5,19 +5,18 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use autopath_export::ConvLayout;
+use autopath_bundle::Conv3dLayout;
 use autopath_models::deeplab::DeepLab3d;
 use autopath_models::policy::PolicyNet;
-use autopath_models::spec::{BlockKind, DecoderKind};
 use serde::Serialize;
 
 use crate::deploy::{SessionOptions, Sessions};
 use crate::error::{Error, Result};
-use crate::input::bundle::{
-    sha256_hex, Activation, Architecture, BlockEntry, BudgetPoint, Bundle, FileEntry, InputContract, LowLevel,
-    Manifest, PolicyEntry, Producer, SplitHead, SCHEMA_VERSION,
-};
 use crate::study::train::segment::TrainConfig;
+use autopath_bundle::{
+    names, sha256_hex, Activation, Architecture, BudgetPoint, Bundle, FileEntry, InputContract, Manifest, PolicyEntry,
+    Producer, SCHEMA_VERSION,
+};
 
 pub mod parity;
 
@@ -47,7 +46,7 @@ pub struct PolicyInput<'a> {
     /// Keep threshold.
     pub threshold: f32,
     /// How it was trained (None for an untrained policy).
-    pub training: Option<crate::input::bundle::PolicyTraining>,
+    pub training: Option<autopath_bundle::PolicyTraining>,
 }
 
 /// Whether to check the graphs, whether to replace an existing folder, how to write 3D convolutions.
@@ -58,7 +57,7 @@ pub struct CompileOptions {
     /// Replace an existing bundle folder.
     pub force: bool,
     /// How the graphs write 3D convolutions (`--conv3d`).
-    pub conv: ConvLayout,
+    pub conv: Conv3dLayout,
     /// Also write the head split in two graphs (`head_low.onnx`, `head_rest.onnx`) where the head
     /// splits: for the bundles that score many paths per volume; a deployed bundle has no use for them.
     pub split_head: bool,
@@ -70,24 +69,16 @@ impl CompileOptions {
     /// convolutions on a GPU provider.
     pub fn for_provider(provider: crate::deploy::ExecutionProvider) -> Self {
         let conv = match provider {
-            crate::deploy::ExecutionProvider::Cpu => ConvLayout::DepthTaps,
-            _ => ConvLayout::Native,
+            crate::deploy::ExecutionProvider::Cpu => Conv3dLayout::DepthTaps,
+            _ => Conv3dLayout::Native,
         };
         CompileOptions { verify: true, force: true, conv, split_head: true }
     }
 }
 
-/// The manifest's name of a convolution layout.
-pub fn layout_name(layout: ConvLayout) -> &'static str {
-    match layout {
-        ConvLayout::Native => "native",
-        ConvLayout::DepthTaps => "depth-taps",
-    }
-}
-
 impl Default for CompileOptions {
     fn default() -> Self {
-        CompileOptions { verify: true, force: false, conv: ConvLayout::Native, split_head: false }
+        CompileOptions { verify: true, force: false, conv: Conv3dLayout::Native, split_head: false }
     }
 }
 
@@ -198,7 +189,7 @@ fn build(
             FileEntry { sha256: sha256_hex(&g.bytes), bytes: g.bytes.len() as u64, role: g.role.clone() },
         );
     }
-    let architecture = architecture(net, cfg.window.patch, split_head);
+    let architecture = autopath_export::architecture(net, cfg.window.patch, split_head);
     let manifest = Manifest {
         schema_version: SCHEMA_VERSION,
         producer: Producer {
@@ -206,14 +197,14 @@ fn build(
             onnx_opset: autopath_export::OPSET,
             onnx_ir_version: autopath_export::IR_VERSION,
             onnx_runtime: crate::deploy::ort_library::ORT_VERSION.into(),
-            conv3d: layout_name(opts.conv).into(),
+            conv3d: opts.conv,
         },
         architecture: architecture.clone(),
         input: input_contract(cfg, crate::study::train::infer::activation(spec.output)),
         policy: policy
             .map(|p| -> Result<PolicyEntry> {
                 Ok(PolicyEntry {
-                    file: "policy.onnx".into(),
+                    file: names::POLICY_FILE.into(),
                     input: spec.policy.input,
                     threshold: p.threshold,
                     training: p.training.clone(),
@@ -224,7 +215,7 @@ fn build(
         evaluation,
         files,
     };
-    crate::study::train::checkpoint::write_json(&dir.join("manifest.json"), &manifest)?;
+    crate::study::train::checkpoint::write_json(&dir.join(names::MANIFEST), &manifest)?;
     let mut checks = Vec::new();
     if opts.verify {
         let bundle = Bundle::load(dir)?;
@@ -236,63 +227,6 @@ fn build(
         }
     }
     Ok((bundle_bytes, checks))
-}
-
-/// The manifest's architecture: every block's graph files, shapes and FLOPs at the tile `tile`, and
-/// the split head's files with `split_head`.
-fn architecture(net: &DeepLab3d, tile: [usize; 3], split_head: bool) -> Architecture {
-    let spec = net.spec();
-    let cost = spec.cost(tile);
-    let blocks = spec
-        .blocks()
-        .iter()
-        .zip(&cost.blocks)
-        .enumerate()
-        .map(|(n, (b, c))| BlockEntry {
-            index: n,
-            name: b.name(),
-            file: format!("block_{n:02}.onnx"),
-            shortcut_file: b.projection.then(|| format!("shortcut_{n:02}.onnx")),
-            input: c.input,
-            output: c.output,
-            branch_flops: c.branch_flops,
-            shortcut_flops: c.shortcut_flops,
-        })
-        .collect();
-    Architecture {
-        name: spec.name.clone(),
-        block: match spec.block {
-            BlockKind::Basic => "basic".into(),
-            BlockKind::Bottleneck => "bottleneck".into(),
-        },
-        width: spec.width,
-        parameters: spec.parameter_count(),
-        stem_file: "stem.onnx".into(),
-        stem_flops: cost.stem_flops,
-        stem_output: cost.stem_output,
-        blocks,
-        head_file: "head.onnx".into(),
-        decoder: match spec.decoder {
-            DecoderKind::Paper => "paper".into(),
-            DecoderKind::Skip => "skip".into(),
-        },
-        low_level: spec.low_level_block().map(|n| LowLevel {
-            after_block: n,
-            input: autopath_export::LOW_LEVEL_INPUT.into(),
-            shape: cost.blocks[n].output,
-            split: autopath_export::graphs::skip_part_channels(net).filter(|_| split_head).map(|c| {
-                let [_, d, h, w] = cost.blocks[n].output;
-                SplitHead {
-                    low_file: "head_low.onnx".into(),
-                    rest_file: "head_rest.onnx".into(),
-                    output: autopath_export::SKIP_PART.into(),
-                    shape: [c, d, h, w],
-                }
-            }),
-        }),
-        head_flops: cost.head_flops,
-        full_file: "full.onnx".into(),
-    }
 }
 
 /// What the bundle expects of its input and how it labels the output.

@@ -202,7 +202,13 @@ fn composition_checks(net: &DeepLab3d, reference: &DeepLab3d, s: &mut Sessions, 
     let candle = forward(net, &x32, BlockPath::Full)?;
     let ort = s.run_full(x.view())?;
     let p = Output::Probabilities;
-    let mut checks = vec![check("full.onnx".into(), ort.as_slice().unwrap_or_default(), Some(&candle), &full, p)?];
+    let mut checks = vec![check(
+        autopath_bundle::names::FULL_FILE.into(),
+        ort.as_slice().unwrap_or_default(),
+        Some(&candle),
+        &full,
+        p,
+    )?];
     let chain = s.run_chain(x.view(), &vec![true; spec.num_blocks()])?;
     checks.push(check("chain, all blocks kept".into(), chain.as_slice().unwrap_or_default(), None, &full, p)?);
     let alternate: Vec<bool> = (0..spec.num_blocks()).map(|n| n % 2 == 0).collect();

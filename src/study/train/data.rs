@@ -1,5 +1,6 @@
 //! Training data in memory: preprocessed volumes, foreground-biased patch crops and flips.
 
+use crate::input::preprocess::Preprocess;
 use std::path::Path;
 
 use ndarray::{s, Array3, Axis};

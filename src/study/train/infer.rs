@@ -70,9 +70,9 @@ pub fn labels(probs: &Array4<f32>, output: Output) -> Array3<u8> {
 }
 
 /// The bundle's name for a network's output.
-pub fn activation(output: Output) -> crate::input::bundle::Activation {
+pub fn activation(output: Output) -> autopath_bundle::Activation {
     match output {
-        Output::Sigmoid => crate::input::bundle::Activation::Sigmoid,
-        Output::Softmax { classes } => crate::input::bundle::Activation::Softmax { classes },
+        Output::Sigmoid => autopath_bundle::Activation::Sigmoid,
+        Output::Softmax { classes } => autopath_bundle::Activation::Softmax { classes },
     }
 }

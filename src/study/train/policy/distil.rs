@@ -21,6 +21,7 @@
 //! path per block decision (N(N+1)/2 paths per volume, sharing prefixes) and gives the answer
 //! REINFORCE has to estimate.
 
+use autopath_bundle::PathCost;
 use std::time::Instant;
 
 use autopath_models::layers::precise_statistics;
@@ -29,10 +30,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{candle, Item, PolicyEpoch, Run};
 use crate::error::{Error, Result};
-use crate::input::bundle::Architecture;
 use crate::study::path_eval::PathEvaluator;
 use crate::study::search::{Objective, PathTable, Scored};
 use crate::study::train::checkpoint::{read_json, write_json};
+use autopath_bundle::Architecture;
 
 /// Dice points over the tolerance that validation weighs like one point of FLOP saving.
 const EXCESS_WEIGHT: f64 = 10.0;

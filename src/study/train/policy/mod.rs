@@ -26,10 +26,10 @@ use super::data::load_sample;
 use super::segment::{cases_by_id, load_segmenter, TrainConfig};
 use crate::deploy::SessionOptions;
 use crate::error::{Error, Result};
-use crate::input::bundle::{Architecture, Bundle, PolicyTraining};
 use crate::input::preprocess::resample_linear;
 use crate::study::dataset::Dataset;
 use crate::study::path_eval::{PathEvaluator, Prepared};
+use autopath_bundle::{Architecture, Bundle, PolicyTraining};
 
 /// How the policy learns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -276,8 +276,8 @@ impl PolicyMeta {
 pub fn training_record(c: &PolicyConfig, m: &PolicyMeta) -> PolicyTraining {
     PolicyTraining {
         method: match c.method {
-            Method::Paper => "paper".into(),
-            Method::Distil => "distil".into(),
+            Method::Paper => autopath_bundle::PolicyMethod::Paper,
+            Method::Distil => autopath_bundle::PolicyMethod::Distil,
         },
         dice_tolerance: c.dice_tolerance,
         tau: c.tau,
@@ -555,11 +555,11 @@ fn segmenter_bundle(
     session: &SessionOptions,
 ) -> Result<Bundle> {
     let dir = out.join("segmenter");
-    if !dir.join("manifest.json").exists() {
+    if !dir.join(autopath_bundle::names::MANIFEST).exists() {
         let opts = crate::study::compile::CompileOptions::for_provider(session.ep);
         crate::study::compile::compile(net, seg_cfg, None, None, &dir, opts)?;
     }
-    Bundle::load(&dir)
+    Ok(Bundle::load(&dir)?)
 }
 
 fn run(
