@@ -199,7 +199,8 @@ fn a_missing_gpu_provider_is_an_error_for_eval_and_train_policy_unless_fallback_
 /// part; every path scores as with the whole head, in any order of the paths.
 #[test]
 fn paths_sharing_the_split_heads_low_level_part_score_as_with_the_whole_head() {
-    use autopath::study::compile::{compile_runs, CompileOptions};
+    use autopath::study::compile::CompileOptions;
+    use autopath::study::packaging::compile_runs;
     let dir = tempfile::tempdir().unwrap();
     let (data, run, _) = common::trained_bundle(dir.path());
     let cfg: TrainConfig = autopath::study::train::checkpoint::read_json(&run.join("config.json")).unwrap();

@@ -146,7 +146,7 @@ fn learns_the_identities(method: Method) {
         let vol = read_volume(&case.image, &ReadOptions::default()).unwrap();
         let (img, _) = prep.image(&vol).unwrap();
         let p: Vec<f32> =
-            autopath::study::train::policy::keep_probabilities(&policy, &img, f.spec.policy.input).unwrap();
+            autopath::study::train::infer::keep_probabilities(&policy, &img, f.spec.policy.input).unwrap();
         let keep: Vec<bool> = p.iter().map(|&v| v >= 0.5).collect();
         let want: Vec<bool> = (0..8).map(|n| !IDENTITY.contains(&n)).collect();
         assert_eq!(keep, want, "{method:?}, case {}: keep probabilities {p:?}", case.id);

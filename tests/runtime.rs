@@ -389,7 +389,7 @@ fn auto_path_outputs_equal_the_evaluation_s_autopath_predictions() {
     for case in &ds.cases {
         let s = load_sample(case, &cfg.preprocessing).unwrap();
         let probs: Vec<f32> =
-            autopath::study::train::policy::keep_probabilities(&p, &s.image, cfg.spec.policy.input).unwrap();
+            autopath::study::train::infer::keep_probabilities(&p, &s.image, cfg.spec.policy.input).unwrap();
         let mask: Vec<bool> = probs.iter().map(|&v| v >= pc.threshold).collect();
         let prepared = ev.prepare(&s.image, s.record.pad_value, None).unwrap();
         let want = ev.evaluate(&prepared, std::slice::from_ref(&mask), true).unwrap().remove(0).prediction.unwrap();

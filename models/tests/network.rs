@@ -5,6 +5,7 @@ use autopath_models::block::BlockKeep;
 use autopath_models::deeplab::{BlockPath, DeepLab3d};
 use autopath_models::layers::Buffers;
 use autopath_models::policy::PolicyNet;
+use autopath_models::spec::PathCost;
 use autopath_models::spec::{ArchSpec, DecoderKind};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{VarBuilder, VarMap};

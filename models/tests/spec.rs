@@ -1,6 +1,7 @@
 //! Architecture presets against the reference implementation's sizes.
 
 use autopath_models::spec::ArchSpec;
+use autopath_models::spec::PathCost;
 
 #[test]
 fn parameter_counts_match_the_reference() {

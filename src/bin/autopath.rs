@@ -882,7 +882,7 @@ fn compile(args: CompileArgs) -> anyhow::Result<()> {
         return compile_untrained(&arch, width, patch, decoder.into(), &out, opts);
     }
     let seg = seg.ok_or_else(|| anyhow::anyhow!("--seg is required (or --untrained ARCH)"))?;
-    let report = autopath::study::compile::compile_runs(
+    let report = autopath::study::packaging::compile_runs(
         &seg,
         &checkpoint,
         policy.as_deref(),

@@ -246,7 +246,8 @@ pub fn run(o: &DemoOptions, say: &Say) -> Result<DemoOutcome> {
         let cpu = crate::study::compile::CompileOptions::for_provider(crate::deploy::ExecutionProvider::Cpu);
         let opts = crate::study::compile::CompileOptions { split_head: false, ..cpu };
         let results = f.eval.join("results.json");
-        let r = crate::study::compile::compile_runs(&f.seg, "best", Some(&f.policy), Some(&results), &f.bundle, opts)?;
+        let r =
+            crate::study::packaging::compile_runs(&f.seg, "best", Some(&f.policy), Some(&results), &f.bundle, opts)?;
         for c in &r.checks {
             say(&format!("      {}", c.describe()));
         }

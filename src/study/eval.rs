@@ -19,7 +19,8 @@ use crate::study::figures::{histogram, line_chart, overlay_png, Series, AUTOPATH
 use crate::study::path_eval::{self, PathEvaluator, Prepared};
 use crate::study::search::{search, Objective, PathTable, Scored, BEAM_WIDTH, EXHAUSTIVE_MAX_BLOCKS};
 use crate::study::train::data::{load_sample, Sample};
-use crate::study::train::policy::{keep_probabilities, load_policy, Method, DICE_TOLERANCE};
+use crate::study::train::infer::keep_probabilities;
+use crate::study::train::policy::{load_policy, Method, DICE_TOLERANCE};
 use crate::study::train::segment::{cases_by_id, load_segmenter};
 use autopath_bundle::{Architecture, Bundle};
 use plotters::style::RGBColor;

@@ -8,6 +8,7 @@ pub mod dataset;
 pub mod demo;
 pub mod eval;
 pub mod figures;
+pub mod packaging;
 pub mod path_eval;
 pub mod search;
 pub mod synth;

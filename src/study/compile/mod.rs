@@ -82,33 +82,6 @@ impl Default for CompileOptions {
     }
 }
 
-/// Compiles trained runs into a bundle: the segmenter run's `checkpoint`, the policy run's best (with
-/// how it was trained), and the summary of an `eval` report, if given. `autopath compile` and the demo
-/// both come through here, so their manifests record the same things.
-pub fn compile_runs(
-    seg: &Path,
-    checkpoint: &str,
-    policy: Option<&Path>,
-    evaluation: Option<&Path>,
-    out: &Path,
-    opts: CompileOptions,
-) -> Result<CompileReport> {
-    let (net, cfg) = crate::study::train::segment::load_segmenter(seg, checkpoint)?;
-    let loaded = policy.map(|p| crate::study::train::policy::load_policy(p, "best")).transpose()?;
-    let policy_input = loaded.as_ref().map(|(p, c, m)| PolicyInput {
-        net: p,
-        threshold: m.deployed_threshold(c),
-        training: Some(crate::study::train::policy::training_record(c, m)),
-    });
-    let evaluation = evaluation
-        .map(crate::study::train::checkpoint::read_json::<crate::study::eval::Results>)
-        .transpose()?
-        .map(|r| serde_json::to_value(r.summary))
-        .transpose()
-        .map_err(|e| Error::invalid("--evaluation", e.to_string()))?;
-    compile(&net, &cfg, policy_input, evaluation, out, opts)
-}
-
 /// Compiles a trained segmenter (and optionally a policy) into `out`: the bundle is built and checked
 /// in a temporary sibling folder and renamed into place only when complete.
 pub fn compile(
@@ -262,7 +235,7 @@ fn budget_calibration(policy: &PolicyNet, cfg: &TrainConfig, arch: &Architecture
         .iter()
         .map(|c| {
             let s = crate::study::train::data::load_sample(c, &cfg.preprocessing)?;
-            crate::study::train::policy::keep_probabilities(policy, &s.image, cfg.spec.policy.input)
+            crate::study::train::infer::keep_probabilities(policy, &s.image, cfg.spec.policy.input)
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(BudgetPoint::curve(&probabilities, arch))

@@ -2,6 +2,7 @@
 //! accumulator. The runtime does the same with ONNX Runtime (same tiling, same blending).
 
 use autopath_models::deeplab::{BlockPath, DeepLab3d};
+use autopath_models::policy::PolicyNet;
 use autopath_models::spec::Output;
 use candle_core::Tensor;
 use ndarray::{Array3, Array4, Array5, ArrayView5};
@@ -75,4 +76,13 @@ pub fn activation(output: Output) -> autopath_bundle::Activation {
         Output::Sigmoid => autopath_bundle::Activation::Sigmoid,
         Output::Softmax { classes } => autopath_bundle::Activation::Softmax { classes },
     }
+}
+
+/// Keep probabilities of a trained policy (evaluation mode) for a normalised volume, resampled to
+/// the policy's input size exactly as the runtime does.
+pub fn keep_probabilities(net: &PolicyNet, image: &Array3<f32>, input: [usize; 3]) -> Result<Vec<f32>> {
+    let x = crate::input::preprocess::resample_linear(image, input);
+    let t = Tensor::from_vec(x.into_raw_vec_and_offset().0, (1, 1, input[0], input[1], input[2]), net.device())
+        .map_err(Error::candle("policy"))?;
+    net.forward(&t, false).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).map_err(Error::candle("policy"))
 }

@@ -227,15 +227,6 @@ impl PolicyModel {
     }
 }
 
-/// Keep probabilities of a trained policy (evaluation mode) for a normalised volume, resampled to
-/// the policy's input size exactly as the runtime does.
-pub fn keep_probabilities(net: &PolicyNet, image: &Array3<f32>, input: [usize; 3]) -> Result<Vec<f32>> {
-    let x = resample_linear(image, input);
-    let t = Tensor::from_vec(x.into_raw_vec_and_offset().0, (1, 1, input[0], input[1], input[2]), net.device())
-        .map_err(candle)?;
-    net.forward(&t, false).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).map_err(candle)
-}
-
 /// The policy as deployed: output n takes the trained output `source[n]` (empty `source`: its own), and
 /// `forced` blocks are kept whatever the input (their output logit becomes a constant +30, weight row
 /// 0). Both act on the last layer's rows, so exported graphs, evaluation and `--budget` see exactly
