@@ -5,7 +5,6 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{BundleError, Result};
-use crate::manifest::Architecture;
 
 /// Costs per tile of a network whose residual blocks can be dropped. FLOPs count multiply–adds as two
 /// operations. A dropped block saves its residual branch; its projection shortcut runs either way.
@@ -30,16 +29,6 @@ pub trait PathCost {
     /// The FLOPs of a path as a fraction of the full network's.
     fn flop_fraction(&self, keep: &[bool]) -> f64 {
         self.path_flops(keep) as f64 / self.full_flops().max(1) as f64
-    }
-}
-
-impl PathCost for Architecture {
-    fn stem_and_head_flops(&self) -> u64 {
-        self.stem_flops + self.head_flops
-    }
-
-    fn block_flops(&self) -> Vec<(u64, u64)> {
-        self.blocks.iter().map(|b| (b.branch_flops, b.shortcut_flops)).collect()
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cost::BudgetPoint;
+use crate::cost::{BudgetPoint, PathCost};
 use crate::input::{Preprocessing, WindowConfig};
 
 /// The manifest schema this build writes and reads.
@@ -228,6 +228,16 @@ impl Architecture {
             files.extend([&split.low_file, &split.rest_file]);
         }
         files
+    }
+}
+
+impl PathCost for Architecture {
+    fn stem_and_head_flops(&self) -> u64 {
+        self.stem_flops + self.head_flops
+    }
+
+    fn block_flops(&self) -> Vec<(u64, u64)> {
+        self.blocks.iter().map(|b| (b.branch_flops, b.shortcut_flops)).collect()
     }
 }
 

@@ -8,7 +8,8 @@ use clap::Parser;
 
 use autopath::cli::{progress, report, ProviderArgs};
 use autopath::deploy::batch::{plan, run_batch, BatchOptions, Event, Shard};
-use autopath::deploy::{PathChoice, Predictor};
+use autopath::deploy::{PathChoice, Predictor, PredictorOptions};
+use autopath::input::volume::ReadOptions;
 
 #[derive(Parser)]
 #[command(
@@ -157,27 +158,6 @@ fn check_ort() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The path choice with `--budget` turned into the bundle's calibrated keep threshold.
-fn path_choice(cli: &Cli, predictor: &Predictor) -> anyhow::Result<PathChoice> {
-    Ok(match &cli.path {
-        PathChoice::Auto { .. } => PathChoice::Auto {
-            threshold: match cli.budget {
-                Some(b) => Some(
-                    predictor
-                        .bundle
-                        .manifest
-                        .policy
-                        .as_ref()
-                        .ok_or_else(|| anyhow::anyhow!("--budget needs a bundle with a policy"))?
-                        .threshold_for_budget(b)?,
-                ),
-                None => cli.threshold,
-            },
-        },
-        other => other.clone(),
-    })
-}
-
 fn run(cli: Cli) -> anyhow::Result<bool> {
     #[cfg(feature = "serve")]
     if let Some(sub) = cli.command {
@@ -192,19 +172,18 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         cli.input.clone().expect("required"),
         cli.output.clone().expect("required"),
     );
-    let opts = cli.provider.options(cli.tile_batch);
+    let opts = PredictorOptions {
+        session: cli.provider.options(cli.tile_batch),
+        tile_batch: cli.tile_batch,
+        step: cli.step,
+        read: ReadOptions { max_voxels: cli.max_voxels, non_finite: cli.nan },
+    };
     let mut predictor = Predictor::from_bundle(&bundle, &opts)?;
     if !cli.quiet {
-        suggest_depth_taps(&predictor, &opts, &bundle);
+        suggest_depth_taps(&predictor, &opts.session, &bundle);
     }
-    predictor.tile_batch = cli.tile_batch.max(1);
-    predictor.read_options.max_voxels = cli.max_voxels;
-    predictor.read_options.non_finite = cli.nan;
-    if let Some(step) = cli.step {
-        anyhow::ensure!(step > 0.0 && step <= 1.0, "--step {step} must be in (0, 1]");
-        predictor.window.overlap = 1.0 - step;
-    }
-    let choice = path_choice(&cli, &predictor)?;
+    let choice =
+        PathChoice::resolve(cli.path.clone(), cli.threshold, cli.budget, predictor.bundle().manifest.policy.as_ref())?;
     let pairs = plan(&input, &output, cli.shard)?;
     if input.is_dir() {
         std::fs::create_dir_all(&output).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", output.display()))?;
@@ -264,7 +243,7 @@ fn main() -> ExitCode {
 /// Says once, on stderr, when a bundle with native 3D convolutions runs on the CPU provider: the bundle
 /// is fine, but the CPU provider has a faster form of it.
 fn suggest_depth_taps(predictor: &Predictor, opts: &autopath::deploy::SessionOptions, bundle: &std::path::Path) {
-    if predictor.bundle.manifest.producer.conv3d == autopath_bundle::Conv3dLayout::Native
+    if predictor.bundle().manifest.producer.conv3d == autopath_bundle::Conv3dLayout::Native
         && opts.ep == autopath::deploy::ExecutionProvider::Cpu
     {
         eprintln!(

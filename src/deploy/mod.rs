@@ -14,5 +14,5 @@ pub mod predict;
 pub mod serve;
 pub mod session;
 
-pub use predict::{PathChoice, Predictor, VolumeReport};
+pub use predict::{PathChoice, Predictor, PredictorOptions, VolumeReport};
 pub use session::{CudnnSearch, ExecutionProvider, IoBindingMode, Residency, SessionOptions, Sessions};

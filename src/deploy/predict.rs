@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::input::preprocess::{resample_linear, Record};
 use crate::input::volume::{read_volume, write_labels, ReadOptions, Volume};
 use crate::input::window::{slide, TileEngine, WindowConfig};
-use autopath_bundle::Bundle;
+use autopath_bundle::{Bundle, PolicyEntry};
 
 /// Which blocks to run.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +29,40 @@ pub enum PathChoice {
     Full,
     /// A fixed mask, `1` = keep.
     Mask(Vec<bool>),
+    /// Every block, through the monolithic `full.onnx` instead of the chain: the baseline `bench`
+    /// measures against.
+    FullGraph,
+}
+
+impl PathChoice {
+    /// The choice a request makes: `path` with, for `auto`, a keep `threshold` or a FLOP `budget`
+    /// turned into the bundle's calibrated threshold. The one reading of these options, for the CLI
+    /// and the service alike.
+    pub fn resolve(
+        path: PathChoice,
+        threshold: Option<f32>,
+        budget: Option<f64>,
+        policy: Option<&PolicyEntry>,
+    ) -> Result<PathChoice> {
+        if let Some(t) = threshold.filter(|t| !(0.0..=1.0).contains(t)) {
+            return Err(Error::request("threshold", format!("{t} is not in [0, 1]")));
+        }
+        let threshold = match (threshold, budget) {
+            (Some(_), Some(_)) => {
+                return Err(Error::request("budget", "give either a threshold or a budget, not both"))
+            }
+            (t, None) => t,
+            (None, Some(b)) => {
+                let policy =
+                    policy.ok_or_else(|| Error::request("budget", "the bundle has no policy: a budget needs one"))?;
+                Some(policy.threshold_for_budget(b)?)
+            }
+        };
+        Ok(match path {
+            PathChoice::Auto { .. } => PathChoice::Auto { threshold },
+            other => other,
+        })
+    }
 }
 
 impl std::str::FromStr for PathChoice {
@@ -169,36 +203,74 @@ impl TileEngine for OrtEngine<'_, '_> {
     }
 }
 
-/// A bundle with its sessions, ready to segment.
-pub struct Predictor {
-    /// The verified bundle.
-    pub bundle: Bundle,
-    /// Its sessions.
-    pub sessions: Sessions,
-    /// Tiles per network call.
+/// How a [`Predictor`] runs: its sessions, tiles per network call, the window step and the limits
+/// for input files.
+#[derive(Debug, Clone)]
+pub struct PredictorOptions {
+    /// Execution provider and session settings.
+    pub session: SessionOptions,
+    /// Tiles per network call (at least 1).
     pub tile_batch: usize,
-    /// Sliding-window settings (the manifest's, or overridden).
-    pub window: WindowConfig,
+    /// Sliding-window step as a fraction of the tile, in (0, 1]; None: the manifest's overlap.
+    pub step: Option<f32>,
     /// Limits for input files.
-    pub read_options: ReadOptions,
-    /// Run `full.onnx` instead of the block chain (the baseline; the path is then ignored).
-    pub use_full_graph: bool,
+    pub read: ReadOptions,
+}
+
+impl Default for PredictorOptions {
+    fn default() -> Self {
+        PredictorOptions { session: SessionOptions::default(), tile_batch: 2, step: None, read: ReadOptions::default() }
+    }
+}
+
+/// A bundle with its sessions, ready to segment: built whole by [`Predictor::from_bundle`], so every
+/// entry point (the CLI, the service, the benchmark) gets the same checked state.
+pub struct Predictor {
+    bundle: Bundle,
+    sessions: Sessions,
+    tile_batch: usize,
+    window: WindowConfig,
+    read_options: ReadOptions,
 }
 
 impl Predictor {
-    /// Loads and verifies a bundle and opens every session.
-    pub fn from_bundle(dir: &Path, opts: &SessionOptions) -> Result<Predictor> {
+    /// Loads and verifies a bundle and opens every session: ready to segment when it returns.
+    pub fn from_bundle(dir: &Path, opts: &PredictorOptions) -> Result<Predictor> {
+        if let Some(step) = opts.step.filter(|s| !(*s > 0.0 && *s <= 1.0)) {
+            return Err(Error::invalid("--step", format!("{step} is not in (0, 1]")));
+        }
         let bundle = Bundle::load(dir)?;
-        let sessions = Sessions::open(&bundle, opts)?;
-        let window = bundle.manifest.input.window;
-        Ok(Predictor {
-            bundle,
-            sessions,
-            tile_batch: 2,
-            window,
-            read_options: ReadOptions::default(),
-            use_full_graph: false,
-        })
+        let mut window = bundle.manifest.input.window;
+        if let Some(step) = opts.step {
+            window.overlap = 1.0 - step;
+        }
+        let sessions = Sessions::open(&bundle, &opts.session)?;
+        Ok(Predictor { bundle, sessions, tile_batch: opts.tile_batch.max(1), window, read_options: opts.read })
+    }
+
+    /// The verified bundle.
+    pub fn bundle(&self) -> &Bundle {
+        &self.bundle
+    }
+
+    /// Sliding-window settings in use (the manifest's, with the step asked for).
+    pub fn window(&self) -> &WindowConfig {
+        &self.window
+    }
+
+    /// Tiles per network call.
+    pub fn tile_batch(&self) -> usize {
+        self.tile_batch
+    }
+
+    /// Limits applied to input files.
+    pub fn read_options(&self) -> &ReadOptions {
+        &self.read_options
+    }
+
+    /// Where the chain keeps its intermediate values.
+    pub fn residency(&self) -> super::session::Residency {
+        self.sessions.residency
     }
 
     /// Number of droppable blocks.
@@ -238,7 +310,7 @@ impl Predictor {
     pub fn keep_mask(&mut self, image: &Array3<f32>, choice: &PathChoice) -> Result<(Vec<bool>, Option<Vec<f32>>)> {
         let n = self.num_blocks();
         match choice {
-            PathChoice::Full => Ok((vec![true; n], None)),
+            PathChoice::Full | PathChoice::FullGraph => Ok((vec![true; n], None)),
             PathChoice::Mask(m) if m.len() == n => Ok((m.clone(), None)),
             PathChoice::Mask(m) => Err(Error::request(
                 "path",
@@ -296,7 +368,8 @@ impl Predictor {
         let (keep, probs) = self.keep_mask(&image, choice)?;
         times.policy = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let (p, tiles, network) = self.probabilities(&image, record.pad_value, &keep, self.use_full_graph)?;
+        let (p, tiles, network) =
+            self.probabilities(&image, record.pad_value, &keep, *choice == PathChoice::FullGraph)?;
         let labels = self.labels(&p);
         let labels = self.bundle.manifest.input.preprocessing.restore(&labels, &record);
         times.network = network;

@@ -21,7 +21,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::deploy::predict::StageTimes;
-use crate::deploy::{PathChoice, Predictor, SessionOptions};
+use crate::deploy::{PathChoice, Predictor, PredictorOptions, SessionOptions};
 use crate::error::{Error, Result};
 use crate::input::volume::{read_volume, write_labels};
 
@@ -147,7 +147,7 @@ fn work(p: &mut Predictor, scratch: &Path, job: &Job, metrics: &Metrics) -> Resu
     std::fs::write(&input, &job.body).map_err(|e| Error::io(&input, e))?;
     let mut times = StageTimes::default();
     let t = Instant::now();
-    let vol = read_volume(&input, &p.read_options);
+    let vol = read_volume(&input, p.read_options());
     let _ = std::fs::remove_file(&input);
     // The refusal keeps its kind; only the scratch file's name becomes "request body".
     let volume = vol.map_err(|e| match e {
@@ -159,11 +159,13 @@ fn work(p: &mut Predictor, scratch: &Path, job: &Job, metrics: &Metrics) -> Resu
     match &job.task {
         Task::Policy => {
             let (image, _) = p.preprocess(&volume)?;
-            let probabilities = p.keep_probabilities(&image)?;
-            let t = p.bundle.manifest.policy.as_ref().map_or(0.5, |x| x.threshold);
+            if p.bundle().manifest.policy.is_none() {
+                return Err(Error::request("policy", "the bundle has no policy"));
+            }
+            let (keep, probabilities) = p.keep_mask(&image, &PathChoice::Auto { threshold: None })?;
             Ok(Reply::Policy {
-                keep: probabilities.iter().map(|&v| if v >= t { '1' } else { '0' }).collect(),
-                probabilities,
+                keep: crate::labels::mask_text(&keep),
+                probabilities: probabilities.unwrap_or_default(),
             })
         }
         Task::Segment(choice) => {
@@ -178,7 +180,7 @@ fn work(p: &mut Predictor, scratch: &Path, job: &Job, metrics: &Metrics) -> Resu
                 let c = if k { &metrics.kept[n] } else { &metrics.dropped[n] };
                 c.fetch_add(1, Ordering::Relaxed);
             }
-            let arch = &p.bundle.manifest.architecture;
+            let arch = &p.bundle().manifest.architecture;
             Ok(Reply::Segmentation {
                 nifti,
                 keep: crate::labels::mask_text(&seg.keep),
@@ -260,30 +262,16 @@ async fn segment_inner(state: &AppState, headers: &HeaderMap, q: &HashMap<String
         .map(String::as_str)
         .or_else(|| headers.get("x-autopath-path").and_then(|v| v.to_str().ok()))
         .unwrap_or("auto");
-    let threshold = match q.get("threshold").map(|t| t.parse::<f32>()) {
-        None => None,
-        Some(Ok(t)) if (0.0..=1.0).contains(&t) => Some(t),
-        Some(_) => return plain(StatusCode::BAD_REQUEST, "threshold must be a number in [0, 1]"),
+    let number = |key: &str| q.get(key).map(|v| v.parse::<f64>().map_err(|e| format!("{key} {v:?}: {e}")));
+    let (threshold, budget) = match (number("threshold").transpose(), number("budget").transpose()) {
+        (Ok(t), Ok(b)) => (t.map(|t| t as f32), b),
+        (Err(e), _) | (_, Err(e)) => return plain(StatusCode::BAD_REQUEST, e),
     };
-    let threshold = match (threshold, q.get("budget")) {
-        (t, None) => t,
-        (Some(_), Some(_)) => return plain(StatusCode::BAD_REQUEST, "give either threshold or budget, not both"),
-        (None, Some(b)) => {
-            let Some(policy) = &state.policy else {
-                return plain(StatusCode::BAD_REQUEST, "the bundle has no policy: budget needs one");
-            };
-            match b
-                .parse::<f64>()
-                .map_err(|e| e.to_string())
-                .and_then(|b| policy.threshold_for_budget(b).map_err(|e| e.to_string()))
-            {
-                Ok(t) => Some(t),
-                Err(e) => return plain(StatusCode::BAD_REQUEST, format!("budget {b}: {e}")),
-            }
-        }
-    };
-    let choice = match path.parse::<PathChoice>() {
-        Ok(PathChoice::Auto { .. }) => PathChoice::Auto { threshold },
+    let choice = path
+        .parse::<PathChoice>()
+        .map_err(|e| e.to_string())
+        .and_then(|c| PathChoice::resolve(c, threshold, budget, state.policy.as_ref()).map_err(|e| e.to_string()));
+    let choice = match choice {
         Ok(c) => c,
         Err(e) => return plain(StatusCode::BAD_REQUEST, e),
     };
@@ -414,12 +402,13 @@ pub async fn serve(opts: ServeOptions, ready: impl FnOnce(std::net::SocketAddr))
     let mut blocks = 0;
     let mut predictors = Vec::new();
     for _ in 0..opts.workers.max(1) {
-        let mut p = Predictor::from_bundle(&opts.bundle, &opts.session)?;
-        p.tile_batch = opts.tile_batch.max(1);
-        manifest =
-            serde_json::to_string_pretty(&p.bundle.manifest).map_err(|e| Error::invalid("manifest", e.to_string()))?;
+        let popts =
+            PredictorOptions { session: opts.session.clone(), tile_batch: opts.tile_batch, ..Default::default() };
+        let p = Predictor::from_bundle(&opts.bundle, &popts)?;
+        manifest = serde_json::to_string_pretty(&p.bundle().manifest)
+            .map_err(|e| Error::invalid("manifest", e.to_string()))?;
         blocks = p.num_blocks();
-        policy_entry = p.bundle.manifest.policy.clone();
+        policy_entry = p.bundle().manifest.policy.clone();
         predictors.push(p);
     }
     let metrics = Arc::new(Metrics {

@@ -10,7 +10,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::deploy::predict::{peak_rss_mb, reset_peak_rss};
-use crate::deploy::{ExecutionProvider, PathChoice, Predictor, SessionOptions};
+use crate::deploy::{ExecutionProvider, PathChoice, Predictor, PredictorOptions, SessionOptions};
 use crate::error::{Error, Result};
 use crate::input::volume::{read_volume, ReadOptions};
 
@@ -178,8 +178,8 @@ pub fn bench(bundle: &Path, inputs: &[PathBuf], scratch: &Path, opts: &BenchOpti
         return Err(Error::invalid("--repeats", "must be at least 1 (medians of no runs do not exist)"));
     }
     reset_peak_rss();
-    let mut p = Predictor::from_bundle(bundle, &opts.session)?;
-    p.tile_batch = opts.tile_batch.max(1);
+    let popts = PredictorOptions { session: opts.session.clone(), tile_batch: opts.tile_batch, ..Default::default() };
+    let mut p = Predictor::from_bundle(bundle, &popts)?;
     std::fs::create_dir_all(scratch).map_err(|e| Error::io(scratch, e))?;
     let volumes = inputs.iter().map(|input| bench_volume(&mut p, input, scratch, opts)).collect::<Result<Vec<_>>>()?;
     let summary = summarize(&volumes);
@@ -188,11 +188,11 @@ pub fn bench(bundle: &Path, inputs: &[PathBuf], scratch: &Path, opts: &BenchOpti
         cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         threads: opts.session.threads,
         ep: opts.session.ep,
-        chain_values: format!("{:?}", p.sessions.residency),
+        chain_values: format!("{:?}", p.residency()),
         onnx_runtime: crate::deploy::ort_library::ORT_VERSION.into(),
-        bundle_sha256: p.bundle.hash.clone(),
-        tile: p.window.patch,
-        tile_batch: p.tile_batch,
+        bundle_sha256: p.bundle().hash.clone(),
+        tile: p.window().patch,
+        tile_batch: p.tile_batch(),
         repeats: opts.repeats,
         warmup: opts.warmup,
     };
@@ -215,9 +215,7 @@ fn bench_volume(p: &mut Predictor, input: &Path, scratch: &Path, opts: &BenchOpt
         let (b, _) = time(|| p.probabilities(&image, rec.pad_value, &all, false))?;
         let (c, (_, _, c_net)) = time(|| p.probabilities(&image, rec.pad_value, &keep, false))?;
         let (pol, _) = time(|| p.keep_mask(&image, &PathChoice::Auto { threshold: None }))?;
-        p.use_full_graph = true;
-        let (ae, _) = time(|| p.segment_file(input, &out, &PathChoice::Full))?;
-        p.use_full_graph = false;
+        let (ae, _) = time(|| p.segment_file(input, &out, &PathChoice::FullGraph))?;
         let (ce, _) = time(|| p.segment_file(input, &out, &PathChoice::Auto { threshold: None }))?;
         tiles = t;
         if i >= opts.warmup {
@@ -233,7 +231,7 @@ fn bench_volume(p: &mut Predictor, input: &Path, scratch: &Path, opts: &BenchOpt
         shape: vol.geometry.shape,
         tiles,
         keep: crate::labels::mask_text(&keep),
-        flop_fraction: p.bundle.manifest.architecture.flop_fraction(&keep),
+        flop_fraction: p.bundle().manifest.architecture.flop_fraction(&keep),
         full_graph: a,
         chain_all: b,
         autopath: c,

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::deploy::{PathChoice, Predictor, SessionOptions};
+use crate::deploy::{PathChoice, Predictor, PredictorOptions, SessionOptions};
 use crate::error::{Error, Result};
 use crate::study::bench::{bench, BenchOptions, BenchReport};
 use crate::study::dataset::{Dataset, Split};
@@ -362,7 +362,7 @@ fn train_policies(o: &DemoOptions, f: &Folders, stages: &mut Stages) -> Result<(
 /// Stage 7: each test volume through the bundle with the runtime's own predictor.
 fn segment_tests(f: &Folders, test: &[crate::study::dataset::Case], outputs: &[PathBuf], say: &Say) -> Result<()> {
     std::fs::create_dir_all(&f.segmentations).map_err(|e| Error::io(&f.segmentations, e))?;
-    let mut p = Predictor::from_bundle(&f.bundle, &SessionOptions::default())?;
+    let mut p = Predictor::from_bundle(&f.bundle, &PredictorOptions::default())?;
     for (c, o) in test.iter().zip(outputs) {
         let r = p.segment_file(&c.image, o, &PathChoice::Auto { threshold: None })?;
         say(&format!(

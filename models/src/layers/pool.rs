@@ -6,30 +6,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// Kernel, stride and padding per axis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MaxPool3dParams {
-    /// Window size.
-    pub kernel: [usize; 3],
-    /// Step.
-    pub stride: [usize; 3],
-    /// Implicit −∞ padding on both sides.
-    pub padding: [usize; 3],
-}
-
-impl MaxPool3dParams {
-    /// Output size for an input size.
-    pub fn out_dims(&self, input: [usize; 3]) -> Result<[usize; 3]> {
-        let mut o = [0; 3];
-        for a in 0..3 {
-            if self.padding[a] * 2 > self.kernel[a] || input[a] + 2 * self.padding[a] < self.kernel[a] {
-                bail!("max_pool3d: {self:?} does not fit input {input:?}")
-            }
-            o[a] = (input[a] + 2 * self.padding[a] - self.kernel[a]) / self.stride[a] + 1;
-        }
-        Ok(o)
-    }
-}
+pub use crate::ops::params::MaxPool3dParams;
 
 /// The input indices `[lo, hi)` that output `o`'s window covers along one axis, padding cut off.
 fn window(o: usize, kernel: usize, stride: usize, padding: usize, len: usize) -> (usize, usize) {

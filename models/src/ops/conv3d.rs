@@ -19,38 +19,7 @@ use rayon::prelude::*;
 mod channel_tiles;
 mod direct;
 
-/// Stride, padding and dilation per axis `(D, H, W)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Conv3dParams {
-    /// Step between output positions.
-    pub stride: [usize; 3],
-    /// Zero padding on both sides.
-    pub padding: [usize; 3],
-    /// Spacing between kernel taps.
-    pub dilation: [usize; 3],
-}
-
-impl Default for Conv3dParams {
-    fn default() -> Self {
-        Conv3dParams { stride: [1; 3], padding: [0; 3], dilation: [1; 3] }
-    }
-}
-
-impl Conv3dParams {
-    /// Output extent for an input extent and kernel size, or an error if the kernel does not fit.
-    pub fn out_dims(&self, input: [usize; 3], kernel: [usize; 3]) -> Result<[usize; 3]> {
-        let mut out = [0; 3];
-        for a in 0..3 {
-            let span = self.dilation[a] * (kernel[a] - 1) + 1;
-            let padded = input[a] + 2 * self.padding[a];
-            if self.stride[a] == 0 || self.dilation[a] == 0 || padded < span {
-                bail!("conv3d: kernel {kernel:?} with {self:?} does not fit input {input:?}")
-            }
-            out[a] = (padded - span) / self.stride[a] + 1;
-        }
-        Ok(out)
-    }
-}
+use super::params::Conv3dParams;
 
 /// Output positions per tile: the column buffer (`K × TILE`) stays within L2 for typical K.
 const TILE: usize = 512;
@@ -818,12 +787,8 @@ impl CustomOp2 for Conv3dInputGrad {
     }
 }
 
-/// 3D convolution without bias, differentiable in both arguments: the tiled kernel on the CPU, the
-/// composed [`super::generic::conv3d_taps`] elsewhere.
-pub fn conv3d(x: &Tensor, w: &Tensor, params: Conv3dParams) -> Result<Tensor> {
-    if !super::cpu_kernels(x) {
-        return super::generic::conv3d_taps(x, w, params);
-    }
+/// 3D convolution without bias on the CPU kernels, differentiable in both arguments.
+pub(super) fn conv3d_kernel(x: &Tensor, w: &Tensor, params: Conv3dParams) -> Result<Tensor> {
     x.contiguous()?.apply_op2(&w.contiguous()?, Conv3d(params))
 }
 

@@ -1,6 +1,6 @@
 //! 3D convolution and max pooling composed from Candle operations that run on every device.
 //!
-//! Why: the fast kernels in [`super::conv3d`] and [`crate::layers::pool`] are CPU custom ops, and
+//! Why: the fast kernels in [`super::conv3d`] and `layers::pool` are CPU custom ops, and
 //! Candle has no 3D convolution or pooling of its own. These compositions give CUDA (and any later
 //! backend) a path whose gradients come from Candle's autograd, so they are right by construction and
 //! can be checked against the CPU kernels on the CPU, where no GPU is needed.
@@ -14,8 +14,7 @@
 
 use candle_core::{bail, DType, Result, Tensor};
 
-use super::conv3d::Conv3dParams;
-use crate::layers::MaxPool3dParams;
+use super::params::{Conv3dParams, MaxPool3dParams};
 
 /// 3D convolution without bias, `[N, Ci, D, H, W]` × `[Co, Ci, kd, kh, kw]` → `[N, Co, D', H', W']`,
 /// differentiable in both arguments on any device.

@@ -4,11 +4,26 @@ pub mod batch_norm;
 pub mod bce_dice;
 pub mod conv3d;
 pub mod generic;
+pub mod params;
 pub mod residual;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-pub use conv3d::{conv3d, Conv3dParams};
+pub use params::{Conv3dParams, MaxPool3dParams};
+
+/// 3D convolution without bias, differentiable in both arguments: the CPU kernels ([`conv3d`]
+/// module) on the CPU, the composed [`generic::conv3d_taps`] elsewhere (what CUDA runs).
+pub fn conv3d(
+    x: &candle_core::Tensor,
+    w: &candle_core::Tensor,
+    params: Conv3dParams,
+) -> candle_core::Result<candle_core::Tensor> {
+    if cpu_kernels(x) {
+        conv3d::conv3d_kernel(x, w, params)
+    } else {
+        generic::conv3d_taps(x, w, params)
+    }
+}
 
 /// The elements a contiguous layout covers, or an error naming the op and the operand: the CPU
 /// kernels read their operands as plain slices.
