@@ -285,7 +285,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn vectorised_terms_equal_the_scalar_ones() {
-        if !std::is_x86_feature_detected!("avx2") || !std::is_x86_feature_detected!("fma") {
+        if crate::ops::skip_without("vectorised_terms_equal_the_scalar_ones", &["avx2", "fma"]) {
             return;
         }
         let x: Vec<f32> = (0..4099).map(|i| ((i * 7919) % 4001) as f32 / 200.0 - 10.0).collect();

@@ -60,10 +60,50 @@ pub fn set_avx2_only(on: bool) {
     AVX2_ONLY.store(on, Ordering::Relaxed);
 }
 
-/// Whether the CPU kernels may use AVX-512: the CPU has it and [`set_avx2_only`] is off.
+/// Whether `AUTOPATH_CPU_ISA=avx2` is set: the whole process keeps to the AVX2 tiles, as
+/// [`set_avx2_only`] does. `make test` runs the kernel tests once more so, so both instruction-set
+/// paths are tested on a CPU with AVX-512.
+fn avx2_only_from_env() -> bool {
+    static FROM_ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FROM_ENV.get_or_init(|| std::env::var("AUTOPATH_CPU_ISA").is_ok_and(|v| v.eq_ignore_ascii_case("avx2")))
+}
+
+/// Whether the CPU kernels may use AVX-512: the CPU has it, and neither [`set_avx2_only`] nor
+/// `AUTOPATH_CPU_ISA=avx2` keeps them to AVX2.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn avx512() -> bool {
-    !AVX2_ONLY.load(Ordering::Relaxed) && std::is_x86_feature_detected!("avx512f")
+    !AVX2_ONLY.load(Ordering::Relaxed) && !avx2_only_from_env() && std::is_x86_feature_detected!("avx512f")
+}
+
+/// For a test of CPU kernels: whether this CPU lacks one of `features` (`avx2`, `fma`, `avx512f`). If
+/// it does, the test cannot run here, and says so on the terminal (past the test harness's capture,
+/// which hides what passing tests print) with its name and what is missing, instead of passing
+/// silently.
+#[cfg(test)]
+pub(crate) fn skip_without(test: &str, features: &[&str]) -> bool {
+    use std::io::Write;
+    let has = |f: &str| -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match f {
+                "avx2" => std::is_x86_feature_detected!("avx2"),
+                "fma" => std::is_x86_feature_detected!("fma"),
+                "avx512f" => std::is_x86_feature_detected!("avx512f"),
+                _ => false,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = f;
+            false
+        }
+    };
+    let missing: Vec<&str> = features.iter().copied().filter(|f| !has(f)).collect();
+    if !missing.is_empty() {
+        let line = format!("SKIPPED {test}: this CPU has no {}\n", missing.join(", "));
+        let _ = std::io::stderr().write_all(line.as_bytes());
+    }
+    !missing.is_empty()
 }
 
 /// Whether `t` goes through the CPU kernels: it is on the CPU and the composed path is not forced.

@@ -648,7 +648,10 @@ mod tests {
 
     #[test]
     fn the_kernel_takes_large_planes_and_leaves_small_or_dilated_ones_to_im2col() {
-        if !has_avx2_fma() {
+        if crate::ops::skip_without(
+            "the_kernel_takes_large_planes_and_leaves_small_or_dilated_ones_to_im2col",
+            &["avx2", "fma"],
+        ) {
             return;
         }
         // The block and decoder convolutions of the demo network (8×24×24, 8×12×12, 8×6×6).
@@ -675,7 +678,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn wide_tiles_give_the_narrow_tiles_bits() {
-        if !has_avx2_fma() || !std::is_x86_feature_detected!("avx512f") {
+        if crate::ops::skip_without("wide_tiles_give_the_narrow_tiles_bits", &["avx2", "fma", "avx512f"]) {
             return;
         }
         let mut state = 0x2545_f491_4f6c_dd1d_u64;

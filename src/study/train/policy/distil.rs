@@ -276,7 +276,7 @@ fn threshold_grid() -> Vec<f32> {
 ///
 /// Why the shift comes before the cap: a cap is a ceiling, and every volume the policy sends past it
 /// lands on the same path, so the image-specific part of the policy is lost exactly when the policy
-/// is confident. Demo seed 2 (session 8): the policy's test volumes sat at levels 6 and 7 (its only
+/// is confident. Demo seed 2 (CPU kernels of 2026-11-28): the policy's test volumes sat at levels 6 and 7 (its only
 /// per-volume signal, block 1, is the order's 7th), the cap at 5 gave all six the same path. Shifted
 /// back by one block the policy scored +0.110 on validation at its best epoch (+0.052 later) and
 /// dropped 64.6 % on the test volumes with two paths, where the cap dropped 62.5 % with one, at the
@@ -358,7 +358,7 @@ fn shifted(order: &[usize], delta: usize) -> (Vec<usize>, Vec<bool>) {
 ///
 /// Why the mean over the validation volumes, and why the deepest such k rather than the first k at
 /// which the loss exceeds: with four validation volumes one fragile volume decided alone. Demo seed 2
-/// (session 8): one volume lost 0.13 at the order's first block, so the every-volume, stop-at-first
+/// (CPU kernels of 2026-11-28): one volume lost 0.13 at the order's first block, so the every-volume, stop-at-first
 /// rule kept all blocks, while on the test volumes the unguarded policy dropped 83 % and gained 0.05;
 /// the mean rule caps at k = 5 there (mean loss 0.008). On old seed 1, where the guard saved a 0.21
 /// loss, both rules give k = 1 (its k = 2 loses 0.017 on average).
