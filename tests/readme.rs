@@ -29,8 +29,11 @@ fn segments(text: &str) -> Vec<String> {
     out
 }
 
-/// `(binary, subcommand)` named at the start of a command in `segment`, and the flags after it.
-fn command_and_flags(segment: &str) -> Option<((String, Option<String>), Vec<String>)> {
+/// A binary and its subcommand, if any: `("autopath", Some("train"))`, `("autopath-run", None)`.
+type Named = (String, Option<String>);
+
+/// The command named at the start of a command in `segment`, and the flags after it.
+fn command_and_flags(segment: &str) -> Option<(Named, Vec<String>)> {
     if segment.contains("cargo ") {
         return None; // build lines name the binary as a Cargo target, not as a command
     }
@@ -69,7 +72,7 @@ fn help(binary: &str, sub: Option<&str>) -> String {
 
 #[test]
 fn every_command_and_flag_the_readme_names_exists() {
-    let mut named: BTreeMap<(String, Option<String>), Vec<String>> = BTreeMap::new();
+    let mut named: BTreeMap<Named, Vec<String>> = BTreeMap::new();
     for segment in segments(&readme()) {
         if let Some((command, flags)) = command_and_flags(&segment) {
             named.entry(command).or_default().extend(flags);

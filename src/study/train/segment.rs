@@ -402,6 +402,20 @@ fn save_epoch(out: &Path, model: &Model, adam: &Adam, meta: &mut CheckpointMeta)
     checkpoint::save(out, "last", &tensors, meta)
 }
 
+/// The progress of a run that has not trained yet.
+fn fresh_meta(seed: u64) -> CheckpointMeta {
+    CheckpointMeta {
+        epoch: 0,
+        steps: 0,
+        loss: f64::NAN,
+        val_dice: None,
+        best_dice: None,
+        best_epoch: None,
+        rng_word_pos: "0".into(),
+        dropout: (seed, 0),
+    }
+}
+
 fn run(
     cfg: TrainConfig,
     out: &Path,
@@ -421,16 +435,7 @@ fn run(
     let model = Model::new(&cfg.spec, cfg.seed, device)?;
     let mut adam = Adam::new(model.trainable(), cfg.lr).map_err(candle)?;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let mut meta = CheckpointMeta {
-        epoch: 0,
-        steps: 0,
-        loss: f64::NAN,
-        val_dice: None,
-        best_dice: None,
-        best_epoch: None,
-        rng_word_pos: "0".into(),
-        dropout: (cfg.seed, 0),
-    };
+    let mut meta = fresh_meta(cfg.seed);
     if let Some((tensors, m)) = state {
         let at = checkpoint::Progress { steps: m.steps, rng_word_pos: &m.rng_word_pos };
         checkpoint::resume(&model.state(), &mut adam, &mut rng, &tensors, &out.join("last.safetensors"), at)?;
