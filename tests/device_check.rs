@@ -18,7 +18,7 @@ fn the_composed_path_trains_like_the_cpu_kernels_from_the_same_weights() {
     };
     // One forward pass from the same weights: rounding only (3.6e-7 measured over 30 steps).
     assert!(value("from the CPU run's weights: worst loss") <= 1e-4, "{table}");
-    // Single steps spike when a near-tie routes a gradient differently (session 17: 5 of 12 steps at
+    // Single steps spike when a near-tie routes a gradient differently (measured once: 5 of 12 steps at
     // 3e-3–8e-2 against the composed path, while the two CPU kernel families agreed within 2.3e-4 on
     // every one of them); the median of 8 tolerates 3 such steps, that of 3 only one.
     assert!(value("from the CPU run's weights: median gradient") <= 1e-3, "{table}");
