@@ -201,6 +201,10 @@ fn tampered_bundles_are_refused(decoder: DecoderKind) {
         ("input.threshold = 1.5", ("/input/threshold", serde_json::json!(1.5))),
         ("input.window", ("/input/window/overlap", serde_json::json!(1.0))),
         ("architecture.blocks[2].index is 7", ("/architecture/blocks/2/index", serde_json::json!(7))),
+        // The manifest's enums are closed sets; an unknown value names its field.
+        ("architecture.decoder: unknown variant `unet`", ("/architecture/decoder", serde_json::json!("unet"))),
+        ("producer.conv3d: unknown variant `winograd`", ("/producer/conv3d", serde_json::json!("winograd"))),
+        ("architecture.block: unknown variant", ("/architecture/block", serde_json::json!("dense"))),
     ];
     if decoder == DecoderKind::Skip {
         edits.push((

@@ -44,8 +44,9 @@ impl Bundle {
             }
             None => return Err(BundleError::invalid(dir, "manifest.json is not a valid manifest (no schema_version)")),
         }
-        let manifest: Manifest =
-            serde_json::from_slice(&bytes).map_err(|e| BundleError::invalid(dir, format!("{MANIFEST}: {e}")))?;
+        // The field's path in the message (`architecture.decoder: unknown variant …`), not just a column.
+        let manifest: Manifest = serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&bytes))
+            .map_err(|e| BundleError::invalid(dir, format!("{MANIFEST}: {}: {}", e.path(), e.inner())))?;
         verify_files(dir, &manifest)?;
         manifest.validate().map_err(|reason| BundleError::invalid(dir, format!("{MANIFEST}: {reason}")))?;
         Ok(Bundle { dir: dir.to_path_buf(), manifest, hash: sha256_hex(&bytes) })
