@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::{direct, Elem};
+use super::Elem;
 use crate::ops::params::Conv3dParams;
 
 /// Output positions per tile: the column buffer (`K × TILE`) stays within L2 for typical K.
@@ -119,7 +119,8 @@ pub(super) struct Phases {
 }
 
 impl Phases {
-    /// `Some` for a strided, undilated convolution whose stride-1 form the direct kernel takes.
+    /// `Some` for a strided, undilated convolution: its stride-1 form over the input's phases (worth
+    /// running where the direct kernel takes that form).
     pub(super) fn of(d: &Dims) -> Option<Phases> {
         let p = d.p;
         if p.stride == [1; 3] || p.dilation != [1; 3] || (0..3).any(|a| d.kernel[a] < p.stride[a]) {
@@ -129,7 +130,7 @@ impl Phases {
         let input: [usize; 3] = std::array::from_fn(|a| d.out[a] + kernel[a] - 1);
         let phases: usize = p.stride.iter().product();
         let dims = Dims { ci: d.ci * phases, input, kernel, p: Conv3dParams::default(), ..*d };
-        direct::applies(&dims).then_some(Phases { dims })
+        Some(Phases { dims })
     }
 
     /// For every phase-input index along axis `a`: the source index in the original input, or

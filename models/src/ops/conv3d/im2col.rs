@@ -5,7 +5,7 @@
 use rayon::prelude::*;
 
 use super::geometry::{Dims, Phases, Trim};
-use super::Elem;
+use super::{direct, Elem};
 use crate::ops::params::Conv3dParams;
 
 /// A run of consecutive output positions within one output row `(z, y)`: x in `[x0, x1)`, stored at
@@ -171,7 +171,7 @@ pub(super) fn forward<T: Elem>(d: &Dims, x: &[T], w: &[T]) -> Vec<T> {
     if let Some(t) = Trim::of(d) {
         return forward(&t.dims, x, &t.slice(d, w));
     }
-    if let Some(ph) = Phases::of(d).filter(|_| T::DIRECT) {
+    if let Some(ph) = Phases::of(d).filter(|ph| T::DIRECT && direct::applies(&ph.dims)) {
         return forward(&ph.dims, &ph.gather(d, x), &ph.weight(d, w));
     }
     if let Some(y) = T::direct_forward(d, x, w) {
@@ -230,7 +230,7 @@ pub(super) fn weight_grad<T: Elem>(d: &Dims, x: &[T], gy: &[T]) -> Vec<T> {
     if let Some(t) = Trim::of(d) {
         return t.expand(d, &weight_grad(&t.dims, x, gy));
     }
-    if let Some(ph) = Phases::of(d).filter(|_| T::DIRECT) {
+    if let Some(ph) = Phases::of(d).filter(|ph| T::DIRECT && direct::applies(&ph.dims)) {
         let xs = ph.gather(d, x);
         // The phase kernel's padding taps are dropped by `weight_back`: not computed (the stem's
         // weight gradient: 9.5 ms instead of 10.9, `examples/wgrad`, minimum of 15).
@@ -315,7 +315,7 @@ pub(super) fn input_grad<T: Elem>(d: &Dims, gy: &[T], w: &[T]) -> Vec<T> {
     if let Some(t) = Trim::of(d) {
         return input_grad(&t.dims, gy, &t.slice(d, w));
     }
-    if let Some(ph) = Phases::of(d).filter(|_| T::DIRECT) {
+    if let Some(ph) = Phases::of(d).filter(|ph| T::DIRECT && direct::applies(&ph.dims)) {
         return ph.scatter(d, &input_grad(&ph.dims, gy, &ph.weight(d, w)));
     }
     if let Some(gx) = input_grad_as_conv(d, gy, w) {
