@@ -362,3 +362,23 @@ pub fn write(out: &Path, report: &BenchReport) -> Result<()> {
     )?;
     Ok(())
 }
+
+/// Image files to benchmark: a dataset folder's images, other folders' NIfTI files, or files; at most
+/// `limit`.
+pub fn inputs(data: &[PathBuf], limit: Option<usize>) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for d in data {
+        if d.is_dir() {
+            match crate::study::dataset::Dataset::open(d, None) {
+                Ok(ds) => out.extend(ds.cases.into_iter().map(|c| c.image)),
+                Err(_) => out.extend(crate::deploy::batch::plan(d, d, None)?.into_iter().map(|(i, _)| i)),
+            }
+        } else {
+            out.push(d.clone());
+        }
+    }
+    if let Some(l) = limit {
+        out.truncate(l);
+    }
+    Ok(out)
+}

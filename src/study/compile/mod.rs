@@ -82,6 +82,28 @@ impl Default for CompileOptions {
     }
 }
 
+/// A bundle of a seeded, untrained network and policy (`compile --untrained`): the graphs and costs of
+/// a trained one, for latency measurements at sizes nobody trained.
+pub fn compile_untrained(
+    arch: &str,
+    width: usize,
+    patch: [usize; 3],
+    decoder: autopath_models::spec::DecoderKind,
+    out: &Path,
+    opts: CompileOptions,
+) -> Result<CompileReport> {
+    use candle_core::{DType, Device};
+    let mut spec = autopath_models::spec::ArchSpec::preset(arch, width, patch)
+        .ok_or_else(|| Error::invalid("--untrained", format!("unknown architecture {arch}")))?;
+    spec.decoder = decoder;
+    let model = crate::study::train::segment::Model::new(&spec, 1, &Device::Cpu)?;
+    let vars = autopath_models::init::SeededVarMap::new(2);
+    let policy = PolicyNet::load(vars.var_builder(DType::F32, &Device::Cpu), &spec)
+        .map_err(Error::candle("untrained policy"))?;
+    let input = PolicyInput { net: &policy, threshold: 0.5, training: None };
+    compile(&model.net, &TrainConfig::for_spec(spec), Some(input), None, out, opts)
+}
+
 /// Compiles a trained segmenter (and optionally a policy) into `out`: the bundle is built and checked
 /// in a temporary sibling folder and renamed into place only when complete.
 pub fn compile(

@@ -336,3 +336,115 @@ pub fn time_step(spec: &ArchSpec, batch_size: usize, repeats: usize, device: &De
     let [f, l, b, o, t] = &mut phases;
     Ok(StepTime { forward: median(f), loss: median(l), backward: median(b), optimizer: median(o), total: median(t) })
 }
+
+/// A timed paper-size (or any) training step for the device check's last row.
+#[derive(Debug, Clone, Copy)]
+pub struct TimedStep {
+    /// Tile `[D, H, W]`.
+    pub patch: [usize; 3],
+    /// First-stage width of the r18.
+    pub width: usize,
+    /// Samples per step.
+    pub batch: usize,
+}
+
+/// One row of the device check's table: a value, and for judged rows the tolerance and the verdict.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// What was compared or measured.
+    pub check: String,
+    /// The value as shown (`1.23e-7`, `372 ms`).
+    pub value: String,
+    /// Tolerance and whether the value is within it; None: shown, not judged.
+    pub judged: Option<(f64, bool)>,
+}
+
+/// Everything `autopath device-check` measured: the rows of its table (with the verdicts) and the raw
+/// checks, which `--json` writes.
+#[derive(Debug, Serialize)]
+pub struct DeviceReport {
+    /// The table's rows, in order.
+    #[serde(skip)]
+    pub rows: Vec<Row>,
+    /// Every operator shape.
+    pub ops: Vec<OpCheck>,
+    /// The free-running steps.
+    pub steps: StepCheck,
+    /// The steps from the CPU run's weights.
+    pub synced: SyncedCheck,
+    /// The timed step, ms.
+    pub step_ms: Option<f64>,
+}
+
+impl DeviceReport {
+    /// Runs every check on `device`: each operator shape, `steps` training steps of an r18 width 16
+    /// (free-running and from the CPU run's weights), and the timed step if asked.
+    pub fn run(device: &Device, steps: usize, timed: Option<TimedStep>) -> Result<DeviceReport> {
+        let preset = |width, patch| {
+            ArchSpec::preset("r18", width, patch).ok_or_else(|| Error::invalid("architecture", "no r18 preset"))
+        };
+        let mut rows = Vec::new();
+        let judged = |rows: &mut Vec<Row>, check: String, value: f64, tol: f64| {
+            rows.push(Row { check, value: format!("{value:.2e}"), judged: Some((tol, value <= tol)) })
+        };
+        let ops = check_ops(device)?;
+        for o in &ops {
+            judged(&mut rows, format!("{}: output", o.name), o.output, OP_TOLERANCE);
+            judged(&mut rows, format!("{}: input gradient", o.name), o.input_grad, OP_TOLERANCE);
+            if !o.name.starts_with("max pool") {
+                judged(&mut rows, format!("{}: weight gradient", o.name), o.weight_grad, OP_TOLERANCE);
+            }
+        }
+        let spec = preset(16, [32, 96, 96])?;
+        let free = check_steps(&spec, steps, 0, device)?;
+        for (i, tol) in [(0, FIRST_STEP_TOLERANCE), (1, SECOND_STEP_TOLERANCE)] {
+            if let Some(&r) = free.rel.get(i) {
+                judged(&mut rows, format!("training step {}: loss", i + 1), r, tol);
+            }
+        }
+        // Free-running curves part after two steps (Adam's early updates); shown, not judged. The synced
+        // steps are the equality check.
+        let shown = |check: String, value: String| Row { check, value, judged: None };
+        rows.push(shown(
+            format!("training steps 1..{steps} free-running: mean loss"),
+            format!("{:.2e}", free.mean_rel),
+        ));
+        let synced = check_synced_steps(&spec, steps, 0, device)?;
+        let worst = |v: &[f64]| v.iter().copied().fold(0f64, f64::max);
+        let from = format!("steps 1..{steps} from the CPU run's weights");
+        judged(&mut rows, format!("{from}: worst loss"), worst(&synced.loss), SYNCED_LOSS_TOLERANCE);
+        let mut grads = synced.grad.clone();
+        grads.sort_by(f64::total_cmp);
+        let median = grads.get(grads.len() / 2).copied().unwrap_or(0.0);
+        judged(&mut rows, format!("{from}: median gradient (L2, all parameters)"), median, SYNCED_GRAD_TOLERANCE);
+        let why = "worst gradient (shown: near-ties route single gradients differently)";
+        rows.push(shown(format!("{from}: {why}"), format!("{:.2e}", worst(&synced.grad))));
+        let mut step_ms = None;
+        if let Some(t) = timed {
+            let ms = time_step(&preset(t.width, t.patch)?, t.batch, 3, device)?.total;
+            let [d, h, w] = t.patch;
+            let check = format!("training step r18 width {}, {d}×{h}×{w}, batch {}", t.width, t.batch);
+            rows.push(shown(check, format!("{ms:.0} ms")));
+            step_ms = Some(ms);
+        }
+        Ok(DeviceReport { rows, ops, steps: free, synced, step_ms })
+    }
+
+    /// The table as markdown: check, value, tolerance, verdict (`ok`, `FAIL`, or `measured`).
+    pub fn table(&self) -> String {
+        let mut out = String::from("| check | value | tolerance | verdict |\n|---|---:|---:|---|\n");
+        for r in &self.rows {
+            let (tol, verdict) = match r.judged {
+                Some((tol, ok)) => (format!("{tol:.0e}"), if ok { "ok" } else { "FAIL" }),
+                None => (String::new(), "measured"),
+            };
+            out += &format!("| {} | {} | {tol} | {verdict} |\n", r.check, r.value);
+        }
+        out
+    }
+
+    /// The checks that failed.
+    pub fn failed(&self) -> Vec<&str> {
+        self.rows.iter().filter(|r| matches!(r.judged, Some((_, false)))).map(|r| r.check.as_str()).collect()
+    }
+}
