@@ -77,10 +77,33 @@ fn runtime(c: &mut Criterion) {
     c.bench_function("preprocess_48x128x128", |bch| bch.iter(|| prep.image(&volume).expect("preprocess")));
 }
 
+/// Host work of a CT-sized volume (220×512×512, the demo's 32×96×96 tiles at 50 % overlap, 1300
+/// tiles): blending every tile's prediction into the accumulator, and the labels from the weighted
+/// sum. The network's output is stood in for by one fixed tile.
+fn host(c: &mut Criterion) {
+    use autopath::input::window::{Accumulator, Blend, WindowConfig};
+    let window = WindowConfig { patch: [32, 96, 96], overlap: 0.5, blend: Blend::Gaussian { sigma_scale: 0.125 } };
+    let shape = [220, 512, 512];
+    let origins = window.tiles(shape);
+    let pred = ndarray::Array4::from_shape_fn((1, 32, 96, 96), |(_, z, y, x)| ((z * 7 + y * 3 + x) % 11) as f32 / 11.0);
+    let mut g = c.benchmark_group("host_220x512x512");
+    g.sample_size(10);
+    g.bench_function("blend_1300_tiles_and_label", |bch| {
+        bch.iter(|| {
+            let mut acc = Accumulator::new(1, shape, &window);
+            for &o in &origins {
+                acc.add(o, pred.view());
+            }
+            autopath::labels::from_accumulator(acc, shape, autopath_bundle::Activation::Sigmoid, 0.5)
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     // Numbers only: criterion's plots need a registered font, which a headless machine may lack.
     config = Criterion::default().without_plots();
-    targets = runtime
+    targets = runtime, host
 }
 criterion_main!(benches);

@@ -30,6 +30,29 @@ pub fn from_probabilities(probs: &Array4<f32>, activation: Activation, threshold
     }
 }
 
+/// The labels [`from_probabilities`] gives for an accumulator's blended probabilities, cropped to
+/// `shape`, voxel for voxel, without making the probability volume (on a 220×512×512 volume it is
+/// 230 MB per class): the runtime's last step.
+pub fn from_accumulator(
+    accumulator: crate::input::window::Accumulator,
+    shape: [usize; 3],
+    activation: Activation,
+    threshold: f32,
+) -> Array3<u8> {
+    match activation {
+        Activation::Sigmoid => accumulator.map_blended(shape, |p| u8::from(p[0] >= threshold)),
+        Activation::Softmax { .. } => accumulator.map_blended(shape, |p| {
+            let mut best = 0;
+            for c in 1..p.len() {
+                if p[c] > p[best] {
+                    best = c;
+                }
+            }
+            best as u8
+        }),
+    }
+}
+
 /// Dice of binary masks: `(2|P∩G| + ε) / (|P| + |G| + ε)` with ε = 1e-5 (1.0 when both are empty).
 pub fn dice(pred: impl Iterator<Item = bool>, truth: impl Iterator<Item = bool>) -> f64 {
     let (mut inter, mut p, mut g) = (0u64, 0u64, 0u64);

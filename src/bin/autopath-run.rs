@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use autopath::cli::{progress, report, ProviderArgs};
-use autopath::deploy::batch::{plan, run_batch, BatchOptions, Event, Shard};
+use autopath::deploy::batch::{
+    check_output, check_outputs, default_prefetch, plan, run_batch, BatchOptions, Event, Shard,
+};
 use autopath::deploy::{PathChoice, Predictor, PredictorOptions};
 use autopath::input::volume::ReadOptions;
 
@@ -59,6 +61,11 @@ struct Cli {
     /// Append one JSON line per volume (and a summary line) to this file.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Volumes in flight at once: while one is in the network the next is read and preprocessed and
+    /// the previous one blended and written (default: what half the available memory holds, at most
+    /// 3; 1 runs them one after another). Outputs are the same bytes either way.
+    #[arg(long)]
+    prefetch: Option<usize>,
     /// Refuse volumes with more voxels than this.
     #[arg(long, default_value_t = autopath::input::volume::DEFAULT_MAX_VOXELS)]
     max_voxels: u64,
@@ -88,9 +95,20 @@ enum Sub {
         /// Listen address (loopback by default; port 0 picks a free one).
         #[arg(long, default_value = "127.0.0.1:8080")]
         addr: String,
-        /// Workers, each with its own sessions: requests processed at once.
+        /// Network threads, each with its own session set.
         #[arg(long, default_value_t = 1)]
         workers: usize,
+        /// Host threads: requests decoded, blended and encoded at once, while others are in the
+        /// network (default: 2 per worker).
+        #[arg(long)]
+        host_threads: Option<usize>,
+        /// Most tiles in one network call shared by concurrent requests on the same path (default:
+        /// twice --tile-batch; --tile-batch or less: every call is one request's).
+        #[arg(long)]
+        share_tiles: Option<usize>,
+        /// Milliseconds a network call with room waits for the tiles of other requests in progress.
+        #[arg(long, default_value_t = 2)]
+        share_wait_ms: u64,
         /// Requests allowed to wait for a worker; beyond that the answer is 503 with Retry-After.
         #[arg(long, default_value_t = 8)]
         queue: usize,
@@ -113,7 +131,20 @@ enum Sub {
 
 #[cfg(feature = "serve")]
 fn serve(sub: Sub) -> anyhow::Result<bool> {
-    let Sub::Serve { bundle, addr, workers, queue, max_body_mb, timeout, token_file, provider, tile_batch } = sub;
+    let Sub::Serve {
+        bundle,
+        addr,
+        workers,
+        host_threads,
+        share_tiles,
+        share_wait_ms,
+        queue,
+        max_body_mb,
+        timeout,
+        token_file,
+        provider,
+        tile_batch,
+    } = sub;
     let token = match token_file {
         Some(f) => {
             Some(std::fs::read_to_string(&f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?.trim().to_string())
@@ -124,6 +155,9 @@ fn serve(sub: Sub) -> anyhow::Result<bool> {
         bundle,
         addr,
         workers,
+        host_threads: host_threads.unwrap_or(2 * workers.max(1)),
+        share_tiles: share_tiles.unwrap_or(2 * tile_batch),
+        share_wait: std::time::Duration::from_millis(share_wait_ms),
         queue,
         max_body: max_body_mb * 1024 * 1024,
         timeout: std::time::Duration::from_secs(timeout),
@@ -172,41 +206,54 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         cli.input.clone().expect("required"),
         cli.output.clone().expect("required"),
     );
+    // Every output path and the report are checked before the bundle loads: a run that cannot write
+    // its results stops before it computes any.
+    let pairs = plan(&input, &output, cli.shard)?;
+    check_outputs(&pairs)?;
+    let mut report = match &cli.report {
+        Some(p) => {
+            check_output("--report", None, p)?;
+            Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| anyhow::anyhow!("--report {}: {e}", p.display()))?,
+            )
+        }
+        None => None,
+    };
     let opts = PredictorOptions {
         session: cli.provider.options(cli.tile_batch),
         tile_batch: cli.tile_batch,
         step: cli.step,
         read: ReadOptions { max_voxels: cli.max_voxels, non_finite: cli.nan },
+        ..Default::default()
     };
-    let mut predictor = Predictor::from_bundle(&bundle, &opts)?;
+    let predictor = Predictor::from_bundle(&bundle, &opts)?;
     if !cli.quiet {
         suggest_depth_taps(&predictor, &opts.session, &bundle);
     }
     let choice =
         PathChoice::resolve(cli.path.clone(), cli.threshold, cli.budget, predictor.bundle().manifest.policy.as_ref())?;
-    let pairs = plan(&input, &output, cli.shard)?;
-    if input.is_dir() {
-        std::fs::create_dir_all(&output).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", output.display()))?;
-    }
-    let mut report = match &cli.report {
-        Some(p) => Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
-        ),
-        None => None,
+    let classes = predictor.bundle().manifest.input.activation.channels();
+    let prefetch = match cli.prefetch {
+        Some(0) => anyhow::bail!("--prefetch 0: at least one volume must be in flight"),
+        Some(k) => k,
+        None => default_prefetch(&pairs, &opts.read, classes),
     };
     let bar = progress(pairs.len() as u64, "segment", cli.quiet);
     let quiet = cli.quiet || bar.is_hidden();
-    let opts = BatchOptions { skip_existing: cli.continue_ };
+    let opts = BatchOptions { skip_existing: cli.continue_, prefetch };
     let report: Option<&mut dyn Write> = report.as_mut().map(|f| f as &mut dyn Write);
-    let s = run_batch(&mut predictor, &pairs, &choice, opts, report, &mut |event| match event {
-        Event::Start(inp) => {
-            bar.set_message(inp.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
-        }
+    let s = run_batch(&predictor, &pairs, &choice, opts, report, &mut |event| match event {
         Event::Done(r, seconds) => {
+            bar.set_message(
+                std::path::Path::new(&r.input)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            );
             if quiet {
                 eprintln!(
                     "{} -> {}: kept {} of {} blocks ({}), {:.0} % of full FLOPs, {seconds:.2} s",
@@ -227,7 +274,15 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         Event::Skipped(_) => bar.inc(1),
     })?;
     bar.finish_and_clear();
-    eprintln!("{} segmented, {} failed, {} skipped ({:.1} s)", s.segmented, s.failed, s.skipped, s.seconds);
+    eprintln!(
+        "{} segmented, {} failed, {} skipped ({:.1} s, {:.2} volumes/s, {} in flight)",
+        s.segmented,
+        s.failed,
+        s.skipped,
+        s.wall_seconds,
+        s.segmented as f64 / s.wall_seconds.max(1e-9),
+        s.prefetch
+    );
     Ok(s.failed == 0)
 }
 

@@ -48,14 +48,16 @@ pub fn plan(input: &Path, output: &Path, shard: Option<Shard>) -> Result<Vec<(Pa
         if files.is_empty() {
             return Err(Error::invalid("-i", format!("{} holds no .nii or .nii.gz files", input.display())));
         }
+        check_folder("-o", output)?;
         files
             .into_iter()
             .map(|f| (output.join(f.file_name().unwrap_or_default()), f))
             .map(|(o, i)| (i, o))
             .collect::<Vec<_>>()
     } else if input.is_file() {
-        let out =
-            if output.is_dir() { output.join(input.file_name().unwrap_or_default()) } else { output.to_path_buf() };
+        // An existing folder, or a name ending in a separator, takes the input's file name.
+        let into_folder = output.is_dir() || output.as_os_str().to_string_lossy().ends_with(std::path::MAIN_SEPARATOR);
+        let out = if into_folder { output.join(input.file_name().unwrap_or_default()) } else { output.to_path_buf() };
         vec![(input.to_path_buf(), out)]
     } else {
         return Err(Error::invalid("-i", format!("{} does not exist", input.display())));
@@ -66,11 +68,104 @@ pub fn plan(input: &Path, output: &Path, shard: Option<Shard>) -> Result<Vec<(Pa
     Ok(pairs)
 }
 
-/// How a batch runs: skip finished outputs, and where its per-volume report lines go.
-#[derive(Debug, Clone, Copy, Default)]
+/// The checks an output path passes before any volume is computed: a `.nii` or `.nii.gz` name, not
+/// the input itself, not a folder, and a parent folder that exists (created if missing) and takes
+/// files. `what` names the option in the message.
+pub fn check_output(what: &'static str, input: Option<&Path>, output: &Path) -> Result<()> {
+    if output.is_dir() {
+        return Err(Error::invalid(what, format!("{} is a folder; give a file name", output.display())));
+    }
+    if let (Some(i), Ok(o)) = (input.and_then(|i| i.canonicalize().ok()), output.canonicalize()) {
+        if i == o {
+            return Err(Error::invalid(what, format!("{} is the input itself", output.display())));
+        }
+    }
+    let parent = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    check_folder(what, parent)
+}
+
+/// A folder that exists (created if missing) and takes new files: probed by creating and removing a
+/// hidden file, which also catches read-only mounts and quotas that permission bits do not show.
+pub fn check_folder(what: &'static str, dir: &Path) -> Result<()> {
+    if let Some(file) = dir.ancestors().find(|a| a.is_file()) {
+        return Err(Error::invalid(what, format!("cannot create {}: {} is a file", dir.display(), file.display())));
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::invalid(what, format!("cannot create the folder {}: {e}", dir.display())))?;
+    let probe = dir.join(format!(".autopath-write-check-{}", std::process::id()));
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::invalid(what, format!("{} is not writable: {e}", dir.display()))),
+    }
+}
+
+/// [`check_output`] for every pair of a plan (each output folder probed once), and a refusal of
+/// output names that are not NIfTI.
+pub fn check_outputs(pairs: &[(PathBuf, PathBuf)]) -> Result<()> {
+    let mut probed = std::collections::HashSet::new();
+    for (input, output) in pairs {
+        if !is_nifti(output) {
+            return Err(Error::invalid("-o", format!("{}: expected a .nii or .nii.gz name", output.display())));
+        }
+        let parent = output.parent().map(Path::to_path_buf).unwrap_or_default();
+        if probed.insert(parent) {
+            check_output("-o", Some(input), output)?;
+        } else if output.is_dir() {
+            return Err(Error::invalid("-o", format!("{} is a folder; give a file name", output.display())));
+        }
+    }
+    Ok(())
+}
+
+/// Volumes in flight by default: as many as half the available memory holds by the largest of the
+/// first inputs' headers (raw and normalised image, blended sum and weight per class, labels), at
+/// most 3 (one reading, one in the network, one writing) and at least 1.
+pub fn default_prefetch(
+    pairs: &[(PathBuf, PathBuf)],
+    read: &crate::input::volume::ReadOptions,
+    classes: usize,
+) -> usize {
+    let voxels = pairs
+        .iter()
+        .take(16)
+        .filter_map(|(i, _)| crate::input::volume::read_geometry(i, read).ok())
+        .map(|g| g.voxels())
+        .max()
+        .unwrap_or(0);
+    let per_volume = voxels as f64 * (4.0 * (3 + classes) as f64 + 2.0);
+    let available = available_memory_bytes().unwrap_or(4.0 * (1u64 << 30) as f64);
+    if per_volume <= 0.0 {
+        return 2;
+    }
+    ((available / 2.0 / per_volume).floor() as usize).clamp(1, 3)
+}
+
+/// `MemAvailable` of `/proc/meminfo` in bytes (Linux), None elsewhere.
+fn available_memory_bytes() -> Option<f64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024.0)
+}
+
+/// How a batch runs: skip finished outputs, and how many volumes are in flight.
+#[derive(Debug, Clone, Copy)]
 pub struct BatchOptions {
     /// Skip inputs whose output exists (a re-submitted array job picks up where it stopped).
     pub skip_existing: bool,
+    /// Volumes in flight at once (at least 1; 1 is a sequential run): while one is in the network,
+    /// the next is read and preprocessed and the previous one blended and written.
+    pub prefetch: usize,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        BatchOptions { skip_existing: false, prefetch: 1 }
+    }
 }
 
 /// What a batch did.
@@ -84,15 +179,19 @@ pub struct BatchSummary {
     pub failed: usize,
     /// Skipped because their output existed.
     pub skipped: usize,
-    /// Seconds spent on the segmented ones.
+    /// Sum of the segmented volumes' own wall times.
     pub seconds: f64,
+    /// Wall time of the whole batch.
+    pub wall_seconds: f64,
+    /// Volumes in flight on average: `seconds` over `wall_seconds` (1 for a sequential run).
+    pub mean_in_flight: f64,
+    /// Volumes in flight at most.
+    pub prefetch: usize,
 }
 
-/// One volume's fate, for progress display.
+/// One volume's fate, for progress display; events come in input order.
 pub enum Event<'a> {
-    /// About to segment (or skip) this input.
-    Start(&'a Path),
-    /// Written, with its report and seconds.
+    /// Written, with its report and its wall seconds.
     Done(&'a super::VolumeReport, f64),
     /// Failed, with the reason (the batch goes on).
     Failed(&'a Path, &'a Error),
@@ -100,49 +199,126 @@ pub enum Event<'a> {
     Skipped(&'a Path),
 }
 
-/// Segments every pair in order. A failure is reported (to `report` as a JSON line with the input and
-/// the error, and to `on`) and the batch goes on; `report` gets one line per volume and a summary line.
+enum Outcome {
+    Done(Box<super::VolumeReport>, f64),
+    Failed(Error),
+    Skipped,
+}
+
+/// Segments every pair, `opts.prefetch` volumes at a time (each on a thread of its own, the tiles in
+/// the predictor's network threads, oldest volume first). A failure is reported (to `report` as a
+/// JSON line with the input and the error, and to `on`) and the batch goes on; `report` gets one line
+/// per volume, in input order, and a summary line. Outputs are the same bytes whatever the prefetch.
 pub fn run_batch(
-    predictor: &mut super::Predictor,
+    predictor: &super::Predictor,
     pairs: &[(PathBuf, PathBuf)],
     choice: &super::PathChoice,
     opts: BatchOptions,
     mut report: Option<&mut dyn std::io::Write>,
     on: &mut dyn FnMut(Event),
 ) -> Result<BatchSummary> {
-    let mut s = BatchSummary { volumes: pairs.len(), ..Default::default() };
-    let line = |report: &mut Option<&mut dyn std::io::Write>, v: String| -> Result<()> {
-        if let Some(f) = report.as_mut() {
-            writeln!(f, "{v}").map_err(|e| Error::io("--report", e))?;
+    let k = opts.prefetch.max(1).min(pairs.len().max(1));
+    let mut s = BatchSummary { volumes: pairs.len(), prefetch: k, ..Default::default() };
+    let start = std::time::Instant::now();
+    let next = std::sync::Mutex::new(0usize);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, Outcome)>();
+    let emitted = std::thread::scope(|scope| {
+        for _ in 0..k {
+            let tx = tx.clone();
+            let (next, stop) = (&next, &stop);
+            scope.spawn(move || {
+                while let Some((i, stream)) = take_next(next, stop, pairs.len(), predictor) {
+                    let (inp, out) = &pairs[i];
+                    let outcome = if opts.skip_existing && out.exists() {
+                        Outcome::Skipped
+                    } else {
+                        let t = std::time::Instant::now();
+                        match predictor.segment_file_on(stream, inp, out, choice) {
+                            Ok(r) => Outcome::Done(Box::new(r), t.elapsed().as_secs_f64()),
+                            Err(e) => Outcome::Failed(e),
+                        }
+                    };
+                    if tx.send((i, outcome)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut waiting = std::collections::BTreeMap::new();
+        let mut due = 0;
+        for (i, outcome) in rx {
+            waiting.insert(i, outcome);
+            while let Some(outcome) = waiting.remove(&due) {
+                if let Err(e) = emit(&mut s, &pairs[due].0, outcome, &mut report, on) {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Err(e);
+                }
+                due += 1;
+            }
         }
         Ok(())
-    };
-    for (inp, out) in pairs {
-        on(Event::Start(inp));
-        if opts.skip_existing && out.exists() {
-            s.skipped += 1;
-            on(Event::Skipped(inp));
-            continue;
+    });
+    emitted?;
+    s.wall_seconds = start.elapsed().as_secs_f64();
+    s.mean_in_flight = if s.wall_seconds > 0.0 { s.seconds / s.wall_seconds } else { 0.0 };
+    let summary = serde_json::json!({"summary": {"volumes": s.volumes, "segmented": s.segmented, "failed": s.failed,
+        "skipped": s.skipped, "seconds": s.seconds, "wall_seconds": s.wall_seconds,
+        "volumes_per_second": s.segmented as f64 / s.wall_seconds.max(1e-9), "mean_in_flight": s.mean_in_flight,
+        "prefetch": s.prefetch, "peak_rss_mb": super::predict::peak_rss_mb()}});
+    report_line(&mut report, summary.to_string())?;
+    Ok(s)
+}
+
+/// The next input's index with a stream opened for it, in input order (so earlier volumes' tiles
+/// run first); None when the plan is done or the batch stopped.
+fn take_next<'p>(
+    next: &std::sync::Mutex<usize>,
+    stop: &std::sync::atomic::AtomicBool,
+    len: usize,
+    predictor: &'p super::Predictor,
+) -> Option<(usize, super::network::Stream<'p>)> {
+    let mut n = next.lock().unwrap_or_else(|e| e.into_inner());
+    if *n >= len || stop.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
+    *n += 1;
+    Some((*n - 1, predictor.stream()))
+}
+
+fn report_line(report: &mut Option<&mut dyn std::io::Write>, line: String) -> Result<()> {
+    if let Some(f) = report.as_mut() {
+        writeln!(f, "{line}").map_err(|e| Error::io("--report", e))?;
+    }
+    Ok(())
+}
+
+/// Counts one volume's outcome and reports it.
+fn emit(
+    s: &mut BatchSummary,
+    input: &Path,
+    outcome: Outcome,
+    report: &mut Option<&mut dyn std::io::Write>,
+    on: &mut dyn FnMut(Event),
+) -> Result<()> {
+    match outcome {
+        Outcome::Done(r, seconds) => {
+            s.segmented += 1;
+            s.seconds += seconds;
+            report_line(report, serde_json::to_string(&r).map_err(|e| Error::invalid("report", e.to_string()))?)?;
+            on(Event::Done(&r, seconds));
         }
-        let t = std::time::Instant::now();
-        match predictor.segment_file(inp, out, choice) {
-            Ok(r) => {
-                s.segmented += 1;
-                let seconds = t.elapsed().as_secs_f64();
-                s.seconds += seconds;
-                line(&mut report, serde_json::to_string(&r).map_err(|e| Error::invalid("report", e.to_string()))?)?;
-                on(Event::Done(&r, seconds));
-            }
-            Err(e) => {
-                s.failed += 1;
-                let failure = serde_json::json!({"input": inp.display().to_string(), "error": e.to_string()});
-                line(&mut report, failure.to_string())?;
-                on(Event::Failed(inp, &e));
-            }
+        Outcome::Failed(e) => {
+            s.failed += 1;
+            let failure = serde_json::json!({"input": input.display().to_string(), "error": e.to_string()});
+            report_line(report, failure.to_string())?;
+            on(Event::Failed(input, &e));
+        }
+        Outcome::Skipped => {
+            s.skipped += 1;
+            on(Event::Skipped(input));
         }
     }
-    let summary = serde_json::json!({"summary": {"volumes": s.volumes, "segmented": s.segmented, "failed": s.failed,
-        "skipped": s.skipped, "seconds": s.seconds, "peak_rss_mb": super::predict::peak_rss_mb()}});
-    line(&mut report, summary.to_string())?;
-    Ok(s)
+    Ok(())
 }

@@ -8,6 +8,7 @@ pub mod gpu;
 pub mod heap;
 pub mod inspect;
 pub mod memory;
+pub mod network;
 pub mod ort_library;
 pub mod predict;
 #[cfg(feature = "serve")]

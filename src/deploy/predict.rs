@@ -10,11 +10,12 @@ use std::time::Instant;
 use ndarray::{Array3, Array4};
 use serde::Serialize;
 
-use super::session::{SessionOptions, Sessions};
+use super::network::{Batching, Network, NetworkStats, Route, Stream, Ticket};
+use super::session::{ExecutionProvider, SessionOptions, Sessions};
 use crate::error::{Error, Result};
 use crate::input::preprocess::{resample_linear, Record};
 use crate::input::volume::{read_volume, write_labels, ReadOptions, Volume};
-use crate::input::window::{slide, TileEngine, WindowConfig};
+use crate::input::window::{batch_of_tiles, Accumulator, Tiling, WindowConfig};
 use autopath_bundle::{Bundle, PolicyEntry};
 
 /// Which blocks to run.
@@ -90,12 +91,17 @@ pub struct StageTimes {
     pub preprocess: f64,
     /// Policy (downsampling included).
     pub policy: f64,
-    /// Tile batches through the graphs.
+    /// Tile batches through the graphs: the sum of this volume's network calls.
     pub network: f64,
-    /// Tile extraction, blending and thresholding.
+    /// Host work around the network on this volume's thread: cutting tiles, blending, thresholding
+    /// and taking the labels back to the input grid. It overlaps the network (the next tile batch runs
+    /// while the previous one is blended).
     pub stitch: f64,
     /// Writing the label map.
     pub write: f64,
+    /// The volume from the start of its read to the end of its write (stages overlap: less than
+    /// their sum).
+    pub wall: f64,
 }
 
 /// What happened to one volume.
@@ -165,44 +171,6 @@ pub struct Segmentation {
     pub tiles: usize,
 }
 
-/// Which graphs an [`OrtEngine`] runs.
-enum Graph<'k> {
-    /// The block chain on a keep mask.
-    Chain(&'k [bool]),
-    /// `full.onnx`.
-    Full,
-}
-
-/// The bundle's graphs as a [`TileEngine`], timing the network calls.
-struct OrtEngine<'s, 'k> {
-    sessions: &'s mut Sessions,
-    graph: Graph<'k>,
-    channels: usize,
-    seconds: f64,
-}
-
-impl TileEngine for OrtEngine<'_, '_> {
-    fn channels(&self) -> usize {
-        self.channels
-    }
-
-    fn run(&mut self, tiles: ndarray::ArrayView5<f32>, sink: &mut dyn FnMut(ndarray::ArrayView5<f32>)) -> Result<()> {
-        let t0 = Instant::now();
-        // The network's time ends when its output is readable; blending (the sink) is not in it.
-        let mut network = 0.0;
-        let mut timed_sink = |probs: ndarray::ArrayView5<f32>| {
-            network = t0.elapsed().as_secs_f64();
-            sink(probs)
-        };
-        match self.graph {
-            Graph::Full => self.sessions.run_full_with(tiles, &mut timed_sink)?,
-            Graph::Chain(keep) => self.sessions.run_chain_with(tiles, keep, &mut timed_sink)?,
-        }
-        self.seconds += network;
-        Ok(())
-    }
-}
-
 /// How a [`Predictor`] runs: its sessions, tiles per network call, the window step and the limits
 /// for input files.
 #[derive(Debug, Clone)]
@@ -215,26 +183,60 @@ pub struct PredictorOptions {
     pub step: Option<f32>,
     /// Limits for input files.
     pub read: ReadOptions,
+    /// Session sets, each run by a network thread of its own (at least 1).
+    pub network_threads: usize,
+    /// Whether concurrent volumes on one path share network calls (the service), or every call is one
+    /// volume's (batch runs: outputs byte-identical to a sequential run).
+    pub batching: Batching,
 }
 
 impl Default for PredictorOptions {
     fn default() -> Self {
-        PredictorOptions { session: SessionOptions::default(), tile_batch: 2, step: None, read: ReadOptions::default() }
+        PredictorOptions {
+            session: SessionOptions::default(),
+            tile_batch: 2,
+            step: None,
+            read: ReadOptions::default(),
+            network_threads: 1,
+            batching: Batching::default(),
+        }
     }
+}
+
+/// A volume's tiles run and blended: the weighted sum, the tile count and the seconds spent.
+struct Blended {
+    accumulator: Accumulator,
+    shape: [usize; 3],
+    tiles: usize,
+    /// Seconds of the network calls.
+    network: f64,
+    /// Seconds this thread spent cutting tiles and blending.
+    host: f64,
 }
 
 /// A bundle with its sessions, ready to segment: built whole by [`Predictor::from_bundle`], so every
 /// entry point (the CLI, the service, the benchmark) gets the same checked state.
+///
+/// The sessions live in network threads ([`Network`]); the methods take `&self`, so several threads
+/// can segment volumes at once, each doing its host work (reading, preprocessing, blending, writing)
+/// while the others' tiles are in the network.
 pub struct Predictor {
     bundle: Bundle,
-    sessions: Sessions,
+    network: Network,
     tile_batch: usize,
     window: WindowConfig,
     read_options: ReadOptions,
+    residency: super::session::Residency,
+    /// Whether a volume's next tile batch is submitted before its previous one is blended. On a GPU
+    /// provider the blending then hides behind the network; on the CPU provider, whose threads use
+    /// every core, a blending thread beside them slowed the network more than it saved (CT-sized
+    /// volume, 2 cores: wall 18.4 s → 19.9 s).
+    overlap_blend: bool,
 }
 
 impl Predictor {
-    /// Loads and verifies a bundle and opens every session: ready to segment when it returns.
+    /// Loads and verifies a bundle, opens every session and starts the network threads: ready to
+    /// segment when it returns.
     pub fn from_bundle(dir: &Path, opts: &PredictorOptions) -> Result<Predictor> {
         if let Some(step) = opts.step.filter(|s| !(*s > 0.0 && *s <= 1.0)) {
             return Err(Error::invalid("--step", format!("{step} is not in (0, 1]")));
@@ -244,8 +246,20 @@ impl Predictor {
         if let Some(step) = opts.step {
             window.overlap = 1.0 - step;
         }
-        let sessions = Sessions::open(&bundle, &opts.session)?;
-        Ok(Predictor { bundle, sessions, tile_batch: opts.tile_batch.max(1), window, read_options: opts.read })
+        let sets = (0..opts.network_threads.max(1))
+            .map(|_| Sessions::open(&bundle, &opts.session))
+            .collect::<Result<Vec<_>>>()?;
+        let residency = sets[0].residency;
+        let overlap_blend = sets[0].options.ep != ExecutionProvider::Cpu;
+        Ok(Predictor {
+            overlap_blend,
+            bundle,
+            network: Network::start(sets, opts.batching),
+            tile_batch: opts.tile_batch.max(1),
+            window,
+            read_options: opts.read,
+            residency,
+        })
     }
 
     /// The verified bundle.
@@ -270,7 +284,22 @@ impl Predictor {
 
     /// Where the chain keeps its intermediate values.
     pub fn residency(&self) -> super::session::Residency {
-        self.sessions.residency
+        self.residency
+    }
+
+    /// The provider each network thread's sessions run on (after any fallback).
+    pub fn providers(&self) -> &[ExecutionProvider] {
+        self.network.providers()
+    }
+
+    /// Counters of the network threads.
+    pub fn network_stats(&self) -> &NetworkStats {
+        self.network.stats()
+    }
+
+    /// Opens a stream for one volume's network work (older streams run first).
+    pub fn stream(&self) -> Stream<'_> {
+        self.network.stream()
     }
 
     /// Number of droppable blocks.
@@ -286,12 +315,16 @@ impl Predictor {
     }
 
     /// Keep probabilities for a normalised volume.
-    pub fn keep_probabilities(&mut self, image: &Array3<f32>) -> Result<Vec<f32>> {
+    pub fn keep_probabilities(&self, image: &Array3<f32>) -> Result<Vec<f32>> {
+        self.keep_probabilities_on(&self.stream(), image)
+    }
+
+    fn keep_probabilities_on(&self, stream: &Stream, image: &Array3<f32>) -> Result<Vec<f32>> {
         let small = self.policy_input(image)?;
         let (d, h, w) = small.dim();
         let batch =
             small.into_shape_with_order((1, 1, d, h, w)).map_err(|e| Error::invalid("policy input", e.to_string()))?;
-        let p = self.sessions.run_policy(batch.view())?.row(0).to_vec();
+        let p = stream.policy(batch)?.0.row(0).to_vec();
         // A policy graph that answers for another number of blocks would index past the chain.
         if p.len() != self.num_blocks() {
             return Err(Error::Bundle {
@@ -307,7 +340,16 @@ impl Predictor {
     }
 
     /// The keep mask for a volume and the probabilities it came from.
-    pub fn keep_mask(&mut self, image: &Array3<f32>, choice: &PathChoice) -> Result<(Vec<bool>, Option<Vec<f32>>)> {
+    pub fn keep_mask(&self, image: &Array3<f32>, choice: &PathChoice) -> Result<(Vec<bool>, Option<Vec<f32>>)> {
+        self.keep_mask_on(&self.stream(), image, choice)
+    }
+
+    fn keep_mask_on(
+        &self,
+        stream: &Stream,
+        image: &Array3<f32>,
+        choice: &PathChoice,
+    ) -> Result<(Vec<bool>, Option<Vec<f32>>)> {
         let n = self.num_blocks();
         match choice {
             PathChoice::Full | PathChoice::FullGraph => Ok((vec![true; n], None)),
@@ -321,31 +363,63 @@ impl Predictor {
                     return Ok((vec![true; n], None));
                 }
                 let t = threshold.or(self.bundle.manifest.policy.as_ref().map(|p| p.threshold)).unwrap_or(0.5);
-                let p = self.keep_probabilities(image)?;
+                let p = self.keep_probabilities_on(stream, image)?;
                 Ok((p.iter().map(|&v| v >= t).collect(), Some(p)))
             }
         }
+    }
+
+    /// Runs a normalised image's tiles through `route` and blends them. Two batches are in flight: the
+    /// next one is in the network while this thread blends the previous one (blending order, and so
+    /// every bit of the result, is the tile order, as in [`crate::input::window::slide`]).
+    fn blend_tiles(&self, stream: &Stream, image: &Array3<f32>, pad_value: f32, route: &Route) -> Result<Blended> {
+        let t = Instant::now();
+        let tiling = Tiling::new(image, pad_value, &self.window);
+        let channels = self.bundle.manifest.input.activation.channels();
+        let mut accumulator = Accumulator::new(channels, tiling.padded_shape(), &self.window);
+        let per_call = self.tile_batch.min(tiling.origins.len().max(1));
+        let padded = tiling.padded();
+        let patch = self.window.patch;
+        let mut chunks = tiling.origins.chunks(per_call);
+        let submit = |chunk: Option<&[[usize; 3]]>| -> Result<Option<Ticket>> {
+            chunk.map(|c| stream.submit(route, batch_of_tiles(&padded, c, patch))).transpose()
+        };
+        let mut current = chunks.next();
+        let mut pending = submit(current)?;
+        let (mut network, mut waited) = (0.0, 0.0);
+        while let (Some(chunk), Some(ticket)) = (current, pending.take()) {
+            current = chunks.next();
+            if self.overlap_blend {
+                pending = submit(current)?;
+            }
+            let w = Instant::now();
+            let out = ticket.wait()?;
+            waited += w.elapsed().as_secs_f64();
+            network += out.seconds;
+            for (i, &origin) in chunk.iter().enumerate() {
+                accumulator.add(origin, out.probabilities.index_axis(ndarray::Axis(0), i));
+            }
+            if !self.overlap_blend {
+                pending = submit(current)?;
+            }
+        }
+        let host = t.elapsed().as_secs_f64() - waited;
+        Ok(Blended { accumulator, shape: tiling.shape, tiles: tiling.origins.len(), network, host })
     }
 
     /// Class probabilities `[K, D, H, W]` of a normalised volume on a path; `full_graph` uses
     /// `full.onnx` instead of the chain (the baseline). Returns the number of tiles and the seconds
     /// spent in the network.
     pub fn probabilities(
-        &mut self,
+        &self,
         image: &Array3<f32>,
         pad_value: f32,
         keep: &[bool],
         full_graph: bool,
     ) -> Result<(Array4<f32>, usize, f64)> {
-        let channels = self.bundle.manifest.input.activation.channels();
-        let mut engine = OrtEngine {
-            sessions: &mut self.sessions,
-            graph: if full_graph { Graph::Full } else { Graph::Chain(keep) },
-            channels,
-            seconds: 0.0,
-        };
-        let (probs, tiles) = slide(&mut engine, image, pad_value, &self.window, self.tile_batch)?;
-        Ok((probs, tiles, engine.seconds))
+        let route = if full_graph { Route::Full } else { Route::Chain(keep.to_vec()) };
+        let b = self.blend_tiles(&self.stream(), image, pad_value, &route)?;
+        Ok((b.accumulator.finish(b.shape), b.tiles, b.network))
     }
 
     /// Labels from blended probabilities.
@@ -360,34 +434,61 @@ impl Predictor {
     }
 
     /// Segments a volume in memory: labels on the original grid, keep mask, probabilities, report.
-    pub fn segment(&mut self, volume: &Volume, choice: &PathChoice, times: &mut StageTimes) -> Result<Segmentation> {
+    pub fn segment(&self, volume: &Volume, choice: &PathChoice, times: &mut StageTimes) -> Result<Segmentation> {
+        self.segment_on(self.stream(), volume, choice, times)
+    }
+
+    /// [`Predictor::segment`] on an open stream, which it closes once its last tile is answered.
+    pub fn segment_on(
+        &self,
+        stream: Stream,
+        volume: &Volume,
+        choice: &PathChoice,
+        times: &mut StageTimes,
+    ) -> Result<Segmentation> {
         let t = Instant::now();
         let (image, record) = self.preprocess(volume)?;
         times.preprocess = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let (keep, probs) = self.keep_mask(&image, choice)?;
+        let (keep, probs) = self.keep_mask_on(&stream, &image, choice)?;
         times.policy = t.elapsed().as_secs_f64();
+        let route = if *choice == PathChoice::FullGraph { Route::Full } else { Route::Chain(keep.clone()) };
+        let blended = self.blend_tiles(&stream, &image, record.pad_value, &route)?;
+        drop(stream);
+        drop(image);
         let t = Instant::now();
-        let (p, tiles, network) =
-            self.probabilities(&image, record.pad_value, &keep, *choice == PathChoice::FullGraph)?;
-        let labels = self.labels(&p);
-        let labels = self.bundle.manifest.input.preprocessing.restore(&labels, &record);
-        times.network = network;
-        times.stitch = t.elapsed().as_secs_f64() - network;
-        Ok(Segmentation { labels, keep, keep_probabilities: probs, tiles })
+        let m = &self.bundle.manifest.input;
+        let labels = crate::labels::from_accumulator(blended.accumulator, blended.shape, m.activation, m.threshold);
+        let labels = m.preprocessing.restore(&labels, &record);
+        times.network = blended.network;
+        times.stitch = blended.host + t.elapsed().as_secs_f64();
+        Ok(Segmentation { labels, keep, keep_probabilities: probs, tiles: blended.tiles })
     }
 
     /// Reads `input`, segments it, writes `output` (atomically) with the input's geometry.
-    pub fn segment_file(&mut self, input: &Path, output: &Path, choice: &PathChoice) -> Result<VolumeReport> {
+    pub fn segment_file(&self, input: &Path, output: &Path, choice: &PathChoice) -> Result<VolumeReport> {
+        self.segment_file_on(self.stream(), input, output, choice)
+    }
+
+    /// [`Predictor::segment_file`] on an open stream (a batch opens them in input order, so earlier
+    /// volumes' tiles run first).
+    pub fn segment_file_on(
+        &self,
+        stream: Stream,
+        input: &Path,
+        output: &Path,
+        choice: &PathChoice,
+    ) -> Result<VolumeReport> {
+        let start = Instant::now();
         let mut times = StageTimes::default();
-        let t = Instant::now();
         let volume = read_volume(input, &self.read_options)?;
-        times.read = t.elapsed().as_secs_f64();
+        times.read = start.elapsed().as_secs_f64();
         let Segmentation { labels, keep, keep_probabilities: probs, tiles } =
-            self.segment(&volume, choice, &mut times)?;
+            self.segment_on(stream, &volume, choice, &mut times)?;
         let t = Instant::now();
         write_labels(output, &labels, &volume.geometry)?;
         times.write = t.elapsed().as_secs_f64();
+        times.wall = start.elapsed().as_secs_f64();
         let arch = &self.bundle.manifest.architecture;
         Ok(VolumeReport {
             input: input.display().to_string(),

@@ -1,7 +1,9 @@
 //! `autopath-run serve`: the runtime as a long-lived HTTP service (axum + tokio).
 //!
-//! Requests are queued to a fixed pool of workers, each owning its own session set (ORT sessions
-//! need `&mut` to run). The queue is bounded: when it is full the service answers 503 with
+//! Requests are queued to a fixed pool of host threads, which decode, preprocess, blend and encode;
+//! the graphs run in the predictor's network threads (one session set each), so one request is
+//! decoded while another is in the network. Concurrent requests on the same path share network calls
+//! (up to `share_tiles` tiles). The queue is bounded: when it is full the service answers 503 with
 //! Retry-After instead of piling up memory. SIGTERM stops accepting connections and lets in-flight
 //! requests finish.
 
@@ -20,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
+use crate::deploy::network::Batching;
 use crate::deploy::predict::StageTimes;
 use crate::deploy::{PathChoice, Predictor, PredictorOptions, SessionOptions};
 use crate::error::{Error, Result};
@@ -32,8 +35,15 @@ pub struct ServeOptions {
     pub bundle: PathBuf,
     /// Listen address (loopback by default).
     pub addr: String,
-    /// Workers, each with its own sessions (requests running at once).
+    /// Network threads, each with its own session set.
     pub workers: usize,
+    /// Host threads: requests decoded, blended and encoded at once (at least 1).
+    pub host_threads: usize,
+    /// Most tiles in one network call shared by concurrent requests on the same path (at most
+    /// `tile_batch` from one request); `tile_batch` or less: no sharing.
+    pub share_tiles: usize,
+    /// How long a network call with room waits for other active requests' tiles.
+    pub share_wait: Duration,
     /// Requests waiting beyond the running ones before 503.
     pub queue: usize,
     /// Largest accepted body, bytes (413 above).
@@ -133,7 +143,11 @@ impl Metrics {
 
 struct AppState {
     jobs: SyncSender<Job>,
+    /// The manifest with a `runtime` section: providers per network thread, threads, batching.
     manifest: String,
+    /// One line saying the providers the network threads run on, for `/readyz`.
+    ready: String,
+    predictor: Arc<Predictor>,
     /// The bundle's policy entry, for `?budget=` (its calibration).
     policy: Option<autopath_bundle::PolicyEntry>,
     metrics: Arc<Metrics>,
@@ -141,7 +155,9 @@ struct AppState {
     timeout: Duration,
 }
 
-fn work(p: &mut Predictor, scratch: &Path, job: &Job, metrics: &Metrics) -> Result<Reply> {
+fn work(p: &Predictor, scratch: &Path, job: &Job, metrics: &Metrics) -> Result<Reply> {
+    // Opened before decoding: a network call with room waits (briefly) for this request's tiles.
+    let stream = p.stream();
     let id = std::thread::current().id();
     let input = scratch.join(format!("{id:?}-in.nii").replace(['(', ')'], ""));
     std::fs::write(&input, &job.body).map_err(|e| Error::io(&input, e))?;
@@ -158,6 +174,7 @@ fn work(p: &mut Predictor, scratch: &Path, job: &Job, metrics: &Metrics) -> Resu
     times.read = t.elapsed().as_secs_f64();
     match &job.task {
         Task::Policy => {
+            drop(stream);
             let (image, _) = p.preprocess(&volume)?;
             if p.bundle().manifest.policy.is_none() {
                 return Err(Error::request("policy", "the bundle has no policy"));
@@ -169,7 +186,7 @@ fn work(p: &mut Predictor, scratch: &Path, job: &Job, metrics: &Metrics) -> Resu
             })
         }
         Task::Segment(choice) => {
-            let seg = p.segment(&volume, choice, &mut times)?;
+            let seg = p.segment_on(stream, &volume, choice, &mut times)?;
             let out = scratch.join(format!("{id:?}-out.nii.gz").replace(['(', ')'], ""));
             let t = Instant::now();
             write_labels(&out, &seg.labels, &volume.geometry)?;
@@ -326,22 +343,29 @@ async fn policy(State(state): State<Arc<AppState>>, headers: HeaderMap, body: By
     r
 }
 
-/// One thread per worker, each owning its predictor (ONNX Runtime sessions need `&mut`), taking jobs
-/// from the shared queue until it closes.
-fn spawn_workers(predictors: Vec<Predictor>, rx: Arc<Mutex<Receiver<Job>>>, metrics: &Arc<Metrics>, scratch: &Path) {
-    for mut p in predictors {
-        let (rx, m, scratch) = (rx.clone(), metrics.clone(), scratch.to_path_buf());
-        std::thread::spawn(move || loop {
+/// Host threads taking requests from the shared queue until it closes; the predictor's network
+/// threads run their tiles.
+fn spawn_host_threads(
+    threads: usize,
+    predictor: &Arc<Predictor>,
+    rx: Arc<Mutex<Receiver<Job>>>,
+    metrics: &Arc<Metrics>,
+    scratch: &Path,
+) {
+    for i in 0..threads.max(1) {
+        let (rx, m, scratch, p) = (rx.clone(), metrics.clone(), scratch.to_path_buf(), predictor.clone());
+        let host = move || loop {
             let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
                 Ok(j) => j,
                 Err(_) => break,
             };
             m.queued.fetch_sub(1, Ordering::Relaxed);
             m.in_flight.fetch_add(1, Ordering::Relaxed);
-            let r = work(&mut p, &scratch, &job, &m);
+            let r = work(&p, &scratch, &job, &m);
             m.in_flight.fetch_sub(1, Ordering::Relaxed);
             let _ = job.reply.send(r);
-        });
+        };
+        std::thread::Builder::new().name(format!("autopath-host-{i}")).spawn(host).expect("spawning a host thread");
     }
 }
 
@@ -350,7 +374,7 @@ fn spawn_workers(predictors: Vec<Predictor>, rx: Arc<Mutex<Receiver<Job>>>, metr
 fn routes(state: Arc<AppState>, max_body: usize) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ready: bundle loaded, sessions open\n" }))
+        .route("/readyz", get(|State(s): State<Arc<AppState>>| async move { s.ready.clone() }))
         .route(
             "/v1/bundle",
             get(|State(s): State<Arc<AppState>>, h: HeaderMap| async move {
@@ -366,7 +390,8 @@ fn routes(state: Arc<AppState>, max_body: usize) -> Router {
                 if !authorised(&s, &h) {
                     return plain(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
                 }
-                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+                let text = s.metrics.render() + &network_metrics(&s.predictor);
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
             }),
         )
         .route("/v1/segment", post(segment))
@@ -391,35 +416,91 @@ async fn shutdown_signal() {
     }
 }
 
+/// The network threads' counters and providers in Prometheus text.
+fn network_metrics(p: &Predictor) -> String {
+    let st = p.network_stats();
+    let mut s = String::from(
+        "# HELP autopath_execution_provider The provider each network thread's sessions run on (after any fallback).\n# TYPE autopath_execution_provider gauge\n",
+    );
+    for (i, ep) in p.providers().iter().enumerate() {
+        s += &format!("autopath_execution_provider{{worker=\"{i}\",provider=\"{}\"}} 1\n", provider_name(*ep));
+    }
+    for (name, help, v) in [
+        ("autopath_network_calls_total", "Network calls (policy included).", st.calls.load(Ordering::Relaxed)),
+        ("autopath_network_tiles_total", "Tiles run.", st.tiles.load(Ordering::Relaxed)),
+        (
+            "autopath_network_shared_calls_total",
+            "Calls that carried more than one request's tiles.",
+            st.shared_calls.load(Ordering::Relaxed),
+        ),
+    ] {
+        s += &format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n");
+    }
+    let busy = st.busy_us.load(Ordering::Relaxed) as f64 / 1e6;
+    s += &format!("# HELP autopath_network_busy_seconds_total Seconds the network threads spent in calls.\n# TYPE autopath_network_busy_seconds_total counter\nautopath_network_busy_seconds_total {busy}\n");
+    s
+}
+
+/// A provider's name as the command line spells it.
+fn provider_name(ep: crate::deploy::ExecutionProvider) -> &'static str {
+    match ep {
+        crate::deploy::ExecutionProvider::Cpu => "cpu",
+        crate::deploy::ExecutionProvider::Cuda => "cuda",
+        crate::deploy::ExecutionProvider::Tensorrt => "tensorrt",
+    }
+}
+
+/// The manifest as `/v1/bundle` gives it, with a `runtime` section saying how this service runs it.
+fn bundle_document(p: &Predictor, opts: &ServeOptions) -> Result<String> {
+    let mut doc = serde_json::to_value(&p.bundle().manifest).map_err(|e| Error::invalid("manifest", e.to_string()))?;
+    let providers: Vec<&str> = p.providers().iter().map(|&e| provider_name(e)).collect();
+    doc["runtime"] = serde_json::json!({
+        "execution_providers": providers,
+        "network_threads": providers.len(),
+        "host_threads": opts.host_threads.max(1),
+        "tile_batch": opts.tile_batch,
+        "share_tiles": opts.share_tiles,
+    });
+    serde_json::to_string_pretty(&doc).map_err(|e| Error::invalid("manifest", e.to_string()))
+}
+
 /// Serves until SIGTERM or Ctrl-C; `ready` receives the bound address once listening.
 pub async fn serve(opts: ServeOptions, ready: impl FnOnce(std::net::SocketAddr)) -> Result<()> {
     let scratch = std::env::temp_dir().join(format!("autopath-serve-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).map_err(|e| Error::io(&scratch, e))?;
     let (tx, rx) = sync_channel::<Job>(opts.queue);
     let rx = Arc::new(Mutex::new(rx));
-    let mut manifest = String::new();
-    let mut policy_entry = None;
-    let mut blocks = 0;
-    let mut predictors = Vec::new();
-    for _ in 0..opts.workers.max(1) {
-        let popts =
-            PredictorOptions { session: opts.session.clone(), tile_batch: opts.tile_batch, ..Default::default() };
-        let p = Predictor::from_bundle(&opts.bundle, &popts)?;
-        manifest = serde_json::to_string_pretty(&p.bundle().manifest)
-            .map_err(|e| Error::invalid("manifest", e.to_string()))?;
-        blocks = p.num_blocks();
-        policy_entry = p.bundle().manifest.policy.clone();
-        predictors.push(p);
-    }
+    let share_tiles = opts.share_tiles.max(opts.tile_batch);
+    let mut session = opts.session.clone();
+    session.max_tile_batch = session.max_tile_batch.max(share_tiles);
+    let popts = PredictorOptions {
+        session,
+        tile_batch: opts.tile_batch,
+        network_threads: opts.workers.max(1),
+        batching: Batching {
+            max_tiles: if share_tiles > opts.tile_batch { share_tiles } else { 0 },
+            wait: opts.share_wait,
+        },
+        ..Default::default()
+    };
+    let predictor = Arc::new(Predictor::from_bundle(&opts.bundle, &popts)?);
+    let manifest = bundle_document(&predictor, &opts)?;
+    let providers: Vec<String> =
+        predictor.providers().iter().enumerate().map(|(i, &e)| format!("worker {i}: {}", provider_name(e))).collect();
+    let ready_line = format!("ready: bundle loaded, sessions open ({})\n", providers.join(", "));
+    let blocks = predictor.num_blocks();
+    let policy_entry = predictor.bundle().manifest.policy.clone();
     let metrics = Arc::new(Metrics {
         kept: (0..blocks).map(|_| AtomicU64::new(0)).collect(),
         dropped: (0..blocks).map(|_| AtomicU64::new(0)).collect(),
         ..Default::default()
     });
-    spawn_workers(predictors, rx, &metrics, &scratch);
+    spawn_host_threads(opts.host_threads, &predictor, rx, &metrics, &scratch);
     let state = Arc::new(AppState {
         jobs: tx,
         manifest,
+        ready: ready_line,
+        predictor,
         policy: policy_entry,
         metrics: metrics.clone(),
         token: opts.token.clone(),

@@ -2,6 +2,7 @@
 //! accumulator that stitches them into a whole-volume prediction with memory bounded by the volume.
 
 use ndarray::{s, Array3, Array4, ArrayView3, ArrayView4};
+use rayon::prelude::*;
 
 use crate::error::Result;
 
@@ -29,33 +30,135 @@ pub fn extract(volume: &ArrayView3<f32>, origin: [usize; 3], patch: [usize; 3]) 
 
 /// Weighted sum of tile predictions over a whole (padded) volume; memory is one volume per channel,
 /// whatever the number of tiles.
+///
+/// The summed weight is not kept beside the sum: it depends on the tiles' places only, and
+/// [`Accumulator::map_blended`] makes it one row at a time in a row-sized buffer, adding the tiles'
+/// weight rows in the order the tiles were added, so every voxel's weight is the same float sum,
+/// bit for bit, as adding each tile's weights into a weight volume ([`Coverage`] does that). Why: that
+/// weight volume was a second 230 MB pass per tile on a 220×512×512 volume.
 #[derive(Debug)]
 pub struct Accumulator {
     sum: Array4<f32>,
-    weight: Array3<f32>,
     tile_weight: Array3<f32>,
+    origins: Vec<[usize; 3]>,
 }
 
 impl Accumulator {
     /// An empty accumulator for `channels` outputs over a volume of `shape`.
     pub fn new(channels: usize, shape: [usize; 3], config: &WindowConfig) -> Self {
+        let [d, h, w] = shape;
+        let sum = Array4::from_shape_vec([channels, d, h, w], written_zeros(channels * d * h * w));
         Accumulator {
-            sum: Array4::zeros([channels, shape[0], shape[1], shape[2]]),
-            weight: Array3::zeros(shape),
+            sum: sum.expect("length is the product of the shape"),
             tile_weight: tile_weights(config),
+            origins: Vec::new(),
         }
     }
 
     /// Adds one tile's prediction `[C, d, h, w]` at `origin`.
     pub fn add(&mut self, origin: [usize; 3], prediction: ArrayView4<f32>) {
         add_weighted(&mut self.sum, &self.tile_weight, origin, prediction);
-        add_weight(&mut self.weight, &self.tile_weight, origin);
+        self.origins.push(origin);
     }
 
     /// The blended prediction `[C, D, H, W]`, cropped to `shape` (the unpadded volume).
     pub fn finish(self, shape: [usize; 3]) -> Array4<f32> {
-        divided(self.sum, &self.weight, shape)
+        let weights = RowWeights::new(&self.tile_weight, &self.origins, self.padded_shape());
+        let [d, h, w] = shape;
+        let mut out = self.sum.slice_move(s![.., ..d, ..h, ..w]);
+        let mut row = vec![0.0f32; weights.width];
+        for z in 0..d {
+            for y in 0..h {
+                weights.fill(z, y, &mut row);
+                for mut channel in out.outer_iter_mut() {
+                    let mut values = channel.slice_mut(s![z, y, ..]);
+                    values.iter_mut().zip(&row).for_each(|(v, &wt)| *v = blended(*v, wt));
+                }
+            }
+        }
+        out
     }
+
+    fn padded_shape(&self) -> [usize; 3] {
+        let s = self.sum.shape();
+        [s[1], s[2], s[3]]
+    }
+
+    /// `f` of every voxel's [`blended`] values (one per channel), cropped to `shape`: the runtime's
+    /// labels come straight from the sum, without a probability volume.
+    pub fn map_blended<T: Send>(self, shape: [usize; 3], f: impl Fn(&[f32]) -> T + Sync) -> Array3<T> {
+        let weights = RowWeights::new(&self.tile_weight, &self.origins, self.padded_shape());
+        let channels = self.sum.len_of(ndarray::Axis(0));
+        let [d, h, w] = shape;
+        let rows: Vec<Vec<T>> = (0..d * h)
+            .into_par_iter()
+            .map_init(
+                || (vec![0.0f32; weights.width], vec![0.0f32; channels]),
+                |(row, values), i| {
+                    let (z, y) = (i / h, i % h);
+                    weights.fill(z, y, row);
+                    let sums: Vec<_> = (0..channels).map(|k| self.sum.slice(s![k, z, y, ..w])).collect();
+                    (0..w)
+                        .map(|x| {
+                            for (v, sum) in values.iter_mut().zip(&sums) {
+                                *v = blended(sum[x], row[x]);
+                            }
+                            f(values)
+                        })
+                        .collect()
+                },
+            )
+            .collect();
+        Array3::from_shape_vec(shape, rows.into_iter().flatten().collect()).expect("one value per voxel")
+    }
+}
+
+/// The summed tile weight of a (padded) volume, one row at a time: per row `(z, y)`, the tiles that
+/// cover it in the order they were added, each adding its weight row over its x range.
+struct RowWeights<'a> {
+    tile_weight: &'a Array3<f32>,
+    origins: &'a [[usize; 3]],
+    /// Per z, then per y, the indices (into `origins`) of the tiles covering it, in added order.
+    by_z: Vec<Vec<usize>>,
+    width: usize,
+}
+
+impl<'a> RowWeights<'a> {
+    fn new(tile_weight: &'a Array3<f32>, origins: &'a [[usize; 3]], shape: [usize; 3]) -> Self {
+        let [pd, _, _] = [0, 1, 2].map(|a| tile_weight.shape()[a]);
+        let mut by_z = vec![Vec::new(); shape[0]];
+        for (i, o) in origins.iter().enumerate() {
+            for list in by_z.iter_mut().skip(o[0]).take(pd) {
+                list.push(i);
+            }
+        }
+        RowWeights { tile_weight, origins, by_z, width: shape[2] }
+    }
+
+    /// The summed weight of row `(z, y)` into `row` (the padded width).
+    fn fill(&self, z: usize, y: usize, row: &mut [f32]) {
+        row.iter_mut().for_each(|v| *v = 0.0);
+        let ph = self.tile_weight.shape()[1];
+        for &i in &self.by_z[z] {
+            let o = self.origins[i];
+            if y < o[1] || y >= o[1] + ph {
+                continue;
+            }
+            let t = self.tile_weight.slice(s![z - o[0], y - o[1], ..]);
+            let seg = &mut row[o[2]..o[2] + t.len()];
+            seg.iter_mut().zip(t.iter()).for_each(|(a, &t)| *a += t);
+        }
+    }
+}
+
+/// `n` zeros, written rather than allocated zeroed. Why: a zeroed allocation maps every page to the
+/// kernel's shared zero page, and blending's first `+=` on each page then faults twice, the second
+/// time with a TLB shoot-down across every core the process runs on (where the network threads are):
+/// on a 220×512×512 volume that was most of the 2.3 s blending took beside a 15 s network.
+fn written_zeros(n: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    v.resize(n, 0.0);
+    v
 }
 
 /// The weighted sum of the tile predictions over the voxel's summed weight (the sum itself where no
@@ -68,16 +171,45 @@ pub fn blended(sum: f32, weight: f32) -> f32 {
     }
 }
 
+/// Tiles at least this large are blended on the rayon pool; smaller ones on the calling thread, where
+/// the work is a few hundred microseconds and waking the pool (beside ONNX Runtime's spinning threads)
+/// cost more than it saved: on the demo's 32×96×96 tiles, blending a 220×512×512 volume took 2.3 s in
+/// parallel and 0.3 s row by row on one thread.
+const PARALLEL_BLEND_VOXELS: usize = 1 << 21;
+
+/// `acc[i] += pred[i] · weight[i]` over one row.
+fn add_row(acc: &mut [f32], pred: &[f32], weight: &[f32]) {
+    for ((a, &p), &w) in acc.iter_mut().zip(pred).zip(weight) {
+        *a += p * w;
+    }
+}
+
+/// `acc += pred · weight` over 3D views of one shape, row by row (contiguous rows vectorise; ndarray's
+/// element-wise `Zip` over strided 3D views did not).
+fn add_product(mut acc: ndarray::ArrayViewMut3<f32>, pred: ndarray::ArrayView3<f32>, weight: ndarray::ArrayView3<f32>) {
+    let rows = ndarray::Zip::from(acc.rows_mut()).and(pred.rows()).and(weight.rows());
+    let row = |mut a: ndarray::ArrayViewMut1<f32>, p: ndarray::ArrayView1<f32>, w: ndarray::ArrayView1<f32>| match (
+        a.as_slice_mut(),
+        p.as_slice(),
+        w.as_slice(),
+    ) {
+        (Some(a), Some(p), Some(w)) => add_row(a, p, w),
+        _ => ndarray::Zip::from(&mut a).and(&p).and(&w).for_each(|a, &p, &w| *a += p * w),
+    };
+    if weight.len() >= PARALLEL_BLEND_VOXELS {
+        rows.par_for_each(row);
+    } else {
+        rows.for_each(row);
+    }
+}
+
 /// `sum += prediction · tile_weight` over the tile at `origin`, per channel.
 fn add_weighted(sum: &mut Array4<f32>, tile_weight: &Array3<f32>, origin: [usize; 3], prediction: ArrayView4<f32>) {
     let [d, h, w] = [0, 1, 2].map(|a| tile_weight.shape()[a]);
     let region = s![origin[0]..origin[0] + d, origin[1]..origin[1] + h, origin[2]..origin[2] + w];
-    // In parallel over voxels: at the paper's tile one add is 3 M multiply-adds per channel, and a
-    // single thread blending 8 tiles took longer than the network on a GPU.
     for (c, pred) in prediction.outer_iter().enumerate() {
         let mut acc = sum.index_axis_mut(ndarray::Axis(0), c);
-        let mut acc = acc.slice_mut(region);
-        ndarray::Zip::from(&mut acc).and(&pred).and(tile_weight).par_for_each(|a, &p, &wt| *a += p * wt);
+        add_product(acc.slice_mut(region), pred, tile_weight.view());
     }
 }
 
@@ -86,7 +218,11 @@ fn add_weight(weight: &mut Array3<f32>, tile_weight: &Array3<f32>, origin: [usiz
     let [d, h, w] = [0, 1, 2].map(|a| tile_weight.shape()[a]);
     let region = s![origin[0]..origin[0] + d, origin[1]..origin[1] + h, origin[2]..origin[2] + w];
     let mut wsum = weight.slice_mut(region);
-    ndarray::Zip::from(&mut wsum).and(tile_weight).par_for_each(|a, &wt| *a += wt);
+    let rows = ndarray::Zip::from(wsum.rows_mut()).and(tile_weight.rows());
+    rows.for_each(|mut a, t| match (a.as_slice_mut(), t.as_slice()) {
+        (Some(a), Some(t)) => a.iter_mut().zip(t).for_each(|(a, &t)| *a += t),
+        _ => ndarray::Zip::from(&mut a).and(&t).for_each(|a, &t| *a += t),
+    });
 }
 
 /// Every channel of `sum` [`blended`] with `weight`, cropped to `shape`.
@@ -169,7 +305,50 @@ fn fill_tiles(
     for (i, &t) in origins.iter().enumerate() {
         let region = s![t[0]..t[0] + patch[0], t[1]..t[1] + patch[1], t[2]..t[2] + patch[2]];
         let mut slot = batch.index_axis_mut(ndarray::Axis(0), i);
-        slot.index_axis_mut(ndarray::Axis(0), 0).assign(&volume.slice(region));
+        let mut slot = slot.index_axis_mut(ndarray::Axis(0), 0);
+        // Row by row: contiguous rows copy as memcpy, where an element-wise assign of the strided
+        // region took as long as blending it.
+        ndarray::Zip::from(slot.rows_mut()).and(volume.slice(region).rows()).for_each(|mut to, from| {
+            match (to.as_slice_mut(), from.as_slice()) {
+                (Some(to), Some(from)) => to.copy_from_slice(from),
+                _ => to.assign(&from),
+            }
+        });
+    }
+}
+
+/// A normalised image ready to be cut into tiles: padded at the far end up to a tile where it is
+/// smaller (else borrowed, no copy), with the window's tile origins.
+pub struct Tiling<'a> {
+    padded: ndarray::CowArray<'a, f32, ndarray::Ix3>,
+    /// Tile origins, in the window's order (the order tiles are run and blended in).
+    pub origins: Vec<[usize; 3]>,
+    /// The image's own shape, to crop the blended result back to.
+    pub shape: [usize; 3],
+}
+
+impl<'a> Tiling<'a> {
+    /// The tiling of `image` under `window`, padding with `pad_value`.
+    pub fn new(image: &'a Array3<f32>, pad_value: f32, window: &WindowConfig) -> Self {
+        let shape: [usize; 3] = image.dim().into();
+        let patch = window.patch;
+        let padded: ndarray::CowArray<f32, ndarray::Ix3> = if (0..3).any(|a| shape[a] < patch[a]) {
+            pad_to_patch(image.clone(), patch, pad_value).into()
+        } else {
+            image.view().into()
+        };
+        let origins = window.tiles(padded.dim().into());
+        Tiling { padded, origins, shape }
+    }
+
+    /// The (padded) volume the tiles are cut from.
+    pub fn padded(&self) -> ArrayView3<'_, f32> {
+        self.padded.view()
+    }
+
+    /// Shape of the padded volume.
+    pub fn padded_shape(&self) -> [usize; 3] {
+        self.padded.dim().into()
     }
 }
 
@@ -183,14 +362,11 @@ pub fn slide(
     window: &WindowConfig,
     tile_batch: usize,
 ) -> Result<(Array4<f32>, usize)> {
-    let shape: [usize; 3] = image.dim().into();
+    let tiling = Tiling::new(image, pad_value, window);
     let patch = window.patch;
-    // The image itself when it is at least a tile in every axis (no copy), else a padded copy.
-    let padded_copy = (0..3).any(|a| shape[a] < patch[a]).then(|| pad_to_patch(image.clone(), patch, pad_value));
-    let padded = padded_copy.as_ref().map_or_else(|| image.view(), |p| p.view());
-    let pshape: [usize; 3] = padded.dim().into();
-    let mut acc = Accumulator::new(engine.channels(), pshape, window);
-    let tiles = window.tiles(pshape);
+    let padded = tiling.padded();
+    let mut acc = Accumulator::new(engine.channels(), tiling.padded_shape(), window);
+    let tiles = &tiling.origins;
     let per_call = tile_batch.max(1).min(tiles.len().max(1));
     // One batch buffer for every call (the last, smaller chunk uses its first slots).
     let mut batch = ndarray::Array5::<f32>::zeros((per_call, 1, patch[0], patch[1], patch[2]));
@@ -203,7 +379,7 @@ pub fn slide(
             }
         })?;
     }
-    Ok((acc.finish(shape), tiles.len()))
+    Ok((acc.finish(tiling.shape), tiles.len()))
 }
 
 /// Per-voxel weight of a tile's prediction under `config`'s blending.

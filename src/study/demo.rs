@@ -362,7 +362,7 @@ fn train_policies(o: &DemoOptions, f: &Folders, stages: &mut Stages) -> Result<(
 /// Stage 7: each test volume through the bundle with the runtime's own predictor.
 fn segment_tests(f: &Folders, test: &[crate::study::dataset::Case], outputs: &[PathBuf], say: &Say) -> Result<()> {
     std::fs::create_dir_all(&f.segmentations).map_err(|e| Error::io(&f.segmentations, e))?;
-    let mut p = Predictor::from_bundle(&f.bundle, &PredictorOptions::default())?;
+    let p = Predictor::from_bundle(&f.bundle, &PredictorOptions::default())?;
     for (c, o) in test.iter().zip(outputs) {
         let r = p.segment_file(&c.image, o, &PathChoice::Auto { threshold: None })?;
         say(&format!(
