@@ -238,3 +238,85 @@ fn the_token_guards_everything_but_health() {
     assert_eq!(server.request("POST", "/v1/segment", &[], b"x").0, 401);
     assert!(server.terminate().success());
 }
+
+#[test]
+fn concurrent_requests_on_one_path_share_network_calls_and_get_their_own_geometry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _, bundle) = common::trained_bundle(dir.path());
+    let other = dir.path().join("other");
+    let out = Command::new(env!("CARGO_BIN_EXE_autopath"))
+        .args([
+            "synth",
+            "--quiet",
+            "--cases",
+            "1",
+            "--size",
+            "17,40,37",
+            "--seed",
+            "5",
+            "--out",
+            other.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let inputs = [data.join("volume-1.nii.gz"), other.join("volume-0.nii.gz")];
+    // One tile per request per call, two per shared call, and a long window so that the two requests
+    // meet in the queue whatever the scheduling.
+    let server = std::sync::Arc::new(Server::start(
+        &bundle,
+        &["--tile-batch", "1", "--share-tiles", "2", "--share-wait-ms", "3000", "--host-threads", "2"],
+    ));
+    let (status, _, ready) = server.request("GET", "/readyz", &[], b"");
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&ready).contains("worker 0: cpu"), "{}", String::from_utf8_lossy(&ready));
+    let (_, _, doc) = server.request("GET", "/v1/bundle", &[], b"");
+    let doc: serde_json::Value = serde_json::from_slice(&doc).unwrap();
+    assert_eq!(doc["runtime"]["execution_providers"], serde_json::json!(["cpu"]));
+    assert!(doc["architecture"].is_object(), "the manifest is still the document: {doc}");
+
+    let handles: Vec<_> = inputs
+        .iter()
+        .map(|p| {
+            let (s, body) = (server.clone(), std::fs::read(p).unwrap());
+            std::thread::spawn(move || s.request("POST", "/v1/segment?path=full", &[], &body))
+        })
+        .collect();
+    let answers: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let (_, _, metrics) = server.request("GET", "/metrics", &[], b"");
+    let metrics = String::from_utf8_lossy(&metrics).to_string();
+    let counter = |name: &str| -> u64 {
+        let line = metrics.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name}"));
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    assert!(metrics.contains("autopath_execution_provider{worker=\"0\",provider=\"cpu\"} 1"), "{metrics}");
+    let (calls, tiles, shared) = (
+        counter("autopath_network_calls_total"),
+        counter("autopath_network_tiles_total"),
+        counter("autopath_network_shared_calls_total"),
+    );
+    assert!(shared >= 1 && calls < tiles, "{calls} calls for {tiles} tiles, {shared} shared");
+
+    for (input, (status, _, nifti)) in inputs.iter().zip(&answers) {
+        assert_eq!(*status, 200, "{}", String::from_utf8_lossy(nifti));
+        let served = dir.path().join("served.nii.gz");
+        std::fs::write(&served, nifti).unwrap();
+        let cli = dir.path().join("cli.nii.gz");
+        let out = Command::new(env!("CARGO_BIN_EXE_autopath-run"))
+            .args(["--bundle", bundle.to_str().unwrap(), "-i", input.to_str().unwrap()])
+            .args(["-o", cli.to_str().unwrap(), "--path", "full", "--tile-batch", "1", "--quiet"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let (a, b) = (
+            read_volume(&served, &ReadOptions::default()).unwrap(),
+            read_volume(&cli, &ReadOptions::default()).unwrap(),
+        );
+        let source = read_volume(input, &ReadOptions::default()).unwrap();
+        assert_eq!(a.geometry.shape, source.geometry.shape, "{}", input.display());
+        assert_eq!(a.geometry.affine, source.geometry.affine);
+        assert_eq!(a.data, b.data, "{}: a shared call changed the labels", input.display());
+    }
+    let server = std::sync::Arc::try_unwrap(server).ok().unwrap();
+    assert!(server.terminate().success());
+}

@@ -220,6 +220,7 @@ pub fn run_batch(
     let k = opts.prefetch.max(1).min(pairs.len().max(1));
     let mut s = BatchSummary { volumes: pairs.len(), prefetch: k, ..Default::default() };
     let start = std::time::Instant::now();
+    let rss_at_start = super::predict::resident_mb();
     let next = std::sync::Mutex::new(0usize);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let (tx, rx) = std::sync::mpsc::channel::<(usize, Outcome)>();
@@ -266,7 +267,7 @@ pub fn run_batch(
     let summary = serde_json::json!({"summary": {"volumes": s.volumes, "segmented": s.segmented, "failed": s.failed,
         "skipped": s.skipped, "seconds": s.seconds, "wall_seconds": s.wall_seconds,
         "volumes_per_second": s.segmented as f64 / s.wall_seconds.max(1e-9), "mean_in_flight": s.mean_in_flight,
-        "prefetch": s.prefetch, "peak_rss_mb": super::predict::peak_rss_mb()}});
+        "prefetch": s.prefetch, "rss_at_start_mb": rss_at_start, "peak_rss_mb": super::predict::peak_rss_mb()}});
     report_line(&mut report, summary.to_string())?;
     Ok(s)
 }

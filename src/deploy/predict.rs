@@ -137,6 +137,11 @@ pub fn peak_rss_mb() -> f64 {
     status_mb("VmHWM:")
 }
 
+/// Resident set size of this process now in MB (Linux), 0 where unknown.
+pub fn resident_mb() -> f64 {
+    status_mb("VmRSS:")
+}
+
 /// A memory field of `/proc/self/status` in MB, 0 where unknown.
 fn status_mb(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
