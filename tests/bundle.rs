@@ -176,8 +176,11 @@ fn tampered_bundles_are_refused(decoder: DecoderKind) {
         let res = autopath(&["inspect", copy.to_str().unwrap()]);
         let err = String::from_utf8_lossy(&res.stderr);
         assert!(!res.status.success() && err.contains(victim) && err.contains("checksum"), "{err}");
+        // Paths are checked first (they exist and take files), then the bundle.
+        let (input, output) = (dir.path().join("in.nii"), dir.path().join("out.nii"));
+        std::fs::write(&input, b"never read: the bundle is refused first").unwrap();
         let run = Command::new(env!("CARGO_BIN_EXE_autopath-run"))
-            .args(["--bundle", copy.to_str().unwrap(), "-i", "/nonexistent.nii", "-o", "/tmp/x.nii"])
+            .args(["--bundle", copy.to_str().unwrap(), "-i", input.to_str().unwrap(), "-o", output.to_str().unwrap()])
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&run.stderr);

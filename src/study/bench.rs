@@ -80,6 +80,9 @@ pub struct VolumeBench {
     pub autopath_network: Timing,
     /// Policy alone (downsampling included).
     pub policy: Timing,
+    /// Host work (read, stitch, write) over network time in AutoPath's end-to-end runs, median.
+    #[serde(default)]
+    pub host_share: f64,
     /// (a) end to end, read to write.
     pub full_e2e: Timing,
     /// (c) end to end, read to write (policy included).
@@ -110,6 +113,9 @@ pub struct BenchSummary {
     /// Peak resident memory since the benchmark started, MB (the process's whole life where the kernel
     /// cannot restart the count).
     pub peak_rss_mb: f64,
+    /// Mean host share (read, stitch, write over network) of AutoPath's end-to-end runs.
+    #[serde(default)]
+    pub host_share: f64,
 }
 
 /// Where and how a benchmark ran: timings mean little without it. Fields missing in reports of older
@@ -150,6 +156,27 @@ pub struct BenchReport {
     pub volumes: Vec<VolumeBench>,
     /// Aggregates.
     pub summary: BenchSummary,
+    /// The inputs as one folder run, full against AutoPath (absent in reports made before it was measured).
+    #[serde(default)]
+    pub folder: FolderThroughput,
+}
+
+/// Volumes per second of a folder run (`autopath-run -i folder`), several volumes in flight, with
+/// `full.onnx` and with the policy's paths; the best of alternating runs.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct FolderThroughput {
+    /// Volumes in the folder.
+    pub volumes: usize,
+    /// Volumes in flight.
+    pub prefetch: usize,
+    /// Runs of each.
+    pub runs: usize,
+    /// Volumes per second with `full.onnx`.
+    pub full_volumes_per_second: f64,
+    /// Volumes per second with the policy's paths.
+    pub autopath_volumes_per_second: f64,
+    /// AutoPath's throughput over full's.
+    pub gain: f64,
 }
 
 fn time<T>(f: impl FnOnce() -> Result<T>) -> Result<(f64, T)> {
@@ -179,10 +206,11 @@ pub fn bench(bundle: &Path, inputs: &[PathBuf], scratch: &Path, opts: &BenchOpti
     }
     reset_peak_rss();
     let popts = PredictorOptions { session: opts.session.clone(), tile_batch: opts.tile_batch, ..Default::default() };
-    let mut p = Predictor::from_bundle(bundle, &popts)?;
+    let p = Predictor::from_bundle(bundle, &popts)?;
     std::fs::create_dir_all(scratch).map_err(|e| Error::io(scratch, e))?;
-    let volumes = inputs.iter().map(|input| bench_volume(&mut p, input, scratch, opts)).collect::<Result<Vec<_>>>()?;
+    let volumes = inputs.iter().map(|input| bench_volume(&p, input, scratch, opts)).collect::<Result<Vec<_>>>()?;
     let summary = summarize(&volumes);
+    let folder = folder_throughput(&p, inputs, scratch, opts)?;
     let environment = Environment {
         cpu: cpu_model(),
         cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
@@ -196,18 +224,19 @@ pub fn bench(bundle: &Path, inputs: &[PathBuf], scratch: &Path, opts: &BenchOpti
         repeats: opts.repeats,
         warmup: opts.warmup,
     };
-    Ok(BenchReport { environment, volumes, summary })
+    Ok(BenchReport { environment, volumes, summary, folder })
 }
 
 /// Times one volume: (a) full.onnx, (b) the chain with every block, (c) the policy's path, the policy
 /// alone, and both end to end; medians after `opts.warmup` runs.
-fn bench_volume(p: &mut Predictor, input: &Path, scratch: &Path, opts: &BenchOptions) -> Result<VolumeBench> {
+fn bench_volume(p: &Predictor, input: &Path, scratch: &Path, opts: &BenchOptions) -> Result<VolumeBench> {
     let n = p.num_blocks();
     let vol = read_volume(input, &ReadOptions::default())?;
     let (image, rec) = p.preprocess(&vol)?;
     let (keep, _) = p.keep_mask(&image, &PathChoice::Auto { threshold: None })?;
     let all = vec![true; n];
     let mut samples: [Vec<f64>; 8] = Default::default();
+    let mut host_shares = Vec::new();
     let mut tiles = 0;
     let out = scratch.join("bench_out.nii.gz");
     for i in 0..opts.warmup + opts.repeats {
@@ -216,9 +245,11 @@ fn bench_volume(p: &mut Predictor, input: &Path, scratch: &Path, opts: &BenchOpt
         let (c, (_, _, c_net)) = time(|| p.probabilities(&image, rec.pad_value, &keep, false))?;
         let (pol, _) = time(|| p.keep_mask(&image, &PathChoice::Auto { threshold: None }))?;
         let (ae, _) = time(|| p.segment_file(input, &out, &PathChoice::FullGraph))?;
-        let (ce, _) = time(|| p.segment_file(input, &out, &PathChoice::Auto { threshold: None }))?;
+        let (ce, report) = time(|| p.segment_file(input, &out, &PathChoice::Auto { threshold: None }))?;
         tiles = t;
         if i >= opts.warmup {
+            let st = &report.seconds;
+            host_shares.push((st.read + st.stitch + st.write) / st.network.max(1e-9));
             for (s, v) in samples.iter_mut().zip([a, b, c, pol, ae, ce, a_net, c_net]) {
                 s.push(v);
             }
@@ -226,6 +257,7 @@ fn bench_volume(p: &mut Predictor, input: &Path, scratch: &Path, opts: &BenchOpt
     }
     let _ = std::fs::remove_file(&out);
     let [a, b, c, pol, ae, ce, a_net, c_net] = samples.map(Timing::of);
+    let host_share = Timing::of(host_shares).median;
     Ok(VolumeBench {
         input: input.display().to_string(),
         shape: vol.geometry.shape,
@@ -240,6 +272,53 @@ fn bench_volume(p: &mut Predictor, input: &Path, scratch: &Path, opts: &BenchOpt
         policy: pol,
         full_e2e: ae,
         autopath_e2e: ce,
+        host_share,
+    })
+}
+
+/// The inputs as one folder run, `full.onnx` and AutoPath alternating, at the default number of
+/// volumes in flight; the best of up to 3 runs each.
+fn folder_throughput(
+    p: &Predictor,
+    inputs: &[PathBuf],
+    scratch: &Path,
+    opts: &BenchOptions,
+) -> Result<FolderThroughput> {
+    use crate::deploy::batch::{default_prefetch, run_batch, BatchOptions};
+    let folder = scratch.join("folder");
+    let pairs: Vec<(PathBuf, PathBuf)> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            (f.clone(), folder.join(format!("{i}-{name}")))
+        })
+        .collect();
+    crate::deploy::batch::check_outputs(&pairs)?;
+    let classes = p.bundle().manifest.input.activation.channels();
+    let prefetch = default_prefetch(&pairs, p.read_options(), classes);
+    let batch = BatchOptions { skip_existing: false, prefetch };
+    let runs = opts.repeats.clamp(1, 3);
+    let (mut full, mut autopath) = (0.0f64, 0.0f64);
+    for _ in 0..runs {
+        for (choice, best) in
+            [(PathChoice::FullGraph, &mut full), (PathChoice::Auto { threshold: None }, &mut autopath)]
+        {
+            let s = run_batch(p, &pairs, &choice, batch, None, &mut |_| {})?;
+            if s.failed > 0 {
+                return Err(Error::invalid("bench", format!("{} of the folder's volumes failed", s.failed)));
+            }
+            *best = best.max(s.segmented as f64 / s.wall_seconds.max(1e-9));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&folder);
+    Ok(FolderThroughput {
+        volumes: pairs.len(),
+        prefetch,
+        runs,
+        full_volumes_per_second: full,
+        autopath_volumes_per_second: autopath,
+        gain: autopath / full.max(1e-12),
     })
 }
 
@@ -262,6 +341,7 @@ fn summarize(volumes: &[VolumeBench]) -> BenchSummary {
             .flat_map(|v| [&v.full_graph, &v.chain_all, &v.autopath, &v.policy].map(Timing::spread))
             .fold(0.0, f64::max),
         peak_rss_mb: peak_rss_mb(),
+        host_share: mean(&|v| v.host_share),
     }
 }
 
@@ -308,6 +388,18 @@ pub fn markdown(r: &BenchReport) -> String {
         100.0 * m.policy_share,
         100.0 * m.max_spread,
         m.peak_rss_mb
+    );
+    let f = &r.folder;
+    let _ = writeln!(
+        s,
+        "\nHost work (read, stitch, write) / network time, AutoPath end to end: {:.1} %. Folder of {} volumes, {} in flight (best of {}): full.onnx {:.2} volumes/s, AutoPath {:.2} volumes/s ({:.3}×).",
+        100.0 * m.host_share,
+        f.volumes,
+        f.prefetch,
+        f.runs,
+        f.full_volumes_per_second,
+        f.autopath_volumes_per_second,
+        f.gain
     );
     s
 }
