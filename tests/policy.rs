@@ -235,11 +235,12 @@ fn the_budget_calibration_holds_on_held_out_volumes() {
     let cheapest = curve.last().unwrap().1;
     let out = Command::new(env!("CARGO_BIN_EXE_autopath-run"))
         .args(["--bundle", bundle.to_str().unwrap(), "--budget", &(cheapest / 2.0).to_string(), "-o"])
-        .arg(f.dir.path().join("none"))
+        .arg(f.dir.path().join("none.nii.gz"))
         .arg("-i")
         .arg(&images[0])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("below the cheapest"), "{err}");
+    assert!(!f.dir.path().join("none.nii.gz").exists());
 }

@@ -81,7 +81,12 @@ pub fn check_output(what: &'static str, input: Option<&Path>, output: &Path) -> 
         }
     }
     let parent = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    check_folder(what, parent)
+    check_folder(what, parent).map_err(|e| match e {
+        Error::InvalidArgument { what, reason } => {
+            Error::InvalidArgument { what, reason: format!("{}: {reason}", output.display()) }
+        }
+        other => other,
+    })
 }
 
 /// A folder that exists (created if missing) and takes new files: probed by creating and removing a
