@@ -210,19 +210,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
     // its results stops before it computes any.
     let pairs = plan(&input, &output, cli.shard)?;
     check_outputs(&pairs)?;
-    let mut report = match &cli.report {
-        Some(p) => {
-            check_output("--report", None, p)?;
-            Some(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .map_err(|e| anyhow::anyhow!("--report {}: {e}", p.display()))?,
-            )
-        }
-        None => None,
-    };
+    let mut report = cli.report.as_deref().map(open_report).transpose()?;
     let opts = PredictorOptions {
         session: cli.provider.options(cli.tile_batch),
         tile_batch: cli.tile_batch,
@@ -246,14 +234,36 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
     let quiet = cli.quiet || bar.is_hidden();
     let opts = BatchOptions { skip_existing: cli.continue_, prefetch };
     let report: Option<&mut dyn Write> = report.as_mut().map(|f| f as &mut dyn Write);
-    let s = run_batch(&predictor, &pairs, &choice, opts, report, &mut |event| match event {
+    let s = run_batch(&predictor, &pairs, &choice, opts, report, &mut |event| show(&bar, quiet, event))?;
+    bar.finish_and_clear();
+    eprintln!(
+        "{} segmented, {} failed, {} skipped ({:.1} s, {:.2} volumes/s, {} in flight)",
+        s.segmented,
+        s.failed,
+        s.skipped,
+        s.wall_seconds,
+        s.segmented as f64 / s.wall_seconds.max(1e-9),
+        s.prefetch
+    );
+    Ok(s.failed == 0)
+}
+
+/// `--report`: checked like an output path, then opened for appending.
+fn open_report(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    check_output("--report", None, path)?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("--report {}: {e}", path.display()))
+}
+
+/// One volume's outcome on the progress bar (and, without one, as a line on stderr).
+fn show(bar: &indicatif::ProgressBar, quiet: bool, event: Event) {
+    match event {
         Event::Done(r, seconds) => {
-            bar.set_message(
-                std::path::Path::new(&r.input)
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-            );
+            let name = std::path::Path::new(&r.input).file_name().map(|n| n.to_string_lossy().into_owned());
+            bar.set_message(name.unwrap_or_default());
             if quiet {
                 eprintln!(
                     "{} -> {}: kept {} of {} blocks ({}), {:.0} % of full FLOPs, {seconds:.2} s",
@@ -272,18 +282,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             bar.inc(1);
         }
         Event::Skipped(_) => bar.inc(1),
-    })?;
-    bar.finish_and_clear();
-    eprintln!(
-        "{} segmented, {} failed, {} skipped ({:.1} s, {:.2} volumes/s, {} in flight)",
-        s.segmented,
-        s.failed,
-        s.skipped,
-        s.wall_seconds,
-        s.segmented as f64 / s.wall_seconds.max(1e-9),
-        s.prefetch
-    );
-    Ok(s.failed == 0)
+    }
 }
 
 fn main() -> ExitCode {
