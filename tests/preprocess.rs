@@ -58,7 +58,7 @@ fn resampling_to_a_target_spacing_and_back_restores_the_grid() {
     let labels = Array3::from_shape_fn([4, 3, 3], |(z, _, _)| if z >= 2 { 2.0 } else { 0.0 });
     let y = p.labels(&labels, &rec);
     assert_eq!(y.index_axis(Axis(2), 0).index_axis(Axis(1), 0).to_vec(), [0, 0, 0, 0, 1, 1, 1, 1]);
-    let back = p.restore(&y, &rec);
+    let back = p.restore(y.clone(), &rec);
     assert_eq!(back, labels.mapv(|v| u8::from(v > 0.0)));
 }
 
@@ -164,4 +164,29 @@ fn invalid_window_settings_are_errors() {
     for cfg in bad {
         assert!(cfg.validate().is_err(), "{cfg:?}");
     }
+}
+
+#[test]
+fn tiles_added_a_window_row_at_a_time_blend_as_one_at_a_time() {
+    // Two channels, uneven overlaps; tiles handed over in uneven groups that cross window rows.
+    let shape = [21, 37, 45];
+    let cfg = WindowConfig { patch: [8, 16, 16], overlap: 0.5, blend: Blend::Gaussian { sigma_scale: 0.125 } };
+    let tiles = cfg.tiles(shape);
+    let preds: Vec<Array4<f32>> = (0..tiles.len())
+        .map(|i| {
+            Array4::from_shape_fn((2, 8, 16, 16), |(c, z, y, x)| {
+                ((i * 17 + c * 5 + z * 7 + y * 3 + x) as f32 * 0.29).sin()
+            })
+        })
+        .collect();
+    let mut one = Accumulator::new(2, shape, &cfg);
+    for (&t, p) in tiles.iter().zip(&preds) {
+        one.add(t, p.view());
+    }
+    let mut grouped = Accumulator::new(2, shape, &cfg);
+    let all: Vec<_> = tiles.iter().zip(&preds).map(|(&t, p)| (t, p.view())).collect();
+    for group in all.chunks(5) {
+        grouped.add_tiles(group);
+    }
+    assert_eq!(one.finish(shape), grouped.finish(shape));
 }

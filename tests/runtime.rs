@@ -86,11 +86,11 @@ fn outputs_equal_the_candle_predictions_and_keep_the_input_geometry() {
             let (image, rec) = prep.image(&vol).unwrap();
             let probs =
                 predict_probabilities(&net, &image, rec.pad_value, &cfg.window, BlockPath::Shared(&mask), 2).unwrap();
-            let want = prep.restore(&labels(&probs, net.spec().output), &rec);
+            let want = prep.restore(labels(&probs, net.spec().output), &rec);
             // Two f32 implementations may round a probability of 0.5 ± 1e-6 to different sides: only
             // such voxels may differ.
             let tie = probs.index_axis(ndarray::Axis(0), 0).mapv(|p| u8::from((p - 0.5).abs() < 1e-4));
-            let tie = prep.restore(&tie, &rec);
+            let tie = prep.restore(tie, &rec);
             let got = read_volume(&o.join(format!("volume-{k}.nii.gz")), &ReadOptions::default()).unwrap();
             let differ: Vec<usize> = (0..want.len())
                 .filter(|&i| got.data.as_slice().unwrap()[i] as u8 != want.as_slice().unwrap()[i])

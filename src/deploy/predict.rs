@@ -219,6 +219,21 @@ struct Blended {
     host: f64,
 }
 
+/// Whether two tiles are in one row of the window (the same depth and height origin).
+fn same_row(a: [usize; 3], b: [usize; 3]) -> bool {
+    a[0] == b[0] && a[1] == b[1]
+}
+
+/// Blends the held tile batches' outputs in their order, and empties the hold.
+fn blend_held(accumulator: &mut Accumulator, held: &mut Vec<(&[[usize; 3]], ndarray::Array5<f32>)>) {
+    let tiles: Vec<_> = held
+        .iter()
+        .flat_map(|(chunk, p)| chunk.iter().enumerate().map(move |(i, &o)| (o, p.index_axis(ndarray::Axis(0), i))))
+        .collect();
+    accumulator.add_tiles(&tiles);
+    held.clear();
+}
+
 /// A bundle with its sessions, ready to segment: built whole by [`Predictor::from_bundle`], so every
 /// entry point (the CLI, the service, the benchmark) gets the same checked state.
 ///
@@ -392,6 +407,7 @@ impl Predictor {
         let mut current = chunks.next();
         let mut pending = submit(current)?;
         let (mut network, mut waited) = (0.0, 0.0);
+        let mut held: Vec<(&[[usize; 3]], ndarray::Array5<f32>)> = Vec::new();
         while let (Some(chunk), Some(ticket)) = (current, pending.take()) {
             current = chunks.next();
             if self.overlap_blend {
@@ -401,13 +417,16 @@ impl Predictor {
             let out = ticket.wait()?;
             waited += w.elapsed().as_secs_f64();
             network += out.seconds;
-            for (i, &origin) in chunk.iter().enumerate() {
-                accumulator.add(origin, out.probabilities.index_axis(ndarray::Axis(0), i));
+            // Outputs wait until their row of the window is complete, then blend together.
+            if held.last().is_some_and(|(c, _): &(&[[usize; 3]], _)| !same_row(c[c.len() - 1], chunk[0])) {
+                blend_held(&mut accumulator, &mut held);
             }
+            held.push((chunk, out.probabilities));
             if !self.overlap_blend {
                 pending = submit(current)?;
             }
         }
+        blend_held(&mut accumulator, &mut held);
         let host = t.elapsed().as_secs_f64() - waited;
         Ok(Blended { accumulator, shape: tiling.shape, tiles: tiling.origins.len(), network, host })
     }
@@ -464,7 +483,7 @@ impl Predictor {
         let t = Instant::now();
         let m = &self.bundle.manifest.input;
         let labels = crate::labels::from_accumulator(blended.accumulator, blended.shape, m.activation, m.threshold);
-        let labels = m.preprocessing.restore(&labels, &record);
+        let labels = m.preprocessing.restore(labels, &record);
         times.network = blended.network;
         times.stitch = blended.host + t.elapsed().as_secs_f64();
         Ok(Segmentation { labels, keep, keep_probabilities: probs, tiles: blended.tiles })

@@ -32,7 +32,7 @@ pub trait Preprocess {
     /// Maps a label volume onto the network grid (nearest neighbour where resampled).
     fn labels(&self, labels: &Array3<f32>, record: &Record) -> Array3<u8>;
     /// Takes a prediction on the network grid back to the original grid.
-    fn restore(&self, prediction: &Array3<u8>, record: &Record) -> Array3<u8>;
+    fn restore(&self, prediction: Array3<u8>, record: &Record) -> Array3<u8>;
 }
 
 impl Preprocess for Preprocessing {
@@ -89,11 +89,11 @@ impl Preprocess for Preprocessing {
         }
     }
 
-    fn restore(&self, prediction: &Array3<u8>, record: &Record) -> Array3<u8> {
+    fn restore(&self, prediction: Array3<u8>, record: &Record) -> Array3<u8> {
         if prediction.dim() == record.original_shape.into() {
-            prediction.clone()
+            prediction
         } else {
-            resample_nearest(prediction, record.original_shape)
+            resample_nearest(&prediction, record.original_shape)
         }
     }
 }

@@ -61,6 +61,47 @@ impl Accumulator {
         self.origins.push(origin);
     }
 
+    /// Adds consecutive tiles' predictions, as many [`Accumulator::add`]s in their order and with the
+    /// same result, bit for bit. Tiles of one row of the window (the same depth and height origin)
+    /// are added row by row of the volume, every tile's segment while the row is in cache: on a
+    /// 220×512×512 volume, where ten tiles share each row, this halves the blending's memory traffic.
+    pub fn add_tiles(&mut self, tiles: &[([usize; 3], ArrayView4<f32>)]) {
+        let mut start = 0;
+        while start < tiles.len() {
+            let row = [tiles[start].0[0], tiles[start].0[1]];
+            let len = tiles[start..].iter().take_while(|(o, _)| [o[0], o[1]] == row).count();
+            self.add_tile_row(&tiles[start..start + len]);
+            start += len;
+        }
+    }
+
+    /// [`Accumulator::add_tiles`] for tiles that share their depth and height origin: for each of a
+    /// voxel's tiles, its contribution arrives in the tiles' order, as with one `add` after another.
+    fn add_tile_row(&mut self, tiles: &[([usize; 3], ArrayView4<f32>)]) {
+        let contiguous = tiles.iter().all(|(_, p)| p.is_standard_layout());
+        let (Some(tw), true) = (self.tile_weight.as_slice(), contiguous) else {
+            tiles.iter().for_each(|(o, p)| self.add(*o, p.view()));
+            return;
+        };
+        let [pd, ph, pw] = [0, 1, 2].map(|a| self.tile_weight.shape()[a]);
+        let [c, d, h, w] = [0, 1, 2, 3].map(|a| self.sum.shape()[a]);
+        let (oz, oy) = (tiles[0].0[0], tiles[0].0[1]);
+        let preds: Vec<&[f32]> = tiles.iter().filter_map(|(_, p)| p.as_slice()).collect();
+        let sum = self.sum.as_slice_mut().expect("the sum is allocated in standard layout");
+        for k in 0..c {
+            for z in 0..pd {
+                for y in 0..ph {
+                    let row = ((k * d + oz + z) * h + oy + y) * w;
+                    let (weights, at) = (&tw[(z * ph + y) * pw..][..pw], ((k * pd + z) * ph + y) * pw);
+                    for ((o, _), pred) in tiles.iter().zip(&preds) {
+                        add_row(&mut sum[row + o[2]..][..pw], &pred[at..][..pw], weights);
+                    }
+                }
+            }
+        }
+        self.origins.extend(tiles.iter().map(|(o, _)| *o));
+    }
+
     /// The blended prediction `[C, D, H, W]`, cropped to `shape` (the unpadded volume).
     pub fn finish(self, shape: [usize; 3]) -> Array4<f32> {
         let weights = RowWeights::new(&self.tile_weight, &self.origins, self.padded_shape());
@@ -86,30 +127,30 @@ impl Accumulator {
 
     /// `f` of every voxel's [`blended`] values (one per channel), cropped to `shape`: the runtime's
     /// labels come straight from the sum, without a probability volume.
-    pub fn map_blended<T: Send>(self, shape: [usize; 3], f: impl Fn(&[f32]) -> T + Sync) -> Array3<T> {
+    pub fn map_blended<T: Copy + Default + Send + Sync>(
+        self,
+        shape: [usize; 3],
+        f: impl Fn(&[f32]) -> T + Sync,
+    ) -> Array3<T> {
         let weights = RowWeights::new(&self.tile_weight, &self.origins, self.padded_shape());
         let channels = self.sum.len_of(ndarray::Axis(0));
         let [d, h, w] = shape;
-        let rows: Vec<Vec<T>> = (0..d * h)
-            .into_par_iter()
-            .map_init(
-                || (vec![0.0f32; weights.width], vec![0.0f32; channels]),
-                |(row, values), i| {
-                    let (z, y) = (i / h, i % h);
-                    weights.fill(z, y, row);
-                    let sums: Vec<_> = (0..channels).map(|k| self.sum.slice(s![k, z, y, ..w])).collect();
-                    (0..w)
-                        .map(|x| {
-                            for (v, sum) in values.iter_mut().zip(&sums) {
-                                *v = blended(sum[x], row[x]);
-                            }
-                            f(values)
-                        })
-                        .collect()
-                },
-            )
-            .collect();
-        Array3::from_shape_vec(shape, rows.into_iter().flatten().collect()).expect("one value per voxel")
+        let mut out = vec![T::default(); d * h * w];
+        out.par_chunks_mut(w.max(1)).enumerate().for_each_init(
+            || (vec![0.0f32; weights.width], vec![0.0f32; channels]),
+            |(row, values), (i, out)| {
+                let (z, y) = (i / h, i % h);
+                weights.fill(z, y, row);
+                let sums: Vec<_> = (0..channels).map(|k| self.sum.slice(s![k, z, y, ..w])).collect();
+                for (x, o) in out.iter_mut().enumerate() {
+                    for (v, sum) in values.iter_mut().zip(&sums) {
+                        *v = blended(sum[x], row[x]);
+                    }
+                    *o = f(values);
+                }
+            },
+        );
+        Array3::from_shape_vec(shape, out).expect("one value per voxel")
     }
 }
 
@@ -288,10 +329,22 @@ pub trait TileEngine {
 }
 
 /// The tiles at `origins` of a (padded) volume as one batch `[B, 1, d, h, w]`.
+///
+/// Built row by row into an uninitialised buffer: a zeroed batch (then overwritten) cost a 1.5 GB
+/// memset over a 220×512×512 volume's 1300 tiles.
 pub fn batch_of_tiles(volume: &ArrayView3<f32>, origins: &[[usize; 3]], patch: [usize; 3]) -> ndarray::Array5<f32> {
-    let mut batch = ndarray::Array5::<f32>::zeros((origins.len(), 1, patch[0], patch[1], patch[2]));
-    fill_tiles(batch.view_mut(), volume, origins, patch);
-    batch
+    let [d, h, w] = patch;
+    let mut values = Vec::with_capacity(origins.len() * d * h * w);
+    for &t in origins {
+        let tile = volume.slice(s![t[0]..t[0] + d, t[1]..t[1] + h, t[2]..t[2] + w]);
+        for row in tile.rows() {
+            match row.as_slice() {
+                Some(r) => values.extend_from_slice(r),
+                None => values.extend(row.iter().copied()),
+            }
+        }
+    }
+    ndarray::Array5::from_shape_vec((origins.len(), 1, d, h, w), values).expect("one value per tile voxel")
 }
 
 /// Copies the tiles at `origins` into the first `origins.len()` slots of `batch`, straight from the
