@@ -222,12 +222,22 @@ fn the_budget_calibration_holds_on_held_out_volumes() {
             .arg(&inputs);
         let out = cmd.output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let spent: Vec<f64> = std::fs::read_to_string(&report)
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&report)
             .unwrap()
             .lines()
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter_map(|v| v["flop_fraction"].as_f64())
             .collect();
+        // Each volume's decision margin: the smallest distance of a keep probability to the threshold
+        // the budget was turned into.
+        for v in lines.iter().filter(|v| v.get("keep").is_some()) {
+            let t = v["threshold"].as_f64().unwrap();
+            let p: Vec<f64> = v["keep_probabilities"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap()).collect();
+            let want = p.iter().map(|p| (p - t).abs()).fold(f64::INFINITY, f64::min);
+            assert!((v["margin"].as_f64().unwrap() - want).abs() < 1e-6, "{v}");
+            let keep: String = p.iter().map(|&p| if p >= t { '1' } else { '0' }).collect();
+            assert_eq!(v["keep"], keep.as_str(), "the mask is the probabilities against the threshold");
+        }
+        let spent: Vec<f64> = lines.iter().filter_map(|v| v["flop_fraction"].as_f64()).collect();
         assert_eq!(spent.len(), images.len());
         let mean = spent.iter().sum::<f64>() / spent.len() as f64;
         assert!((mean - budget).abs() <= 0.05, "budget {budget}: held-out volumes spent {mean}");

@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command};
 
@@ -34,28 +33,7 @@ impl Server {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> (u16, Vec<(String, String)>, Vec<u8>) {
-        let mut s = TcpStream::connect(&self.addr).unwrap();
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        for (k, v) in headers {
-            head += &format!("{k}: {v}\r\n");
-        }
-        head += "\r\n";
-        s.write_all(head.as_bytes()).unwrap();
-        let _ = s.write_all(body);
-        let mut raw = Vec::new();
-        let _ = s.read_to_end(&mut raw);
-        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("header end");
-        let text = String::from_utf8_lossy(&raw[..split]).to_string();
-        let mut lines = text.lines();
-        let status = lines.next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
-        let hs = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_string()))
-            .collect();
-        (status, hs, raw[split + 4..].to_vec())
+        common::http_with(&self.addr, method, path, headers, body)
     }
 
     fn terminate(mut self) -> std::process::ExitStatus {
@@ -64,9 +42,7 @@ impl Server {
     }
 }
 
-fn header<'a>(h: &'a [(String, String)], k: &str) -> Option<&'a str> {
-    h.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
-}
+use common::header;
 
 #[test]
 fn segments_like_the_batch_cli_and_survives_bad_bodies() {

@@ -61,6 +61,15 @@ struct Cli {
     /// Append one JSON line per volume (and a summary line) to this file.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Audit a fraction of the volumes (chosen by a hash of their voxels: a re-run audits the same
+    /// ones): the full network runs too, and the report gives the agreement of the path's labels with
+    /// its labels and what it cost.
+    #[arg(long, default_value_t = 0.0)]
+    audit: f64,
+    /// An audited volume whose agreement (foreground Dice against the full network) is below this gets
+    /// the full network's labels, and its report says so.
+    #[arg(long, default_value_t = autopath::deploy::audit::Audit::DEFAULT_MIN_AGREEMENT)]
+    audit_min: f64,
     /// Volumes in flight at once: while one is in the network the next is read and preprocessed and
     /// the previous one blended and written (default: what half the available memory holds, at most
     /// 3; 1 runs them one after another). Outputs are the same bytes either way.
@@ -109,6 +118,13 @@ enum Sub {
         /// Milliseconds a network call with room waits for the tiles of other requests in progress.
         #[arg(long, default_value_t = 2)]
         share_wait_ms: u64,
+        /// Audit this fraction of the requests (by a hash of the voxels): the full network runs too.
+        #[arg(long, default_value_t = 0.0)]
+        audit: f64,
+        /// An audited request whose agreement with the full network is below this is answered with the
+        /// full network's labels (header `x-autopath-answered: full`).
+        #[arg(long, default_value_t = autopath::deploy::audit::Audit::DEFAULT_MIN_AGREEMENT)]
+        audit_min: f64,
         /// Requests allowed to wait for a worker; beyond that the answer is 503 with Retry-After.
         #[arg(long, default_value_t = 8)]
         queue: usize,
@@ -138,6 +154,8 @@ fn serve(sub: Sub) -> anyhow::Result<bool> {
         host_threads,
         share_tiles,
         share_wait_ms,
+        audit,
+        audit_min,
         queue,
         max_body_mb,
         timeout,
@@ -158,6 +176,7 @@ fn serve(sub: Sub) -> anyhow::Result<bool> {
         host_threads: host_threads.unwrap_or(2 * workers.max(1)),
         share_tiles: share_tiles.unwrap_or(2 * tile_batch),
         share_wait: std::time::Duration::from_millis(share_wait_ms),
+        audit: audit_of(audit, audit_min)?,
         queue,
         max_body: max_body_mb * 1024 * 1024,
         timeout: std::time::Duration::from_secs(timeout),
@@ -216,6 +235,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         tile_batch: cli.tile_batch,
         step: cli.step,
         read: ReadOptions { max_voxels: cli.max_voxels, non_finite: cli.nan },
+        audit: audit_of(cli.audit, cli.audit_min)?,
         ..Default::default()
     };
     let predictor = Predictor::from_bundle(&bundle, &opts)?;
@@ -246,6 +266,11 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         s.prefetch
     );
     Ok(s.failed == 0)
+}
+
+/// `--audit F --audit-min M` as the predictor takes them (None when F is 0).
+fn audit_of(fraction: f64, min: f64) -> anyhow::Result<Option<autopath::deploy::audit::Audit>> {
+    Ok(if fraction > 0.0 { Some(autopath::deploy::audit::Audit::new(fraction, min)?) } else { None })
 }
 
 /// `--report`: checked like an output path, then opened for appending.

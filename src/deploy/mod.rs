@@ -2,6 +2,7 @@
 //! Runtime library, sessions for a bundle, the block chain, whole-volume prediction, batches of files,
 //! and the HTTP service.
 
+pub mod audit;
 pub mod batch;
 pub mod chain;
 pub mod gpu;

@@ -10,6 +10,7 @@ use std::time::Instant;
 use ndarray::{Array3, Array4};
 use serde::Serialize;
 
+use super::audit::{Audit, AuditOutcome};
 use super::network::{Batching, Network, NetworkStats, Route, Stream, Ticket};
 use super::session::{ExecutionProvider, SessionOptions, Sessions};
 use crate::error::{Error, Result};
@@ -119,6 +120,13 @@ pub struct VolumeReport {
     pub keep: String,
     /// Keep probabilities from the policy, if asked.
     pub keep_probabilities: Option<Vec<f32>>,
+    /// The keep threshold they were compared with.
+    pub threshold: Option<f32>,
+    /// The smallest distance of a keep probability to the threshold: how near the path was to
+    /// another one.
+    pub margin: Option<f32>,
+    /// For an audited volume: agreement with the full network, its cost, which labels were written.
+    pub audit: Option<AuditOutcome>,
     /// Blocks kept.
     pub blocks_kept: usize,
     /// FLOPs of this path relative to the full network (per tile).
@@ -172,8 +180,12 @@ pub struct Segmentation {
     pub keep: Vec<bool>,
     /// Policy probabilities, when the policy was asked.
     pub keep_probabilities: Option<Vec<f32>>,
+    /// The keep threshold they were compared with.
+    pub threshold: Option<f32>,
     /// Tiles run.
     pub tiles: usize,
+    /// The audit's finding, for an audited volume.
+    pub audit: Option<AuditOutcome>,
 }
 
 /// How a [`Predictor`] runs: its sessions, tiles per network call, the window step and the limits
@@ -193,6 +205,8 @@ pub struct PredictorOptions {
     /// Whether concurrent volumes on one path share network calls (the service), or every call is one
     /// volume's (batch runs: outputs byte-identical to a sequential run).
     pub batching: Batching,
+    /// Audit runs: a fraction of the volumes also run the full network (None: never).
+    pub audit: Option<Audit>,
 }
 
 impl Default for PredictorOptions {
@@ -204,6 +218,7 @@ impl Default for PredictorOptions {
             read: ReadOptions::default(),
             network_threads: 1,
             batching: Batching::default(),
+            audit: None,
         }
     }
 }
@@ -217,6 +232,11 @@ struct Blended {
     network: f64,
     /// Seconds this thread spent cutting tiles and blending.
     host: f64,
+}
+
+/// The smallest distance of a keep probability to the threshold.
+pub fn margin(probabilities: &[f32], threshold: f32) -> f32 {
+    probabilities.iter().map(|p| (p - threshold).abs()).fold(f32::INFINITY, f32::min)
 }
 
 /// Whether two tiles are in one row of the window (the same depth and height origin).
@@ -252,6 +272,7 @@ pub struct Predictor {
     /// every core, a blending thread beside them slowed the network more than it saved (CT-sized
     /// volume, 2 cores: wall 18.4 s → 19.9 s).
     overlap_blend: bool,
+    audit: Option<Audit>,
 }
 
 impl Predictor {
@@ -273,6 +294,7 @@ impl Predictor {
         let overlap_blend = sets[0].options.ep != ExecutionProvider::Cpu;
         Ok(Predictor {
             overlap_blend,
+            audit: opts.audit,
             bundle,
             network: Network::start(sets, opts.batching),
             tile_batch: opts.tile_batch.max(1),
@@ -477,16 +499,63 @@ impl Predictor {
         let (keep, probs) = self.keep_mask_on(&stream, &image, choice)?;
         times.policy = t.elapsed().as_secs_f64();
         let route = if *choice == PathChoice::FullGraph { Route::Full } else { Route::Chain(keep.clone()) };
+        let audited = self.audit.filter(|a| route != Route::Full && a.selects(volume.data.as_slice().unwrap_or(&[])));
         let blended = self.blend_tiles(&stream, &image, record.pad_value, &route)?;
-        drop(stream);
-        drop(image);
+        // Unless the volume is audited, its network work is done: a closed stream is not waited for.
+        let (stream, image) = if audited.is_some() { (Some(stream), Some(image)) } else { (None, None) };
         let t = Instant::now();
-        let m = &self.bundle.manifest.input;
-        let labels = crate::labels::from_accumulator(blended.accumulator, blended.shape, m.activation, m.threshold);
-        let labels = m.preprocessing.restore(labels, &record);
+        let mut labels = self.finish_labels(blended.accumulator, blended.shape, &record);
         times.network = blended.network;
         times.stitch = blended.host + t.elapsed().as_secs_f64();
-        Ok(Segmentation { labels, keep, keep_probabilities: probs, tiles: blended.tiles })
+        let audit = match (audited, stream, image) {
+            (Some(a), Some(stream), Some(image)) => {
+                let (full, outcome) = self.audit_against_full(&stream, &image, &record, &labels, &a)?;
+                if outcome.answered_full {
+                    labels = full;
+                }
+                Some(outcome)
+            }
+            _ => None,
+        };
+        let threshold = self.threshold_for(choice).filter(|_| probs.is_some());
+        Ok(Segmentation { labels, keep, keep_probabilities: probs, threshold, tiles: blended.tiles, audit })
+    }
+
+    /// Labels on the input grid from a volume's blended tiles.
+    fn finish_labels(&self, accumulator: Accumulator, shape: [usize; 3], record: &Record) -> Array3<u8> {
+        let m = &self.bundle.manifest.input;
+        let labels = crate::labels::from_accumulator(accumulator, shape, m.activation, m.threshold);
+        m.preprocessing.restore(labels, record)
+    }
+
+    /// The full network's labels for an audited volume and how the path's `labels` agree with them.
+    fn audit_against_full(
+        &self,
+        stream: &Stream,
+        image: &Array3<f32>,
+        record: &Record,
+        labels: &Array3<u8>,
+        audit: &Audit,
+    ) -> Result<(Array3<u8>, AuditOutcome)> {
+        let t = Instant::now();
+        let full = self.blend_tiles(stream, image, record.pad_value, &Route::Full)?;
+        let full = self.finish_labels(full.accumulator, full.shape, record);
+        let agreement = crate::labels::accuracy_and_dice(labels, &full).1;
+        let outcome = AuditOutcome {
+            agreement,
+            seconds: t.elapsed().as_secs_f64(),
+            answered_full: agreement < audit.min_agreement,
+        };
+        Ok((full, outcome))
+    }
+
+    /// The keep threshold a choice uses: its own, or the bundle's (None without a policy).
+    pub fn threshold_for(&self, choice: &PathChoice) -> Option<f32> {
+        let policy = self.bundle.manifest.policy.as_ref()?;
+        match choice {
+            PathChoice::Auto { threshold } => Some(threshold.unwrap_or(policy.threshold)),
+            _ => None,
+        }
     }
 
     /// Reads `input`, segments it, writes `output` (atomically) with the input's geometry.
@@ -507,13 +576,14 @@ impl Predictor {
         let mut times = StageTimes::default();
         let volume = read_volume(input, &self.read_options)?;
         times.read = start.elapsed().as_secs_f64();
-        let Segmentation { labels, keep, keep_probabilities: probs, tiles } =
+        let Segmentation { labels, keep, keep_probabilities: probs, threshold, tiles, audit } =
             self.segment_on(stream, &volume, choice, &mut times)?;
         let t = Instant::now();
         write_labels(output, &labels, &volume.geometry)?;
         times.write = t.elapsed().as_secs_f64();
         times.wall = start.elapsed().as_secs_f64();
         let arch = &self.bundle.manifest.architecture;
+        let margin = threshold.zip(probs.as_ref()).map(|(t, p)| margin(p, t));
         Ok(VolumeReport {
             input: input.display().to_string(),
             output: output.display().to_string(),
@@ -521,6 +591,9 @@ impl Predictor {
             spacing: volume.geometry.spacing,
             keep: crate::labels::mask_text(&keep),
             keep_probabilities: probs,
+            threshold,
+            margin,
+            audit,
             blocks_kept: keep.iter().filter(|&&k| k).count(),
             flop_fraction: arch.flop_fraction(&keep),
             tiles,

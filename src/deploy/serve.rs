@@ -44,6 +44,8 @@ pub struct ServeOptions {
     pub share_tiles: usize,
     /// How long a network call with room waits for other active requests' tiles.
     pub share_wait: Duration,
+    /// Audit runs (None: never).
+    pub audit: Option<crate::deploy::audit::Audit>,
     /// Requests waiting beyond the running ones before 503.
     pub queue: usize,
     /// Largest accepted body, bytes (413 above).
@@ -70,8 +72,18 @@ struct Job {
 }
 
 enum Reply {
-    Segmentation { nifti: Vec<u8>, keep: String, kept: usize, flop_fraction: f64, times: StageTimes },
-    Policy { keep: String, probabilities: Vec<f32> },
+    Segmentation {
+        nifti: Vec<u8>,
+        keep: String,
+        kept: usize,
+        flop_fraction: f64,
+        times: StageTimes,
+        audit: Option<crate::deploy::audit::AuditOutcome>,
+    },
+    Policy {
+        keep: String,
+        probabilities: Vec<f32>,
+    },
 }
 
 const STAGES: [&str; 6] = ["read", "preprocess", "policy", "network", "stitch", "write"];
@@ -88,7 +100,13 @@ struct Metrics {
     dropped: Vec<AtomicU64>,
     in_flight: AtomicU64,
     queued: AtomicU64,
+    /// Agreement of audited requests: counts per bucket (cumulative), sum, count; and the answers that
+    /// were the full network's.
+    audit: Mutex<(Vec<u64>, f64, u64)>,
+    audit_fallbacks: AtomicU64,
 }
+
+const AGREEMENT_BUCKETS: [f64; 8] = [0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.999, 1.0];
 
 impl Metrics {
     fn count(&self, route: &str, status: StatusCode) {
@@ -108,6 +126,36 @@ impl Metrics {
         e.2 += 1;
     }
 
+    fn audited(&self, a: &crate::deploy::audit::AuditOutcome) {
+        let mut h = self.audit.lock().unwrap_or_else(|e| e.into_inner());
+        if h.0.is_empty() {
+            h.0 = vec![0; AGREEMENT_BUCKETS.len()];
+        }
+        for (i, b) in AGREEMENT_BUCKETS.iter().enumerate() {
+            if a.agreement <= *b {
+                h.0[i] += 1;
+            }
+        }
+        h.1 += a.agreement;
+        h.2 += 1;
+        if a.answered_full {
+            self.audit_fallbacks.fetch_add(1, Ordering::Relaxed);
+        }
+        drop(h);
+        self.observe("audit", a.seconds);
+    }
+
+    fn render_audit(&self) -> String {
+        let h = self.audit.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = String::from("# HELP autopath_audit_agreement Foreground Dice of an audited request's path labels against the full network's.\n# TYPE autopath_audit_agreement histogram\n");
+        for (i, le) in AGREEMENT_BUCKETS.iter().enumerate() {
+            s += &format!("autopath_audit_agreement_bucket{{le=\"{le}\"}} {}\n", h.0.get(i).copied().unwrap_or(0));
+        }
+        s += &format!("autopath_audit_agreement_bucket{{le=\"+Inf\"}} {}\nautopath_audit_agreement_sum {}\nautopath_audit_agreement_count {}\n", h.2, h.1, h.2);
+        s += &format!("# HELP autopath_audit_full_answers_total Audited requests answered with the full network's labels.\n# TYPE autopath_audit_full_answers_total counter\nautopath_audit_full_answers_total {}\n", self.audit_fallbacks.load(Ordering::Relaxed));
+        s
+    }
+
     fn render(&self) -> String {
         let mut s = String::from(
             "# HELP autopath_requests_total Requests by route and status.\n# TYPE autopath_requests_total counter\n",
@@ -120,7 +168,7 @@ impl Metrics {
         }
         s += "# HELP autopath_stage_seconds Time per stage of a segmentation.\n# TYPE autopath_stage_seconds histogram\n";
         let h = self.stage_hist.lock().unwrap_or_else(|e| e.into_inner());
-        for stage in ["total"].iter().chain(STAGES.iter()) {
+        for stage in ["total"].iter().chain(STAGES.iter()).chain(["audit"].iter()) {
             if let Some((b, sum, n)) = h.get(*stage) {
                 for (i, le) in BUCKETS.iter().enumerate() {
                     s += &format!("autopath_stage_seconds_bucket{{stage=\"{stage}\",le=\"{le}\"}} {}\n", b[i]);
@@ -204,6 +252,7 @@ fn work(p: &Predictor, scratch: &Path, job: &Job, metrics: &Metrics) -> Result<R
                 kept: seg.keep.iter().filter(|&&k| k).count(),
                 flop_fraction: arch.flop_fraction(&seg.keep),
                 times,
+                audit: seg.audit,
             })
         }
     }
@@ -295,7 +344,10 @@ async fn segment_inner(state: &AppState, headers: &HeaderMap, q: &HashMap<String
     let t = Instant::now();
     match submit(state, Task::Segment(choice), body).await {
         Err(r) => r,
-        Ok(Reply::Segmentation { nifti, keep, kept, flop_fraction, times }) => {
+        Ok(Reply::Segmentation { nifti, keep, kept, flop_fraction, times, audit }) => {
+            if let Some(a) = &audit {
+                state.metrics.audited(a);
+            }
             state.metrics.observe("total", t.elapsed().as_secs_f64());
             for (s, v) in STAGES.iter().zip([
                 times.read,
@@ -310,7 +362,16 @@ async fn segment_inner(state: &AppState, headers: &HeaderMap, q: &HashMap<String
             let mut r = (StatusCode::OK, nifti).into_response();
             let h = r.headers_mut();
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/gzip"));
-            let json = serde_json::json!({"keep": keep, "blocks_kept": kept, "flop_fraction": flop_fraction, "seconds": times}).to_string();
+            let json = serde_json::json!({"keep": keep, "blocks_kept": kept, "flop_fraction": flop_fraction,
+                "seconds": times, "audit": audit})
+            .to_string();
+            if let Some(a) = &audit {
+                let answered = if a.answered_full { "full" } else { "path" };
+                h.insert("x-autopath-answered", HeaderValue::from_static(answered));
+                if let Ok(v) = HeaderValue::from_str(&format!("{:.6}", a.agreement)) {
+                    h.insert("x-autopath-audit-agreement", v);
+                }
+            }
             for (k, v) in [
                 ("x-autopath-keep", keep.clone()),
                 ("x-autopath-blocks-kept", kept.to_string()),
@@ -390,7 +451,7 @@ fn routes(state: Arc<AppState>, max_body: usize) -> Router {
                 if !authorised(&s, &h) {
                     return plain(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
                 }
-                let text = s.metrics.render() + &network_metrics(&s.predictor);
+                let text = s.metrics.render() + &s.metrics.render_audit() + &network_metrics(&s.predictor);
                 ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
             }),
         )
@@ -481,6 +542,7 @@ pub async fn serve(opts: ServeOptions, ready: impl FnOnce(std::net::SocketAddr))
             max_tiles: if share_tiles > opts.tile_batch { share_tiles } else { 0 },
             wait: opts.share_wait,
         },
+        audit: opts.audit,
         ..Default::default()
     };
     let predictor = Arc::new(Predictor::from_bundle(&opts.bundle, &popts)?);

@@ -114,3 +114,42 @@ pub fn spawn_server(command: &mut Command) -> (std::process::Child, String) {
     let addr = line.trim().strip_prefix("listening on http://").unwrap_or_else(|| panic!("unexpected: {line}"));
     (child, addr.to_string())
 }
+
+/// One HTTP/1.1 request over a fresh connection: status, headers (names lower-cased) and body.
+pub fn http_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        head += &format!("{k}: {v}\r\n");
+    }
+    head += "\r\n";
+    s.write_all(head.as_bytes()).unwrap();
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("header end");
+    let text = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut lines = text.lines();
+    let status = lines.next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let hs =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_string())).collect();
+    (status, hs, raw[split + 4..].to_vec())
+}
+
+/// [`http_with`] without extra headers.
+pub fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    http_with(addr, method, path, &[], body)
+}
+
+/// A response header's value.
+pub fn header<'a>(h: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    h.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+}
