@@ -3,6 +3,7 @@
 //! must drop exactly the identities.
 
 use autopath::input::preprocess::Preprocess;
+use std::path::Path;
 use std::process::Command;
 
 use autopath::input::preprocess::Preprocessing;
@@ -253,4 +254,46 @@ fn the_budget_calibration_holds_on_held_out_volumes() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("below the cheapest"), "{err}");
     assert!(!f.dir.path().join("none.nii.gz").exists());
+    guard_reads_its_bound_from_the_manifest(&manifest, &bundle, &inputs, f.dir.path());
+}
+
+/// The guard: calibrated at compile time over the run's volumes; with `--guard`, held-out phantoms of
+/// the same family keep the policy's paths and an MR head given to this CT bundle takes the full
+/// network.
+fn guard_reads_its_bound_from_the_manifest(manifest: &serde_json::Value, bundle: &Path, inputs: &Path, dir: &Path) {
+    let guard = &manifest["policy"]["guard"];
+    let bound = guard["bound"].as_f64().unwrap();
+    assert!(bound >= 4.0 && guard["volumes"].as_u64().unwrap() >= 4, "{guard}");
+    let mr = dir.join("mr");
+    let ok = Command::new(env!("CARGO_BIN_EXE_autopath"))
+        .args(["synth", "--quiet", "--family", "mr", "--cases", "1", "--size", "16,32,32", "--out"])
+        .arg(&mr)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    std::fs::copy(mr.join("volume-0.nii.gz"), inputs.join("zz-mr.nii.gz")).unwrap();
+    let (out, report) = (dir.join("guarded"), dir.join("guarded.jsonl"));
+    let o = Command::new(env!("CARGO_BIN_EXE_autopath-run"))
+        .args(["--bundle", bundle.to_str().unwrap(), "--guard", "--quiet", "-i", inputs.to_str().unwrap()])
+        .args(["-o", out.to_str().unwrap(), "--report", report.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&report)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v.get("keep").is_some())
+        .collect();
+    for v in &lines {
+        let g = &v["guard"];
+        assert_eq!(g["bound"].as_f64(), Some(bound), "the bound is the manifest's");
+        let mr = v["input"].as_str().unwrap().ends_with("zz-mr.nii.gz");
+        assert_eq!(g["tripped"], mr, "{v}");
+        if mr {
+            assert!(g["distance"].as_f64().unwrap() > bound);
+            assert!(v["keep"].as_str().unwrap().chars().all(|c| c == '1'), "{v}");
+        }
+    }
+    std::fs::remove_file(inputs.join("zz-mr.nii.gz")).unwrap();
 }

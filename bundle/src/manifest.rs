@@ -277,6 +277,11 @@ pub struct PolicyEntry {
     /// ascending in threshold. `--budget` picks from it; empty for bundles compiled without data.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub budget: Vec<BudgetPoint>,
+    /// How the policy input's intensity features were distributed over the same calibration volumes,
+    /// and the bound beyond which `--guard` sends a volume to the full network; None for bundles
+    /// compiled without data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<crate::guard::Guard>,
 }
 
 impl PolicyEntry {

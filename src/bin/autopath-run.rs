@@ -70,6 +70,10 @@ struct Cli {
     /// the full network's labels, and its report says so.
     #[arg(long, default_value_t = autopath::deploy::audit::Audit::DEFAULT_MIN_AGREEMENT)]
     audit_min: f64,
+    /// Send volumes whose policy input lies beyond the bundle's calibrated bound (intensity features
+    /// unlike the training set's) to the full network instead of the policy's path.
+    #[arg(long)]
+    guard: bool,
     /// Volumes in flight at once: while one is in the network the next is read and preprocessed and
     /// the previous one blended and written (default: what half the available memory holds, at most
     /// 3; 1 runs them one after another). Outputs are the same bytes either way.
@@ -125,6 +129,9 @@ enum Sub {
         /// full network's labels (header `x-autopath-answered: full`).
         #[arg(long, default_value_t = autopath::deploy::audit::Audit::DEFAULT_MIN_AGREEMENT)]
         audit_min: f64,
+        /// Send requests whose volume lies beyond the bundle's guard bound to the full network.
+        #[arg(long)]
+        guard: bool,
         /// Requests allowed to wait for a worker; beyond that the answer is 503 with Retry-After.
         #[arg(long, default_value_t = 8)]
         queue: usize,
@@ -156,6 +163,7 @@ fn serve(sub: Sub) -> anyhow::Result<bool> {
         share_wait_ms,
         audit,
         audit_min,
+        guard,
         queue,
         max_body_mb,
         timeout,
@@ -177,6 +185,7 @@ fn serve(sub: Sub) -> anyhow::Result<bool> {
         share_tiles: share_tiles.unwrap_or(2 * tile_batch),
         share_wait: std::time::Duration::from_millis(share_wait_ms),
         audit: audit_of(audit, audit_min)?,
+        guard,
         queue,
         max_body: max_body_mb * 1024 * 1024,
         timeout: std::time::Duration::from_secs(timeout),
@@ -236,6 +245,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         step: cli.step,
         read: ReadOptions { max_voxels: cli.max_voxels, non_finite: cli.nan },
         audit: audit_of(cli.audit, cli.audit_min)?,
+        guard: cli.guard,
         ..Default::default()
     };
     let predictor = Predictor::from_bundle(&bundle, &opts)?;

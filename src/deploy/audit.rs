@@ -1,5 +1,6 @@
-//! Audit runs: for a fraction of the volumes the full network runs too, and the reduced path's labels
-//! are compared with its labels. In production this is the signal that says whether the policy's paths
+//! Knowing when to trust a path. Audit runs: for a fraction of the volumes the full network runs too,
+//! and the reduced path's labels are compared with its labels. The guard's outcome: how far a volume's
+//! policy input lies from the volumes the bundle was calibrated on. In production this is the signal that says whether the policy's paths
 //! still agree with the network they were cut from, volume by volume.
 //!
 //! Which volumes are audited follows from their voxels (a hash of the values, whatever the file's name
@@ -61,4 +62,15 @@ pub struct AuditOutcome {
     pub seconds: f64,
     /// Whether the answer is the full network's labels (agreement below the minimum).
     pub answered_full: bool,
+}
+
+/// What the guard found for one volume (`--guard`).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct GuardOutcome {
+    /// Distance of the policy input's features from the calibration volumes', in standard deviations.
+    pub distance: f64,
+    /// The bundle's bound.
+    pub bound: f64,
+    /// Whether the volume was beyond it and so took the full network.
+    pub tripped: bool,
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 use ndarray::{Array3, Array4};
 use serde::Serialize;
 
-use super::audit::{Audit, AuditOutcome};
+use super::audit::{Audit, AuditOutcome, GuardOutcome};
 use super::network::{Batching, Network, NetworkStats, Route, Stream, Ticket};
 use super::session::{ExecutionProvider, SessionOptions, Sessions};
 use crate::error::{Error, Result};
@@ -127,6 +127,9 @@ pub struct VolumeReport {
     pub margin: Option<f32>,
     /// For an audited volume: agreement with the full network, its cost, which labels were written.
     pub audit: Option<AuditOutcome>,
+    /// With `--guard`: the volume's distance from the calibration volumes, and whether it took the
+    /// full network for it.
+    pub guard: Option<GuardOutcome>,
     /// Blocks kept.
     pub blocks_kept: usize,
     /// FLOPs of this path relative to the full network (per tile).
@@ -186,6 +189,8 @@ pub struct Segmentation {
     pub tiles: usize,
     /// The audit's finding, for an audited volume.
     pub audit: Option<AuditOutcome>,
+    /// The guard's finding, with `--guard`.
+    pub guard: Option<GuardOutcome>,
 }
 
 /// How a [`Predictor`] runs: its sessions, tiles per network call, the window step and the limits
@@ -207,6 +212,8 @@ pub struct PredictorOptions {
     pub batching: Batching,
     /// Audit runs: a fraction of the volumes also run the full network (None: never).
     pub audit: Option<Audit>,
+    /// Send volumes beyond the bundle's guard bound to the full network instead of the policy's path.
+    pub guard: bool,
 }
 
 impl Default for PredictorOptions {
@@ -219,6 +226,7 @@ impl Default for PredictorOptions {
             network_threads: 1,
             batching: Batching::default(),
             audit: None,
+            guard: false,
         }
     }
 }
@@ -273,6 +281,7 @@ pub struct Predictor {
     /// volume, 2 cores: wall 18.4 s → 19.9 s).
     overlap_blend: bool,
     audit: Option<Audit>,
+    guard: bool,
 }
 
 impl Predictor {
@@ -295,6 +304,7 @@ impl Predictor {
         Ok(Predictor {
             overlap_blend,
             audit: opts.audit,
+            guard: opts.guard,
             bundle,
             network: Network::start(sets, opts.batching),
             tile_batch: opts.tile_batch.max(1),
@@ -496,7 +506,11 @@ impl Predictor {
         let (image, record) = self.preprocess(volume)?;
         times.preprocess = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let (keep, probs) = self.keep_mask_on(&stream, &image, choice)?;
+        let (mut keep, probs) = self.keep_mask_on(&stream, &image, choice)?;
+        let guard = if probs.is_some() { self.guard_check(&image)? } else { None };
+        if guard.is_some_and(|g| g.tripped) {
+            keep.iter_mut().for_each(|k| *k = true);
+        }
         times.policy = t.elapsed().as_secs_f64();
         let route = if *choice == PathChoice::FullGraph { Route::Full } else { Route::Chain(keep.clone()) };
         let audited = self.audit.filter(|a| route != Route::Full && a.selects(volume.data.as_slice().unwrap_or(&[])));
@@ -518,7 +532,18 @@ impl Predictor {
             _ => None,
         };
         let threshold = self.threshold_for(choice).filter(|_| probs.is_some());
-        Ok(Segmentation { labels, keep, keep_probabilities: probs, threshold, tiles: blended.tiles, audit })
+        Ok(Segmentation { labels, keep, keep_probabilities: probs, threshold, tiles: blended.tiles, audit, guard })
+    }
+
+    /// With `--guard`, how far the volume's policy input lies from the calibration volumes' (None
+    /// without `--guard` or without a calibrated guard in the bundle).
+    fn guard_check(&self, image: &Array3<f32>) -> Result<Option<GuardOutcome>> {
+        let Some(g) = self.bundle.manifest.policy.as_ref().and_then(|p| p.guard.as_ref()).filter(|_| self.guard) else {
+            return Ok(None);
+        };
+        let small = self.policy_input(image)?;
+        let distance = g.distance(&autopath_bundle::guard::features(small.as_slice().unwrap_or_default()));
+        Ok(Some(GuardOutcome { distance, bound: g.bound, tripped: distance > g.bound }))
     }
 
     /// Labels on the input grid from a volume's blended tiles.
@@ -576,7 +601,7 @@ impl Predictor {
         let mut times = StageTimes::default();
         let volume = read_volume(input, &self.read_options)?;
         times.read = start.elapsed().as_secs_f64();
-        let Segmentation { labels, keep, keep_probabilities: probs, threshold, tiles, audit } =
+        let Segmentation { labels, keep, keep_probabilities: probs, threshold, tiles, audit, guard } =
             self.segment_on(stream, &volume, choice, &mut times)?;
         let t = Instant::now();
         write_labels(output, &labels, &volume.geometry)?;
@@ -594,6 +619,7 @@ impl Predictor {
             threshold,
             margin,
             audit,
+            guard,
             blocks_kept: keep.iter().filter(|&&k| k).count(),
             flop_fraction: arch.flop_fraction(&keep),
             tiles,

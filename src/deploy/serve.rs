@@ -46,6 +46,8 @@ pub struct ServeOptions {
     pub share_wait: Duration,
     /// Audit runs (None: never).
     pub audit: Option<crate::deploy::audit::Audit>,
+    /// The guard for unfamiliar volumes (`--guard`).
+    pub guard: bool,
     /// Requests waiting beyond the running ones before 503.
     pub queue: usize,
     /// Largest accepted body, bytes (413 above).
@@ -543,6 +545,7 @@ pub async fn serve(opts: ServeOptions, ready: impl FnOnce(std::net::SocketAddr))
             wait: opts.share_wait,
         },
         audit: opts.audit,
+        guard: opts.guard,
         ..Default::default()
     };
     let predictor = Arc::new(Predictor::from_bundle(&opts.bundle, &popts)?);

@@ -198,12 +198,14 @@ fn build(
         input: input_contract(cfg, crate::study::train::infer::activation(spec.output)),
         policy: policy
             .map(|p| -> Result<PolicyEntry> {
+                let (budget, guard) = calibration(p.net, cfg, &architecture)?;
                 Ok(PolicyEntry {
                     file: names::POLICY_FILE.into(),
                     input: spec.policy.input,
                     threshold: p.threshold,
                     training: p.training.clone(),
-                    budget: budget_calibration(p.net, cfg, &architecture)?,
+                    budget,
+                    guard,
                 })
             })
             .transpose()?,
@@ -244,23 +246,34 @@ fn input_contract(cfg: &TrainConfig, activation: Activation) -> InputContract {
 }
 
 /// The policy's keep probabilities on the segmenter run's validation and training volumes, turned into
-/// the `--budget` calibration (see [`BudgetPoint::curve`]). Both sets are used because a validation
-/// split of a few volumes alone gives a curve of a few coarse steps. None without the run's data (a
-/// network built in code).
-fn budget_calibration(policy: &PolicyNet, cfg: &TrainConfig, arch: &Architecture) -> Result<Vec<BudgetPoint>> {
+/// the `--budget` calibration (see [`BudgetPoint::curve`]), and the distribution of the policy input's
+/// intensity features over the same volumes for `--guard` ([`autopath_bundle::Guard`]). Both sets are
+/// used because a validation split of a few volumes alone gives a curve of a few coarse steps. Empty
+/// without the run's data (a network built in code).
+fn calibration(
+    policy: &PolicyNet,
+    cfg: &TrainConfig,
+    arch: &Architecture,
+) -> Result<(Vec<BudgetPoint>, Option<autopath_bundle::Guard>)> {
     let ids: Vec<String> = cfg.val_ids.iter().chain(&cfg.train_ids).cloned().collect();
     if ids.is_empty() || !cfg.data.is_dir() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     }
     let dataset = crate::study::dataset::Dataset::open(&cfg.data, Some(cfg.layout))?;
-    let probabilities = crate::study::train::segment::cases_by_id(&dataset, &ids)?
-        .iter()
-        .map(|c| {
-            let s = crate::study::train::data::load_sample(c, &cfg.preprocessing)?;
-            crate::study::train::infer::keep_probabilities(policy, &s.image, cfg.spec.policy.input)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(BudgetPoint::curve(&probabilities, arch))
+    let (probabilities, features): (Vec<Vec<f32>>, Vec<Vec<f64>>) =
+        crate::study::train::segment::cases_by_id(&dataset, &ids)?
+            .iter()
+            .map(|c| {
+                let s = crate::study::train::data::load_sample(c, &cfg.preprocessing)?;
+                let small = crate::input::preprocess::resample_linear(&s.image, cfg.spec.policy.input);
+                let features = autopath_bundle::guard::features(small.as_slice().unwrap_or_default());
+                let p = crate::study::train::infer::keep_probabilities(policy, &s.image, cfg.spec.policy.input)?;
+                Ok((p, features))
+            })
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .unzip();
+    Ok((BudgetPoint::curve(&probabilities, arch), autopath_bundle::Guard::calibrate(&features)))
 }
 
 fn policy_params(p: &PolicyNet) -> u64 {
