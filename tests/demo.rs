@@ -93,6 +93,24 @@ fn quick_demo_runs_every_stage_and_reuses_them() {
         let tol = results["summary"]["dice_tolerance"].as_f64().unwrap();
         assert!(v["tolerance_oracle"]["dice"].as_f64().unwrap() >= v["full"].as_f64().unwrap() - tol);
     }
+    // The trust analysis: per policy, each volume's margin and loss as the per-volume results give them;
+    // the guard, calibrated like the bundle's, trips on none of the phantoms' test volumes.
+    let trust = &results["trust"];
+    assert_eq!(trust["guard_distance"].as_array().unwrap().len(), vols.len());
+    for (i, p) in trust["policies"].as_array().unwrap().iter().enumerate() {
+        let t = p["threshold"].as_f64().unwrap();
+        for (j, v) in vols.iter().enumerate() {
+            let path = &v["autopath"][i];
+            let margin = path["probabilities"].as_array().unwrap().iter().map(|q| (q.as_f64().unwrap() - t).abs());
+            assert!((p["margins"][j].as_f64().unwrap() - margin.fold(f64::INFINITY, f64::min)).abs() < 1e-6);
+            let loss = v["full"].as_f64().unwrap() - path["dice"].as_f64().unwrap();
+            assert!((p["losses"][j].as_f64().unwrap() - loss).abs() < 1e-12);
+        }
+        assert_eq!(p["tripped"], 0);
+        assert_eq!(p["worst_loss"], p["worst_loss_guarded"]);
+    }
+    let guard = &manifest_guard(&out);
+    assert_eq!(trust["guard_bound"], guard["bound"], "eval calibrates the guard as compile does");
     let mean_oracle = vols.iter().map(|v| v["oracle"]["dice"].as_f64().unwrap()).sum::<f64>() / vols.len() as f64;
     assert!((results["summary"]["oracle"]["dice"].as_f64().unwrap() - mean_oracle).abs() < 1e-12);
     let budget = &std::fs::read_to_string(out.join("bundle/manifest.json")).unwrap();
@@ -118,4 +136,11 @@ fn quick_demo_runs_every_stage_and_reuses_them() {
         std::fs::read(paper.join("last.safetensors")).unwrap() == side_by_side,
         "paper policy differs when trained alone"
     );
+}
+
+/// The bundle's guard entry.
+fn manifest_guard(out: &std::path::Path) -> serde_json::Value {
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("bundle/manifest.json")).unwrap()).unwrap();
+    m["policy"]["guard"].clone()
 }

@@ -45,6 +45,7 @@ pub struct EvalOptions {
 
 mod report;
 mod results;
+pub mod trust;
 
 use report::{overlays, write_report};
 pub use results::*;
@@ -347,6 +348,16 @@ pub fn evaluate(opts: &EvalOptions, progress: &(dyn Fn(usize, usize) + Sync)) ->
         tau,
         delta,
     });
+    let mut results = results;
+    let calibration_ids: Vec<String> = cfg.val_ids.iter().chain(&cfg.train_ids).cloned().collect();
+    let calibration = cases_by_id(&dataset, &calibration_ids)?;
+    let input = cfg.spec.policy.input;
+    results.trust = Some(trust::analyse(
+        &results,
+        &policies.iter().map(|p| p.threshold).collect::<Vec<_>>(),
+        &trust::case_features(&calibration, &cfg.preprocessing, input)?,
+        &trust::case_features(&cases, &cfg.preprocessing, input)?,
+    ));
     let overlays = overlays(&opts.out, &mut ev, &cases, &cfg.preprocessing, &results, policies.first())?;
     write_report(&opts.out, &results, &overlays)?;
     crate::study::train::checkpoint::write_json(&opts.out.join("results.json"), &results)?;

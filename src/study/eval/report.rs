@@ -138,6 +138,9 @@ pub(super) fn write_report(dir: &Path, r: &Results, overlays: &[(String, f64, Pa
     figures_section(&mut md, dir, overlays);
     per_volume_section(&mut md, r);
     heuristics_section(&mut md, r);
+    if let Some(t) = &r.trust {
+        super::trust::section(&mut md, dir, r, t)?;
+    }
     crate::atomic::write_bytes_atomically(&dir.join("report.md"), md.as_bytes())
 }
 

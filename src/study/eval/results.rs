@@ -173,6 +173,10 @@ pub struct Results {
     pub table1: Vec<TableRow>,
     /// Headline numbers.
     pub summary: Summary,
+    /// Decision margins against Dice losses, and the guard on the test volumes (absent in results
+    /// made before it was measured).
+    #[serde(default)]
+    pub trust: Option<super::trust::Trust>,
 }
 
 /// The per-volume results and curves that [`assemble`] turns into Table 1 and the summary.
@@ -317,6 +321,7 @@ pub(super) fn assemble(a: Assembly) -> Results {
             dice_tolerance: a.delta,
             above_random_at_every_budget: None,
         },
+        trust: None,
     };
     if !results.policies.is_empty() {
         let random = results.random_curve();
