@@ -299,7 +299,7 @@ fn folder_throughput(
     let prefetch = default_prefetch(&pairs, p.read_options(), classes);
     let batch = BatchOptions { skip_existing: false, prefetch };
     let runs = opts.repeats.clamp(1, 3);
-    let (mut full, mut autopath) = (0.0f64, 0.0f64);
+    let (mut full, mut autopath, mut in_flight) = (0.0f64, 0.0f64, prefetch);
     for _ in 0..runs {
         for (choice, best) in
             [(PathChoice::FullGraph, &mut full), (PathChoice::Auto { threshold: None }, &mut autopath)]
@@ -309,12 +309,13 @@ fn folder_throughput(
                 return Err(Error::invalid("bench", format!("{} of the folder's volumes failed", s.failed)));
             }
             *best = best.max(s.segmented as f64 / s.wall_seconds.max(1e-9));
+            in_flight = s.prefetch;
         }
     }
     let _ = std::fs::remove_dir_all(&folder);
     Ok(FolderThroughput {
         volumes: pairs.len(),
-        prefetch,
+        prefetch: in_flight,
         runs,
         full_volumes_per_second: full,
         autopath_volumes_per_second: autopath,
