@@ -200,3 +200,26 @@ fn output_paths_are_refused_before_any_volume_is_computed() {
         refused(&["--bundle", b, "-i", input.to_str().unwrap(), "-o", target.to_str().unwrap()], "not writable");
     }
 }
+
+#[test]
+fn blending_while_the_next_batch_runs_gives_the_same_bytes() {
+    // What GPU providers do (submit the next tile batch, then blend the previous one), forced on the CPU.
+    use autopath::deploy::{PathChoice, Predictor, PredictorOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _, bundle) = common::trained_bundle(dir.path());
+    let input = data.join("volume-0.nii.gz");
+    let outputs: Vec<Vec<u8>> = [false, true]
+        .iter()
+        .map(|&overlap| {
+            let opts = PredictorOptions { overlap_blend: Some(overlap), tile_batch: 1, ..Default::default() };
+            let p = Predictor::from_bundle(&bundle, &opts).unwrap();
+            let out = dir.path().join(format!("overlap-{overlap}.nii.gz"));
+            let r = p
+                .segment_file(&input, &out, &PathChoice::Mask(vec![true, false, true, true, false, true, true, true]))
+                .unwrap();
+            assert!(r.tiles > 2, "several batches: {} tiles", r.tiles);
+            std::fs::read(&out).unwrap()
+        })
+        .collect();
+    assert!(outputs[0] == outputs[1], "blending overlapped with the network changed the output");
+}

@@ -214,6 +214,9 @@ pub struct PredictorOptions {
     pub audit: Option<Audit>,
     /// Send volumes beyond the bundle's guard bound to the full network instead of the policy's path.
     pub guard: bool,
+    /// Whether a volume's next tile batch is submitted before its previous one is blended (None: on
+    /// GPU providers only). The outputs are the same bytes either way.
+    pub overlap_blend: Option<bool>,
 }
 
 impl Default for PredictorOptions {
@@ -227,6 +230,7 @@ impl Default for PredictorOptions {
             batching: Batching::default(),
             audit: None,
             guard: false,
+            overlap_blend: None,
         }
     }
 }
@@ -300,7 +304,7 @@ impl Predictor {
             .map(|_| Sessions::open(&bundle, &opts.session))
             .collect::<Result<Vec<_>>>()?;
         let residency = sets[0].residency;
-        let overlap_blend = sets[0].options.ep != ExecutionProvider::Cpu;
+        let overlap_blend = opts.overlap_blend.unwrap_or(sets[0].options.ep != ExecutionProvider::Cpu);
         Ok(Predictor {
             overlap_blend,
             audit: opts.audit,
@@ -513,7 +517,9 @@ impl Predictor {
         }
         times.policy = t.elapsed().as_secs_f64();
         let route = if *choice == PathChoice::FullGraph { Route::Full } else { Route::Chain(keep.clone()) };
-        let audited = self.audit.filter(|a| route != Route::Full && a.selects(volume.data.as_slice().unwrap_or(&[])));
+        // A path that keeps every block is the full network: nothing to audit.
+        let reduced = route != Route::Full && keep.iter().any(|k| !k);
+        let audited = self.audit.filter(|a| reduced && a.selects(volume.data.as_slice().unwrap_or(&[])));
         let blended = self.blend_tiles(&stream, &image, record.pad_value, &route)?;
         // Unless the volume is audited, its network work is done: a closed stream is not waited for.
         let (stream, image) = if audited.is_some() { (Some(stream), Some(image)) } else { (None, None) };
