@@ -213,6 +213,7 @@ fn check_ort() -> anyhow::Result<()> {
         d.map_or("not beside the library (system search)".into(), |d| d.display().to_string())
     };
     println!("CUDA libraries:  {}\ncuDNN libraries: {}", dir(cuda), dir(cudnn));
+    println!("CUDA math: TF32 on unless --tf32 off; channels-last convolutions with --prefer-nhwc");
     println!("execution providers:");
     for p in autopath::deploy::gpu::provider_report()? {
         println!("  {:<9} {:<13} {}", p.name, if p.usable { "available" } else { "not available" }, p.detail);

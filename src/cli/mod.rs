@@ -73,6 +73,13 @@ pub struct ProviderArgs {
     /// Keep block outputs in device memory between sessions (auto: on GPU providers).
     #[arg(long, value_enum, default_value = "auto")]
     pub io_binding: IoBindingArg,
+    /// TF32 tensor-core math for fp32 convolutions and matrix products under CUDA (ONNX Runtime's
+    /// default is on; off gives full fp32 precision).
+    #[arg(long, value_enum, default_value = "on")]
+    pub tf32: OnOff,
+    /// Let CUDA run convolutions in channels-last (NHWC) layout, which tensor cores prefer.
+    #[arg(long)]
+    pub prefer_nhwc: bool,
     /// Write ONNX Runtime's per-node trace of every session into this folder (Chrome-trace JSON, one
     /// per graph; `scripts/ort-trace-summary` totals them by operator and provider).
     #[arg(long)]
@@ -98,8 +105,19 @@ impl ProviderArgs {
             cudnn_search: self.cudnn_search.into(),
             max_tile_batch: tile_batch.max(1),
             trace: self.ort_trace.clone(),
+            tf32: self.tf32 == OnOff::On,
+            prefer_nhwc: self.prefer_nhwc,
         }
     }
+}
+
+/// A setting that is on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    /// On.
+    On,
+    /// Off.
+    Off,
 }
 
 /// Declares a clap value enum mirroring a library enum variant for variant, with the conversion.

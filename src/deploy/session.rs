@@ -54,6 +54,10 @@ pub struct SessionOptions {
     /// graph): which provider ran each node and for how long, the first thing to read when a GPU run
     /// is slower than its FLOPs say.
     pub trace: Option<PathBuf>,
+    /// TF32 tensor-core math under CUDA (ONNX Runtime's default: on).
+    pub tf32: bool,
+    /// Channels-last convolutions under CUDA.
+    pub prefer_nhwc: bool,
 }
 
 /// cuDNN's convolution algorithm choice under the CUDA provider.
@@ -105,6 +109,8 @@ impl Default for SessionOptions {
             cudnn_search: CudnnSearch::Heuristic,
             max_tile_batch: 2,
             trace: None,
+            tf32: true,
+            prefer_nhwc: false,
         }
     }
 }
@@ -162,6 +168,8 @@ fn cuda_provider(opts: &SessionOptions) -> ExecutionProviderDispatch {
         .with_conv_max_workspace(opts.cudnn_search == CudnnSearch::Exhaustive)
         // Grow the arena by what is asked, not to the next power of two: ~20 sessions share the GPU.
         .with_arena_extend_strategy(ArenaExtendStrategy::SameAsRequested)
+        .with_tf32(opts.tf32)
+        .with_prefer_nhwc(opts.prefer_nhwc)
         .build()
         .error_on_failure()
 }

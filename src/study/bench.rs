@@ -133,6 +133,10 @@ pub struct Environment {
     pub ep: ExecutionProvider,
     /// Where the chain's values live between blocks.
     pub chain_values: String,
+    /// CUDA settings that change the numbers: TF32 math and channels-last convolutions (empty on the
+    /// CPU provider).
+    #[serde(default)]
+    pub cuda_math: String,
     /// ONNX Runtime version.
     pub onnx_runtime: String,
     /// The bundle's manifest hash.
@@ -185,6 +189,15 @@ fn time<T>(f: impl FnOnce() -> Result<T>) -> Result<(f64, T)> {
     Ok((t.elapsed().as_secs_f64(), v))
 }
 
+/// `TF32 on, NHWC off` under CUDA, empty elsewhere.
+fn cuda_math(o: &SessionOptions) -> String {
+    let on = |b: bool| if b { "on" } else { "off" };
+    match o.ep {
+        ExecutionProvider::Cpu => String::new(),
+        _ => format!("TF32 {}, NHWC {}", on(o.tf32), on(o.prefer_nhwc)),
+    }
+}
+
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -217,6 +230,7 @@ pub fn bench(bundle: &Path, inputs: &[PathBuf], scratch: &Path, opts: &BenchOpti
         threads: opts.session.threads,
         ep: opts.session.ep,
         chain_values: format!("{:?}", p.residency()),
+        cuda_math: cuda_math(&opts.session),
         onnx_runtime: crate::deploy::ort_library::ORT_VERSION.into(),
         bundle_sha256: p.bundle().hash.clone(),
         tile: p.window().patch,
@@ -353,8 +367,16 @@ pub fn markdown(r: &BenchReport) -> String {
     let short: String = e.bundle_sha256.chars().take(12).collect();
     let _ = writeln!(
         s,
-        "CPU {} ({} cores), EP {:?}, ONNX Runtime {}, bundle {short}…, tile {:?} × batch {}, median of {} runs after {} warm-up\n",
-        e.cpu, e.cores, e.ep, e.onnx_runtime, e.tile, e.tile_batch, e.repeats, e.warmup
+        "CPU {} ({} cores), EP {:?}{}, ONNX Runtime {}, bundle {short}…, tile {:?} × batch {}, median of {} runs after {} warm-up\n",
+        e.cpu,
+        e.cores,
+        e.ep,
+        if e.cuda_math.is_empty() { String::new() } else { format!(" ({})", e.cuda_math) },
+        e.onnx_runtime,
+        e.tile,
+        e.tile_batch,
+        e.repeats,
+        e.warmup
     );
     let _ = writeln!(s, "| volume | tiles | path | FLOPs | (a) full.onnx ms | (b) chain all ms | (c) AutoPath ms | network (a) ms | network (c) ms | policy ms | e2e full ms | e2e AutoPath ms |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for v in &r.volumes {
