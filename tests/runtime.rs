@@ -119,7 +119,9 @@ fn outputs_equal_the_candle_predictions_and_keep_the_input_geometry() {
 }
 
 /// `--ort-trace`: one ONNX Runtime trace per session (named after its graph) with the nodes it ran and
-/// their provider: nodes for the stem, the head and every kept block, none for a dropped block.
+/// their provider. Every block kept: `full.onnx` alone (one session, the same network). Otherwise, in
+/// a bundle without a graph for the path: nodes for the stem, the head and every kept block, none for
+/// a dropped block.
 fn check_traces(dir: &Path, keep: &[bool]) {
     let names: Vec<String> =
         std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
@@ -132,6 +134,10 @@ fn check_traces(dir: &Path, keep: &[bool]) {
             e["cat"] == "Node" && e["args"]["provider"] == "CPUExecutionProvider" && e["args"]["op_name"].is_string()
         })
     };
+    if keep.iter().all(|&k| k) {
+        assert!(graph_ran("full") && !graph_ran("stem") && !graph_ran("block_00"), "full.onnx alone: {names:?}");
+        return;
+    }
     assert!(graph_ran("stem") && graph_ran("head"), "stem and head traces missing in {names:?}");
     for (n, &k) in keep.iter().enumerate() {
         assert_eq!(graph_ran(&format!("block_{n:02}")), k, "block {n} (kept: {k}) in {names:?}");
@@ -386,6 +392,7 @@ fn auto_path_outputs_equal_the_evaluation_s_autopath_predictions() {
     let lines: Vec<serde_json::Value> =
         std::fs::read_to_string(&report).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let ds = autopath::study::dataset::Dataset::open(&f.data(), None).unwrap();
+    let mut through_path_graphs = 0;
     for case in &ds.cases {
         let s = load_sample(case, &cfg.preprocessing).unwrap();
         let probs: Vec<f32> =
@@ -397,8 +404,21 @@ fn auto_path_outputs_equal_the_evaluation_s_autopath_predictions() {
         let line = lines.iter().find(|l| l["input"].as_str().is_some_and(|i| i.ends_with(&name))).unwrap();
         let text: String = mask.iter().map(|&k| if k { '1' } else { '0' }).collect();
         assert_eq!(line["keep"], text, "{name}: the runtime's policy chose another path");
+        // The path ran through the bundle's graph for it where compile made one.
+        let graphs = b.manifest.policy.as_ref().map(|p| p.path_graphs.clone()).unwrap_or_default();
+        let expected = if mask.iter().all(|&k| k) {
+            "full.onnx".to_string()
+        } else {
+            graphs.iter().find(|g| g.mask == text).map_or("chain".into(), |g| g.file.clone())
+        };
+        assert_eq!(line["graph"], expected.as_str(), "{name}");
+        through_path_graphs += usize::from(expected.starts_with("path_"));
         let got = read_volume(&out.join(&name), &ReadOptions::default()).unwrap();
         let differ = got.data.iter().zip(want.iter()).filter(|(a, b)| **a as u8 != **b).count();
         assert_eq!(differ, 0, "{name}: {differ} voxels differ from eval's AutoPath prediction");
     }
+    assert!(
+        through_path_graphs >= 1,
+        "no volume ran through a whole-path graph: the comparison above tested only the chain"
+    );
 }

@@ -282,6 +282,28 @@ pub struct PolicyEntry {
     /// compiled without data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<crate::guard::Guard>,
+    /// Whole-path graphs for the paths the policy took most often on the calibration volumes: the
+    /// runtime runs a path that has one as one session instead of the chain of block sessions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub path_graphs: Vec<PathGraph>,
+}
+
+/// A whole-path graph of the bundle.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PathGraph {
+    /// Keep mask, block 0 first (`11000001`).
+    pub mask: String,
+    /// Graph file.
+    pub file: String,
+    /// Calibration volumes that took this path at the bundle's threshold.
+    pub volumes: usize,
+}
+
+impl PathGraph {
+    /// The mask as booleans.
+    pub fn keep(&self) -> Vec<bool> {
+        self.mask.chars().map(|c| c == '1').collect()
+    }
 }
 
 impl PolicyEntry {
@@ -390,6 +412,15 @@ impl Manifest {
             }
             if p.budget.windows(2).any(|w| w[0].threshold >= w[1].threshold) {
                 return Err("policy.budget thresholds are not ascending".into());
+            }
+            for (i, g) in p.path_graphs.iter().enumerate() {
+                let n = self.architecture.blocks.len();
+                if g.mask.len() != n || !g.mask.chars().all(|c| c == '0' || c == '1') {
+                    return Err(format!("policy.path_graphs[{i}].mask = {:?} is not a mask of {n} blocks", g.mask));
+                }
+                if !self.files.contains_key(&g.file) {
+                    return Err(format!("policy.path_graphs[{i}].file = {:?} is not among the files", g.file));
+                }
             }
         }
         Ok(())

@@ -26,6 +26,12 @@ pub fn shortcut_file(n: usize) -> String {
     format!("shortcut_{n:02}.onnx")
 }
 
+/// Graph of one whole path (stem, the path's blocks and shortcuts, head) for a keep mask such as
+/// `11000001`: [`IMAGE`] → [`PROBABILITIES`], as `full.onnx`.
+pub fn path_file(mask: &str) -> String {
+    format!("path_{mask}.onnx")
+}
+
 /// Input of the stem and of the whole network: tiles `[B, 1, D, H, W]`.
 pub const IMAGE: &str = "image";
 /// Output of the stem.

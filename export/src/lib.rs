@@ -151,6 +151,43 @@ pub fn compile(
     Ok(files)
 }
 
+/// One whole path as one graph, `image` → `probabilities` like `full.onnx`: the stem; per block, the
+/// block where `keep` keeps it, its projection shortcut where it is dropped and has one, nothing where
+/// it is dropped with an identity shortcut; the head (with the skip decoder, fed the value after the
+/// low-level block, as the chain feeds it). The chain of block graphs computes the same on the same
+/// path; as one graph the runtime calls one session instead of one per block.
+pub fn path_graph(
+    net: &DeepLab3d,
+    keep: &[bool],
+    tile: [usize; 3],
+    version: &str,
+    layout: Conv3dLayout,
+) -> Result<GraphFile> {
+    let spec = net.spec();
+    let mask: String = keep.iter().map(|&k| if k { '1' } else { '0' }).collect();
+    let mut g =
+        GraphBuilder::new(&format!("path_{mask}"), &format!("one path of the network: blocks {mask} (1 = kept)"))
+            .with_layout(layout);
+    let mut h = g.input(names::IMAGE, &fixed(spec.in_channels, tile));
+    h = emit_stem(&mut g, &h, net)?;
+    let mut low = None;
+    for (n, (block, &k)) in net.blocks.iter().zip(keep).enumerate() {
+        let prefix = block.spec().name();
+        if k {
+            h = emit_block(&mut g, &prefix, &h, block)?;
+        } else if block.shortcut.is_some() {
+            h = emit_shortcut(&mut g, &prefix, &h, block)?;
+        }
+        if spec.low_level_block() == Some(n) {
+            low = Some(h.clone());
+        }
+    }
+    let y = emit_head(&mut g, &h, low.as_deref().map(LowLevel::Features), net, tile)?;
+    let y = g.identity(names::PROBABILITIES, &y);
+    g.output(&y, &fixed(spec.output.channels(), tile));
+    Ok(GraphFile { bytes: model(g.finish(), "path", version), file: names::path_file(&mask), role: "path".into() })
+}
+
 /// The head's graph, its inputs fixed to the tile's sizes: the head resizes to the tile, and its ASPP
 /// drops the taps that only read padding at these sizes (`graphs::conv_bn_live_taps`).
 fn head_graph(net: &DeepLab3d, tile: [usize; 3], layout: Conv3dLayout) -> Result<GraphBuilder> {

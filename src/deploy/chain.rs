@@ -251,6 +251,30 @@ impl Sessions {
         self.head_values((&h).into(), low.map(Into::into), f)
     }
 
+    /// Probabilities `[B, K, tile]` on a path through the fewest sessions: `full.onnx` when every block
+    /// is kept, the bundle's whole-path graph when it has one for the path, else the chain of block
+    /// graphs ([`Sessions::run_chain_with`]). All three compute the same network; one session per call
+    /// saves the chain's per-session overhead and layout conversions at every graph boundary.
+    pub fn run_path_with<R>(
+        &mut self,
+        tiles: ArrayView5<f32>,
+        keep: &[bool],
+        f: impl FnOnce(ArrayView5<f32>) -> R,
+    ) -> Result<R> {
+        if keep.iter().all(|&k| k) {
+            return self.run_full_with(tiles, f);
+        }
+        let tiles = standard(tiles);
+        let tiles = tiles.view();
+        match self.path_session(keep)? {
+            Some(s) => {
+                let p = run_one(s, "path graph", IMAGE, &*view_value(&tiles)?, PROBABILITIES)?;
+                with_view(&p, "path graph", f)
+            }
+            None => self.run_chain_with(tiles, keep, f),
+        }
+    }
+
     /// Probabilities from the monolithic `full.onnx`.
     pub fn run_full(&mut self, tiles: ArrayView5<f32>) -> Result<Array5<f32>> {
         self.run_full_with(tiles, |a| a.to_owned())

@@ -58,7 +58,12 @@ pub fn describe(b: &Bundle, tile_batch: usize) -> String {
         m.input.threshold
     );
     match &m.policy {
-        Some(p) => say!(out, "policy: {} on {:?}, keep if p >= {}", p.file, p.input, p.threshold),
+        Some(p) => {
+            say!(out, "policy: {} on {:?}, keep if p >= {}", p.file, p.input, p.threshold);
+            for g in &p.path_graphs {
+                say!(out, "whole-path graph: {} ({} of the calibration volumes took this path)", g.file, g.volumes);
+            }
+        }
         None => say!(out, "policy: none (the runtime runs the full path)"),
     }
     if let Some(e) = &m.evaluation {
@@ -67,12 +72,14 @@ pub fn describe(b: &Bundle, tile_batch: usize) -> String {
     let g = crate::deploy::memory::estimate(b, tile_batch);
     say!(out,
         "GPU memory per worker (estimate, tile batch {tile_batch}): {:.0} MB = weights {:.0} + activations {:.0} + margin {:.0}; \
-         + {:.0} MB when full.onnx is used (--path full, bench); + ~{:.0} MB CUDA context per process",
+         + {:.0} MB when full.onnx is used (every block kept, audits, bench); + {:.0} MB as the whole-path graphs are used; \
+         + ~{:.0} MB CUDA context per process",
         g.per_worker_mb(),
         g.weights_mb,
         g.activations_mb,
         g.margin_mb,
         g.full_graph_mb,
+        g.path_graphs_mb,
         g.cuda_context_mb
     );
     out

@@ -2,7 +2,8 @@
 //! operator sizes `serve --workers` and the pod's limit by before the first run.
 //!
 //! - Weights: every session holds its own initializers, so the graph files the chain opens (stem,
-//!   blocks, shortcuts, head, policy), plus `full.onnx` when a run uses it (`--path full`, `bench`).
+//!   blocks, shortcuts, head, policy), plus `full.onnx` when a run uses it (a path that keeps every
+//!   block, audits, `bench`) and each whole-path graph when its path first runs.
 //! - Activations: the chain keeps a block's input and output, and its branch's intermediates, for
 //!   `tile_batch` tiles; the head's largest tensors are ASPP's five branches with their concatenation,
 //!   the decoder's transposed convolutions (skip decoder: the low-level input, which the chain keeps
@@ -21,6 +22,9 @@ pub struct MemoryEstimate {
     pub weights_mb: f64,
     /// `full.onnx`'s initializers, when it is opened.
     pub full_graph_mb: f64,
+    /// The whole-path graphs' initializers, each when its path first runs.
+    #[serde(default)]
+    pub path_graphs_mb: f64,
     /// Largest live activations of one call of `tile_batch` tiles.
     pub activations_mb: f64,
     /// Arena rounding and fragmentation.
@@ -77,6 +81,7 @@ pub fn estimate(bundle: &Bundle, tile_batch: usize) -> MemoryEstimate {
     MemoryEstimate {
         weights_mb: weights / MB,
         full_graph_mb: size(&a.full_file) / MB,
+        path_graphs_mb: m.policy.iter().flat_map(|p| &p.path_graphs).map(|g| size(&g.file)).sum::<f64>() / MB,
         activations_mb: activations / MB,
         margin_mb: 0.25 * (weights + activations) / MB,
         cuda_context_mb: CUDA_CONTEXT_MB,

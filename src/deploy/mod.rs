@@ -16,5 +16,6 @@ pub mod predict;
 pub mod serve;
 pub mod session;
 
+pub use network::Route;
 pub use predict::{PathChoice, Predictor, PredictorOptions, VolumeReport};
 pub use session::{CudnnSearch, ExecutionProvider, IoBindingMode, Residency, SessionOptions, Sessions};

@@ -22,8 +22,12 @@ use crate::error::{Error, Result};
 /// Which graphs a tile batch runs through.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Route {
-    /// The block chain on a keep mask.
+    /// A keep mask, through the fewest sessions: `full.onnx` when every block is kept, the bundle's
+    /// whole-path graph when it has one, else the chain of block graphs.
     Chain(Vec<bool>),
+    /// A keep mask through the chain of block graphs, whatever else the bundle has (the benchmark's
+    /// measure of the chain).
+    Blocks(Vec<bool>),
     /// The monolithic `full.onnx`.
     Full,
 }
@@ -312,7 +316,8 @@ fn execute(sessions: &mut Sessions, call: Vec<Job>, stats: &NetworkStats) {
 
 fn run_tiles(sessions: &mut Sessions, route: &Route, tiles: ndarray::ArrayView5<f32>) -> Result<Array5<f32>> {
     match route {
-        Route::Chain(keep) => sessions.run_chain(tiles, keep),
+        Route::Chain(keep) => sessions.run_path_with(tiles, keep, |a| a.to_owned()),
+        Route::Blocks(keep) => sessions.run_chain(tiles, keep),
         Route::Full => sessions.run_full(tiles),
     }
 }

@@ -130,6 +130,9 @@ pub struct VolumeReport {
     /// With `--guard`: the volume's distance from the calibration volumes, and whether it took the
     /// full network for it.
     pub guard: Option<GuardOutcome>,
+    /// The graph the tiles ran through: `full.onnx`, a whole-path graph (`path_11000001.onnx`) or
+    /// `chain` (one session per kept block).
+    pub graph: String,
     /// Blocks kept.
     pub blocks_kept: usize,
     /// FLOPs of this path relative to the full network (per tile).
@@ -467,19 +470,28 @@ impl Predictor {
         Ok(Blended { accumulator, shape: tiling.shape, tiles: tiling.origins.len(), network, host })
     }
 
-    /// Class probabilities `[K, D, H, W]` of a normalised volume on a path; `full_graph` uses
-    /// `full.onnx` instead of the chain (the baseline). Returns the number of tiles and the seconds
-    /// spent in the network.
+    /// Class probabilities `[K, D, H, W]` of a normalised volume through `route` (the benchmark's
+    /// three: `full.onnx`, the chain of block graphs, the path through the fewest sessions). Returns
+    /// the number of tiles and the seconds spent in the network.
     pub fn probabilities(
         &self,
         image: &Array3<f32>,
         pad_value: f32,
-        keep: &[bool],
-        full_graph: bool,
+        route: &Route,
     ) -> Result<(Array4<f32>, usize, f64)> {
-        let route = if full_graph { Route::Full } else { Route::Chain(keep.to_vec()) };
-        let b = self.blend_tiles(&self.stream(), image, pad_value, &route)?;
+        let b = self.blend_tiles(&self.stream(), image, pad_value, route)?;
         Ok((b.accumulator.finish(b.shape), b.tiles, b.network))
+    }
+
+    /// The graph a keep mask runs through: `full.onnx` when every block is kept, the bundle's
+    /// whole-path graph when it has one, else `chain`.
+    pub fn graph_for(&self, keep: &[bool]) -> String {
+        if keep.iter().all(|&k| k) {
+            return self.bundle.manifest.architecture.full_file.clone();
+        }
+        let mask = crate::labels::mask_text(keep);
+        let graphs = self.bundle.manifest.policy.iter().flat_map(|p| &p.path_graphs);
+        graphs.clone().find(|g| g.mask == mask).map_or_else(|| "chain".into(), |g| g.file.clone())
     }
 
     /// Labels from blended probabilities.
@@ -626,6 +638,11 @@ impl Predictor {
             margin,
             audit,
             guard,
+            graph: if *choice == PathChoice::FullGraph {
+                self.bundle.manifest.architecture.full_file.clone()
+            } else {
+                self.graph_for(&keep)
+            },
             blocks_kept: keep.iter().filter(|&&k| k).count(),
             flop_fraction: arch.flop_fraction(&keep),
             tiles,

@@ -309,6 +309,8 @@ pub struct Sessions {
     /// graph and its own arena).
     full: Option<Session>,
     full_graph: (PathBuf, GraphInput, String),
+    /// The bundle's whole-path graphs by keep mask, each opened on its first use.
+    paths: Vec<(Vec<bool>, PathBuf, Option<Session>)>,
     /// The policy, if the bundle has one.
     pub policy: Option<Session>,
     /// The skip decoder's low-level input (None: the head takes the backbone's output only).
@@ -390,6 +392,13 @@ impl Sessions {
             head,
             full: None,
             full_graph: (bundle.path(&a.full_file), full_input, h.clone()),
+            paths: bundle
+                .manifest
+                .policy
+                .iter()
+                .flat_map(|p| &p.path_graphs)
+                .map(|g| (g.keep(), bundle.path(&g.file), None))
+                .collect(),
             policy,
             low_level: a.low_level.clone(),
             split_head: None,
@@ -414,6 +423,23 @@ impl Sessions {
         let rest = o(&split.rest_file, &[head_inputs[0].clone(), skip])?.0;
         self.split_head = Some(SplitSessions { low: low_session, rest, output: split.output.clone() });
         Ok(true)
+    }
+
+    /// The keep masks the bundle has whole-path graphs for.
+    pub fn path_masks(&self) -> Vec<Vec<bool>> {
+        self.paths.iter().map(|(k, _, _)| k.clone()).collect()
+    }
+
+    /// The whole-path graph's session for `keep`, opened now if this is its first use; None when the
+    /// bundle has no graph for that path.
+    pub fn path_session(&mut self, keep: &[bool]) -> Result<Option<&mut Session>> {
+        let Some(i) = self.paths.iter().position(|(k, _, _)| k.as_slice() == keep) else { return Ok(None) };
+        if self.paths[i].2.is_none() {
+            let (_, input, hash) = &self.full_graph;
+            let session = open(&self.paths[i].1, &self.options, hash, std::slice::from_ref(input))?.0;
+            self.paths[i].2 = Some(session);
+        }
+        Ok(self.paths[i].2.as_mut())
     }
 
     /// The whole-network session, opened now if this is its first use.

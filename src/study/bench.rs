@@ -10,7 +10,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::deploy::predict::{peak_rss_mb, reset_peak_rss};
-use crate::deploy::{ExecutionProvider, PathChoice, Predictor, PredictorOptions, SessionOptions};
+use crate::deploy::{ExecutionProvider, PathChoice, Predictor, PredictorOptions, Route, SessionOptions};
 use crate::error::{Error, Result};
 use crate::input::volume::{read_volume, ReadOptions};
 
@@ -80,6 +80,10 @@ pub struct VolumeBench {
     pub autopath_network: Timing,
     /// Policy alone (downsampling included).
     pub policy: Timing,
+    /// AutoPath's path through the chain of block graphs, network calls only (against
+    /// `autopath_network`, which takes the whole-path graph where the bundle has one).
+    #[serde(default)]
+    pub autopath_chain_network: Timing,
     /// Host work (read, stitch, write) over network time in AutoPath's end-to-end runs, median.
     #[serde(default)]
     pub host_share: f64,
@@ -113,6 +117,10 @@ pub struct BenchSummary {
     /// Peak resident memory since the benchmark started, MB (the process's whole life where the kernel
     /// cannot restart the count).
     pub peak_rss_mb: f64,
+    /// Mean over volumes of AutoPath's network time through the chain over its time through the graph
+    /// it runs (the whole-path graph where there is one; 1 where it is the chain).
+    #[serde(default)]
+    pub path_graph_gain: f64,
     /// Mean host share (read, stitch, write over network) of AutoPath's end-to-end runs.
     #[serde(default)]
     pub host_share: f64,
@@ -249,14 +257,15 @@ fn bench_volume(p: &Predictor, input: &Path, scratch: &Path, opts: &BenchOptions
     let (image, rec) = p.preprocess(&vol)?;
     let (keep, _) = p.keep_mask(&image, &PathChoice::Auto { threshold: None })?;
     let all = vec![true; n];
-    let mut samples: [Vec<f64>; 8] = Default::default();
+    let mut samples: [Vec<f64>; 9] = Default::default();
     let mut host_shares = Vec::new();
     let mut tiles = 0;
     let out = scratch.join("bench_out.nii.gz");
     for i in 0..opts.warmup + opts.repeats {
-        let (a, (_, t, a_net)) = time(|| p.probabilities(&image, rec.pad_value, &all, true))?;
-        let (b, _) = time(|| p.probabilities(&image, rec.pad_value, &all, false))?;
-        let (c, (_, _, c_net)) = time(|| p.probabilities(&image, rec.pad_value, &keep, false))?;
+        let (a, (_, t, a_net)) = time(|| p.probabilities(&image, rec.pad_value, &Route::Full))?;
+        let (b, _) = time(|| p.probabilities(&image, rec.pad_value, &Route::Blocks(all.clone())))?;
+        let (c, (_, _, c_net)) = time(|| p.probabilities(&image, rec.pad_value, &Route::Chain(keep.clone())))?;
+        let (_, (_, _, cb_net)) = time(|| p.probabilities(&image, rec.pad_value, &Route::Blocks(keep.clone())))?;
         let (pol, _) = time(|| p.keep_mask(&image, &PathChoice::Auto { threshold: None }))?;
         let (ae, _) = time(|| p.segment_file(input, &out, &PathChoice::FullGraph))?;
         let (ce, report) = time(|| p.segment_file(input, &out, &PathChoice::Auto { threshold: None }))?;
@@ -264,13 +273,13 @@ fn bench_volume(p: &Predictor, input: &Path, scratch: &Path, opts: &BenchOptions
         if i >= opts.warmup {
             let st = &report.seconds;
             host_shares.push((st.read + st.stitch + st.write) / st.network.max(1e-9));
-            for (s, v) in samples.iter_mut().zip([a, b, c, pol, ae, ce, a_net, c_net]) {
+            for (s, v) in samples.iter_mut().zip([a, b, c, pol, ae, ce, a_net, c_net, cb_net]) {
                 s.push(v);
             }
         }
     }
     let _ = std::fs::remove_file(&out);
-    let [a, b, c, pol, ae, ce, a_net, c_net] = samples.map(Timing::of);
+    let [a, b, c, pol, ae, ce, a_net, c_net, cb_net] = samples.map(Timing::of);
     let host_share = Timing::of(host_shares).median;
     Ok(VolumeBench {
         input: input.display().to_string(),
@@ -286,6 +295,7 @@ fn bench_volume(p: &Predictor, input: &Path, scratch: &Path, opts: &BenchOptions
         policy: pol,
         full_e2e: ae,
         autopath_e2e: ce,
+        autopath_chain_network: cb_net,
         host_share,
     })
 }
@@ -357,6 +367,7 @@ fn summarize(volumes: &[VolumeBench]) -> BenchSummary {
             .fold(0.0, f64::max),
         peak_rss_mb: peak_rss_mb(),
         host_share: mean(&|v| v.host_share),
+        path_graph_gain: mean(&|v| v.autopath_chain_network.median / v.autopath_network.median),
     }
 }
 
@@ -415,7 +426,8 @@ pub fn markdown(r: &BenchReport) -> String {
     let f = &r.folder;
     let _ = writeln!(
         s,
-        "\nHost work (read, stitch, write) / network time, AutoPath end to end: {:.1} %. Folder of {} volumes, {} in flight (best of {}): full.onnx {:.2} volumes/s, AutoPath {:.2} volumes/s ({:.3}×).",
+        "\nAutoPath's path through the chain of block graphs / through the graph it runs: {:.3}. Host work (read, stitch, write) / network time, AutoPath end to end: {:.1} %. Folder of {} volumes, {} in flight (best of {}): full.onnx {:.2} volumes/s, AutoPath {:.2} volumes/s ({:.3}×).",
+        m.path_graph_gain,
         100.0 * m.host_share,
         f.volumes,
         f.prefetch,

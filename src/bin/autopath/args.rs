@@ -271,6 +271,10 @@ pub struct CompileArgs {
     /// a GPU).
     #[arg(long, value_enum, default_value = "native")]
     pub conv3d: ConvArg,
+    /// Whole-path graphs for the paths the policy takes most often on the calibration volumes: a path
+    /// with one runs as one ONNX Runtime session instead of one per block (0: none).
+    #[arg(long, default_value_t = autopath::study::compile::DEFAULT_PATH_GRAPHS)]
+    pub path_graphs: usize,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]

@@ -331,9 +331,15 @@ fn compile(args: CompileArgs) -> anyhow::Result<()> {
         force,
         no_verify,
         conv3d,
+        path_graphs,
     } = args;
-    let opts =
-        autopath::study::compile::CompileOptions { verify: !no_verify, force, conv: conv3d.into(), split_head: false };
+    let opts = autopath::study::compile::CompileOptions {
+        verify: !no_verify,
+        force,
+        conv: conv3d.into(),
+        split_head: false,
+        path_graphs,
+    };
     if let Some(arch) = untrained {
         let decoder = decoder.into();
         let report = autopath::study::compile::compile_untrained(&arch, width, patch, decoder, &out, opts)?;

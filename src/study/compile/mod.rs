@@ -14,7 +14,7 @@ use crate::deploy::{SessionOptions, Sessions};
 use crate::error::{Error, Result};
 use crate::study::train::segment::TrainConfig;
 use autopath_bundle::{
-    names, sha256_hex, Activation, Architecture, BudgetPoint, Bundle, FileEntry, InputContract, Manifest, PolicyEntry,
+    names, sha256_hex, Activation, BudgetPoint, Bundle, FileEntry, InputContract, Manifest, PathGraph, PolicyEntry,
     Producer, SCHEMA_VERSION,
 };
 
@@ -61,7 +61,13 @@ pub struct CompileOptions {
     /// Also write the head split in two graphs (`head_low.onnx`, `head_rest.onnx`) where the head
     /// splits: for the bundles that score many paths per volume; a deployed bundle has no use for them.
     pub split_head: bool,
+    /// Whole-path graphs for at most this many of the paths the policy takes most often on the
+    /// calibration volumes (`--path-graphs`).
+    pub path_graphs: usize,
 }
+
+/// Whole-path graphs a bundle gets by default: the demo's policy takes 2–5 distinct paths.
+pub const DEFAULT_PATH_GRAPHS: usize = 4;
 
 impl CompileOptions {
     /// Options for a bundle that only `provider` will run (the segmenter bundles that `eval` and
@@ -72,13 +78,19 @@ impl CompileOptions {
             crate::deploy::ExecutionProvider::Cpu => Conv3dLayout::DepthTaps,
             _ => Conv3dLayout::Native,
         };
-        CompileOptions { verify: true, force: true, conv, split_head: true }
+        CompileOptions { verify: true, force: true, conv, split_head: true, path_graphs: 0 }
     }
 }
 
 impl Default for CompileOptions {
     fn default() -> Self {
-        CompileOptions { verify: true, force: false, conv: Conv3dLayout::Native, split_head: false }
+        CompileOptions {
+            verify: true,
+            force: false,
+            conv: Conv3dLayout::Native,
+            split_head: false,
+            path_graphs: DEFAULT_PATH_GRAPHS,
+        }
     }
 }
 
@@ -134,12 +146,24 @@ pub fn compile(
     };
     let split_head = split.is_some();
     graphs.extend(split.into_iter().flatten());
+    let calibration = match &policy {
+        Some(p) => calibrate(p.net, cfg)?,
+        None => Calibration::default(),
+    };
+    let paths = match &policy {
+        Some(p) => frequent_paths(&calibration.probabilities, p.threshold, opts.path_graphs),
+        None => Vec::new(),
+    };
+    for (keep, _) in &paths {
+        graphs.push(autopath_export::path_graph(net, keep, cfg.window.patch, version, opts.conv)?);
+    }
 
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     let tmp = crate::atomic::temporary_sibling(out);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    match build(&tmp, net, cfg, policy.as_ref(), evaluation, &graphs, (opts, split_head)) {
+    let calibrated = Calibrated { calibration: &calibration, paths: &paths };
+    match build(&tmp, net, cfg, (policy.as_ref(), calibrated), evaluation, &graphs, (opts, split_head)) {
         Ok((bundle_bytes, checks)) => {
             if out.exists() {
                 std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
@@ -168,7 +192,7 @@ fn build(
     dir: &Path,
     net: &DeepLab3d,
     cfg: &TrainConfig,
-    policy: Option<&PolicyInput>,
+    (policy, calibrated): (Option<&PolicyInput>, Calibrated),
     evaluation: Option<serde_json::Value>,
     graphs: &[autopath_export::GraphFile],
     (opts, split_head): (CompileOptions, bool),
@@ -196,19 +220,22 @@ fn build(
         },
         architecture: architecture.clone(),
         input: input_contract(cfg, crate::study::train::infer::activation(spec.output)),
-        policy: policy
-            .map(|p| -> Result<PolicyEntry> {
-                let (budget, guard) = calibration(p.net, cfg, &architecture)?;
-                Ok(PolicyEntry {
-                    file: names::POLICY_FILE.into(),
-                    input: spec.policy.input,
-                    threshold: p.threshold,
-                    training: p.training.clone(),
-                    budget,
-                    guard,
+        policy: policy.map(|p| PolicyEntry {
+            file: names::POLICY_FILE.into(),
+            input: spec.policy.input,
+            threshold: p.threshold,
+            training: p.training.clone(),
+            budget: BudgetPoint::curve(&calibrated.calibration.probabilities, &architecture),
+            guard: autopath_bundle::Guard::calibrate(&calibrated.calibration.features),
+            path_graphs: calibrated
+                .paths
+                .iter()
+                .map(|(keep, volumes)| {
+                    let mask = crate::labels::mask_text(keep);
+                    PathGraph { file: names::path_file(&mask), mask, volumes: *volumes }
                 })
-            })
-            .transpose()?,
+                .collect(),
+        }),
         evaluation,
         files,
     };
@@ -245,35 +272,62 @@ fn input_contract(cfg: &TrainConfig, activation: Activation) -> InputContract {
     }
 }
 
-/// The policy's keep probabilities on the segmenter run's validation and training volumes, turned into
-/// the `--budget` calibration (see [`BudgetPoint::curve`]), and the distribution of the policy input's
-/// intensity features over the same volumes for `--guard` ([`autopath_bundle::Guard`]). Both sets are
-/// used because a validation split of a few volumes alone gives a curve of a few coarse steps. Empty
-/// without the run's data (a network built in code).
-fn calibration(
-    policy: &PolicyNet,
-    cfg: &TrainConfig,
-    arch: &Architecture,
-) -> Result<(Vec<BudgetPoint>, Option<autopath_bundle::Guard>)> {
+/// The policy on the segmenter run's validation and training volumes: its keep probabilities (for the
+/// `--budget` calibration, [`BudgetPoint::curve`], and the whole-path graphs) and its input's intensity
+/// features (for `--guard`, [`autopath_bundle::Guard`]). Both sets are used because a validation split
+/// of a few volumes alone gives a curve of a few coarse steps. Empty without the run's data (a network
+/// built in code).
+#[derive(Default)]
+struct Calibration {
+    probabilities: Vec<Vec<f32>>,
+    features: Vec<Vec<f64>>,
+}
+
+/// The calibration and the whole-path graphs chosen from it, for the manifest.
+#[derive(Clone, Copy)]
+struct Calibrated<'a> {
+    calibration: &'a Calibration,
+    paths: &'a [(Vec<bool>, usize)],
+}
+
+fn calibrate(policy: &PolicyNet, cfg: &TrainConfig) -> Result<Calibration> {
     let ids: Vec<String> = cfg.val_ids.iter().chain(&cfg.train_ids).cloned().collect();
     if ids.is_empty() || !cfg.data.is_dir() {
-        return Ok((Vec::new(), None));
+        return Ok(Calibration::default());
     }
     let dataset = crate::study::dataset::Dataset::open(&cfg.data, Some(cfg.layout))?;
-    let (probabilities, features): (Vec<Vec<f32>>, Vec<Vec<f64>>) =
-        crate::study::train::segment::cases_by_id(&dataset, &ids)?
-            .iter()
-            .map(|c| {
-                let s = crate::study::train::data::load_sample(c, &cfg.preprocessing)?;
-                let small = crate::input::preprocess::resample_linear(&s.image, cfg.spec.policy.input);
-                let features = autopath_bundle::guard::features(small.as_slice().unwrap_or_default());
-                let p = crate::study::train::infer::keep_probabilities(policy, &s.image, cfg.spec.policy.input)?;
-                Ok((p, features))
-            })
-            .collect::<Result<Vec<_>>>()?
-            .into_iter()
-            .unzip();
-    Ok((BudgetPoint::curve(&probabilities, arch), autopath_bundle::Guard::calibrate(&features)))
+    let (probabilities, features) = crate::study::train::segment::cases_by_id(&dataset, &ids)?
+        .iter()
+        .map(|c| {
+            let s = crate::study::train::data::load_sample(c, &cfg.preprocessing)?;
+            let small = crate::input::preprocess::resample_linear(&s.image, cfg.spec.policy.input);
+            let features = autopath_bundle::guard::features(small.as_slice().unwrap_or_default());
+            let p = crate::study::train::infer::keep_probabilities(policy, &s.image, cfg.spec.policy.input)?;
+            Ok((p, features))
+        })
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .unzip();
+    Ok(Calibration { probabilities, features })
+}
+
+/// The `most` paths taken most often at `threshold` (ties: the first seen), with their counts; not the
+/// path that keeps every block (`full.onnx` is that one).
+fn frequent_paths(probabilities: &[Vec<f32>], threshold: f32, most: usize) -> Vec<(Vec<bool>, usize)> {
+    let mut counts: Vec<(Vec<bool>, usize)> = Vec::new();
+    for p in probabilities {
+        let keep: Vec<bool> = p.iter().map(|&v| v >= threshold).collect();
+        if keep.iter().all(|&k| k) {
+            continue;
+        }
+        match counts.iter_mut().find(|(k, _)| *k == keep) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((keep, 1)),
+        }
+    }
+    counts.sort_by_key(|c| std::cmp::Reverse(c.1));
+    counts.truncate(most);
+    counts
 }
 
 fn policy_params(p: &PolicyNet) -> u64 {

@@ -191,7 +191,7 @@ fn segment_checks(
 }
 
 /// The compositions the runtime actually runs, on the probe: `full.onnx`, the chain with every block
-/// kept and with the odd blocks dropped.
+/// kept and with the odd blocks dropped, and every whole-path graph.
 fn composition_checks(net: &DeepLab3d, reference: &DeepLab3d, s: &mut Sessions, x: &Array5<f32>) -> Result<Vec<Check>> {
     let spec = net.spec();
     let forward = |net: &DeepLab3d, x: &Tensor, path: BlockPath| {
@@ -217,6 +217,13 @@ fn composition_checks(net: &DeepLab3d, reference: &DeepLab3d, s: &mut Sessions, 
     let candle = forward(net, &x32, BlockPath::Shared(&alternate))?;
     let name = "chain, odd blocks dropped".to_string();
     checks.push(check(name, chain.as_slice().unwrap_or_default(), Some(&candle), &want, p)?);
+    for keep in s.path_masks() {
+        let want = forward(reference, &x64, BlockPath::Shared(&keep))?;
+        let candle = forward(net, &x32, BlockPath::Shared(&keep))?;
+        let ort = s.run_path_with(x.view(), &keep, |a| a.to_owned())?;
+        let name = autopath_bundle::names::path_file(&crate::labels::mask_text(&keep));
+        checks.push(check(name, ort.as_slice().unwrap_or_default(), Some(&candle), &want, p)?);
+    }
     Ok(checks)
 }
 
