@@ -32,7 +32,13 @@ fn bundle(dir: &std::path::Path, conv: autopath_bundle::Conv3dLayout) -> autopat
         Some(p),
         None,
         &out,
-        autopath::study::compile::CompileOptions { verify: false, force: true, conv, split_head: false },
+        autopath::study::compile::CompileOptions {
+            verify: false,
+            force: true,
+            conv,
+            split_head: false,
+            path_graphs: 0,
+        },
     )
     .expect("compile");
     autopath_bundle::Bundle::load(&out).expect("bundle")
