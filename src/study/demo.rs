@@ -242,9 +242,11 @@ pub fn run(o: &DemoOptions, say: &Say) -> Result<DemoOutcome> {
         evaluate(&opts, &|_, _| {}).map(|_| ())
     })?;
     stages.stage("6/8 compile bundle", f.bundle.join(autopath_bundle::names::MANIFEST).exists(), || {
-        // The demo's runtime and benchmark run on the CPU provider, one path per volume.
+        // The demo's runtime and benchmark run on the CPU provider, one path per volume, the policy's
+        // frequent paths as whole-path graphs.
         let cpu = crate::study::compile::CompileOptions::for_provider(crate::deploy::ExecutionProvider::Cpu);
-        let opts = crate::study::compile::CompileOptions { split_head: false, ..cpu };
+        let path_graphs = crate::study::compile::DEFAULT_PATH_GRAPHS;
+        let opts = crate::study::compile::CompileOptions { split_head: false, path_graphs, ..cpu };
         let results = f.eval.join("results.json");
         let r =
             crate::study::packaging::compile_runs(&f.seg, "best", Some(&f.policy), Some(&results), &f.bundle, opts)?;
