@@ -255,6 +255,43 @@ fn the_budget_calibration_holds_on_held_out_volumes() {
     assert!(!out.status.success() && err.contains("below the cheapest"), "{err}");
     assert!(!f.dir.path().join("none.nii.gz").exists());
     guard_reads_its_bound_from_the_manifest(&manifest, &bundle, &inputs, f.dir.path());
+    path_graphs_are_listed_and_checked(&manifest, &bundle, f.dir.path());
+}
+
+/// The whole-path graphs: the policy's most frequent paths, most frequent first, never the full path;
+/// a hand-edited entry is refused at load, by field.
+fn path_graphs_are_listed_and_checked(manifest: &serde_json::Value, bundle: &Path, dir: &Path) {
+    let graphs = manifest["policy"]["path_graphs"].as_array().cloned().unwrap_or_default();
+    let counts: Vec<u64> = graphs.iter().map(|g| g["volumes"].as_u64().unwrap()).collect();
+    assert!(counts.windows(2).all(|w| w[0] >= w[1]) && counts.iter().all(|&c| c >= 1), "{graphs:?}");
+    for g in &graphs {
+        let mask = g["mask"].as_str().unwrap();
+        assert!(mask.contains('0') && bundle.join(g["file"].as_str().unwrap()).exists(), "{g}");
+    }
+    let Some(first) = graphs.first() else {
+        // Nothing to edit: this policy kept every block on every calibration volume.
+        let line = "SKIPPED: path_graphs edits (the policy took no reduced path on its calibration volumes)\n";
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+        return;
+    };
+    for (field, value, why) in [
+        ("mask", serde_json::json!("101"), "policy.path_graphs[0].mask"),
+        ("file", serde_json::json!("elsewhere.onnx"), "is not among the files"),
+    ] {
+        let copy = dir.join(format!("edited-path-{field}"));
+        std::fs::create_dir_all(&copy).unwrap();
+        for e in std::fs::read_dir(bundle).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+        }
+        let mut m = manifest.clone();
+        m["policy"]["path_graphs"][0][field] = value;
+        std::fs::write(copy.join("manifest.json"), serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+        let res =
+            Command::new(env!("CARGO_BIN_EXE_autopath")).args(["inspect", copy.to_str().unwrap()]).output().unwrap();
+        let err = String::from_utf8_lossy(&res.stderr);
+        assert!(!res.status.success() && err.contains(why), "{field} {first}: {err}");
+    }
 }
 
 /// The guard: calibrated at compile time over the run's volumes; with `--guard`, held-out phantoms of
