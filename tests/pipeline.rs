@@ -17,6 +17,13 @@ fn run(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_autopath-run")).args(args).output().unwrap()
 }
 
+/// `autopath-run` over `input` into `out` with `k` volumes in flight and a report.
+fn folder_run(bundle: &Path, input: &Path, out: &Path, k: &str, report: &Path) -> std::process::Output {
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let (b, i, o, r) = (path(bundle), path(input), path(out), path(report));
+    run(&["--bundle", &b, "-i", &i, "-o", &o, "--prefetch", k, "--report", &r, "--quiet"])
+}
+
 /// `cases` synthetic volumes of `size` (D,H,W) in `dir`, named `{prefix}-N.nii.gz`.
 fn volumes(dir: &Path, scratch: &Path, size: &str, cases: usize, prefix: &str) {
     let synth = scratch.join(format!("synth-{prefix}"));
@@ -54,19 +61,7 @@ fn pipelined_outputs_are_the_sequential_bytes_and_a_bad_file_is_reported_in_plac
     let mut outputs = Vec::new();
     for k in ["1", "3"] {
         let (out, report) = (dir.path().join(format!("out-{k}")), dir.path().join(format!("report-{k}.jsonl")));
-        let o = run(&[
-            "--bundle",
-            bundle.to_str().unwrap(),
-            "-i",
-            inputs.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--prefetch",
-            k,
-            "--report",
-            report.to_str().unwrap(),
-            "--quiet",
-        ]);
+        let o = folder_run(&bundle, &inputs, &out, k, &report);
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "one failure exits 1: {stderr}");
         assert!(stderr.contains("b-bad.nii.gz"), "{stderr}");
@@ -109,19 +104,7 @@ fn memory_stays_within_the_volumes_in_flight() {
     let growth = |input: &PathBuf, k: &str| {
         let report = dir.path().join(format!("report-{k}-{}.jsonl", input.file_name().unwrap().to_string_lossy()));
         let out = dir.path().join(format!("out-{k}"));
-        let o = run(&[
-            "--bundle",
-            bundle.to_str().unwrap(),
-            "-i",
-            input.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--prefetch",
-            k,
-            "--report",
-            report.to_str().unwrap(),
-            "--quiet",
-        ]);
+        let o = folder_run(&bundle, input, &out, k, &report);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let s = summary(&report);
         s["peak_rss_mb"].as_f64().unwrap() - s["rss_at_start_mb"].as_f64().unwrap()
@@ -182,6 +165,13 @@ fn output_paths_are_refused_before_any_volume_is_computed() {
         "--report",
     );
     assert!(!out.exists());
+    // A bad audit fraction is refused before any output folder is made.
+    let untouched = dir.path().join("untouched");
+    refused(
+        &["--bundle", b, "-i", data.to_str().unwrap(), "-o", untouched.to_str().unwrap(), "--audit=-0.5"],
+        "--audit",
+    );
+    assert!(!untouched.exists());
     // A missing parent is created.
     let nested = dir.path().join("missing").join("dir").join("seg.nii.gz");
     let o = run(&["--bundle", b, "-i", input.to_str().unwrap(), "-o", nested.to_str().unwrap(), "--quiet"]);

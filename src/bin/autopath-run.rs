@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use autopath::cli::{progress, report, ProviderArgs};
+use autopath::cli::{progress, report, ProviderArgs, TrustArgs};
 use autopath::deploy::batch::{
     check_output, check_outputs, default_prefetch, plan, run_batch, BatchOptions, Event, Shard,
 };
@@ -61,19 +61,8 @@ struct Cli {
     /// Append one JSON line per volume (and a summary line) to this file.
     #[arg(long)]
     report: Option<PathBuf>,
-    /// Audit a fraction of the volumes (chosen by a hash of their voxels: a re-run audits the same
-    /// ones): the full network runs too, and the report gives the agreement of the path's labels with
-    /// its labels and what it cost.
-    #[arg(long, default_value_t = 0.0)]
-    audit: f64,
-    /// An audited volume whose agreement (foreground Dice against the full network) is below this gets
-    /// the full network's labels, and its report says so.
-    #[arg(long, default_value_t = autopath::deploy::audit::Audit::DEFAULT_MIN_AGREEMENT)]
-    audit_min: f64,
-    /// Send volumes whose policy input lies beyond the bundle's calibrated bound (intensity features
-    /// unlike the training set's) to the full network instead of the policy's path.
-    #[arg(long)]
-    guard: bool,
+    #[command(flatten)]
+    trust: TrustArgs,
     /// Volumes in flight at once: while one is in the network the next is read and preprocessed and
     /// the previous one blended and written (default: what half the available memory holds, at most
     /// 3; 1 runs them one after another). Outputs are the same bytes either way.
@@ -122,16 +111,8 @@ enum Sub {
         /// Milliseconds a network call with room waits for the tiles of other requests in progress.
         #[arg(long, default_value_t = 2)]
         share_wait_ms: u64,
-        /// Audit this fraction of the requests (by a hash of the voxels): the full network runs too.
-        #[arg(long, default_value_t = 0.0)]
-        audit: f64,
-        /// An audited request whose agreement with the full network is below this is answered with the
-        /// full network's labels (header `x-autopath-answered: full`).
-        #[arg(long, default_value_t = autopath::deploy::audit::Audit::DEFAULT_MIN_AGREEMENT)]
-        audit_min: f64,
-        /// Send requests whose volume lies beyond the bundle's guard bound to the full network.
-        #[arg(long)]
-        guard: bool,
+        #[command(flatten)]
+        trust: TrustArgs,
         /// Requests allowed to wait for a worker; beyond that the answer is 503 with Retry-After.
         #[arg(long, default_value_t = 8)]
         queue: usize,
@@ -161,9 +142,7 @@ fn serve(sub: Sub) -> anyhow::Result<bool> {
         host_threads,
         share_tiles,
         share_wait_ms,
-        audit,
-        audit_min,
-        guard,
+        trust,
         queue,
         max_body_mb,
         timeout,
@@ -184,8 +163,8 @@ fn serve(sub: Sub) -> anyhow::Result<bool> {
         host_threads: host_threads.unwrap_or(2 * workers.max(1)),
         share_tiles: share_tiles.unwrap_or(2 * tile_batch),
         share_wait: std::time::Duration::from_millis(share_wait_ms),
-        audit: audit_of(audit, audit_min)?,
-        guard,
+        audit: trust.audit()?,
+        guard: trust.guard,
         queue,
         max_body: max_body_mb * 1024 * 1024,
         timeout: std::time::Duration::from_secs(timeout),
@@ -237,6 +216,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
     );
     // Every output path and the report are checked before the bundle loads: a run that cannot write
     // its results stops before it computes any.
+    let audit = cli.trust.audit()?;
     let pairs = plan(&input, &output, cli.shard)?;
     check_outputs(&pairs)?;
     let mut report = cli.report.as_deref().map(open_report).transpose()?;
@@ -245,8 +225,8 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         tile_batch: cli.tile_batch,
         step: cli.step,
         read: ReadOptions { max_voxels: cli.max_voxels, non_finite: cli.nan },
-        audit: audit_of(cli.audit, cli.audit_min)?,
-        guard: cli.guard,
+        audit,
+        guard: cli.trust.guard,
         ..Default::default()
     };
     let predictor = Predictor::from_bundle(&bundle, &opts)?;
@@ -277,11 +257,6 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         s.prefetch
     );
     Ok(s.failed == 0)
-}
-
-/// `--audit F --audit-min M` as the predictor takes them (None when F is 0).
-fn audit_of(fraction: f64, min: f64) -> anyhow::Result<Option<autopath::deploy::audit::Audit>> {
-    Ok(if fraction > 0.0 { Some(autopath::deploy::audit::Audit::new(fraction, min)?) } else { None })
 }
 
 /// `--report`: checked like an output path, then opened for appending.

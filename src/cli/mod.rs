@@ -111,6 +111,35 @@ impl ProviderArgs {
     }
 }
 
+/// When to doubt the policy's path: audits against the full network and the guard for unfamiliar
+/// volumes. The same flags on `autopath-run` and `serve`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TrustArgs {
+    /// Audit a fraction of the volumes (chosen by a hash of their voxels: a re-run audits the same
+    /// ones): the full network runs too, and the report gives the agreement of the path's labels with
+    /// its labels and what it cost.
+    #[arg(long, default_value_t = 0.0)]
+    pub audit: f64,
+    /// An audited volume whose agreement (foreground Dice against the full network) is below this gets
+    /// the full network's labels, and its report (or the service's `x-autopath-answered` header) says so.
+    #[arg(long, default_value_t = crate::deploy::audit::Audit::DEFAULT_MIN_AGREEMENT)]
+    pub audit_min: f64,
+    /// Send volumes whose policy input lies beyond the bundle's calibrated bound (intensity features
+    /// unlike the training set's) to the full network instead of the policy's path.
+    #[arg(long)]
+    pub guard: bool,
+}
+
+impl TrustArgs {
+    /// The audit settings, checked (None for `--audit 0`).
+    pub fn audit(&self) -> crate::error::Result<Option<crate::deploy::audit::Audit>> {
+        if self.audit == 0.0 {
+            return Ok(None);
+        }
+        crate::deploy::audit::Audit::new(self.audit, self.audit_min).map(Some)
+    }
+}
+
 /// A setting that is on or off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OnOff {

@@ -141,7 +141,18 @@ impl Network {
                     .name(format!("autopath-network-{i}"))
                     .spawn(move || {
                         while let Some(batch) = next_call(&shared) {
-                            execute(&mut sessions, batch, &shared.stats);
+                            let run = || execute(&mut sessions, batch, &shared.stats);
+                            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).is_err() {
+                                // Its sessions may be broken: stop taking work, and answer what is
+                                // queued with an error (dropping a reply wakes its waiter) rather
+                                // than leave it waiting for ever.
+                                let mut st = shared.lock();
+                                st.closed = true;
+                                st.jobs.clear();
+                                drop(st);
+                                shared.changed.notify_all();
+                                break;
+                            }
                         }
                     })
                     .expect("spawning a network thread")

@@ -490,8 +490,8 @@ impl Predictor {
             return self.bundle.manifest.architecture.full_file.clone();
         }
         let mask = crate::labels::mask_text(keep);
-        let graphs = self.bundle.manifest.policy.iter().flat_map(|p| &p.path_graphs);
-        graphs.clone().find(|g| g.mask == mask).map_or_else(|| "chain".into(), |g| g.file.clone())
+        let mut graphs = self.bundle.manifest.policy.iter().flat_map(|p| &p.path_graphs);
+        graphs.find(|g| g.mask == mask).map_or_else(|| "chain".into(), |g| g.file.clone())
     }
 
     /// Labels from blended probabilities.
