@@ -44,6 +44,9 @@ pub enum VolumeError {
 pub enum Error {
     #[error("{}: {kind}", path.display())]
     Volume { path: PathBuf, kind: VolumeError },
+    /// A DICOM file or series that cannot be read as one volume, with the reason.
+    #[error("{}: {reason}", path.display())]
+    Dicom { path: PathBuf, reason: String },
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
     #[error("dataset {}: {reason}", root.display())]
@@ -102,6 +105,11 @@ impl Error {
         Error::Volume { path: path.as_ref().to_path_buf(), kind }
     }
 
+    /// A DICOM file or series refused, with the reason.
+    pub fn dicom(path: impl AsRef<Path>, reason: impl Into<String>) -> Self {
+        Error::Dicom { path: path.as_ref().to_path_buf(), reason: reason.into() }
+    }
+
     /// A bad argument, with the reason.
     pub fn invalid(what: &'static str, reason: impl Into<String>) -> Self {
         Error::InvalidArgument { what, reason: reason.into() }
@@ -126,7 +134,7 @@ impl Error {
     /// Whether the caller's input caused it (a volume that cannot be read, an impossible request):
     /// HTTP answers those with 4xx and everything else with 500.
     pub fn is_caller_fault(&self) -> bool {
-        matches!(self, Error::Volume { .. } | Error::Request { .. })
+        matches!(self, Error::Volume { .. } | Error::Dicom { .. } | Error::Request { .. })
     }
 
     /// The reason a volume was refused, when that is what went wrong.

@@ -8,30 +8,36 @@ use clap::Parser;
 
 use autopath::cli::{progress, report, ProviderArgs, TrustArgs};
 use autopath::deploy::batch::{
-    check_output, check_outputs, default_prefetch, plan, run_batch, BatchOptions, Event, Shard,
+    check_output, check_outputs, default_prefetch, plan, run_batch, BatchOptions, Event, Plan, Shard,
 };
 use autopath::deploy::{PathChoice, Predictor, PredictorOptions};
+use autopath::input::source::OutputType;
 use autopath::input::volume::ReadOptions;
 
 #[derive(Parser)]
 #[command(
     name = "autopath-run",
     version,
-    about = "Segment NIfTI volumes with a compiled AutoPath bundle: the policy picks the blocks, ONNX Runtime runs only those.",
+    about = "Segment NIfTI volumes and DICOM series with a compiled AutoPath bundle: the policy picks the blocks, ONNX Runtime runs only those.",
     subcommand_negates_reqs = true,
     args_conflicts_with_subcommands = true,
-    after_help = "Examples:\n  autopath-run --bundle bundle -i scans/ -o masks/\n  autopath-run --bundle bundle -i ct.nii.gz -o ct_seg.nii.gz --path full\n  autopath-run --bundle bundle -i cohort/ -o out/ --shard $SLURM_ARRAY_TASK_ID/8 --continue"
+    after_help = "Examples:\n  autopath-run --bundle bundle -i scans/ -o masks/\n  autopath-run --bundle bundle -i ct.nii.gz -o ct_seg.nii.gz --path full\n  autopath-run --bundle bundle -i cohort/ -o out/ --shard $SLURM_ARRAY_TASK_ID/8 --continue\n  autopath-run --bundle bundle -i dicom/study/ -o segs/ --output-type dicom-seg"
 )]
 struct Cli {
     /// Bundle folder (from `autopath compile`).
     #[arg(long, required_unless_present = "check_ort")]
     bundle: Option<PathBuf>,
-    /// Input: a .nii/.nii.gz file or a folder of them.
+    /// Input: a .nii/.nii.gz file or a folder of them; or DICOM: a file (its series), a folder of one
+    /// series, or a folder tree of many (one output per series).
     #[arg(short, long, required_unless_present = "check_ort")]
     input: Option<PathBuf>,
     /// Output: a file (for one input) or a folder (created if missing).
     #[arg(short, long, required_unless_present = "check_ort")]
     output: Option<PathBuf>,
+    /// What to write: a NIfTI label map on the input's grid, or a DICOM SEG that references the source
+    /// series (DICOM inputs only; one segment per label, named as in the bundle).
+    #[arg(long, default_value = "nifti")]
+    output_type: OutputType,
     /// Block path: `auto` (the policy), `full`, or a mask like 11011111.
     #[arg(long, default_value = "auto")]
     path: PathChoice,
@@ -217,8 +223,11 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
     // Every output path and the report are checked before the bundle loads: a run that cannot write
     // its results stops before it computes any.
     let audit = cli.trust.audit()?;
-    let pairs = plan(&input, &output, cli.shard)?;
-    check_outputs(&pairs)?;
+    let Plan { pairs, notes } = plan(&input, &output, cli.shard, cli.output_type)?;
+    check_outputs(&pairs, cli.output_type)?;
+    for note in &notes {
+        eprintln!("note: {note}");
+    }
     let mut report = cli.report.as_deref().map(open_report).transpose()?;
     let opts = PredictorOptions {
         session: cli.provider.options(cli.tile_batch),

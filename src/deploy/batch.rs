@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::input::source::{find, is_nifti, OutputType, Source};
 
 /// `I/N`: this process takes the I-th (0-based) of N interleaved slices of the sorted input list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,46 +31,55 @@ impl std::str::FromStr for Shard {
     }
 }
 
-fn is_nifti(p: &Path) -> bool {
-    let n = p.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
-    (n.ends_with(".nii") || n.ends_with(".nii.gz")) && !n.starts_with('.')
+/// The volumes to segment and where each result goes, and the files skipped on the way.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// `(source, output)`, in input order.
+    pub pairs: Vec<(Source, PathBuf)>,
+    /// Files in the input that are not volumes (a structured report, a text file), and why.
+    pub notes: Vec<String>,
 }
 
-/// `(input, output)` pairs: a file maps to a file (or into a folder), a folder to a folder of
-/// outputs with the same names. Sorted by input path, then sharded.
-pub fn plan(input: &Path, output: &Path, shard: Option<Shard>) -> Result<Vec<(PathBuf, PathBuf)>> {
-    let mut pairs = if input.is_dir() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(input)
-            .map_err(|e| Error::io(input, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && is_nifti(p))
-            .collect();
-        files.sort();
-        if files.is_empty() {
-            return Err(Error::invalid("-i", format!("{} holds no .nii or .nii.gz files", input.display())));
+/// `(input, output)` pairs: one volume maps to a file (or into a folder), several to a folder of
+/// outputs named after their inputs (a NIfTI file's name; a DICOM series' name with the extension of
+/// `kind`). Sorted by input, then sharded. A DICOM SEG needs a DICOM source.
+pub fn plan(input: &Path, output: &Path, shard: Option<Shard>, kind: OutputType) -> Result<Plan> {
+    let found = find(input)?;
+    if kind == OutputType::DicomSeg {
+        if let Some(Source::Nifti(p)) = found.sources.iter().find(|s| matches!(s, Source::Nifti(_))) {
+            return Err(Error::invalid(
+                "--output-type",
+                format!("dicom-seg references the source images, and {} is NIfTI; use nifti", p.display()),
+            ));
+        }
+    }
+    let single = found.sources.len() == 1 && !(input.is_dir() && matches!(found.sources[0], Source::Nifti(_)));
+    // An existing folder, or a name ending in a separator, takes the input's name.
+    let into_folder = output.is_dir() || output.as_os_str().to_string_lossy().ends_with(std::path::MAIN_SEPARATOR);
+    let mut pairs: Vec<(Source, PathBuf)> = if single && !into_folder {
+        found.sources.into_iter().map(|s| (s, output.to_path_buf())).collect()
+    } else {
+        if !single && !into_folder && (is_nifti(output) || OutputType::of(output) == OutputType::DicomSeg) {
+            return Err(Error::invalid(
+                "-o",
+                format!(
+                    "{} holds {} volumes; give a folder, not {}",
+                    input.display(),
+                    found.sources.len(),
+                    output.display()
+                ),
+            ));
         }
         check_folder("-o", output)?;
-        files
-            .into_iter()
-            .map(|f| (output.join(f.file_name().unwrap_or_default()), f))
-            .map(|(o, i)| (i, o))
-            .collect::<Vec<_>>()
-    } else if input.is_file() {
-        // An existing folder, or a name ending in a separator, takes the input's file name.
-        let into_folder = output.is_dir() || output.as_os_str().to_string_lossy().ends_with(std::path::MAIN_SEPARATOR);
-        let out = if into_folder { output.join(input.file_name().unwrap_or_default()) } else { output.to_path_buf() };
-        vec![(input.to_path_buf(), out)]
-    } else {
-        return Err(Error::invalid("-i", format!("{} does not exist", input.display())));
+        found.sources.into_iter().map(|s| (output.join(s.output_name(kind)), s)).map(|(o, s)| (s, o)).collect()
     };
     if let Some(s) = shard {
         pairs = pairs.into_iter().enumerate().filter(|(i, _)| i % s.count == s.index).map(|(_, p)| p).collect();
     }
-    Ok(pairs)
+    Ok(Plan { pairs, notes: found.notes })
 }
 
-/// The checks an output path passes before any volume is computed: a `.nii` or `.nii.gz` name, not
-/// the input itself, not a folder, and a parent folder that exists (created if missing) and takes
+/// The checks an output path passes before any volume is computed: not the input itself, not a folder, and a parent folder that exists (created if missing) and takes
 /// files. `what` names the option in the message.
 pub fn check_output(what: &'static str, input: Option<&Path>, output: &Path) -> Result<()> {
     if output.is_dir() {
@@ -109,16 +119,16 @@ pub fn check_folder(what: &'static str, dir: &Path) -> Result<()> {
 }
 
 /// [`check_output`] for every pair of a plan (each output folder probed once), and a refusal of
-/// output names that are not NIfTI.
-pub fn check_outputs(pairs: &[(PathBuf, PathBuf)]) -> Result<()> {
+/// output names that are not of `kind`.
+pub fn check_outputs(pairs: &[(Source, PathBuf)], kind: OutputType) -> Result<()> {
     let mut probed = std::collections::HashSet::new();
     for (input, output) in pairs {
-        if !is_nifti(output) {
-            return Err(Error::invalid("-o", format!("{}: expected a .nii or .nii.gz name", output.display())));
+        if !kind.accepts(output) {
+            return Err(Error::invalid("-o", format!("{}: expected {}", output.display(), kind.names())));
         }
         let parent = output.parent().map(Path::to_path_buf).unwrap_or_default();
         if probed.insert(parent) {
-            check_output("-o", Some(input), output)?;
+            check_output("-o", Some(input.path()), output)?;
         } else if output.is_dir() {
             return Err(Error::invalid("-o", format!("{} is a folder; give a file name", output.display())));
         }
@@ -130,17 +140,11 @@ pub fn check_outputs(pairs: &[(PathBuf, PathBuf)]) -> Result<()> {
 /// first inputs' headers (raw and normalised image, blended sum and weight per class, labels), at
 /// most 3 (one reading, one in the network, one writing) and at least 1.
 pub fn default_prefetch(
-    pairs: &[(PathBuf, PathBuf)],
+    pairs: &[(Source, PathBuf)],
     read: &crate::input::volume::ReadOptions,
     classes: usize,
 ) -> usize {
-    let voxels = pairs
-        .iter()
-        .take(16)
-        .filter_map(|(i, _)| crate::input::volume::read_geometry(i, read).ok())
-        .map(|g| g.voxels())
-        .max()
-        .unwrap_or(0);
+    let voxels = pairs.iter().take(16).filter_map(|(i, _)| i.voxels(read)).max().unwrap_or(0);
     let per_volume = voxels as f64 * (4.0 * (3 + classes) as f64 + 2.0);
     let available = available_memory_bytes().unwrap_or(4.0 * (1u64 << 30) as f64);
     if per_volume <= 0.0 {
@@ -199,9 +203,9 @@ pub enum Event<'a> {
     /// Written, with its report and its wall seconds.
     Done(&'a super::VolumeReport, f64),
     /// Failed, with the reason (the batch goes on).
-    Failed(&'a Path, &'a Error),
+    Failed(&'a str, &'a Error),
     /// Skipped: its output exists.
-    Skipped(&'a Path),
+    Skipped(&'a str),
 }
 
 enum Outcome {
@@ -216,7 +220,7 @@ enum Outcome {
 /// per volume, in input order, and a summary line. Outputs are the same bytes whatever the prefetch.
 pub fn run_batch(
     predictor: &super::Predictor,
-    pairs: &[(PathBuf, PathBuf)],
+    pairs: &[(Source, PathBuf)],
     choice: &super::PathChoice,
     opts: BatchOptions,
     mut report: Option<&mut dyn std::io::Write>,
@@ -257,7 +261,7 @@ pub fn run_batch(
         for (i, outcome) in rx {
             waiting.insert(i, outcome);
             while let Some(outcome) = waiting.remove(&due) {
-                if let Err(e) = emit(&mut s, &pairs[due].0, outcome, &mut report, on) {
+                if let Err(e) = emit(&mut s, &pairs[due].0.describe(), outcome, &mut report, on) {
                     stop.store(true, std::sync::atomic::Ordering::Relaxed);
                     return Err(e);
                 }
@@ -303,7 +307,7 @@ fn report_line(report: &mut Option<&mut dyn std::io::Write>, line: String) -> Re
 /// Counts one volume's outcome and reports it.
 fn emit(
     s: &mut BatchSummary,
-    input: &Path,
+    input: &str,
     outcome: Outcome,
     report: &mut Option<&mut dyn std::io::Write>,
     on: &mut dyn FnMut(Event),
@@ -317,7 +321,7 @@ fn emit(
         }
         Outcome::Failed(e) => {
             s.failed += 1;
-            let failure = serde_json::json!({"input": input.display().to_string(), "error": e.to_string()});
+            let failure = serde_json::json!({"input": input, "error": e.to_string()});
             report_line(report, failure.to_string())?;
             on(Event::Failed(input, &e));
         }

@@ -14,8 +14,10 @@ use super::audit::{Audit, AuditOutcome, GuardOutcome};
 use super::network::{Batching, Network, NetworkStats, Route, Stream, Ticket};
 use super::session::{ExecutionProvider, SessionOptions, Sessions};
 use crate::error::{Error, Result};
+use crate::input::dicom::{write_seg, SegmentDescription};
 use crate::input::preprocess::{resample_linear, Record};
-use crate::input::volume::{read_volume, write_labels, ReadOptions, Volume};
+use crate::input::source::{OutputType, Source};
+use crate::input::volume::{write_labels, ReadOptions, Volume};
 use crate::input::window::{batch_of_tiles, Accumulator, Tiling, WindowConfig};
 use autopath_bundle::{Bundle, PolicyEntry};
 
@@ -108,8 +110,11 @@ pub struct StageTimes {
 /// What happened to one volume.
 #[derive(Debug, Clone, Serialize)]
 pub struct VolumeReport {
-    /// Input file.
+    /// Input file (for a DICOM series: its folder and name).
     pub input: String,
+    /// SeriesInstanceUID of a DICOM input.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub series: Option<String>,
     /// Output file.
     pub output: String,
     /// Shape `[D, H, W]`.
@@ -592,6 +597,17 @@ impl Predictor {
         Ok((full, outcome))
     }
 
+    /// The bundle's labels other than background, as DICOM SEG segments (number = label value).
+    pub fn segments(&self) -> Vec<SegmentDescription> {
+        let names = &self.bundle.manifest.input.labels;
+        names
+            .iter()
+            .enumerate()
+            .skip(1)
+            .map(|(i, n)| SegmentDescription { number: i as u8, label: n.clone() })
+            .collect()
+    }
+
     /// The keep threshold a choice uses: its own, or the bundle's (None without a policy).
     pub fn threshold_for(&self, choice: &PathChoice) -> Option<f32> {
         let policy = self.bundle.manifest.policy.as_ref()?;
@@ -601,9 +617,9 @@ impl Predictor {
         }
     }
 
-    /// Reads `input`, segments it, writes `output` (atomically) with the input's geometry.
+    /// Reads the NIfTI file `input`, segments it, writes `output` (atomically) with the input's geometry.
     pub fn segment_file(&self, input: &Path, output: &Path, choice: &PathChoice) -> Result<VolumeReport> {
-        self.segment_file_on(self.stream(), input, output, choice)
+        self.segment_file_on(self.stream(), &Source::Nifti(input.to_path_buf()), output, choice)
     }
 
     /// [`Predictor::segment_file`] on an open stream (a batch opens them in input order, so earlier
@@ -611,24 +627,32 @@ impl Predictor {
     pub fn segment_file_on(
         &self,
         stream: Stream,
-        input: &Path,
+        input: &Source,
         output: &Path,
         choice: &PathChoice,
     ) -> Result<VolumeReport> {
         let start = Instant::now();
         let mut times = StageTimes::default();
-        let volume = read_volume(input, &self.read_options)?;
+        let kind = OutputType::of(output);
+        if kind == OutputType::DicomSeg && matches!(input, Source::Nifti(_)) {
+            return Err(Error::invalid("DICOM SEG", format!("{}: needs a DICOM source", output.display())));
+        }
+        let (volume, reference) = input.read(&self.read_options)?;
         times.read = start.elapsed().as_secs_f64();
         let Segmentation { labels, keep, keep_probabilities: probs, threshold, tiles, audit, guard } =
             self.segment_on(stream, &volume, choice, &mut times)?;
         let t = Instant::now();
-        write_labels(output, &labels, &volume.geometry)?;
+        match (kind, &reference) {
+            (OutputType::DicomSeg, Some(r)) => write_seg(output, &labels, r, &self.segments())?,
+            _ => write_labels(output, &labels, &volume.geometry)?,
+        }
         times.write = t.elapsed().as_secs_f64();
         times.wall = start.elapsed().as_secs_f64();
         let arch = &self.bundle.manifest.architecture;
         let margin = threshold.zip(probs.as_ref()).map(|(t, p)| margin(p, t));
         Ok(VolumeReport {
-            input: input.display().to_string(),
+            input: input.describe(),
+            series: reference.map(|r| r.series_uid),
             output: output.display().to_string(),
             shape: volume.geometry.shape,
             spacing: volume.geometry.spacing,

@@ -309,16 +309,17 @@ fn folder_throughput(
     opts: &BenchOptions,
 ) -> Result<FolderThroughput> {
     use crate::deploy::batch::{default_prefetch, run_batch, BatchOptions};
+    use crate::input::source::{OutputType, Source};
     let folder = scratch.join("folder");
-    let pairs: Vec<(PathBuf, PathBuf)> = inputs
+    let pairs: Vec<(Source, PathBuf)> = inputs
         .iter()
         .enumerate()
         .map(|(i, f)| {
             let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            (f.clone(), folder.join(format!("{i}-{name}")))
+            (Source::Nifti(f.clone()), folder.join(format!("{i}-{name}")))
         })
         .collect();
-    crate::deploy::batch::check_outputs(&pairs)?;
+    crate::deploy::batch::check_outputs(&pairs, OutputType::Nifti)?;
     let classes = p.bundle().manifest.input.activation.channels();
     let prefetch = default_prefetch(&pairs, p.read_options(), classes);
     let batch = BatchOptions { skip_existing: false, prefetch };
@@ -498,7 +499,10 @@ pub fn inputs(data: &[PathBuf], limit: Option<usize>) -> Result<Vec<PathBuf>> {
         if d.is_dir() {
             match crate::study::dataset::Dataset::open(d, None) {
                 Ok(ds) => out.extend(ds.cases.into_iter().map(|c| c.image)),
-                Err(_) => out.extend(crate::deploy::batch::plan(d, d, None)?.into_iter().map(|(i, _)| i)),
+                Err(_) => out.extend(crate::input::source::find(d)?.sources.into_iter().filter_map(|s| match s {
+                    crate::input::source::Source::Nifti(p) => Some(p),
+                    crate::input::source::Source::Dicom(_) => None,
+                })),
             }
         } else {
             out.push(d.clone());
