@@ -206,3 +206,105 @@ fn dicom_seg_reads_back_through_highdicom() {
         }
     }
 }
+
+fn bundle() -> &'static Path {
+    static BUNDLE: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
+    &BUNDLE
+        .get_or_init(|| {
+            let root = tempfile::tempdir().unwrap();
+            let (_, _, bundle) = common::trained_bundle(root.path());
+            (root, bundle)
+        })
+        .1
+}
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_autopath-run"))
+        .args(["--quiet", "--bundle"])
+        .arg(bundle())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn labels_of(path: &Path) -> Vec<f32> {
+    read_volume(path, &ReadOptions::default()).unwrap().data.iter().copied().collect()
+}
+
+/// `autopath-run` on a folder tree of DICOM: one NIfTI per series, each the labels the same run gives
+/// on dcm2niix's conversion of that series, on the same grid; a structured report noted; a refused series
+/// reported while the others complete, and nothing written for it.
+#[test]
+fn a_dicom_tree_segments_like_its_dcm2niix_conversion() {
+    let root = tempfile::tempdir().unwrap();
+    let tree = root.path().join("tree");
+    for case in ["two-series", "gantry-tilt"] {
+        fixture(&tree, case);
+    }
+    let out = root.path().join("out");
+    let o = run(&["-i", tree.to_str().unwrap(), "-o", out.to_str().unwrap(), "--prefetch", "2"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "the tilted series fails the run: {stderr}");
+    assert!(stderr.contains("gantry tilt") && stderr.contains("report.dcm"), "{stderr}");
+    assert!(stderr.contains("2 segmented, 1 failed"), "{stderr}");
+    let written = common::listing(&out);
+    assert_eq!(written.len(), 2, "{written:?}");
+    assert!(written.iter().all(|n| n.ends_with(".nii.gz")), "{written:?}");
+    let Some(tool) = dcm2niix("a_dicom_tree_segments_like_its_dcm2niix_conversion") else { return };
+    for (series, name) in [("two-series/a", &written[0]), ("two-series/b", &written[1])] {
+        let nifti = root.path().join(format!("{series}-nii"));
+        let reference = converted(&tool, &tree.join(series), &nifti);
+        let converted_file = nifti.join(&common::listing(&nifti)[0]);
+        let seg = root.path().join(format!("{}.nii.gz", series.replace('/', "-")));
+        let o = run(&["-i", converted_file.to_str().unwrap(), "-o", seg.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let ours = read_volume(&out.join(name), &ReadOptions::default()).unwrap();
+        assert_eq!(ours.geometry.shape, reference.geometry.shape);
+        assert_eq!(labels_of(&out.join(name)), labels_of(&seg), "{series}: labels differ from the NIfTI run's");
+    }
+}
+
+/// `--output-type dicom-seg`: one SEG per series with the bundle's label names, read back by highdicom
+/// equal to the NIfTI labels of the same run; asked of a NIfTI input, refused before any work.
+#[test]
+fn dicom_seg_output_carries_the_bundles_labels() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = fixture(root.path(), "oblique");
+    let (segs, nii) = (root.path().join("segs"), root.path().join("nii"));
+    for (out, kind) in [(&segs, "dicom-seg"), (&nii, "nifti")] {
+        let o = run(&["-i", dir.to_str().unwrap(), "-o", &format!("{}/", out.display()), "--output-type", kind]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let seg = segs.join(&common::listing(&segs)[0]);
+    assert!(seg.to_string_lossy().ends_with(".dcm"), "{seg:?}");
+    let read = common::python_json("dicom_seg_read.py", &[seg.to_str().unwrap(), dir.to_str().unwrap()]);
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bundle().join("manifest.json")).unwrap()).unwrap();
+    let names = manifest["input"]["labels"].as_array().unwrap();
+    let labels = read_volume(&nii.join(&common::listing(&nii)[0]), &ReadOptions::default()).unwrap().data;
+    let (d, h, w) = labels.dim();
+    for (i, name) in names.iter().enumerate().skip(1) {
+        assert_eq!(read["segments"][i - 1]["label"], *name);
+        let mask = read["masks"][i.to_string()].as_str().unwrap().as_bytes();
+        let differing = (0..d * h * w)
+            .filter(|t| {
+                let (k, r, c) = (t / (h * w), t / w % h, t % w);
+                (mask[*t] == b'1') != (labels[[k, h - 1 - r, c]] as usize == i)
+            })
+            .count();
+        assert_eq!(differing, 0, "segment {name} differs from the NIfTI labels on {differing} voxels");
+    }
+    // A SEG references its source: a NIfTI input cannot have one, and nothing is computed.
+    let nifti_input = nii.join(&common::listing(&nii)[0]);
+    let o = run(&[
+        "-i",
+        nifti_input.to_str().unwrap(),
+        "-o",
+        root.path().join("x/").to_str().unwrap(),
+        "--output-type",
+        "dicom-seg",
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && stderr.contains("is NIfTI; use nifti"), "{stderr}");
+    assert!(!root.path().join("x").exists(), "nothing is created for a refused run");
+}
