@@ -308,3 +308,55 @@ fn dicom_seg_output_carries_the_bundles_labels() {
     assert!(!o.status.success() && stderr.contains("is NIfTI; use nifti"), "{stderr}");
     assert!(!root.path().join("x").exists(), "nothing is created for a refused run");
 }
+
+/// `serve` takes a zipped series (`Content-Type: application/zip`) and answers a NIfTI, or with
+/// `?output=dicom-seg` a DICOM SEG that highdicom reads back equal to it; a SEG of a NIfTI body, a zip of
+/// two series and a zip entry pointing outside are refused with the reason.
+#[test]
+fn serve_takes_a_zipped_series_and_answers_dicom_seg() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = fixture(root.path(), "zips");
+    let (mut child, addr) = common::spawn_server(Command::new(env!("CARGO_BIN_EXE_autopath-run")).args([
+        "serve",
+        "--bundle",
+        bundle().to_str().unwrap(),
+        "--addr",
+        "127.0.0.1:0",
+    ]));
+    let zip = std::fs::read(dir.join("series.zip")).unwrap();
+    let post = |query: &str, content_type: &str, body: &[u8]| {
+        common::http_with(&addr, "POST", &format!("/v1/segment{query}"), &[("Content-Type", content_type)], body)
+    };
+    let (status, h, seg) = post("?output=dicom-seg", "application/zip", &zip);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&seg));
+    assert_eq!(common::header(&h, "content-type"), Some("application/dicom"));
+    let (status, h, nifti) = post("", "application/zip", &zip);
+    assert_eq!((status, common::header(&h, "content-type")), (200, Some("application/gzip")));
+    let (seg_file, nifti_file) = (root.path().join("answer.dcm"), root.path().join("answer.nii.gz"));
+    std::fs::write(&seg_file, &seg).unwrap();
+    std::fs::write(&nifti_file, &nifti).unwrap();
+    let read =
+        common::python_json("dicom_seg_read.py", &[seg_file.to_str().unwrap(), dir.join("series").to_str().unwrap()]);
+    let labels = read_volume(&nifti_file, &ReadOptions::default()).unwrap().data;
+    let (d, h, w) = labels.dim();
+    let mask = read["masks"]["1"].as_str().unwrap().as_bytes();
+    let differing = (0..d * h * w)
+        .filter(|t| (mask[*t] == b'1') != (labels[[t / (h * w), h - 1 - t / w % h, t % w]] == 1.0))
+        .count();
+    assert_eq!(differing, 0);
+    for (query, content_type, body, status, reason) in [
+        ("?output=dicom-seg", "application/octet-stream", nifti.clone(), 400, "send a zipped DICOM series"),
+        ("", "application/zip", std::fs::read(dir.join("two.zip")).unwrap(), 422, "holds 2 series"),
+        ("", "application/zip", std::fs::read(dir.join("escape.zip")).unwrap(), 422, "points outside the archive"),
+        ("", "application/zip", b"PK not really".to_vec(), 422, "not a zip archive"),
+        ("?output=png", "application/zip", zip.clone(), 400, "expected nifti or dicom-seg"),
+    ] {
+        let (s, _, body) = post(query, content_type, &body);
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(s, status, "{query} {content_type}: {text}");
+        assert!(text.contains(reason), "{text}");
+    }
+    assert!(!root.path().join("escaped.dcm").exists() && !dir.join("escaped.dcm").exists());
+    child.kill().unwrap();
+    let _ = child.wait();
+}

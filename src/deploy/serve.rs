@@ -26,7 +26,9 @@ use crate::deploy::network::Batching;
 use crate::deploy::predict::StageTimes;
 use crate::deploy::{PathChoice, Predictor, PredictorOptions, SessionOptions};
 use crate::error::{Error, Result};
-use crate::input::volume::{read_volume, write_labels};
+use crate::input::dicom::{write_seg, SeriesReference};
+use crate::input::source::{OutputType, Source};
+use crate::input::volume::{read_volume, write_labels, Volume};
 
 /// Service settings.
 #[derive(Debug, Clone)]
@@ -63,19 +65,24 @@ pub struct ServeOptions {
 }
 
 enum Task {
-    Segment(PathChoice),
+    /// Segment on this path and answer in this format.
+    Segment(PathChoice, OutputType),
     Policy,
 }
 
 struct Job {
     task: Task,
     body: Bytes,
+    /// The body is a zipped DICOM series (`Content-Type: application/zip`), not a NIfTI volume.
+    zipped: bool,
     reply: tokio::sync::oneshot::Sender<Result<Reply>>,
 }
 
 enum Reply {
     Segmentation {
-        nifti: Vec<u8>,
+        /// The encoded labels, and their content type.
+        bytes: Vec<u8>,
+        content_type: &'static str,
         keep: String,
         kept: usize,
         flop_fraction: f64,
@@ -208,19 +215,9 @@ struct AppState {
 fn work(p: &Predictor, scratch: &Path, job: &Job, metrics: &Metrics) -> Result<Reply> {
     // Opened before decoding: a network call with room waits (briefly) for this request's tiles.
     let stream = p.stream();
-    let id = std::thread::current().id();
-    let input = scratch.join(format!("{id:?}-in.nii").replace(['(', ')'], ""));
-    std::fs::write(&input, &job.body).map_err(|e| Error::io(&input, e))?;
     let mut times = StageTimes::default();
     let t = Instant::now();
-    let vol = read_volume(&input, p.read_options());
-    let _ = std::fs::remove_file(&input);
-    // The refusal keeps its kind; only the scratch file's name becomes "request body".
-    let volume = vol.map_err(|e| match e {
-        Error::Volume { kind, .. } => Error::volume("request body", kind),
-        Error::Io { source, .. } => Error::io("request body", source),
-        other => other,
-    })?;
+    let (volume, reference) = read_body(p, scratch, job)?;
     times.read = t.elapsed().as_secs_f64();
     match &job.task {
         Task::Policy => {
@@ -235,13 +232,10 @@ fn work(p: &Predictor, scratch: &Path, job: &Job, metrics: &Metrics) -> Result<R
                 probabilities: probabilities.unwrap_or_default(),
             })
         }
-        Task::Segment(choice) => {
+        Task::Segment(choice, output) => {
             let seg = p.segment_on(stream, &volume, choice, &mut times)?;
-            let out = scratch.join(format!("{id:?}-out.nii.gz").replace(['(', ')'], ""));
             let t = Instant::now();
-            write_labels(&out, &seg.labels, &volume.geometry)?;
-            let nifti = std::fs::read(&out).map_err(|e| Error::io(&out, e))?;
-            let _ = std::fs::remove_file(&out);
+            let (bytes, content_type) = encode(p, scratch, &seg.labels, &volume, reference.as_ref(), *output)?;
             times.write = t.elapsed().as_secs_f64();
             for (n, &k) in seg.keep.iter().enumerate() {
                 let c = if k { &metrics.kept[n] } else { &metrics.dropped[n] };
@@ -249,7 +243,8 @@ fn work(p: &Predictor, scratch: &Path, job: &Job, metrics: &Metrics) -> Result<R
             }
             let arch = &p.bundle().manifest.architecture;
             Ok(Reply::Segmentation {
-                nifti,
+                bytes,
+                content_type,
                 keep: crate::labels::mask_text(&seg.keep),
                 kept: seg.keep.iter().filter(|&&k| k).count(),
                 flop_fraction: arch.flop_fraction(&seg.keep),
@@ -260,12 +255,111 @@ fn work(p: &Predictor, scratch: &Path, job: &Job, metrics: &Metrics) -> Result<R
     }
 }
 
+/// A scratch name unique to this host thread.
+fn scratch_name(scratch: &Path, suffix: &str) -> PathBuf {
+    let id = std::thread::current().id();
+    scratch.join(format!("{id:?}-{suffix}").replace(['(', ')'], ""))
+}
+
+/// The request's volume: NIfTI bytes, or a zipped DICOM series (unpacked into scratch, at most what
+/// `--max-voxels` of 4-byte pixels and their headers take). Refusals name the request body.
+fn read_body(p: &Predictor, scratch: &Path, job: &Job) -> Result<(Volume, Option<SeriesReference>)> {
+    let rename = |e: Error| match e {
+        Error::Volume { kind, .. } => Error::volume("request body", kind),
+        Error::Io { source, .. } => Error::io("request body", source),
+        Error::Dicom { reason, .. } => Error::dicom("request body", reason),
+        other => other,
+    };
+    if !job.zipped {
+        let input = scratch_name(scratch, "in.nii");
+        std::fs::write(&input, &job.body).map_err(|e| Error::io(&input, e))?;
+        let vol = read_volume(&input, p.read_options());
+        let _ = std::fs::remove_file(&input);
+        return vol.map(|v| (v, None)).map_err(rename);
+    }
+    let dir = scratch_name(scratch, "series");
+    let limit = p.read_options().max_voxels.saturating_mul(4).saturating_add(64 << 20);
+    let read = unzip(&job.body, &dir, limit).and_then(|()| {
+        let found = crate::input::source::find(&dir)?;
+        match found.sources.as_slice() {
+            [one @ Source::Dicom(_)] => one.read(p.read_options()),
+            [] => Err(Error::dicom(&dir, "the zip holds no DICOM image series")),
+            many => Err(Error::dicom(&dir, format!("the zip holds {} series; send one per request", many.len()))),
+        }
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    read.map_err(rename)
+}
+
+/// Unpacks a zip into `dir`: entries outside it (`../`) refused, at most `limit` bytes in all whatever
+/// the entries' headers claim.
+fn unzip(body: &[u8], dir: &Path, limit: u64) -> Result<()> {
+    use std::io::Read;
+    let bad = |why: String| Error::dicom("request body", why);
+    let mut archive =
+        zip::ZipArchive::new(std::io::Cursor::new(body)).map_err(|e| bad(format!("not a zip archive: {e}")))?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut total = 0u64;
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i).map_err(|e| bad(format!("zip entry {i}: {e}")))?;
+        if entry.is_dir() {
+            continue;
+        }
+        let name = entry
+            .enclosed_name()
+            .ok_or_else(|| bad(format!("zip entry {:?} points outside the archive", entry.name())))?;
+        let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+        let mut out = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+        let copied =
+            std::io::copy(&mut (&mut entry).take(limit - total + 1), &mut out).map_err(|e| Error::io(&path, e))?;
+        total += copied;
+        if total > limit {
+            return Err(bad(format!("the zip unpacks to more than {limit} bytes")));
+        }
+    }
+    Ok(())
+}
+
+/// The labels as the request asked: gzipped NIfTI, or a DICOM SEG of the posted series.
+fn encode(
+    p: &Predictor,
+    scratch: &Path,
+    labels: &ndarray::Array3<u8>,
+    volume: &Volume,
+    reference: Option<&SeriesReference>,
+    output: OutputType,
+) -> Result<(Vec<u8>, &'static str)> {
+    let (out, content_type) = match output {
+        OutputType::Nifti => (scratch_name(scratch, "out.nii.gz"), "application/gzip"),
+        OutputType::DicomSeg => (scratch_name(scratch, "out.dcm"), "application/dicom"),
+    };
+    match (output, reference) {
+        (OutputType::DicomSeg, Some(r)) => write_seg(&out, labels, r, &p.segments())?,
+        (OutputType::DicomSeg, None) => return Err(Error::request("output", "dicom-seg needs a zipped DICOM series")),
+        (OutputType::Nifti, _) => write_labels(&out, labels, &volume.geometry)?,
+    }
+    let bytes = std::fs::read(&out).map_err(|e| Error::io(&out, e));
+    let _ = std::fs::remove_file(&out);
+    Ok((bytes?, content_type))
+}
+
 fn plain(status: StatusCode, msg: impl Into<String>) -> Response {
     let mut r = (status, format!("{}\n", msg.into())).into_response();
     if status == StatusCode::SERVICE_UNAVAILABLE {
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     r
+}
+
+/// Whether the body is declared a zip archive (`Content-Type: application/zip`).
+fn is_zip(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("application/zip"))
 }
 
 fn authorised(state: &AppState, headers: &HeaderMap) -> bool {
@@ -278,13 +372,16 @@ fn authorised(state: &AppState, headers: &HeaderMap) -> bool {
     }
 }
 
-async fn submit(state: &AppState, task: Task, body: Bytes) -> std::result::Result<Reply, Response> {
+async fn submit(state: &AppState, task: Task, body: Bytes, zipped: bool) -> std::result::Result<Reply, Response> {
     if body.is_empty() {
-        return Err(plain(StatusCode::BAD_REQUEST, "empty body: send a NIfTI volume (.nii or .nii.gz bytes)"));
+        return Err(plain(
+            StatusCode::BAD_REQUEST,
+            "empty body: send a NIfTI volume (.nii or .nii.gz bytes) or a zipped DICOM series (Content-Type: application/zip)",
+        ));
     }
     let (tx, rx) = tokio::sync::oneshot::channel();
     state.metrics.queued.fetch_add(1, Ordering::Relaxed);
-    match state.jobs.try_send(Job { task, body, reply: tx }) {
+    match state.jobs.try_send(Job { task, body, zipped, reply: tx }) {
         Ok(()) => {}
         Err(TrySendError::Full(_)) => {
             state.metrics.queued.fetch_sub(1, Ordering::Relaxed);
@@ -343,10 +440,21 @@ async fn segment_inner(state: &AppState, headers: &HeaderMap, q: &HashMap<String
         Ok(c) => c,
         Err(e) => return plain(StatusCode::BAD_REQUEST, e),
     };
+    let zipped = is_zip(headers);
+    let output = match q.get("output").map(|o| o.parse::<OutputType>()).transpose() {
+        Ok(o) => o.unwrap_or_default(),
+        Err(e) => return plain(StatusCode::BAD_REQUEST, format!("output: {e}")),
+    };
+    if output == OutputType::DicomSeg && !zipped {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "output=dicom-seg references the source images: send a zipped DICOM series (Content-Type: application/zip)",
+        );
+    }
     let t = Instant::now();
-    match submit(state, Task::Segment(choice), body).await {
+    match submit(state, Task::Segment(choice, output), body, zipped).await {
         Err(r) => r,
-        Ok(Reply::Segmentation { nifti, keep, kept, flop_fraction, times, audit }) => {
+        Ok(Reply::Segmentation { bytes, content_type, keep, kept, flop_fraction, times, audit }) => {
             if let Some(a) = &audit {
                 state.metrics.audited(a);
             }
@@ -361,9 +469,9 @@ async fn segment_inner(state: &AppState, headers: &HeaderMap, q: &HashMap<String
             ]) {
                 state.metrics.observe(s, v);
             }
-            let mut r = (StatusCode::OK, nifti).into_response();
+            let mut r = (StatusCode::OK, bytes).into_response();
             let h = r.headers_mut();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/gzip"));
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
             let json = serde_json::json!({"keep": keep, "blocks_kept": kept, "flop_fraction": flop_fraction,
                 "seconds": times, "audit": audit})
             .to_string();
@@ -394,7 +502,7 @@ async fn policy(State(state): State<Arc<AppState>>, headers: HeaderMap, body: By
     let r = if !authorised(&state, &headers) {
         plain(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
     } else {
-        match submit(&state, Task::Policy, body).await {
+        match submit(&state, Task::Policy, body, is_zip(&headers)).await {
             Err(r) => r,
             Ok(Reply::Policy { keep, probabilities }) => {
                 axum::Json(serde_json::json!({"keep": keep, "probabilities": probabilities})).into_response()

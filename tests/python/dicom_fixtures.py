@@ -8,6 +8,7 @@ with what dcm2niix converts from the same files, and check the refusals.
 """
 
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -197,6 +198,18 @@ def main(case, out):
         ds.PixelData = pydicom.encaps.encapsulate([b"\xff\xd8\x00\x00\xff\xd9"])
         ds["PixelData"].VR = "OB"
         ds.save_as(path, enforce_file_format=True)
+    elif case == "zips":
+        # series.zip (one series), two.zip (two series), escape.zip (an entry pointing outside).
+        write_series(out / "series", data, row=(0.95, 0.3, 0.0), col=(-0.1, 0.3, -0.95), spacing=(0.75, 0.8), step=1.25)
+        write_series(out / "other", data[:4], series_number=9)
+        with zipfile.ZipFile(out / "series.zip", "w", zipfile.ZIP_DEFLATED) as z:
+            for f in sorted((out / "series").iterdir()):
+                z.write(f, f"study/series/{f.name}")
+        with zipfile.ZipFile(out / "two.zip", "w", zipfile.ZIP_DEFLATED) as z:
+            for f in sorted((out / "series").iterdir()) + sorted((out / "other").iterdir()):
+                z.write(f, f"{f.parent.name}/{f.name}")
+        with zipfile.ZipFile(out / "escape.zip", "w") as z:
+            z.writestr("../../escaped.dcm", b"x")
     else:
         raise SystemExit(f"unknown case {case}")
 
