@@ -53,6 +53,43 @@ pub fn from_accumulator(
     }
 }
 
+/// The most channels [`blended_channels`] takes apart in one pass over the accumulator.
+const MAX_CHANNELS: usize = 8;
+
+/// The blended probabilities of an accumulator, one volume per channel, cropped to `shape` (for a
+/// resampled volume, whose probabilities go back to the input's grid before the labels are taken).
+pub fn blended_channels(
+    accumulator: crate::input::window::Accumulator,
+    shape: [usize; 3],
+    activation: Activation,
+) -> Vec<Array3<f32>> {
+    let channels = activation.channels();
+    assert!(channels <= MAX_CHANNELS, "{channels} output channels; at most {MAX_CHANNELS} are supported");
+    let packed = accumulator.map_blended(shape, |p| {
+        let mut v = [0.0f32; MAX_CHANNELS];
+        v[..p.len()].copy_from_slice(p);
+        v
+    });
+    (0..channels).map(|c| packed.mapv(|v| v[c])).collect()
+}
+
+/// Labels from probability volumes (one per channel): the threshold for a sigmoid output, the most
+/// probable class for a softmax one.
+pub fn from_channels(channels: &[Array3<f32>], activation: Activation, threshold: f32) -> Array3<u8> {
+    match activation {
+        Activation::Sigmoid => channels[0].mapv(|p| u8::from(p >= threshold)),
+        Activation::Softmax { .. } => ndarray::Zip::indexed(&channels[0]).map_collect(|(z, y, x), _| {
+            let mut best = 0;
+            for c in 1..channels.len() {
+                if channels[c][[z, y, x]] > channels[best][[z, y, x]] {
+                    best = c;
+                }
+            }
+            best as u8
+        }),
+    }
+}
+
 /// Dice of binary masks: `(2|P∩G| + ε) / (|P| + |G| + ε)` with ε = 1e-5 (1.0 when both are empty).
 pub fn dice(pred: impl Iterator<Item = bool>, truth: impl Iterator<Item = bool>) -> f64 {
     let (mut inter, mut p, mut g) = (0u64, 0u64, 0u64);

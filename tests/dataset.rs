@@ -107,3 +107,60 @@ fn list_and_3dircadb_splits() {
     let err = Dataset::open(small.path(), None).unwrap().split(&Split::Ircadb).unwrap_err().to_string();
     assert!(err.contains("0 test cases"), "{err}");
 }
+
+/// Label names and modality from `dataset.json`, as the Decathlon and nnU-Net v2 write it; names by
+/// value either way, and the network's names from them (merged foreground joined by `+`).
+#[test]
+fn dataset_json_names_labels_and_modality() {
+    use autopath::study::dataset::Description;
+    let dir = tempfile::tempdir().unwrap();
+    let msd =
+        r#"{"name": "Liver", "modality": {"0": "CT"}, "labels": {"0": "background", "2": "cancer", "1": "liver"}}"#;
+    std::fs::write(dir.path().join("dataset.json"), msd).unwrap();
+    let d = Description::read(dir.path()).unwrap().unwrap();
+    assert_eq!(d.labels, ["background", "liver", "cancer"]);
+    assert_eq!(d.modality.as_deref(), Some("CT"));
+    assert_eq!(d.output_labels(true, 2).unwrap(), ["background", "liver+cancer"]);
+    assert_eq!(d.output_labels(false, 3).unwrap(), ["background", "liver", "cancer"]);
+    let e = d.output_labels(false, 4).unwrap_err().to_string();
+    assert!(e.contains("3 names (background, liver, cancer) for a network of 4 classes"), "{e}");
+    let nnunet = r#"{"channel_names": {"0": "T1"}, "labels": {"background": 0, "brain": 1}, "numTraining": 4}"#;
+    std::fs::write(dir.path().join("dataset.json"), nnunet).unwrap();
+    let d = Description::read(dir.path()).unwrap().unwrap();
+    assert_eq!(
+        (d.labels.as_slice(), d.modality.as_deref()),
+        (["background".to_string(), "brain".into()].as_slice(), Some("T1"))
+    );
+    std::fs::write(dir.path().join("dataset.json"), r#"{"labels": {"0": "background", "2": "tumour"}}"#).unwrap();
+    let e = Description::read(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("label values [0, 2] are not 0, 1, 2"), "{e}");
+    std::fs::remove_file(dir.path().join("dataset.json")).unwrap();
+    assert_eq!(Description::read(dir.path()).unwrap(), None);
+}
+
+/// `--spacing`: median, none, or three positive numbers; the median is taken axis by axis from the
+/// headers.
+#[test]
+fn spacing_choices_parse_and_the_median_is_per_axis() {
+    use autopath::study::dataset::{median_spacing, Case, SpacingChoice};
+    assert_eq!("median".parse::<SpacingChoice>(), Ok(SpacingChoice::Median));
+    assert_eq!("none".parse::<SpacingChoice>(), Ok(SpacingChoice::Native));
+    assert_eq!("2.5,0.8,0.7".parse::<SpacingChoice>(), Ok(SpacingChoice::Fixed([2.5, 0.8, 0.7])));
+    for bad in ["2.5,0.8", "0,1,1", "a,b,c", "-1,1,1"] {
+        assert!(bad.parse::<SpacingChoice>().is_err(), "{bad}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cases: Vec<Case> = [(1.0, 0.5), (3.0, 0.7), (2.0, 0.9)]
+        .iter()
+        .enumerate()
+        .map(|(i, (z, xy))| {
+            let image = dir.path().join(format!("volume-{i}.nii"));
+            let affine = [[*xy, 0.0, 0.0, 0.0], [0.0, *xy, 0.0, 0.0], [0.0, 0.0, *z, 0.0], [0.0, 0.0, 0.0, 1.0]];
+            let g = autopath::input::volume::Geometry::new([2, 3, 4], affine);
+            autopath::input::volume::write_image_i16(&image, &ndarray::Array3::zeros((2, 3, 4)), &g).unwrap();
+            Case { id: i.to_string(), image, label: None }
+        })
+        .collect();
+    let m = median_spacing(&cases).unwrap();
+    assert!((m[0] - 2.0).abs() < 1e-6 && (m[1] - 0.7).abs() < 1e-6 && (m[2] - 0.7).abs() < 1e-6, "{m:?}");
+}

@@ -360,3 +360,118 @@ fn serve_takes_a_zipped_series_and_answers_dicom_seg() {
     child.kill().unwrap();
     let _ = child.wait();
 }
+
+/// Label names and modality from the data set's dataset.json and a fixed `--spacing` travel from
+/// training into the manifest, `inspect`, and the NIfTI output (intent NIFTI_INTENT_LABEL and the names
+/// in its description, read by nibabel); the output lies on the input's grid.
+#[test]
+fn names_and_spacing_travel_from_training_to_the_outputs() {
+    let root = tempfile::tempdir().unwrap();
+    let (data, run, bundle) = (root.path().join("data"), root.path().join("run"), root.path().join("bundle"));
+    let autopath = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_autopath")).args(args).output().unwrap();
+        assert!(o.status.success(), "autopath {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    autopath(&[
+        "synth",
+        "--quiet",
+        "--cases",
+        "8",
+        "--size",
+        "24,64,64",
+        "--seed",
+        "5",
+        "--out",
+        data.to_str().unwrap(),
+    ]);
+    let described = r#"{"modality": {"0": "CT"}, "labels": {"0": "background", "1": "liver", "2": "lesion"}}"#;
+    std::fs::write(data.join("dataset.json"), described).unwrap();
+    autopath(&[
+        "train",
+        "--quiet",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--arch",
+        "r18",
+        "--width",
+        "8",
+        "--patch",
+        "16,48,48",
+        "--epochs",
+        "150",
+        "--lr",
+        "0.004",
+        "--batch",
+        "2",
+        "--val-cases",
+        "1",
+        "--split",
+        "0.2",
+        "--spacing",
+        "2.0,1.0,1.0",
+    ]);
+    autopath(&["compile", "--seg", run.to_str().unwrap(), "--out", bundle.to_str().unwrap()]);
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bundle.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["input"]["labels"], serde_json::json!(["background", "liver+lesion"]));
+    assert_eq!(manifest["input"]["modality"], "CT");
+    assert_eq!(manifest["input"]["preprocessing"]["target_spacing"], serde_json::json!([2.0, 1.0, 1.0]));
+    let shown = autopath(&["inspect", bundle.to_str().unwrap()]);
+    assert!(shown.contains("labels: 0=background, 1=liver+lesion (resampled to 2.000,1.000,1.000 mm"), "{shown}");
+    let input = data.join("volume-0.nii.gz");
+    let output = root.path().join("seg.nii.gz");
+    let o = Command::new(env!("CARGO_BIN_EXE_autopath-run"))
+        .args([
+            "--quiet",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "-i",
+            input.to_str().unwrap(),
+            "-o",
+            output.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let seen = common::python_json("nifti_inspect.py", &[input.to_str().unwrap(), output.to_str().unwrap()]);
+    let (i, s) = (&seen[input.to_str().unwrap()], &seen[output.to_str().unwrap()]);
+    assert_eq!((&i["shape"], &i["affine"]), (&s["shape"], &s["affine"]), "the output lies on the input's grid");
+    assert_eq!(s["intent_code"], 1002);
+    assert_eq!(s["intent_name"], "labels");
+    assert_eq!(s["descrip"], "autopath labels: 1=liver+lesion");
+    // The same volume at twice the slice spacing (every other slice, by nibabel) segments within 0.02
+    // Dice of it: both are resampled to the bundle's spacing and their probabilities brought back.
+    let label = data.join("segmentation-0.nii.gz");
+    let (half, half_label, half_seg) =
+        (root.path().join("half.nii.gz"), root.path().join("half-label.nii.gz"), root.path().join("half-seg.nii.gz"));
+    for (from, to) in [(&input, &half), (&label, &half_label)] {
+        common::python("nifti_every_other_slice.py", &[from.to_str().unwrap(), to.to_str().unwrap()]);
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_autopath-run"))
+        .args([
+            "--quiet",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "-i",
+            half.to_str().unwrap(),
+            "-o",
+            half_seg.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let dice = |seg: &Path, truth: &Path| {
+        let (s, t) =
+            (read_volume(seg, &ReadOptions::default()).unwrap(), read_volume(truth, &ReadOptions::default()).unwrap());
+        autopath::labels::dice(s.data.iter().map(|v| *v > 0.0), t.data.iter().map(|v| *v > 0.0))
+    };
+    let (at_training, at_half) = (dice(&output, &label), dice(&half_seg, &half_label));
+    let line =
+        format!("spacing: Dice {at_training:.4} at the volume's spacing, {at_half:.4} at twice its slice spacing\n");
+    std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes()).unwrap();
+    assert!(at_training > 0.5, "the test model segments: Dice {at_training}");
+    assert!((at_training - at_half).abs() <= 0.02, "Dice {at_training} vs {at_half} at twice the slice spacing");
+}

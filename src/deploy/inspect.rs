@@ -57,6 +57,17 @@ pub fn describe(b: &Bundle, tile_batch: usize) -> String {
         m.input.activation,
         m.input.threshold
     );
+    let spacing = match m.input.preprocessing.target_spacing {
+        Some([d, h, w]) => {
+            format!("resampled to {d:.3},{h:.3},{w:.3} mm (D,H,W); probabilities back to the input grid")
+        }
+        None => "each volume at its own grid".into(),
+    };
+    say!(
+        out,
+        "labels: {} ({spacing})",
+        m.input.labels.iter().enumerate().map(|(i, n)| format!("{i}={n}")).collect::<Vec<_>>().join(", ")
+    );
     match &m.policy {
         Some(p) => {
             say!(out, "policy: {} on {:?}, keep if p >= {}", p.file, p.input, p.threshold);

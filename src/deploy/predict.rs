@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::input::dicom::{write_seg, SegmentDescription};
 use crate::input::preprocess::{resample_linear, Record};
 use crate::input::source::{OutputType, Source};
-use crate::input::volume::{write_labels, ReadOptions, Volume};
+use crate::input::volume::{write_label_map, ReadOptions, Volume};
 use crate::input::window::{batch_of_tiles, Accumulator, Tiling, WindowConfig};
 use autopath_bundle::{Bundle, PolicyEntry};
 
@@ -570,10 +570,17 @@ impl Predictor {
     }
 
     /// Labels on the input grid from a volume's blended tiles.
+    /// On a resampled volume the probabilities go back to the input's grid (trilinear) before the
+    /// threshold, so that thin structures are not lost or blocky as label resampling would make them.
     fn finish_labels(&self, accumulator: Accumulator, shape: [usize; 3], record: &Record) -> Array3<u8> {
         let m = &self.bundle.manifest.input;
-        let labels = crate::labels::from_accumulator(accumulator, shape, m.activation, m.threshold);
-        m.preprocessing.restore(labels, record)
+        if record.resampled_shape == record.original_shape {
+            let labels = crate::labels::from_accumulator(accumulator, shape, m.activation, m.threshold);
+            return m.preprocessing.restore(labels, record);
+        }
+        let channels = crate::labels::blended_channels(accumulator, shape, m.activation);
+        let back: Vec<Array3<f32>> = channels.iter().map(|c| resample_linear(c, record.original_shape)).collect();
+        crate::labels::from_channels(&back, m.activation, m.threshold)
     }
 
     /// The full network's labels for an audited volume and how the path's `labels` agree with them.
@@ -644,7 +651,7 @@ impl Predictor {
         let t = Instant::now();
         match (kind, &reference) {
             (OutputType::DicomSeg, Some(r)) => write_seg(output, &labels, r, &self.segments())?,
-            _ => write_labels(output, &labels, &volume.geometry)?,
+            _ => write_label_map(output, &labels, &volume.geometry, &self.bundle.manifest.input.labels)?,
         }
         times.write = t.elapsed().as_secs_f64();
         times.wall = start.elapsed().as_secs_f64();

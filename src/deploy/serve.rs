@@ -28,7 +28,7 @@ use crate::deploy::{PathChoice, Predictor, PredictorOptions, SessionOptions};
 use crate::error::{Error, Result};
 use crate::input::dicom::{write_seg, SeriesReference};
 use crate::input::source::{OutputType, Source};
-use crate::input::volume::{read_volume, write_labels, Volume};
+use crate::input::volume::{read_volume, write_label_map, Volume};
 
 /// Service settings.
 #[derive(Debug, Clone)]
@@ -339,7 +339,7 @@ fn encode(
     match (output, reference) {
         (OutputType::DicomSeg, Some(r)) => write_seg(&out, labels, r, &p.segments())?,
         (OutputType::DicomSeg, None) => return Err(Error::request("output", "dicom-seg needs a zipped DICOM series")),
-        (OutputType::Nifti, _) => write_labels(&out, labels, &volume.geometry)?,
+        (OutputType::Nifti, _) => write_label_map(&out, labels, &volume.geometry, &p.bundle().manifest.input.labels)?,
     }
     let bytes = std::fs::read(&out).map_err(|e| Error::io(&out, e));
     let _ = std::fs::remove_file(&out);

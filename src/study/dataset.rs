@@ -251,3 +251,139 @@ impl Dataset {
         Ok((train, test))
     }
 }
+
+/// What a data set says about itself in its `dataset.json` (Medical Segmentation Decathlon or nnU-Net
+/// v2): label names by value, and the image modality.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Description {
+    /// Label names, index = label value (`background` first).
+    pub labels: Vec<String>,
+    /// Modality of the (first) image channel, e.g. `CT` or `MRI`.
+    pub modality: Option<String>,
+}
+
+impl Description {
+    /// Reads `root/dataset.json`; None when there is none. MSD writes `"labels": {"0": "background", …}`
+    /// and `"modality": {"0": "CT"}`; nnU-Net v2 writes `"labels": {"background": 0, …}` and
+    /// `"channel_names": {"0": "CT"}`.
+    pub fn read(root: &Path) -> Result<Option<Description>> {
+        let path = root.join("dataset.json");
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::Json { path: path.clone(), source: e })?;
+        let bad = |why: String| Error::Dataset { root: root.into(), reason: format!("dataset.json: {why}") };
+        let mut by_value: Vec<(u64, String)> = Vec::new();
+        for (k, v) in json.get("labels").and_then(|l| l.as_object()).into_iter().flatten() {
+            let (value, name) = match (k.parse::<u64>(), v) {
+                (Ok(value), serde_json::Value::String(name)) => (value, name.clone()),
+                (Err(_), serde_json::Value::Number(n)) => {
+                    (n.as_u64().ok_or_else(|| bad(format!("label {k:?} = {n}")))?, k.clone())
+                }
+                _ => return Err(bad(format!("label {k:?}: {v} is neither a name by value nor a value by name"))),
+            };
+            by_value.push((value, name));
+        }
+        by_value.sort();
+        if by_value.iter().enumerate().any(|(i, (v, _))| *v != i as u64) {
+            let values: Vec<u64> = by_value.iter().map(|(v, _)| *v).collect();
+            return Err(bad(format!("label values {values:?} are not 0, 1, 2, …")));
+        }
+        let channel = |key: &str| json.get(key).and_then(|m| m.get("0")).and_then(|v| v.as_str()).map(str::to_string);
+        Ok(Some(Description {
+            labels: by_value.into_iter().map(|(_, n)| n).collect(),
+            modality: channel("modality").or_else(|| channel("channel_names")),
+        }))
+    }
+}
+
+/// The median voxel spacing `[D, H, W]` mm of `cases`' images, axis by axis (nnU-Net's target spacing),
+/// from their headers alone.
+pub fn median_spacing(cases: &[Case]) -> Result<[f64; 3]> {
+    let opts = crate::input::volume::ReadOptions::default();
+    let mut axes: [Vec<f64>; 3] = Default::default();
+    for c in cases {
+        let g = crate::input::volume::read_geometry(&c.image, &opts)?;
+        for (a, s) in g.spacing_dhw().into_iter().enumerate() {
+            axes[a].push(s);
+        }
+    }
+    if cases.is_empty() {
+        return Err(Error::invalid("--spacing median", "no training volumes"));
+    }
+    Ok(axes.map(|mut v| {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    }))
+}
+
+impl Description {
+    /// The network's output label names from the data set's: with merged labels (one foreground) the
+    /// foreground names joined by `+`; with kept labels, one name per class.
+    pub fn output_labels(&self, merged: bool, classes: usize) -> Result<Vec<String>> {
+        let n = &self.labels;
+        if n.len() < 2 {
+            return Err(Error::invalid("label names", format!("{n:?}: need background and at least one label")));
+        }
+        if merged {
+            return Ok(vec![n[0].clone(), n[1..].join("+")]);
+        }
+        if n.len() != classes {
+            return Err(Error::invalid(
+                "label names",
+                format!("{} names ({}) for a network of {classes} classes", n.len(), n.join(", ")),
+            ));
+        }
+        Ok(n.clone())
+    }
+}
+
+/// `train --spacing`: the voxel spacing the network sees.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SpacingChoice {
+    /// The training volumes' median spacing, axis by axis (nnU-Net's choice).
+    Median,
+    /// This spacing `[D, H, W]` mm.
+    Fixed([f64; 3]),
+    /// Every volume at its own voxel grid, unresampled.
+    Native,
+}
+
+impl std::str::FromStr for SpacingChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "median" => return Ok(SpacingChoice::Median),
+            "none" => return Ok(SpacingChoice::Native),
+            _ => {}
+        }
+        let v: Vec<f64> = s
+            .split(',')
+            .map(|x| x.trim().parse::<f64>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| format!("{s:?}: expected median, none or D,H,W in mm (e.g. 2.5,0.8,0.8)"))?;
+        match v.as_slice() {
+            [d, h, w] if v.iter().all(|x| x.is_finite() && *x > 0.0) => Ok(SpacingChoice::Fixed([*d, *h, *w])),
+            _ => Err(format!("{s:?}: expected three positive spacings D,H,W in mm")),
+        }
+    }
+}
+
+impl SpacingChoice {
+    /// The target spacing for training on `cases` (None: unresampled).
+    pub fn target(self, cases: &[Case]) -> Result<Option<[f64; 3]>> {
+        match self {
+            SpacingChoice::Median => median_spacing(cases).map(Some),
+            SpacingChoice::Fixed(s) => Ok(Some(s)),
+            SpacingChoice::Native => Ok(None),
+        }
+    }
+}

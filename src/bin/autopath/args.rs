@@ -448,6 +448,18 @@ pub struct TrainArgs {
     /// Stochastic depth: probability that a sample skips a block's branch in training (0 = paper).
     #[arg(long, default_value_t = 0.0)]
     pub drop_path: f64,
+    /// Voxel spacing the network sees: `median` (the training volumes' median, as nnU-Net), `none`
+    /// (each volume at its own grid) or D,H,W in mm. Stored in the run and the bundle; the runtime
+    /// resamples each input to it and the probabilities back to the input's grid.
+    #[arg(long, default_value = "median")]
+    pub spacing: autopath::study::dataset::SpacingChoice,
+    /// Label names, index = label value, e.g. background,liver,tumour (default: the data set's
+    /// dataset.json, else background,liver). With merged labels the foreground names are joined by `+`.
+    #[arg(long, value_delimiter = ',')]
+    pub label_names: Option<Vec<String>>,
+    /// Image modality for the bundle, e.g. CT or MR (default: dataset.json's, else from --intensity).
+    #[arg(long)]
+    pub modality: Option<String>,
 }
 
 #[derive(clap::Args)]

@@ -187,9 +187,18 @@ fn train(args: TrainArgs, quiet: bool) -> anyhow::Result<()> {
         let dataset = Dataset::open(&folder, data.layout.map(Into::into))?;
         let (train_ids, val_ids, test_ids) = plan_split(&dataset, &data.split()?, args.val_cases, data.seed)?;
         let split = CaseSplit { train: train_ids, val: val_ids, test: test_ids };
+        let mut prep = prep;
+        let train_cases: Vec<_> = dataset.cases.iter().filter(|c| split.train.contains(&c.id)).cloned().collect();
+        prep.target_spacing = args.spacing.target(&train_cases)?;
+        if let Some(s) = prep.target_spacing {
+            eprintln!("target spacing {:.3},{:.3},{:.3} mm (D,H,W; --spacing {:?})", s[0], s[1], s[2], args.spacing);
+        }
+        let (labels, modality) = names(&folder, &args.label_names, args.modality.clone(), &prep, &spec)?;
         let base = TrainConfig::new(spec, std::path::absolute(&folder)?, dataset.layout, split);
         let cfg = TrainConfig {
             preprocessing: prep,
+            labels,
+            modality,
             window: WindowConfig { overlap: args.overlap, ..base.window },
             epochs: args.epochs.unwrap_or(base.epochs),
             batch: args.batch.max(1),
@@ -215,6 +224,27 @@ fn train(args: TrainArgs, quiet: bool) -> anyhow::Result<()> {
         out.display()
     );
     Ok(())
+}
+
+/// The bundle's label names and modality: from the flags, else the data set's dataset.json, else the
+/// defaults (empty names, no modality).
+fn names(
+    folder: &std::path::Path,
+    flags: &Option<Vec<String>>,
+    modality: Option<String>,
+    prep: &autopath::input::preprocess::Preprocessing,
+    spec: &ArchSpec,
+) -> anyhow::Result<(Vec<String>, Option<String>)> {
+    let described = autopath::study::dataset::Description::read(folder)?;
+    let given = flags.clone().map(|labels| autopath::study::dataset::Description { labels, modality: None });
+    let modality = modality.or_else(|| described.as_ref().and_then(|d| d.modality.clone()));
+    let Some(d) = given.or(described) else { return Ok((Vec::new(), modality)) };
+    let classes = match spec.output {
+        Output::Softmax { classes } => classes,
+        _ => 2,
+    };
+    let labels = d.output_labels(prep.labels == LabelMapping::Merge, classes)?;
+    Ok((labels, modality))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

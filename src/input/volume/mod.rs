@@ -10,7 +10,7 @@ mod read;
 mod write;
 
 pub use read::{read_geometry, read_volume, NonFinite, ReadOptions, DEFAULT_MAX_VOXELS};
-pub use write::{write_image_i16, write_labels};
+pub use write::{write_image_i16, write_label_map, write_labels};
 
 use ndarray::Array3;
 

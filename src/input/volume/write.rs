@@ -33,6 +33,13 @@ where
     T: nifti::DataElement + bytemuck::Pod,
 {
     let header = output_header(geometry, data.dim().into(), path, description)?;
+    write_header(path, data, header)
+}
+
+fn write_header<T>(path: &Path, data: &Array3<T>, header: nifti::NiftiHeader) -> Result<()>
+where
+    T: nifti::DataElement + bytemuck::Pod,
+{
     write_atomically(path, |tmp| {
         // The writer expects NIfTI (i, j, k) axis order; ours is [k, j, i] (see `volume`).
         nifti::writer::WriterOptions::new(tmp)
@@ -46,6 +53,26 @@ where
 /// so viewers overlay it exactly on the image it came from. `.nii.gz` names are compressed.
 pub fn write_labels(path: &Path, labels: &Array3<u8>, geometry: &Geometry) -> Result<()> {
     write_with(path, labels, geometry, "autopath segmentation")
+}
+
+/// NIFTI_INTENT_LABEL: each voxel's value indexes a set of labels.
+const INTENT_LABEL: i16 = 1002;
+
+/// [`write_labels`] with the label names: intent NIFTI_INTENT_LABEL and the names in the description
+/// (`autopath labels: 1=liver 2=tumour`, cut at the field's 79 characters).
+pub fn write_label_map(path: &Path, labels: &Array3<u8>, geometry: &Geometry, names: &[String]) -> Result<()> {
+    let mut description = String::from("autopath labels:");
+    for (i, n) in names.iter().enumerate().skip(1) {
+        description.push_str(&format!(" {i}={n}"));
+    }
+    let cut = (0..=description.len().min(79)).rev().find(|i| description.is_char_boundary(*i)).unwrap_or(0);
+    description.truncate(cut);
+    let mut header = output_header(geometry, labels.dim().into(), path, &description)?;
+    header.intent_code = INTENT_LABEL;
+    let mut name = b"labels".to_vec();
+    name.resize(16, 0);
+    header.intent_name.copy_from_slice(&name);
+    write_header(path, labels, header)
 }
 
 /// Writes an `int16` image (HU for CT) on the grid of `geometry`.

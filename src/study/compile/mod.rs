@@ -256,18 +256,22 @@ fn build(
 /// What the bundle expects of its input and how it labels the output.
 fn input_contract(cfg: &TrainConfig, activation: Activation) -> InputContract {
     InputContract {
-        modality: match cfg.preprocessing.intensity {
+        modality: cfg.modality.clone().unwrap_or_else(|| match cfg.preprocessing.intensity {
             crate::input::preprocess::Intensity::Ct { .. } => "CT".into(),
             crate::input::preprocess::Intensity::Zscore => "MR".into(),
-        },
+        }),
         orientation: "voxels are processed in stored order; outputs carry the input's header geometry (dims, pixdim, qform/sform)".into(),
         preprocessing: cfg.preprocessing,
         window: cfg.window,
         activation,
         threshold: crate::labels::FOREGROUND_THRESHOLD,
-        labels: match activation {
-            Activation::Sigmoid => vec!["background".into(), "liver".into()],
-            Activation::Softmax { .. } => vec!["background".into(), "liver".into(), "tumour".into()],
+        labels: if cfg.labels.len() == activation.channels().max(2) {
+            cfg.labels.clone()
+        } else {
+            match activation {
+                Activation::Sigmoid => vec!["background".into(), "liver".into()],
+                Activation::Softmax { .. } => vec!["background".into(), "liver".into(), "tumour".into()],
+            }
         },
     }
 }

@@ -10,6 +10,7 @@ use plotters::style::RGBColor;
 use super::results::Results;
 use super::Policy;
 use crate::error::Result;
+use crate::input::preprocess::Preprocess;
 use crate::input::volume::{read_volume, ReadOptions};
 use crate::study::figures::{histogram, line_chart, overlay_png, Series, AUTOPATH, FULL, TRUTH};
 use crate::study::path_eval::PathEvaluator;
@@ -43,10 +44,12 @@ pub(super) fn overlays(
             }
         }
         let preds = ev.evaluate(&prepared, &masks, true)?;
-        let truth = s.labels.mapv(|l| u8::from(l > 0));
-        let full_pred = preds[0].prediction.clone().unwrap_or_else(|| Array3::zeros(truth.dim()));
+        // Masks on the network's grid, drawn over the image on its own grid (they differ when resampled).
+        let back = |m: Array3<u8>| prep.restore(m, &s.record);
+        let truth = back(s.labels.mapv(|l| u8::from(l > 0)));
+        let full_pred = back(preds[0].prediction.clone().unwrap_or_else(|| Array3::zeros(s.labels.dim())));
         let mut layers: Vec<(&Array3<u8>, [u8; 3])> = vec![(&truth, TRUTH), (&full_pred, FULL)];
-        let auto_pred = preds.get(1).and_then(|p| p.prediction.clone());
+        let auto_pred = preds.get(1).and_then(|p| p.prediction.clone()).map(back);
         if let Some(a) = &auto_pred {
             layers.push((a, AUTOPATH));
         }

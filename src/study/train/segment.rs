@@ -68,6 +68,13 @@ pub struct TrainConfig {
     /// training (0 = the paper's plain training). Makes small networks tolerant of dropped blocks.
     #[serde(default)]
     pub drop_path: f64,
+    /// Names of the network's output labels, index = value, for the bundle; empty: `background`,
+    /// `liver` (and `tumour` with three classes).
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Image modality for the bundle (`CT`, `MR`, …); None: from the intensity normalisation.
+    #[serde(default)]
+    pub modality: Option<String>,
 }
 
 /// Which cases a run trains, validates and tests on.
@@ -106,6 +113,8 @@ impl TrainConfig {
             seed: 0,
             tile_batch: 2,
             drop_path: 0.0,
+            labels: Vec::new(),
+            modality: None,
         }
     }
 
@@ -132,6 +141,8 @@ impl TrainConfig {
             seed: 0,
             tile_batch: 1,
             drop_path: 0.0,
+            labels: Vec::new(),
+            modality: None,
         }
     }
 }
