@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use autopath::input::dicom::{write_seg, SegmentDescription};
+use autopath::input::preprocess::Preprocess;
 use autopath::input::source::{find, Source};
 use autopath::input::volume::{read_volume, ReadOptions, Volume};
 use ndarray::Array3;
@@ -442,6 +443,27 @@ fn names_and_spacing_travel_from_training_to_the_outputs() {
     assert_eq!(s["intent_code"], 1002);
     assert_eq!(s["intent_name"], "labels");
     assert_eq!(s["descrip"], "autopath labels: 1=liver+lesion");
+    // The labels are the Candle network's probabilities on the resampled grid, brought back to the
+    // input's grid (trilinear) and thresholded; only probabilities within 1e-4 of 0.5 may differ.
+    let (net, cfg) = autopath::study::train::segment::load_segmenter(&run, "best").unwrap();
+    let volume = read_volume(&input, &ReadOptions::default()).unwrap();
+    let (image, record) = cfg.preprocessing.image(&volume).unwrap();
+    assert_ne!(record.resampled_shape, record.original_shape, "the test volume is resampled");
+    let path = autopath_models::deeplab::BlockPath::Shared(&[true; 8]);
+    let probs =
+        autopath::study::train::infer::predict_probabilities(&net, &image, record.pad_value, &cfg.window, path, 2)
+            .unwrap();
+    let back = autopath::input::preprocess::resample_linear(
+        &probs.index_axis(ndarray::Axis(0), 0).to_owned(),
+        record.original_shape,
+    );
+    let got = read_volume(&output, &ReadOptions::default()).unwrap().data;
+    let differing = back
+        .iter()
+        .zip(got.iter())
+        .filter(|(p, g)| u8::from(**p >= 0.5) != **g as u8 && (**p - 0.5).abs() >= 1e-4)
+        .count();
+    assert_eq!(differing, 0, "{differing} voxels differ from the Candle network's resampled probabilities");
     // The same volume at twice the slice spacing (every other slice, by nibabel) segments within 0.02
     // Dice of it: both are resampled to the bundle's spacing and their probabilities brought back.
     let label = data.join("segmentation-0.nii.gz");
@@ -474,4 +496,26 @@ fn names_and_spacing_travel_from_training_to_the_outputs() {
     std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes()).unwrap();
     assert!(at_training > 0.5, "the test model segments: Dice {at_training}");
     assert!((at_training - at_half).abs() <= 0.02, "Dice {at_training} vs {at_half} at twice the slice spacing");
+}
+
+/// JPEG baseline series (8-bit, encoded by Pillow, encapsulated by pydicom) decode to what pydicom
+/// decodes, within one grey level (two JPEG decoders' inverse DCTs may round differently).
+#[test]
+fn jpeg_baseline_series_decode_like_pydicom() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = fixture(root.path(), "jpeg-baseline");
+    let raw = std::fs::read(root.path().join("jpeg-baseline-decoded.f32")).unwrap();
+    let theirs: Vec<f32> = raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let (volume, _) = ours(&dir);
+    let (d, h, w) = volume.data.dim();
+    assert_eq!(theirs.len(), d * h * w);
+    let mut worst = 0f32;
+    for k in 0..d {
+        for r in 0..h {
+            for c in 0..w {
+                worst = worst.max((volume.data[[k, h - 1 - r, c]] - theirs[(k * h + r) * w + c]).abs());
+            }
+        }
+    }
+    assert!(worst <= 1.0, "largest difference from pydicom's decoding: {worst}");
 }

@@ -57,17 +57,7 @@ pub fn describe(b: &Bundle, tile_batch: usize) -> String {
         m.input.activation,
         m.input.threshold
     );
-    let spacing = match m.input.preprocessing.target_spacing {
-        Some([d, h, w]) => {
-            format!("resampled to {d:.3},{h:.3},{w:.3} mm (D,H,W); probabilities back to the input grid")
-        }
-        None => "each volume at its own grid".into(),
-    };
-    say!(
-        out,
-        "labels: {} ({spacing})",
-        m.input.labels.iter().enumerate().map(|(i, n)| format!("{i}={n}")).collect::<Vec<_>>().join(", ")
-    );
+    say!(out, "{}", labels_line(&m.input));
     match &m.policy {
         Some(p) => {
             say!(out, "policy: {} on {:?}, keep if p >= {}", p.file, p.input, p.threshold);
@@ -132,4 +122,16 @@ fn architecture_lines(out: &mut String, a: &autopath_bundle::Architecture) {
             if bl.shortcut_file.is_some() { "projection" } else { "identity" }
         );
     }
+}
+
+/// `labels: 0=background, 1=liver (resampled to …)`: the output's names and the grid the network sees.
+fn labels_line(input: &autopath_bundle::InputContract) -> String {
+    let spacing = match input.preprocessing.target_spacing {
+        Some([d, h, w]) => {
+            format!("resampled to {d:.3},{h:.3},{w:.3} mm (D,H,W); probabilities back to the input grid")
+        }
+        None => "each volume at its own grid".into(),
+    };
+    let names: Vec<String> = input.labels.iter().enumerate().map(|(i, n)| format!("{i}={n}")).collect();
+    format!("labels: {} ({spacing})", names.join(", "))
 }

@@ -55,7 +55,8 @@ pub fn ort_library() -> PathBuf {
 }
 
 /// A tiny trained bundle: phantoms, a briefly trained r18 at width 4, compiled. Returns
-/// `(data, run, bundle)` under `root`.
+/// `(data, run, bundle)` under `root`. Unresampled (`--spacing none`), so that its outputs can be
+/// compared voxel for voxel with predictions on the network's grid; tests/dicom.rs trains a resampled one.
 pub fn trained_bundle(root: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let (data, run, bundle) = (root.join("data"), root.join("run"), root.join("bundle"));
     let autopath = |args: &[&str]| {
@@ -99,6 +100,8 @@ pub fn trained_bundle(root: &Path) -> (PathBuf, PathBuf, PathBuf) {
         "1",
         "--split",
         "0.2",
+        "--spacing",
+        "none",
     ]);
     autopath(&["compile", "--seg", run.to_str().unwrap(), "--out", bundle.to_str().unwrap()]);
     (data, run, bundle)

@@ -107,6 +107,34 @@ def save(ds, path, syntax):
     ds.save_as(path, enforce_file_format=True)
 
 
+def jpeg_series(out, data):
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    out.mkdir(parents=True, exist_ok=True)
+    series_uid = generate_uid()
+    pixels = np.clip(np.round(data), 0, 255).astype(np.uint8)
+    for k in range(pixels.shape[0]):
+        ds = slice_dataset(pixels[k], unit((1, 0, 0)), unit((0, 1, 0)), np.array([0.0, 0.0, 3.0 * k]), (0.9, 0.9), "MR",
+                           series_uid, 5, "T1 jpeg")
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        buf = io.BytesIO()
+        Image.fromarray(pixels[k]).save(buf, format="JPEG", quality=90)
+        ds.PixelData = encapsulate([buf.getvalue()])
+        ds["PixelData"].VR = "OB"
+        ds.LossyImageCompression = "01"
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+        meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds.file_meta = meta
+        ds.save_as(out / f"IM{k:04d}.dcm", enforce_file_format=True)
+    decoded = np.stack([pydicom.dcmread(out / f"IM{k:04d}.dcm").pixel_array for k in range(pixels.shape[0])])
+    decoded.astype("<f4").tofile(out.parent / f"{out.name}-decoded.f32")
+
+
 def structured_report(out, series_uid):
     ds = Dataset()
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR
@@ -198,6 +226,10 @@ def main(case, out):
         ds.PixelData = pydicom.encaps.encapsulate([b"\xff\xd8\x00\x00\xff\xd9"])
         ds["PixelData"].VR = "OB"
         ds.save_as(path, enforce_file_format=True)
+    elif case == "jpeg-baseline":
+        # 8-bit MR slices as JPEG baseline (Pillow encodes, pydicom encapsulates); OUT-decoded.f32 beside it holds
+        # what pydicom decodes (through Pillow) as raw little-endian float32 [slice, row, column].
+        jpeg_series(out, (data - data.min()) * 255.0 / (data.max() - data.min()))
     elif case == "zips":
         # series.zip (one series), two.zip (two series), escape.zip (an entry pointing outside).
         write_series(out / "series", data, row=(0.95, 0.3, 0.0), col=(-0.1, 0.3, -0.95), spacing=(0.75, 0.8), step=1.25)

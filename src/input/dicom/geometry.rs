@@ -173,7 +173,7 @@ mod tests {
 
     #[test]
     fn sorts_along_the_normal_and_maps_lps_to_ras() {
-        let g = grid(vec![plane(5.0, 0.0), plane(1.0, 0.0), plane(3.0, 0.0)]).unwrap();
+        let g = grid(vec![plane(5.0, 0.0), plane(1.0, 0.0), plane(3.0, 0.0)]).expect("a regular series");
         assert_eq!(g.shape, [3, 4, 3]);
         assert_eq!(g.planes.iter().map(|p| p.position[2]).collect::<Vec<_>>(), [1.0, 3.0, 5.0]);
         // i: −x (LPS → RAS) × column spacing; j: rows counted up from the last, +y in RAS.
@@ -185,12 +185,12 @@ mod tests {
 
     #[test]
     fn refuses_tilt_gaps_and_duplicates() {
-        let tilt = grid(vec![plane(0.0, 0.0), plane(2.0, 0.5), plane(4.0, 1.0)]).unwrap_err();
+        let tilt = grid(vec![plane(0.0, 0.0), plane(2.0, 0.5), plane(4.0, 1.0)]).expect_err("refused");
         assert!(tilt.contains("gantry tilt"), "{tilt}");
-        let gap = grid(vec![plane(0.0, 0.0), plane(2.0, 0.0), plane(6.0, 0.0)]).unwrap_err();
+        let gap = grid(vec![plane(0.0, 0.0), plane(2.0, 0.0), plane(6.0, 0.0)]).expect_err("refused");
         assert!(gap.contains("uneven slice spacing"), "{gap}");
-        let dup = grid(vec![plane(0.0, 0.0), plane(0.0, 0.0)]).unwrap_err();
+        let dup = grid(vec![plane(0.0, 0.0), plane(0.0, 0.0)]).expect_err("refused");
         assert!(dup.contains("same position"), "{dup}");
-        assert!(grid(vec![plane(0.0, 0.0)]).unwrap_err().contains("one slice"));
+        assert!(grid(vec![plane(0.0, 0.0)]).expect_err("refused").contains("one slice"));
     }
 }
