@@ -1,6 +1,6 @@
 """DICOM series written by pydicom from known arrays, for the DICOM reader's tests.
 
-Usage: dicom_fixtures.py CASE OUT_DIR
+Usage: dicom_fixtures.py CASE OUT_DIR   (CASE `nifti:FILE` writes an axial series of a NIfTI volume)
 
 Each case writes one folder of DICOM files (a series, several series, or a series with a defect) from an
 array made here, with the geometry and encoding the case names. The Rust tests compare what autopath reads
@@ -242,6 +242,15 @@ def main(case, out):
                 z.write(f, f"{f.parent.name}/{f.name}")
         with zipfile.ZipFile(out / "escape.zip", "w") as z:
             z.writestr("../../escaped.dcm", b"x")
+    elif case.startswith("nifti:"):
+        # An axial series of a NIfTI volume (nibabel reads it), for timing the reader on real sizes.
+        import nibabel as nib
+
+        img = nib.load(case[len("nifti:"):])
+        volume = np.asarray(img.dataobj).transpose(2, 1, 0)[:, ::-1, :]  # [slice, row, column]
+        zooms = img.header.get_zooms()
+        write_series(out, volume.astype(float), spacing=(float(zooms[1]), float(zooms[0])), step=float(zooms[2]),
+                     order="sorted")
     else:
         raise SystemExit(f"unknown case {case}")
 
