@@ -11,5 +11,6 @@ pub mod figures;
 pub mod packaging;
 pub mod path_eval;
 pub mod search;
+pub mod seeds;
 pub mod synth;
 pub mod train;

@@ -149,8 +149,16 @@ pub struct DemoArgs {
     #[arg(long)]
     pub random_repeats: Option<usize>,
     /// Seed.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "seeds")]
     pub seed: Option<u64>,
+    /// Several seeds, one demo each in OUT/seed-S, then the seeds table (OUT/seeds.md, seeds.json):
+    /// per seed our policy's saving, Dice loss, paths and Dice against the heuristics at the same
+    /// FLOP fraction, and the mean ± std.
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Option<Vec<u64>>,
+    /// Phantoms: `ct` (abdominal CT, liver) or `mr` (MR heads, brain; z-scored intensities).
+    #[arg(long, default_value = "ct", value_parser = ["ct", "mr"])]
+    pub family: String,
 }
 
 #[derive(clap::Args)]

@@ -300,7 +300,13 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
     o.tau = args.tau.unwrap_or(o.tau);
     o.random_repeats = args.random_repeats.unwrap_or(o.random_repeats);
     o.seed = args.seed.unwrap_or(o.seed);
+    if args.family == "mr" {
+        o.family = autopath::study::synth::Family::Mr;
+    }
     let t = std::time::Instant::now();
+    if let Some(seeds) = args.seeds {
+        return demo_seeds(o, &seeds, t);
+    }
     let r = run(&o, &|line| eprintln!("{line}"))?;
     println!("\nTable 1 (test volumes {}):\n{}", r.eval.test_ids.join(", "), r.eval.table1_text());
     println!("Latency (CPU, ONNX Runtime):\n{}", autopath::study::bench::markdown(&r.bench));
@@ -309,6 +315,26 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!("bundle:        {}", out.join("bundle").display());
     println!("segmentations: {}", out.join("segmentations").display());
     println!("benchmark:     {}", out.join("bench/bench.md").display());
+    println!("demo finished in {:.0} s", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// `demo --seeds`: one demo per seed in OUT/seed-S, then the seeds table.
+fn demo_seeds(o: autopath::study::demo::DemoOptions, seeds: &[u64], t: std::time::Instant) -> anyhow::Result<()> {
+    use autopath::study::seeds::{markdown, row, BARS};
+    let out = o.out.clone();
+    let mut rows = Vec::new();
+    for &seed in seeds {
+        let mut s = autopath::study::demo::DemoOptions { seed, out: out.join(format!("seed-{seed}")), ..o.clone() };
+        s.device = o.device.clone();
+        let r = autopath::study::demo::run(&s, &move |line| eprintln!("[seed {seed}] {line}"))?;
+        println!("\nTable 1, seed {seed} (test volumes {}):\n{}", r.eval.test_ids.join(", "), r.eval.table1_text());
+        rows.extend(row(seed, &r.eval, BARS));
+    }
+    let table = markdown(&rows, BARS);
+    std::fs::write(out.join("seeds.md"), &table)?;
+    std::fs::write(out.join("seeds.json"), serde_json::to_string_pretty(&rows)?)?;
+    println!("\nSeeds ({}):\n{table}", out.join("seeds.md").display());
     println!("demo finished in {:.0} s", t.elapsed().as_secs_f64());
     Ok(())
 }
