@@ -92,6 +92,71 @@ impl BudgetPoint {
     }
 }
 
+/// One block's measured time per call.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct BlockTime {
+    /// The block's graph (branch and shortcut), milliseconds.
+    pub kept_ms: f64,
+    /// Its projection shortcut alone (what a dropped block still runs), milliseconds; 0 without one.
+    pub shortcut_ms: f64,
+}
+
+/// The measured time of a bundle's graphs per call of `tile_batch` tiles on one execution provider
+/// (`autopath bench --calibrate`): a cost in the terms a user's clock counts, beside the FLOPs. As a
+/// [`PathCost`] it counts nanoseconds where FLOPs count operations, so budgets and fractions work alike.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MeasuredCost {
+    /// Where it was measured: the provider (`cpu`, `cuda`, …) and the device, as `bench` names them.
+    pub provider: String,
+    /// The processor or GPU.
+    pub device: String,
+    /// Tiles per call.
+    pub tile_batch: usize,
+    /// The stem, milliseconds.
+    pub stem_ms: f64,
+    /// The head, milliseconds.
+    pub head_ms: f64,
+    /// Per block, in order.
+    pub blocks: Vec<BlockTime>,
+    /// `full.onnx`, milliseconds: what the chain's graphs add up to, run as one graph.
+    pub full_ms: f64,
+}
+
+fn nanos(ms: f64) -> u64 {
+    (ms.max(0.0) * 1e6).round() as u64
+}
+
+impl PathCost for MeasuredCost {
+    fn stem_and_head_flops(&self) -> u64 {
+        nanos(self.stem_ms) + nanos(self.head_ms)
+    }
+
+    /// (the branch's share: the kept block less its shortcut, the shortcut).
+    fn block_flops(&self) -> Vec<(u64, u64)> {
+        self.blocks.iter().map(|b| (nanos(b.kept_ms - b.shortcut_ms), nanos(b.shortcut_ms))).collect()
+    }
+}
+
+impl MeasuredCost {
+    /// The checks a hand-edited table must pass: one entry per block, finite non-negative times, a
+    /// positive total.
+    pub fn validate(&self, blocks: usize) -> std::result::Result<(), String> {
+        if self.blocks.len() != blocks {
+            return Err(format!("{} block times for a network of {blocks} blocks", self.blocks.len()));
+        }
+        let times = [self.stem_ms, self.head_ms, self.full_ms]
+            .into_iter()
+            .chain(self.blocks.iter().flat_map(|b| [b.kept_ms, b.shortcut_ms]));
+        if times.clone().any(|t| !t.is_finite() || t < 0.0) {
+            return Err("a time is negative or not finite".into());
+        }
+        if self.full_flops() == 0 {
+            return Err("the times add up to zero".into());
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +177,23 @@ mod tests {
         assert_eq!(Toy.path_flops(&[false, true]), 70);
         assert_eq!(Toy.path_flops(&[false, false]), 30);
         assert!((Toy.flop_fraction(&[true, false]) - 0.6).abs() < 1e-12);
+    }
+
+    #[test]
+    fn measured_times_count_like_flops() {
+        let m = MeasuredCost {
+            provider: "cpu".into(),
+            device: "test".into(),
+            tile_batch: 2,
+            stem_ms: 1.0,
+            head_ms: 1.0,
+            blocks: vec![BlockTime { kept_ms: 4.0, shortcut_ms: 1.0 }, BlockTime { kept_ms: 3.0, shortcut_ms: 0.0 }],
+            full_ms: 9.5,
+        };
+        assert_eq!(m.full_flops(), 9_000_000);
+        assert!((m.flop_fraction(&[false, true]) - 6.0 / 9.0).abs() < 1e-12);
+        assert!(m.validate(2).is_ok());
+        assert!(m.validate(3).unwrap_err().contains("2 block times for a network of 3 blocks"));
     }
 
     #[test]

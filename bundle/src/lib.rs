@@ -14,7 +14,7 @@ pub mod load;
 pub mod manifest;
 pub mod names;
 
-pub use cost::{BudgetPoint, PathCost};
+pub use cost::{BlockTime, BudgetPoint, MeasuredCost, PathCost};
 pub use error::{BundleError, Result};
 pub use guard::Guard;
 pub use input::{Blend, Intensity, LabelMapping, Preprocessing, WindowConfig};

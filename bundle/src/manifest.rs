@@ -286,6 +286,11 @@ pub struct PolicyEntry {
     /// runtime runs a path that has one as one session instead of the chain of block sessions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub path_graphs: Vec<PathGraph>,
+    /// With a measured cost (`compile --cost`): keep thresholds against the policy's mean fraction of
+    /// the full network's measured time on the calibration volumes, for `--time-budget`. The points'
+    /// `flop_fraction` holds the time fraction.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub time_budget: Vec<BudgetPoint>,
 }
 
 /// A whole-path graph of the bundle.
@@ -311,6 +316,17 @@ impl PolicyEntry {
     /// fraction is within `budget`.
     pub fn threshold_for_budget(&self, budget: f64) -> crate::Result<f32> {
         BudgetPoint::threshold_for(&self.budget, budget)
+    }
+
+    /// The lowest keep threshold whose calibrated mean fraction of the measured time is within `budget`.
+    pub fn threshold_for_time_budget(&self, budget: f64) -> crate::Result<f32> {
+        if self.time_budget.is_empty() {
+            return Err(crate::BundleError::request(
+                "time budget",
+                "this bundle has no measured cost: compile it with --cost (from autopath bench --calibrate)",
+            ));
+        }
+        BudgetPoint::threshold_for(&self.time_budget, budget)
     }
 }
 
@@ -382,6 +398,9 @@ pub struct Manifest {
     pub evaluation: Option<serde_json::Value>,
     /// Every graph file with its checksum.
     pub files: BTreeMap<String, FileEntry>,
+    /// The graphs' measured times on one provider (`autopath bench --calibrate`, `compile --cost`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured_cost: Option<crate::cost::MeasuredCost>,
 }
 
 fn unit(name: &str, v: f32) -> Result<(), String> {
@@ -390,6 +409,20 @@ fn unit(name: &str, v: f32) -> Result<(), String> {
     } else {
         Err(format!("{name} = {v} is not in [0, 1]"))
     }
+}
+
+/// A budget calibration: thresholds in [0, 1] ascending, fractions in (0, 1].
+fn budget_curve(name: &str, curve: &[BudgetPoint]) -> Result<(), String> {
+    for (i, b) in curve.iter().enumerate() {
+        unit(&format!("{name}[{i}].threshold"), b.threshold)?;
+        if !(b.flop_fraction > 0.0 && b.flop_fraction <= 1.0) {
+            return Err(format!("{name}[{i}].flop_fraction = {} is not in (0, 1]", b.flop_fraction));
+        }
+    }
+    if curve.windows(2).any(|w| w[0].threshold >= w[1].threshold) {
+        return Err(format!("{name} thresholds are not ascending"));
+    }
+    Ok(())
 }
 
 impl Manifest {
@@ -404,14 +437,10 @@ impl Manifest {
             if p.input.contains(&0) {
                 return Err(format!("policy.input = {:?} has a zero extent", p.input));
             }
-            for (i, b) in p.budget.iter().enumerate() {
-                unit(&format!("policy.budget[{i}].threshold"), b.threshold)?;
-                if !(b.flop_fraction > 0.0 && b.flop_fraction <= 1.0) {
-                    return Err(format!("policy.budget[{i}].flop_fraction = {} is not in (0, 1]", b.flop_fraction));
-                }
-            }
-            if p.budget.windows(2).any(|w| w[0].threshold >= w[1].threshold) {
-                return Err("policy.budget thresholds are not ascending".into());
+            budget_curve("policy.budget", &p.budget)?;
+            budget_curve("policy.time_budget", &p.time_budget)?;
+            if !p.time_budget.is_empty() && self.measured_cost.is_none() {
+                return Err("policy.time_budget without measured_cost".into());
             }
             for (i, g) in p.path_graphs.iter().enumerate() {
                 let n = self.architecture.blocks.len();
@@ -428,6 +457,9 @@ impl Manifest {
 
     fn validate_architecture(&self) -> Result<(), String> {
         let arch = &self.architecture;
+        if let Some(m) = &self.measured_cost {
+            m.validate(arch.blocks.len()).map_err(|e| format!("measured_cost: {e}"))?;
+        }
         if arch.blocks.is_empty() {
             return Err("architecture.blocks is empty".into());
         }

@@ -48,8 +48,12 @@ struct Cli {
     /// Mean fraction of the full network's FLOPs to spend, e.g. 0.7: mapped to a keep threshold by the
     /// bundle's calibration (made at compile time on the segmenter's validation and training volumes).
     /// Easy volumes still spend less and hard ones more; the mean is what is budgeted.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "time_budget")]
     budget: Option<f64>,
+    /// Mean fraction of the full network's measured time to spend, e.g. 0.7: for bundles compiled
+    /// with `--cost` (a table from `autopath bench --calibrate` on the provider they run on).
+    #[arg(long, conflicts_with = "threshold")]
+    time_budget: Option<f64>,
     #[command(flatten)]
     provider: ProviderArgs,
     /// Tiles per network call.
@@ -223,6 +227,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
     // Every output path and the report are checked before the bundle loads: a run that cannot write
     // its results stops before it computes any.
     let audit = cli.trust.audit()?;
+    let budget = autopath::deploy::Budget::from_options(cli.budget, cli.time_budget)?;
     let Plan { pairs, notes } = plan(&input, &output, cli.shard, cli.output_type)?;
     check_outputs(&pairs, cli.output_type)?;
     for note in &notes {
@@ -243,7 +248,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         suggest_depth_taps(&predictor, &opts.session, &bundle);
     }
     let choice =
-        PathChoice::resolve(cli.path.clone(), cli.threshold, cli.budget, predictor.bundle().manifest.policy.as_ref())?;
+        PathChoice::resolve(cli.path.clone(), cli.threshold, budget, predictor.bundle().manifest.policy.as_ref())?;
     let classes = predictor.bundle().manifest.input.activation.channels();
     let prefetch = match cli.prefetch {
         Some(0) => anyhow::bail!("--prefetch 0: at least one volume must be in flight"),

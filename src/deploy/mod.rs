@@ -17,5 +17,5 @@ pub mod serve;
 pub mod session;
 
 pub use network::Route;
-pub use predict::{PathChoice, Predictor, PredictorOptions, VolumeReport};
+pub use predict::{Budget, PathChoice, Predictor, PredictorOptions, VolumeReport};
 pub use session::{CudnnSearch, ExecutionProvider, IoBindingMode, Residency, SessionOptions, Sessions};

@@ -38,6 +38,28 @@ pub enum PathChoice {
     FullGraph,
 }
 
+/// A mean spend per volume: of the full network's FLOPs (`--budget`, the paper's measure), or of its
+/// measured time on the provider the bundle was calibrated on (`--time-budget`, with `compile --cost`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Budget {
+    /// Fraction of the full network's FLOPs.
+    Flops(f64),
+    /// Fraction of the full network's measured time.
+    Time(f64),
+}
+
+impl Budget {
+    /// One budget from the two options; both is an error.
+    pub fn from_options(flops: Option<f64>, time: Option<f64>) -> Result<Option<Budget>> {
+        match (flops, time) {
+            (Some(_), Some(_)) => Err(Error::request("budget", "give a FLOP budget or a time budget, not both")),
+            (Some(f), None) => Ok(Some(Budget::Flops(f))),
+            (None, Some(t)) => Ok(Some(Budget::Time(t))),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
 impl PathChoice {
     /// The choice a request makes: `path` with, for `auto`, a keep `threshold` or a FLOP `budget`
     /// turned into the bundle's calibrated threshold. The one reading of these options, for the CLI
@@ -45,7 +67,7 @@ impl PathChoice {
     pub fn resolve(
         path: PathChoice,
         threshold: Option<f32>,
-        budget: Option<f64>,
+        budget: Option<Budget>,
         policy: Option<&PolicyEntry>,
     ) -> Result<PathChoice> {
         if let Some(t) = threshold.filter(|t| !(0.0..=1.0).contains(t)) {
@@ -59,7 +81,10 @@ impl PathChoice {
             (None, Some(b)) => {
                 let policy =
                     policy.ok_or_else(|| Error::request("budget", "the bundle has no policy: a budget needs one"))?;
-                Some(policy.threshold_for_budget(b)?)
+                Some(match b {
+                    Budget::Flops(f) => policy.threshold_for_budget(f)?,
+                    Budget::Time(f) => policy.threshold_for_time_budget(f)?,
+                })
             }
         };
         Ok(match path {
@@ -142,6 +167,9 @@ pub struct VolumeReport {
     pub blocks_kept: usize,
     /// FLOPs of this path relative to the full network (per tile).
     pub flop_fraction: f64,
+    /// With a bundle compiled with `--cost`: this path's measured time relative to the full network's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_fraction: Option<f64>,
     /// Tiles run.
     pub tiles: usize,
     /// Seconds per stage.
@@ -676,6 +704,7 @@ impl Predictor {
             },
             blocks_kept: keep.iter().filter(|&&k| k).count(),
             flop_fraction: arch.flop_fraction(&keep),
+            time_fraction: self.bundle.manifest.measured_cost.as_ref().map(|c| c.flop_fraction(&keep)),
             tiles,
             seconds: times,
             peak_rss_mb: peak_rss_mb(),

@@ -428,9 +428,13 @@ async fn segment_inner(state: &AppState, headers: &HeaderMap, q: &HashMap<String
         .or_else(|| headers.get("x-autopath-path").and_then(|v| v.to_str().ok()))
         .unwrap_or("auto");
     let number = |key: &str| q.get(key).map(|v| v.parse::<f64>().map_err(|e| format!("{key} {v:?}: {e}")));
-    let (threshold, budget) = match (number("threshold").transpose(), number("budget").transpose()) {
-        (Ok(t), Ok(b)) => (t.map(|t| t as f32), b),
-        (Err(e), _) | (_, Err(e)) => return plain(StatusCode::BAD_REQUEST, e),
+    let numbers = (number("threshold").transpose(), number("budget").transpose(), number("time_budget").transpose());
+    let (threshold, budget) = match numbers {
+        (Ok(t), Ok(b), Ok(tb)) => match crate::deploy::Budget::from_options(b, tb) {
+            Ok(budget) => (t.map(|t| t as f32), budget),
+            Err(e) => return plain(StatusCode::BAD_REQUEST, e.to_string()),
+        },
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return plain(StatusCode::BAD_REQUEST, e),
     };
     let choice = path
         .parse::<PathChoice>()
@@ -594,7 +598,7 @@ fn network_metrics(p: &Predictor) -> String {
         "# HELP autopath_execution_provider The provider each network thread's sessions run on (after any fallback).\n# TYPE autopath_execution_provider gauge\n",
     );
     for (i, ep) in p.providers().iter().enumerate() {
-        s += &format!("autopath_execution_provider{{worker=\"{i}\",provider=\"{}\"}} 1\n", provider_name(*ep));
+        s += &format!("autopath_execution_provider{{worker=\"{i}\",provider=\"{}\"}} 1\n", ep.name());
     }
     for (name, help, v) in [
         ("autopath_network_calls_total", "Network calls (policy included).", st.calls.load(Ordering::Relaxed)),
@@ -613,18 +617,10 @@ fn network_metrics(p: &Predictor) -> String {
 }
 
 /// A provider's name as the command line spells it.
-fn provider_name(ep: crate::deploy::ExecutionProvider) -> &'static str {
-    match ep {
-        crate::deploy::ExecutionProvider::Cpu => "cpu",
-        crate::deploy::ExecutionProvider::Cuda => "cuda",
-        crate::deploy::ExecutionProvider::Tensorrt => "tensorrt",
-    }
-}
-
 /// The manifest as `/v1/bundle` gives it, with a `runtime` section saying how this service runs it.
 fn bundle_document(p: &Predictor, opts: &ServeOptions) -> Result<String> {
     let mut doc = serde_json::to_value(&p.bundle().manifest).map_err(|e| Error::invalid("manifest", e.to_string()))?;
-    let providers: Vec<&str> = p.providers().iter().map(|&e| provider_name(e)).collect();
+    let providers: Vec<&str> = p.providers().iter().map(|&e| e.name()).collect();
     doc["runtime"] = serde_json::json!({
         "execution_providers": providers,
         "network_threads": providers.len(),
@@ -659,7 +655,7 @@ pub async fn serve(opts: ServeOptions, ready: impl FnOnce(std::net::SocketAddr))
     let predictor = Arc::new(Predictor::from_bundle(&opts.bundle, &popts)?);
     let manifest = bundle_document(&predictor, &opts)?;
     let providers: Vec<String> =
-        predictor.providers().iter().enumerate().map(|(i, &e)| format!("worker {i}: {}", provider_name(e))).collect();
+        predictor.providers().iter().enumerate().map(|(i, &e)| format!("worker {i}: {}", e.name())).collect();
     let ready_line = format!("ready: bundle loaded, sessions open ({})\n", providers.join(", "));
     let blocks = predictor.num_blocks();
     let policy_entry = predictor.bundle().manifest.policy.clone();

@@ -21,6 +21,17 @@ pub enum ExecutionProvider {
     Tensorrt,
 }
 
+impl ExecutionProvider {
+    /// The name the command line and the service use: `cpu`, `cuda`, `tensorrt`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExecutionProvider::Cpu => "cpu",
+            ExecutionProvider::Cuda => "cuda",
+            ExecutionProvider::Tensorrt => "tensorrt",
+        }
+    }
+}
+
 /// How sessions are built.
 #[derive(Debug, Clone)]
 pub struct SessionOptions {

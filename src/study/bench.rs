@@ -206,7 +206,8 @@ fn cuda_math(o: &SessionOptions) -> String {
     }
 }
 
-fn cpu_model() -> String {
+/// The processor's model name (Linux), `unknown` elsewhere.
+pub(crate) fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {

@@ -60,6 +60,8 @@ pub struct DemoOptions {
     pub spacing: crate::study::dataset::SpacingChoice,
     /// Which phantoms: abdominal CT (liver) or MR heads (brain, z-scored intensities).
     pub family: crate::study::synth::Family,
+    /// The hardest phantom's difficulty (`synth --max-difficulty`).
+    pub max_difficulty: f32,
 }
 
 impl DemoOptions {
@@ -95,6 +97,7 @@ impl DemoOptions {
             // against 0.8946 and 0.8964 unresampled).
             spacing: crate::study::dataset::SpacingChoice::Native,
             family: crate::study::synth::Family::Ct,
+            max_difficulty: 1.0,
         }
     }
 
@@ -232,7 +235,13 @@ pub fn run(o: &DemoOptions, say: &Say) -> Result<DemoOutcome> {
     let mut stages = Stages { say, redo: false, times: Vec::new() };
 
     stages.stage("1/8 synthesise phantoms", f.data.join("phantoms.json").exists(), || {
-        let cfg = SynthConfig { cases: o.cases, seed: o.seed, size: o.size, family: o.family };
+        let cfg = SynthConfig {
+            cases: o.cases,
+            seed: o.seed,
+            size: o.size,
+            family: o.family,
+            max_difficulty: o.max_difficulty,
+        };
         synthesize(&f.data, &cfg, &|_| {}).map(|_| ())
     })?;
     let seg_done = read_json::<segment::CheckpointMeta>(&f.seg.join("last.json")).is_ok_and(|m| m.epoch >= o.epochs);

@@ -3,6 +3,7 @@
 //! demo that runs them all.
 
 pub mod bench;
+pub mod calibrate;
 pub mod compile;
 pub mod dataset;
 pub mod demo;

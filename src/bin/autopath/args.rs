@@ -159,6 +159,9 @@ pub struct DemoArgs {
     /// Phantoms: `ct` (abdominal CT, liver) or `mr` (MR heads, brain; z-scored intensities).
     #[arg(long, default_value = "ct", value_parser = ["ct", "mr"])]
     pub family: String,
+    /// The hardest phantom's difficulty, in (0, 1]: contrast, noise and size spread evenly up to it.
+    #[arg(long)]
+    pub max_difficulty: Option<f32>,
 }
 
 #[derive(clap::Args)]
@@ -179,6 +182,9 @@ pub struct SynthArgs {
     /// units and a bias field: train with `--intensity zscore`).
     #[arg(long, default_value = "ct", value_parser = ["ct", "mr"])]
     pub family: String,
+    /// The hardest case's difficulty, in (0, 1]: cases spread evenly over [0, this].
+    #[arg(long, default_value_t = 1.0)]
+    pub max_difficulty: f32,
 }
 
 #[derive(clap::Args)]
@@ -232,9 +238,13 @@ pub struct BenchArgs {
     /// Tiles per network call.
     #[arg(long, default_value_t = 2)]
     pub tile_batch: usize,
-    /// Output folder: bench.md, bench.json, latency plot.
+    /// Output folder: bench.md, bench.json, latency plot (with --calibrate: cost.json, cost.md).
     #[arg(long)]
     pub out: PathBuf,
+    /// Time each graph of the bundle (stem, every block and projection shortcut, head, full.onnx) on
+    /// this provider instead of benchmarking volumes: writes cost.json for `autopath compile --cost`.
+    #[arg(long)]
+    pub calibrate: bool,
 }
 
 #[derive(clap::Args)]
@@ -283,6 +293,11 @@ pub struct CompileArgs {
     /// with one runs as one ONNX Runtime session instead of one per block (0: none).
     #[arg(long, default_value_t = autopath::study::compile::DEFAULT_PATH_GRAPHS)]
     pub path_graphs: usize,
+    /// The graphs' measured times (`cost.json` from `autopath bench --calibrate` on the provider the
+    /// bundle will run on): stored in the manifest with the policy's time-budget curve, for
+    /// `autopath-run --time-budget`.
+    #[arg(long)]
+    pub cost: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]

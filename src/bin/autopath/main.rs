@@ -263,9 +263,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn synth(args: SynthArgs, quiet: bool) -> anyhow::Result<()> {
-    let SynthArgs { out, cases, seed, size, family } = args;
+    let SynthArgs { out, cases, seed, size, family, max_difficulty } = args;
     let family = if family == "mr" { autopath::study::synth::Family::Mr } else { autopath::study::synth::Family::Ct };
-    let cfg = SynthConfig { cases, seed, size, family };
+    let cfg = SynthConfig { cases, seed, size, family, max_difficulty };
     let bar = progress(cases as u64, "synth", quiet);
     let infos = synthesize(&out, &cfg, &|done| bar.set_position(done as u64))
         .with_context(|| format!("synthesising into {}", out.display()))?;
@@ -303,6 +303,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
     if args.family == "mr" {
         o.family = autopath::study::synth::Family::Mr;
     }
+    o.max_difficulty = args.max_difficulty.unwrap_or(o.max_difficulty);
     let t = std::time::Instant::now();
     if let Some(seeds) = args.seeds {
         return demo_seeds(o, &seeds, t);
@@ -340,7 +341,22 @@ fn demo_seeds(o: autopath::study::demo::DemoOptions, seeds: &[u64], t: std::time
 }
 
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    let BenchArgs { bundle, data, limit, provider, repeats, warmup, tile_batch, out } = args;
+    let BenchArgs { bundle, data, limit, provider, repeats, warmup, tile_batch, out, calibrate } = args;
+    if calibrate {
+        use autopath::study::calibrate;
+        let cost = calibrate::calibrate(&bundle, &provider.options(tile_batch), tile_batch, warmup, repeats)?;
+        let arch = autopath_bundle::Bundle::load(&bundle)?.manifest.architecture;
+        let table = calibrate::markdown(&cost, &arch);
+        std::fs::create_dir_all(&out)?;
+        autopath::atomic::write_bytes_atomically(
+            &out.join("cost.json"),
+            serde_json::to_string_pretty(&cost)?.as_bytes(),
+        )?;
+        autopath::atomic::write_bytes_atomically(&out.join("cost.md"), table.as_bytes())?;
+        println!("{table}\nwrote {} (for autopath compile --cost)", out.join("cost.json").display());
+        return Ok(());
+    }
+    anyhow::ensure!(!data.is_empty(), "--data is required (or --calibrate)");
     let inputs = autopath::study::bench::inputs(&data, limit)?;
     let opts =
         autopath::study::bench::BenchOptions { repeats, warmup, session: provider.options(tile_batch), tile_batch };
@@ -388,13 +404,22 @@ fn compile(args: CompileArgs) -> anyhow::Result<()> {
         no_verify,
         conv3d,
         path_graphs,
+        cost,
     } = args;
+    let cost = match cost {
+        Some(p) => Some(
+            serde_json::from_str::<autopath_bundle::MeasuredCost>(&std::fs::read_to_string(&p)?)
+                .with_context(|| format!("--cost {}", p.display()))?,
+        ),
+        None => None,
+    };
     let opts = autopath::study::compile::CompileOptions {
         verify: !no_verify,
         force,
         conv: conv3d.into(),
         split_head: false,
         path_graphs,
+        cost,
     };
     if let Some(arch) = untrained {
         let decoder = decoder.into();

@@ -50,7 +50,7 @@ pub struct PolicyInput<'a> {
 }
 
 /// Whether to check the graphs, whether to replace an existing folder, how to write 3D convolutions.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CompileOptions {
     /// Run the parity checks against an f64 copy of the model (`--no-verify` turns them off).
     pub verify: bool,
@@ -64,6 +64,9 @@ pub struct CompileOptions {
     /// Whole-path graphs for at most this many of the paths the policy takes most often on the
     /// calibration volumes (`--path-graphs`).
     pub path_graphs: usize,
+    /// The graphs' measured times (`--cost`, from `autopath bench --calibrate`): stored in the manifest
+    /// with the policy's time budget curve.
+    pub cost: Option<autopath_bundle::MeasuredCost>,
 }
 
 /// Whole-path graphs a bundle gets by default: the demo's policy takes 2–5 distinct paths.
@@ -78,7 +81,7 @@ impl CompileOptions {
             crate::deploy::ExecutionProvider::Cpu => Conv3dLayout::DepthTaps,
             _ => Conv3dLayout::Native,
         };
-        CompileOptions { verify: true, force: true, conv, split_head: true, path_graphs: 0 }
+        CompileOptions { verify: true, force: true, conv, split_head: true, path_graphs: 0, cost: None }
     }
 }
 
@@ -90,6 +93,7 @@ impl Default for CompileOptions {
             conv: Conv3dLayout::Native,
             split_head: false,
             path_graphs: DEFAULT_PATH_GRAPHS,
+            cost: None,
         }
     }
 }
@@ -209,6 +213,9 @@ fn build(
         );
     }
     let architecture = autopath_export::architecture(net, cfg.window.patch, split_head);
+    if let Some(c) = &opts.cost {
+        c.validate(architecture.blocks.len()).map_err(|e| Error::invalid("--cost", e))?;
+    }
     let manifest = Manifest {
         schema_version: SCHEMA_VERSION,
         producer: Producer {
@@ -235,9 +242,15 @@ fn build(
                     PathGraph { file: names::path_file(&mask), mask, volumes: *volumes }
                 })
                 .collect(),
+            time_budget: opts
+                .cost
+                .as_ref()
+                .map(|c| BudgetPoint::curve(&calibrated.calibration.probabilities, c))
+                .unwrap_or_default(),
         }),
         evaluation,
         files,
+        measured_cost: opts.cost.clone(),
     };
     crate::study::train::checkpoint::write_json(&dir.join(names::MANIFEST), &manifest)?;
     let mut checks = Vec::new();

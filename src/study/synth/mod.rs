@@ -66,11 +66,13 @@ pub struct SynthConfig {
     pub size: [usize; 3],
     /// Which phantoms.
     pub family: Family,
+    /// The hardest case's difficulty: cases spread evenly over [0, this] (1: the full range).
+    pub max_difficulty: f32,
 }
 
 impl Default for SynthConfig {
     fn default() -> Self {
-        SynthConfig { cases: 24, seed: 0, size: [48, 128, 128], family: Family::Ct }
+        SynthConfig { cases: 24, seed: 0, size: [48, 128, 128], family: Family::Ct, max_difficulty: 1.0 }
     }
 }
 
@@ -246,11 +248,12 @@ impl Anatomy {
     }
 }
 
-/// Difficulty of each case: evenly spread over [0, 1], in an order shuffled by the seed so that any
+/// Difficulty of each case: evenly spread over [0, `max`], in an order shuffled by the seed so that any
 /// split of case ids gets both easy and hard cases.
-pub fn difficulties(cases: usize, seed: u64) -> Vec<f32> {
+pub fn difficulties(cases: usize, seed: u64, max: f32) -> Vec<f32> {
     use rand::seq::SliceRandom;
-    let mut d: Vec<f32> = (0..cases).map(|k| if cases > 1 { k as f32 / (cases - 1) as f32 } else { 0.5 }).collect();
+    let mut d: Vec<f32> =
+        (0..cases).map(|k| max * if cases > 1 { k as f32 / (cases - 1) as f32 } else { 0.5 }).collect();
     d.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_d1ff));
     d
 }
@@ -342,7 +345,10 @@ pub fn synthesize(out: &Path, cfg: &SynthConfig, progress: &(dyn Fn(usize) + Syn
         return Err(Error::invalid("--size", format!("{:?}: each extent must be in 8..=1024", cfg.size)));
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let difficulty = difficulties(cfg.cases, cfg.seed);
+    if !(cfg.max_difficulty > 0.0 && cfg.max_difficulty <= 1.0) {
+        return Err(Error::invalid("--max-difficulty", format!("{} must be in (0, 1]", cfg.max_difficulty)));
+    }
+    let difficulty = difficulties(cfg.cases, cfg.seed, cfg.max_difficulty);
     let mut infos = Vec::with_capacity(cfg.cases);
     for (k, &d) in difficulty.iter().enumerate() {
         let (image, labels, geometry, info) = match cfg.family {
