@@ -280,6 +280,8 @@ fn measured_costs_give_a_time_budget(f: &Fixture, run: &Path, bundle: &Path, inp
     let cost: serde_json::Value = serde_json::from_slice(&std::fs::read(cal.join("cost.json")).unwrap()).unwrap();
     let blocks = cost["blocks"].as_array().unwrap();
     assert_eq!(blocks.len(), 8);
+    let table = std::fs::read_to_string(cal.join("cost.md")).unwrap();
+    assert!(table.contains("| stem + head |") && table.contains("| block 7 (dropping saves) |"), "{table}");
     let ms = |v: &serde_json::Value| v.as_f64().unwrap();
     assert!(ms(&cost["stem_ms"]) > 0.0 && ms(&cost["head_ms"]) > 0.0 && ms(&cost["full_ms"]) > 0.0);
     assert!(blocks.iter().all(|b| ms(&b["kept_ms"]) > 0.0 && ms(&b["shortcut_ms"]) >= 0.0));

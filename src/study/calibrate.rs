@@ -128,7 +128,7 @@ pub fn calibrate(
 /// The table as Markdown: per graph its time and share of the chain, per block its FLOP share against
 /// its time share (what a dropped block saves by each measure).
 pub fn markdown(cost: &MeasuredCost, flops: &impl PathCost) -> String {
-    let total = cost.full_flops() as f64 / 1000.0;
+    let total = cost.full_flops() as f64 / 1e6;
     let (bf, tf) = (flops.block_flops(), flops.full_flops() as f64);
     let mut s = format!(
         "{} on {} ({} tiles per call); chain {total:.2} ms, full.onnx {:.2} ms\n\n| graph | ms | share of the chain's time | share of the FLOPs |\n|---|---:|---:|---:|\n",
