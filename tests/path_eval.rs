@@ -207,7 +207,7 @@ fn paths_sharing_the_split_heads_low_level_part_score_as_with_the_whole_head() {
     let cpu = CompileOptions::for_provider(autopath::deploy::ExecutionProvider::Cpu);
     let open = |name: &str, split_head: bool| {
         let out = dir.path().join(name);
-        compile_runs(&run, "best", None, None, &out, CompileOptions { split_head, ..cpu }).unwrap();
+        compile_runs(&run, "best", None, None, &out, CompileOptions { split_head, ..cpu.clone() }).unwrap();
         let bundle = Bundle::load(&out).unwrap();
         let low = bundle.manifest.architecture.low_level.clone().expect("the skip decoder");
         assert_eq!(low.split.is_some(), split_head, "{name}: the split head in the manifest");

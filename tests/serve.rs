@@ -108,6 +108,11 @@ fn segments_like_the_batch_cli_and_survives_bad_bodies() {
     assert_eq!((status, String::from_utf8_lossy(&msg).contains("budget needs one")), (400, true));
     let (status, _, msg) = server.request("POST", "/v1/segment?budget=0.7&threshold=0.5", &[], &body);
     assert_eq!((status, String::from_utf8_lossy(&msg).contains("not both")), (400, true));
+    // A time budget is one or the other too, and says what it needs.
+    let (status, _, msg) = server.request("POST", "/v1/segment?budget=0.7&time_budget=0.7", &[], &body);
+    assert_eq!((status, String::from_utf8_lossy(&msg).contains("a FLOP budget or a time budget")), (400, true));
+    let (status, _, msg) = server.request("POST", "/v1/segment?time_budget=x", &[], &body);
+    assert_eq!((status, String::from_utf8_lossy(&msg).contains("time_budget \"x\"")), (400, true));
     // A request the bundle cannot serve is the client's fault: 422 with the reason (internal failures,
     // ONNX Runtime or I/O, answer 500: `Error::is_caller_fault`).
     let (status, _, msg) = server.request("POST", "/v1/segment?path=1011", &[], &body);

@@ -418,29 +418,31 @@ async fn segment(
     r
 }
 
-async fn segment_inner(state: &AppState, headers: &HeaderMap, q: &HashMap<String, String>, body: Bytes) -> Response {
-    if !authorised(state, headers) {
-        return plain(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-    }
+/// The path a request asks for: `?path=` (or `x-autopath-path`), with `threshold`, `budget` or
+/// `time_budget`; the reason when it cannot be had.
+fn request_choice(
+    state: &AppState,
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+) -> std::result::Result<PathChoice, String> {
     let path = q
         .get("path")
         .map(String::as_str)
         .or_else(|| headers.get("x-autopath-path").and_then(|v| v.to_str().ok()))
         .unwrap_or("auto");
-    let number = |key: &str| q.get(key).map(|v| v.parse::<f64>().map_err(|e| format!("{key} {v:?}: {e}")));
-    let numbers = (number("threshold").transpose(), number("budget").transpose(), number("time_budget").transpose());
-    let (threshold, budget) = match numbers {
-        (Ok(t), Ok(b), Ok(tb)) => match crate::deploy::Budget::from_options(b, tb) {
-            Ok(budget) => (t.map(|t| t as f32), budget),
-            Err(e) => return plain(StatusCode::BAD_REQUEST, e.to_string()),
-        },
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return plain(StatusCode::BAD_REQUEST, e),
-    };
-    let choice = path
-        .parse::<PathChoice>()
-        .map_err(|e| e.to_string())
-        .and_then(|c| PathChoice::resolve(c, threshold, budget, state.policy.as_ref()).map_err(|e| e.to_string()));
-    let choice = match choice {
+    let number = |key: &str| q.get(key).map(|v| v.parse::<f64>().map_err(|e| format!("{key} {v:?}: {e}"))).transpose();
+    let threshold = number("threshold")?.map(|t| t as f32);
+    let budget =
+        crate::deploy::Budget::from_options(number("budget")?, number("time_budget")?).map_err(|e| e.to_string())?;
+    let choice = path.parse::<PathChoice>()?;
+    PathChoice::resolve(choice, threshold, budget, state.policy.as_ref()).map_err(|e| e.to_string())
+}
+
+async fn segment_inner(state: &AppState, headers: &HeaderMap, q: &HashMap<String, String>, body: Bytes) -> Response {
+    if !authorised(state, headers) {
+        return plain(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    }
+    let choice = match request_choice(state, headers, q) {
         Ok(c) => c,
         Err(e) => return plain(StatusCode::BAD_REQUEST, e),
     };
