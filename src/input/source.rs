@@ -32,10 +32,14 @@ pub fn is_nifti(p: &Path) -> bool {
 }
 
 /// The volumes `input` holds: a NIfTI file; a folder of NIfTI files (not searched further); a DICOM
-/// file (its whole series, found beside it); or a folder tree of DICOM files (every image series in it).
+/// file (its whole series: the files beside it with its SeriesInstanceUID); or a folder tree of DICOM
+/// files (every image series in it). Anything else is tried as NIfTI, whose reader says what is wrong.
 pub fn find(input: &Path) -> Result<Inputs> {
     if input.is_file() {
-        if is_nifti(input) || !dicom::is_dicom_file(input) {
+        // DICOM by its "DICM" mark, or a file without one (no preamble) that still reads as an image.
+        let dicom =
+            !is_nifti(input) && (dicom::is_dicom_file(input) || dicom::scan(input).is_ok_and(|s| !s.series.is_empty()));
+        if !dicom {
             return Ok(Inputs { sources: vec![Source::Nifti(input.to_path_buf())], notes: vec![] });
         }
         return series_of_file(input);
@@ -71,7 +75,7 @@ fn series_of_file(file: &Path) -> Result<Inputs> {
         let why = own.notes.first().cloned().unwrap_or_default();
         return Err(Error::dicom(file, format!("not an image to segment ({why})")));
     };
-    let mut scan = dicom::scan(folder)?;
+    let mut scan = dicom::scan_beside(folder)?;
     scan.series.retain(|s| s.uid == uid);
     scan.notes.clear();
     Ok(Inputs { sources: scan.series.into_iter().map(|s| Source::Dicom(Arc::new(s))).collect(), notes: vec![] })

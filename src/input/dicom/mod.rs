@@ -14,7 +14,7 @@ mod scan;
 mod seg;
 
 pub use read::{read_series, SeriesReference};
-pub use scan::{is_dicom_file, scan, Scan, Series};
+pub use scan::{is_dicom_file, scan, scan_beside, Scan, Series};
 pub use seg::{write_seg, SegmentDescription};
 
 pub use crate::input::volume::Volume;

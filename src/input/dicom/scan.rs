@@ -58,6 +58,20 @@ pub fn is_dicom_file(path: &Path) -> bool {
 pub fn scan(path: &Path) -> Result<Scan> {
     let mut files = Vec::new();
     collect(path, &mut files)?;
+    scan_files(files, path)
+}
+
+/// [`scan`] of the files directly in `folder` (not its subfolders): where a single file's series lies.
+pub fn scan_beside(folder: &Path) -> Result<Scan> {
+    let files = std::fs::read_dir(folder)
+        .map_err(|e| Error::io(folder, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .collect();
+    scan_files(files, folder)
+}
+
+fn scan_files(mut files: Vec<PathBuf>, path: &Path) -> Result<Scan> {
     files.sort();
     let mut scan = Scan::default();
     let mut groups: BTreeMap<String, Group> = BTreeMap::new();
