@@ -169,3 +169,46 @@ fn a_bundle_that_differs_from_its_model_in_one_block_is_refused_naming_that_bloc
     assert!(message.contains("block_03") && message.contains("--no-verify"), "{message}");
     assert!(!message.contains("ill-conditioned"), "{message}");
 }
+
+/// `compile --stem space-to-depth` rewrites the stem exactly (up to the order of f32 sums): every graph
+/// that holds the stem (stem.onnx, full.onnx, the chains) passes the parity checks against the f64
+/// model, for ResNet-18 and -50 with both decoders; the manifest records the form; odd tiles are refused.
+#[test]
+fn the_space_to_depth_stem_passes_parity_for_every_network() {
+    use autopath_bundle::StemForm;
+    use autopath_models::spec::DecoderKind;
+    let dir = tempfile::tempdir().unwrap();
+    for (arch, decoder) in [
+        ("r18", DecoderKind::Skip),
+        ("r18", DecoderKind::Paper),
+        ("r50", DecoderKind::Skip),
+        ("r50", DecoderKind::Paper),
+    ] {
+        let spec = ArchSpec { decoder, ..ArchSpec::preset(arch, 4, [16, 32, 32]).unwrap() };
+        let model = Model::new(&spec, 7, &candle_core::Device::Cpu).unwrap();
+        let cfg = TrainConfig::for_spec(spec);
+        let out = dir.path().join(format!("{arch}-{decoder:?}"));
+        let opts = autopath::study::compile::CompileOptions {
+            verify: true,
+            stem: StemForm::SpaceToDepth,
+            ..Default::default()
+        };
+        let report =
+            compile(&model.net, &cfg, None, None, &out, opts).unwrap_or_else(|e| panic!("{arch} {decoder:?}: {e}"));
+        let checked: Vec<&str> = report.checks.iter().map(|c| c.name.as_str()).collect();
+        for graph in ["stem", "full.onnx", "chain, all blocks kept", "chain, odd blocks dropped"] {
+            assert!(checked.contains(&graph), "{arch} {decoder:?}: {checked:?}");
+        }
+        for c in &report.checks {
+            assert!(c.passed && c.max_rel <= TOLERANCE, "{arch} {decoder:?}: {}", c.describe());
+        }
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(manifest["producer"]["stem"], "space-to-depth");
+    }
+    let spec = ArchSpec::preset("r18", 4, [15, 32, 32]).unwrap();
+    let model = Model::new(&spec, 7, &candle_core::Device::Cpu).unwrap();
+    let opts = autopath::study::compile::CompileOptions { stem: StemForm::SpaceToDepth, ..Default::default() };
+    let e = compile(&model.net, &TrainConfig::for_spec(spec), None, None, &dir.path().join("odd"), opts).unwrap_err();
+    assert!(e.to_string().contains("space-to-depth needs even tile sizes"), "{e}");
+}

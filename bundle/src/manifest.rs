@@ -26,6 +26,19 @@ pub enum Conv3dLayout {
     DepthTaps,
 }
 
+/// How the graphs write the stem's convolution (7³, stride 2, one input channel).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StemForm {
+    /// The convolution as trained.
+    #[default]
+    Conv,
+    /// The same sums as space-to-depth (each 2×2×2 block of voxels becomes 8 channels) and a stride-1
+    /// 4³ convolution on 8 channels with the weight rearranged (zeros where no tap falls): the form
+    /// tensor cores take; exact up to the order of the f32 sums. Needs even tile sizes.
+    SpaceToDepth,
+}
+
 impl Conv3dLayout {
     /// The manifest's spelling.
     pub fn name(self) -> &'static str {
@@ -105,6 +118,13 @@ pub struct Producer {
     /// How the graphs write 3D convolutions. Older bundles: native.
     #[serde(default)]
     pub conv3d: Conv3dLayout,
+    /// How the graphs write the stem's convolution. Older bundles: as trained.
+    #[serde(default, skip_serializing_if = "is_default_stem")]
+    pub stem: StemForm,
+}
+
+fn is_default_stem(s: &StemForm) -> bool {
+    *s == StemForm::Conv
 }
 
 /// The network's output activation.

@@ -6,7 +6,7 @@ use crate::pb::{
     attribute_type, data_type, dimension, AttributeProto, Dimension, GraphProto, NodeProto, TensorProto,
     TensorShapeProto, TypeProto, TypeProtoTensor, ValueInfoProto,
 };
-use autopath_bundle::Conv3dLayout;
+use autopath_bundle::{Conv3dLayout, StemForm};
 
 /// A dimension of a graph input or output: fixed or symbolic.
 #[derive(Debug, Clone)]
@@ -52,6 +52,7 @@ fn string(name: &str, v: &str) -> AttributeProto {
 pub struct GraphBuilder {
     graph: GraphProto,
     layout: Conv3dLayout,
+    stem: StemForm,
 }
 
 impl GraphBuilder {
@@ -60,7 +61,39 @@ impl GraphBuilder {
         GraphBuilder {
             graph: GraphProto { name: name.into(), doc_string: doc.into(), ..Default::default() },
             layout: Conv3dLayout::Native,
+            stem: StemForm::Conv,
         }
+    }
+
+    /// The same builder writing the stem as `stem` says.
+    pub fn with_stem(mut self, stem: StemForm) -> Self {
+        self.stem = stem;
+        self
+    }
+
+    /// How the stem is written.
+    pub fn stem_form(&self) -> StemForm {
+        self.stem
+    }
+
+    /// A native `Conv` with stride 1 and its own padding before and after each spatial axis.
+    pub fn conv_padded(
+        &mut self,
+        name: &str,
+        x: &str,
+        weight: (&[usize], &[f32]),
+        bias: &[f32],
+        (before, after): ([usize; 3], [usize; 3]),
+    ) -> String {
+        let w = self.weight(&format!("{name}.weight"), weight.0, weight.1);
+        let b = self.weight(&format!("{name}.bias"), &[bias.len()], bias);
+        let pads: Vec<usize> = before.iter().chain(after.iter()).copied().collect();
+        self.node(
+            "Conv",
+            name,
+            &[x, &w, &b],
+            vec![ints("kernel_shape", &weight.0[2..]), ints("strides", &[1, 1, 1]), ints("pads", &pads)],
+        )
     }
 
     /// The same builder writing 3D convolutions as `layout` says.

@@ -11,7 +11,7 @@ use candle_core::{DType, Tensor};
 
 use autopath_models::layers::trilinear_taps;
 
-use autopath_bundle::{names, Conv3dLayout};
+use autopath_bundle::{names, Conv3dLayout, StemForm};
 
 use crate::builder::{ConvAttrs, Dim, GraphBuilder};
 use crate::{Error, Result};
@@ -95,9 +95,63 @@ fn centre_tap(dims: &[usize], w: &[f32], axis: usize) -> Vec<f32> {
     (0..outer).flat_map(|o| &w[(o * k + k / 2) * inner..(o * k + k / 2 + 1) * inner]).copied().collect()
 }
 
-/// The stem: conv 7³ s2 (+BN) → ReLU → max-pool 3 s2.
+/// The stem: conv 7³ s2 (+BN) → ReLU → max-pool 3 s2; the convolution as space-to-depth and a
+/// stride-1 convolution where the builder asks for it ([`StemForm::SpaceToDepth`]).
 pub fn emit_stem(g: &mut GraphBuilder, x: &str, net: &DeepLab3d) -> Result<String> {
-    stem_like(g, "stem", x, &net.stem)
+    if g.stem_form() == StemForm::Conv {
+        return stem_like(g, "stem", x, &net.stem);
+    }
+    let (dims, w, b) = folded(&net.stem.conv, Some(&net.stem.bn), "stem.conv")?;
+    let a = attrs(&net.stem.conv);
+    if dims[1] != 1 || a.kernel != [7; 3] || a.stride != [2; 3] || a.padding != [3; 3] || a.dilation != [1; 3] {
+        return Err(Error::Tensor {
+            name: "stem.conv".into(),
+            reason: format!("space-to-depth needs a 7³ stride-2 convolution of one channel, not {dims:?} {a:?}"),
+        });
+    }
+    let blocks = space_to_depth(g, "stem.s2d", x);
+    let (w2, dims2) = stem_weight_s2d(&w, dims[0]);
+    let c = g.conv_padded("stem.conv", &blocks, (&dims2, &w2), &b, ([2; 3], [1; 3]));
+    let r = g.relu("stem.relu", &c);
+    Ok(g.max_pool("stem.pool", &r, STEM_POOL.kernel, STEM_POOL.stride, STEM_POOL.padding))
+}
+
+/// `[N, 1, D, H, W]` → `[N, 8, D/2, H/2, W/2]`, channel `4·pd + 2·ph + pw` holding voxel
+/// `(2z + pd, 2y + ph, 2x + pw)`. Reshapes copy the axes they keep (`0`) and infer one (`-1`), so the
+/// graph takes any even sizes.
+fn space_to_depth(g: &mut GraphBuilder, name: &str, x: &str) -> String {
+    let n = |s: &str| format!("{name}.{s}");
+    // [N, 1, D, H, W] → [N, D/2, pd, H, W] → [N, D/2, pd, H, W/2, pw]
+    let a = g.reshape(&n("depth"), x, &[0, -1, 2, 0, 0]);
+    let b = g.reshape(&n("width"), &a, &[0, 0, 0, 0, -1, 2]);
+    // → [N, D/2, pd, W/2, pw, H] → [N, D/2, pd, W/2, pw, H/2, ph]
+    let c = g.transpose(&n("height_last"), &b, &[0, 1, 2, 4, 5, 3]);
+    let d = g.reshape(&n("height"), &c, &[0, 0, 0, 0, 0, -1, 2]);
+    // → [N, D/2, H/2, W/2, pd, ph, pw] → [N, D/2, H/2, W/2, 8] → [N, 8, D/2, H/2, W/2]
+    let e = g.transpose(&n("phases_last"), &d, &[0, 1, 5, 3, 2, 6, 4]);
+    let f = g.reshape(&n("channels"), &e, &[0, 0, 0, 0, 8]);
+    g.transpose(&n("channels_first"), &f, &[0, 4, 1, 2, 3])
+}
+
+/// The stem's weight `[Co, 1, 7, 7, 7]` for [`space_to_depth`]'s input: `[Co, 8, 4, 4, 4]`, tap `j` of
+/// phase `p` along an axis being the original tap `2j + p − 1` (zero where that falls outside 0..7), so
+/// that output `o` sums input voxels `2o − 3 … 2o + 3` as the stride-2 convolution does (pads 2 before,
+/// 1 after).
+fn stem_weight_s2d(w: &[f32], co: usize) -> (Vec<f32>, Vec<usize>) {
+    let tap = |j: usize, p: usize| (2 * j + p).checked_sub(1).filter(|k| *k < 7);
+    let mut out = vec![0.0f32; co * 8 * 64];
+    for o in 0..co {
+        for c in 0..8 {
+            let (pd, ph, pw) = (c / 4, c / 2 % 2, c % 2);
+            for j in 0..64 {
+                let (jd, jh, jw) = (j / 16, j / 4 % 4, j % 4);
+                if let (Some(kd), Some(kh), Some(kw)) = (tap(jd, pd), tap(jh, ph), tap(jw, pw)) {
+                    out[(o * 8 + c) * 64 + j] = w[o * 343 + (kd * 7 + kh) * 7 + kw];
+                }
+            }
+        }
+    }
+    (out, vec![co, 8, 4, 4, 4])
 }
 
 fn stem_like(g: &mut GraphBuilder, prefix: &str, x: &str, unit: &ConvBn) -> Result<String> {

@@ -15,7 +15,7 @@ use autopath_models::deeplab::DeepLab3d;
 use autopath_models::policy::PolicyNet;
 use prost::Message;
 
-use autopath_bundle::Conv3dLayout;
+use autopath_bundle::{Conv3dLayout, StemForm};
 use autopath_models::deeplab::DecoderNet;
 use builder::{Dim, GraphBuilder};
 use graphs::{
@@ -81,7 +81,7 @@ pub fn compile(
     policy: Option<&PolicyNet>,
     tile: [usize; 3],
     version: &str,
-    layout: Conv3dLayout,
+    (layout, stem): (Conv3dLayout, StemForm),
 ) -> Result<Vec<GraphFile>> {
     let spec = net.spec();
     let mut files = Vec::new();
@@ -89,7 +89,9 @@ pub fn compile(
         files.push(GraphFile { bytes: model(g.finish(), role, version), file, role: role.into() })
     };
 
-    let mut g = GraphBuilder::new("stem", "stem: conv 7x7x7 s2 + BN + ReLU + max-pool 3 s2").with_layout(layout);
+    let mut g = GraphBuilder::new("stem", "stem: conv 7x7x7 s2 + BN + ReLU + max-pool 3 s2")
+        .with_layout(layout)
+        .with_stem(stem);
     let x = g.input(names::IMAGE, &symbolic(spec.in_channels));
     let y = emit_stem(&mut g, &x, net)?;
     let y = g.identity(names::FEATURES, &y);
@@ -123,7 +125,8 @@ pub fn compile(
     push(names::HEAD_FILE.into(), "head", head_graph(net, tile, layout)?);
 
     let mut g = GraphBuilder::new("full", "full network: stem + every block + head, the baseline and parity reference")
-        .with_layout(layout);
+        .with_layout(layout)
+        .with_stem(stem);
     let mut h = g.input(names::IMAGE, &fixed(spec.in_channels, tile));
     h = emit_stem(&mut g, &h, net)?;
     let mut low = None;
@@ -161,13 +164,14 @@ pub fn path_graph(
     keep: &[bool],
     tile: [usize; 3],
     version: &str,
-    layout: Conv3dLayout,
+    (layout, stem): (Conv3dLayout, StemForm),
 ) -> Result<GraphFile> {
     let spec = net.spec();
     let mask: String = keep.iter().map(|&k| if k { '1' } else { '0' }).collect();
     let mut g =
         GraphBuilder::new(&format!("path_{mask}"), &format!("one path of the network: blocks {mask} (1 = kept)"))
-            .with_layout(layout);
+            .with_layout(layout)
+            .with_stem(stem);
     let mut h = g.input(names::IMAGE, &fixed(spec.in_channels, tile));
     h = emit_stem(&mut g, &h, net)?;
     let mut low = None;

@@ -298,6 +298,27 @@ pub struct CompileArgs {
     /// `autopath-run --time-budget`.
     #[arg(long)]
     pub cost: Option<PathBuf>,
+    /// How the graphs write the stem's 7³ stride-2 convolution of one channel: `conv` (as trained) or
+    /// `space-to-depth` (2×2×2 voxels to 8 channels, then a stride-1 4³ convolution: the same sums in the
+    /// form GPU tensor cores take; checked like every graph against the f64 model; even tile sizes).
+    #[arg(long, value_enum, default_value = "conv")]
+    pub stem: StemArg,
+}
+
+/// `compile --stem`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum StemArg {
+    Conv,
+    SpaceToDepth,
+}
+
+impl From<StemArg> for autopath_bundle::StemForm {
+    fn from(s: StemArg) -> Self {
+        match s {
+            StemArg::Conv => autopath_bundle::StemForm::Conv,
+            StemArg::SpaceToDepth => autopath_bundle::StemForm::SpaceToDepth,
+        }
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]

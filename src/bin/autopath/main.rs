@@ -405,6 +405,7 @@ fn compile(args: CompileArgs) -> anyhow::Result<()> {
         conv3d,
         path_graphs,
         cost,
+        stem,
     } = args;
     let cost = match cost {
         Some(p) => Some(
@@ -420,6 +421,7 @@ fn compile(args: CompileArgs) -> anyhow::Result<()> {
         split_head: false,
         path_graphs,
         cost,
+        stem: stem.into(),
     };
     if let Some(arch) = untrained {
         let decoder = decoder.into();

@@ -67,6 +67,8 @@ pub struct CompileOptions {
     /// The graphs' measured times (`--cost`, from `autopath bench --calibrate`): stored in the manifest
     /// with the policy's time budget curve.
     pub cost: Option<autopath_bundle::MeasuredCost>,
+    /// How the graphs write the stem's convolution (`--stem`).
+    pub stem: autopath_bundle::StemForm,
 }
 
 /// Whole-path graphs a bundle gets by default: the demo's policy takes 2–5 distinct paths.
@@ -81,7 +83,15 @@ impl CompileOptions {
             crate::deploy::ExecutionProvider::Cpu => Conv3dLayout::DepthTaps,
             _ => Conv3dLayout::Native,
         };
-        CompileOptions { verify: true, force: true, conv, split_head: true, path_graphs: 0, cost: None }
+        CompileOptions {
+            verify: true,
+            force: true,
+            conv,
+            split_head: true,
+            path_graphs: 0,
+            cost: None,
+            stem: autopath_bundle::StemForm::Conv,
+        }
     }
 }
 
@@ -94,6 +104,7 @@ impl Default for CompileOptions {
             split_head: false,
             path_graphs: DEFAULT_PATH_GRAPHS,
             cost: None,
+            stem: autopath_bundle::StemForm::Conv,
         }
     }
 }
@@ -141,9 +152,20 @@ pub fn compile(
             format!("the policy decides on {} blocks; the segmenter has {}", p.net.num_blocks(), spec.num_blocks()),
         ));
     }
+    if opts.stem == autopath_bundle::StemForm::SpaceToDepth && cfg.window.patch.iter().any(|n| n % 2 == 1) {
+        return Err(Error::invalid(
+            "--stem",
+            format!("space-to-depth needs even tile sizes, not {:?}", cfg.window.patch),
+        ));
+    }
     let version = env!("CARGO_PKG_VERSION");
-    let mut graphs =
-        autopath_export::compile(net, policy.as_ref().map(|p| p.net), cfg.window.patch, version, opts.conv)?;
+    let mut graphs = autopath_export::compile(
+        net,
+        policy.as_ref().map(|p| p.net),
+        cfg.window.patch,
+        version,
+        (opts.conv, opts.stem),
+    )?;
     let split = match opts.split_head {
         true => autopath_export::split_head(net, cfg.window.patch, version, opts.conv)?,
         false => None,
@@ -159,7 +181,7 @@ pub fn compile(
         None => Vec::new(),
     };
     for (keep, _) in &paths {
-        graphs.push(autopath_export::path_graph(net, keep, cfg.window.patch, version, opts.conv)?);
+        graphs.push(autopath_export::path_graph(net, keep, cfg.window.patch, version, (opts.conv, opts.stem))?);
     }
 
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -224,6 +246,7 @@ fn build(
             onnx_ir_version: autopath_export::IR_VERSION,
             onnx_runtime: crate::deploy::ort_library::ORT_VERSION.into(),
             conv3d: opts.conv,
+            stem: opts.stem,
         },
         architecture: architecture.clone(),
         input: input_contract(cfg, crate::study::train::infer::activation(spec.output)),
