@@ -38,7 +38,7 @@ fn bundle(dir: &std::path::Path, conv: autopath_bundle::Conv3dLayout) -> autopat
             conv,
             split_head: false,
             path_graphs: 0,
-            cost: None,
+            ..Default::default()
         },
     )
     .expect("compile");
