@@ -53,24 +53,15 @@ pub fn from_accumulator(
     }
 }
 
-/// The most channels [`blended_channels`] takes apart in one pass over the accumulator.
-const MAX_CHANNELS: usize = 8;
-
-/// The blended probabilities of an accumulator, one volume per channel, cropped to `shape` (for a
-/// resampled volume, whose probabilities go back to the input's grid before the labels are taken).
+/// The blended probabilities of an accumulator, one volume per channel (one pass each, so memory is
+/// one f32 volume per channel), cropped to `shape`: for a resampled volume, whose probabilities go back
+/// to the input's grid before the labels are taken.
 pub fn blended_channels(
     accumulator: crate::input::window::Accumulator,
     shape: [usize; 3],
     activation: Activation,
 ) -> Vec<Array3<f32>> {
-    let channels = activation.channels();
-    assert!(channels <= MAX_CHANNELS, "{channels} output channels; at most {MAX_CHANNELS} are supported");
-    let packed = accumulator.map_blended(shape, |p| {
-        let mut v = [0.0f32; MAX_CHANNELS];
-        v[..p.len()].copy_from_slice(p);
-        v
-    });
-    (0..channels).map(|c| packed.mapv(|v| v[c])).collect()
+    (0..activation.channels()).map(|c| accumulator.map_blended(shape, |p| p[c])).collect()
 }
 
 /// Labels from probability volumes (one per channel): the threshold for a sigmoid output, the most

@@ -128,7 +128,7 @@ impl Accumulator {
     /// `f` of every voxel's [`blended`] values (one per channel), cropped to `shape`: the runtime's
     /// labels come straight from the sum, without a probability volume.
     pub fn map_blended<T: Copy + Default + Send + Sync>(
-        self,
+        &self,
         shape: [usize; 3],
         f: impl Fn(&[f32]) -> T + Sync,
     ) -> Array3<T> {

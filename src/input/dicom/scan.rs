@@ -79,7 +79,7 @@ fn scan_files(mut files: Vec<PathBuf>, path: &Path) -> Result<Scan> {
         match classify(&file) {
             Ok(Found::Image(obj)) => {
                 let uid = text(&obj, tags::SERIES_INSTANCE_UID);
-                groups.entry(uid).or_insert_with(|| Group::new(&file, &obj)).add(file, *obj);
+                groups.entry(uid).or_insert_with(|| Group::new(&obj)).add(file, *obj);
             }
             Ok(Found::Skipped(why)) => scan.notes.push(format!("{}: {why}; skipped", file.display())),
             Err(why) => scan.notes.push(format!("{}: {why}; skipped", file.display())),
@@ -179,14 +179,13 @@ struct Group {
 }
 
 impl Group {
-    fn new(file: &Path, obj: &InMemDicomObject) -> Self {
+    fn new(obj: &InMemDicomObject) -> Self {
         let mut header = InMemDicomObject::new_empty();
         for tag in super::seg::COPIED_FROM_SOURCE {
             if let Some(e) = obj.element_opt(tag).ok().flatten() {
                 header.put(e.clone());
             }
         }
-        let _ = file;
         Group { header, files: Vec::new(), planes: Vec::new(), refused: None }
     }
 
