@@ -219,6 +219,20 @@ fn bundle() -> &'static Path {
         .1
 }
 
+/// `autopath-run` with `bundle` on one input; fails the test if it fails.
+fn segment(bundle: &Path, input: &Path, output: &Path) {
+    let o = Command::new(env!("CARGO_BIN_EXE_autopath-run"))
+        .args(["--quiet", "--bundle"])
+        .arg(bundle)
+        .arg("-i")
+        .arg(input)
+        .arg("-o")
+        .arg(output)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 fn run(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_autopath-run"))
         .args(["--quiet", "--bundle"])
@@ -369,11 +383,7 @@ fn serve_takes_a_zipped_series_and_answers_dicom_seg() {
 fn names_and_spacing_travel_from_training_to_the_outputs() {
     let root = tempfile::tempdir().unwrap();
     let (data, run, bundle) = (root.path().join("data"), root.path().join("run"), root.path().join("bundle"));
-    let autopath = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_autopath")).args(args).output().unwrap();
-        assert!(o.status.success(), "autopath {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
+    let autopath = common::autopath;
     autopath(&[
         "synth",
         "--quiet",
@@ -424,19 +434,7 @@ fn names_and_spacing_travel_from_training_to_the_outputs() {
     assert!(shown.contains("labels: 0=background, 1=liver+lesion (resampled to 2.000,1.000,1.000 mm"), "{shown}");
     let input = data.join("volume-0.nii.gz");
     let output = root.path().join("seg.nii.gz");
-    let o = Command::new(env!("CARGO_BIN_EXE_autopath-run"))
-        .args([
-            "--quiet",
-            "--bundle",
-            bundle.to_str().unwrap(),
-            "-i",
-            input.to_str().unwrap(),
-            "-o",
-            output.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    segment(&bundle, &input, &output);
     let seen = common::python_json("nifti_inspect.py", &[input.to_str().unwrap(), output.to_str().unwrap()]);
     let (i, s) = (&seen[input.to_str().unwrap()], &seen[output.to_str().unwrap()]);
     assert_eq!((&i["shape"], &i["affine"]), (&s["shape"], &s["affine"]), "the output lies on the input's grid");
@@ -472,19 +470,7 @@ fn names_and_spacing_travel_from_training_to_the_outputs() {
     for (from, to) in [(&input, &half), (&label, &half_label)] {
         common::python("nifti_every_other_slice.py", &[from.to_str().unwrap(), to.to_str().unwrap()]);
     }
-    let o = Command::new(env!("CARGO_BIN_EXE_autopath-run"))
-        .args([
-            "--quiet",
-            "--bundle",
-            bundle.to_str().unwrap(),
-            "-i",
-            half.to_str().unwrap(),
-            "-o",
-            half_seg.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    segment(&bundle, &half, &half_seg);
     let dice = |seg: &Path, truth: &Path| {
         let (s, t) =
             (read_volume(seg, &ReadOptions::default()).unwrap(), read_volume(truth, &ReadOptions::default()).unwrap());

@@ -288,17 +288,11 @@ fn measured_costs_give_a_time_budget(f: &Fixture, run: &Path, bundle: &Path, inp
     let timed = dir.join("bundle-timed");
     let seg = f.seg.to_str().unwrap();
     let cost_file = cal.join("cost.json");
-    let o = autopath(&[
-        "compile",
-        "--seg",
-        seg,
-        "--policy",
-        run.to_str().unwrap(),
-        "--cost",
-        cost_file.to_str().unwrap(),
-        "--out",
-        timed.to_str().unwrap(),
-    ]);
+    let compile_with = |cost: &Path, out: &Path| {
+        let (run, cost, out) = (run.to_str().unwrap(), cost.to_str().unwrap(), out.to_str().unwrap());
+        autopath(&["compile", "--seg", seg, "--policy", run, "--cost", cost, "--out", out])
+    };
+    let o = compile_with(&cost_file, &timed);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(timed.join("manifest.json")).unwrap()).unwrap();
@@ -369,17 +363,7 @@ fn measured_costs_give_a_time_budget(f: &Fixture, run: &Path, bundle: &Path, inp
     short["blocks"].as_array_mut().unwrap().pop();
     std::fs::write(dir.join("short.json"), short.to_string()).unwrap();
     let short_file = dir.join("short.json");
-    let o = autopath(&[
-        "compile",
-        "--seg",
-        seg,
-        "--policy",
-        run.to_str().unwrap(),
-        "--cost",
-        short_file.to_str().unwrap(),
-        "--out",
-        dir.join("bundle-short").to_str().unwrap(),
-    ]);
+    let o = compile_with(&short_file, &dir.join("bundle-short"));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("7 block times for a network of 8 blocks"), "{err}");
 }

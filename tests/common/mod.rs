@@ -54,15 +54,18 @@ pub fn ort_library() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(autopath::deploy::ort_library::PROJECT_LIBRARY))
 }
 
+/// Runs `autopath ARGS`, fails the test with its stderr if it fails, and returns its stdout.
+pub fn autopath(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_autopath")).args(args).output().unwrap();
+    assert!(out.status.success(), "autopath {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A tiny trained bundle: phantoms, a briefly trained r18 at width 4, compiled. Returns
 /// `(data, run, bundle)` under `root`. Unresampled (`--spacing none`), so that its outputs can be
 /// compared voxel for voxel with predictions on the network's grid; tests/dicom.rs trains a resampled one.
 pub fn trained_bundle(root: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let (data, run, bundle) = (root.join("data"), root.join("run"), root.join("bundle"));
-    let autopath = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_autopath")).args(args).output().unwrap();
-        assert!(out.status.success(), "autopath {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
     autopath(&[
         "synth",
         "--quiet",
