@@ -160,7 +160,7 @@ fn a_bundle_that_differs_from_its_model_in_one_block_is_refused_naming_that_bloc
     var.set(&(var.as_tensor() * 2.0).unwrap()).unwrap();
     let bundle = autopath_bundle::Bundle::load(&out).unwrap();
     let mut sessions = Sessions::open(&bundle, &SessionOptions::default()).unwrap();
-    let checks = verify(&model.net, None, &mut sessions, cfg.window.patch).unwrap();
+    let checks = verify(&model.net, None, &mut sessions, (cfg.window.patch, autopath_bundle::Precision::Fp32)).unwrap();
     let first = checks.iter().find(|c| !c.passed).unwrap();
     assert_eq!(first.name, "block_03");
     // Candle agrees with its own f64 copy: the fault is charged to the graph, not to f32.
@@ -170,37 +170,40 @@ fn a_bundle_that_differs_from_its_model_in_one_block_is_refused_naming_that_bloc
     assert!(!message.contains("ill-conditioned"), "{message}");
 }
 
+/// Seeded, untrained ResNet-18 and -50 at width 4 with both decoders, for the rewrites' parity tests.
+fn every_network() -> Vec<(String, Model, TrainConfig)> {
+    use autopath_models::spec::DecoderKind;
+    [("r18", DecoderKind::Skip), ("r18", DecoderKind::Paper), ("r50", DecoderKind::Skip), ("r50", DecoderKind::Paper)]
+        .into_iter()
+        .map(|(arch, decoder)| {
+            let spec = ArchSpec { decoder, ..ArchSpec::preset(arch, 4, [16, 32, 32]).unwrap() };
+            let model = Model::new(&spec, 7, &candle_core::Device::Cpu).unwrap();
+            (format!("{arch}-{decoder:?}"), model, TrainConfig::for_spec(spec))
+        })
+        .collect()
+}
+
 /// `compile --stem space-to-depth` rewrites the stem exactly (up to the order of f32 sums): every graph
 /// that holds the stem (stem.onnx, full.onnx, the chains) passes the parity checks against the f64
 /// model, for ResNet-18 and -50 with both decoders; the manifest records the form; odd tiles are refused.
 #[test]
 fn the_space_to_depth_stem_passes_parity_for_every_network() {
     use autopath_bundle::StemForm;
-    use autopath_models::spec::DecoderKind;
     let dir = tempfile::tempdir().unwrap();
-    for (arch, decoder) in [
-        ("r18", DecoderKind::Skip),
-        ("r18", DecoderKind::Paper),
-        ("r50", DecoderKind::Skip),
-        ("r50", DecoderKind::Paper),
-    ] {
-        let spec = ArchSpec { decoder, ..ArchSpec::preset(arch, 4, [16, 32, 32]).unwrap() };
-        let model = Model::new(&spec, 7, &candle_core::Device::Cpu).unwrap();
-        let cfg = TrainConfig::for_spec(spec);
-        let out = dir.path().join(format!("{arch}-{decoder:?}"));
+    for (name, model, cfg) in every_network() {
+        let out = dir.path().join(&name);
         let opts = autopath::study::compile::CompileOptions {
             verify: true,
             stem: StemForm::SpaceToDepth,
             ..Default::default()
         };
-        let report =
-            compile(&model.net, &cfg, None, None, &out, opts).unwrap_or_else(|e| panic!("{arch} {decoder:?}: {e}"));
+        let report = compile(&model.net, &cfg, None, None, &out, opts).unwrap_or_else(|e| panic!("{name}: {e}"));
         let checked: Vec<&str> = report.checks.iter().map(|c| c.name.as_str()).collect();
         for graph in ["stem", "full.onnx", "chain, all blocks kept", "chain, odd blocks dropped"] {
-            assert!(checked.contains(&graph), "{arch} {decoder:?}: {checked:?}");
+            assert!(checked.contains(&graph), "{name}: {checked:?}");
         }
         for c in &report.checks {
-            assert!(c.passed && c.max_rel <= TOLERANCE, "{arch} {decoder:?}: {}", c.describe());
+            assert!(c.passed && c.max_rel <= TOLERANCE, "{name}: {}", c.describe());
         }
         let manifest: serde_json::Value =
             serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
@@ -211,4 +214,29 @@ fn the_space_to_depth_stem_passes_parity_for_every_network() {
     let opts = autopath::study::compile::CompileOptions { stem: StemForm::SpaceToDepth, ..Default::default() };
     let e = compile(&model.net, &TrainConfig::for_spec(spec), None, None, &dir.path().join("odd"), opts).unwrap_err();
     assert!(e.to_string().contains("space-to-depth needs even tile sizes"), "{e}");
+}
+
+/// `compile --precision fp16`: every segment and composition of ResNet-18 and -50 with both decoders
+/// lies within the fp16 limit of the f64 model, and further from it than f32 graphs may (the graphs
+/// really compute in fp16); the policy-free bundle's manifest says fp16.
+#[test]
+fn fp16_graphs_pass_parity_for_every_network() {
+    use autopath::study::compile::parity::FP16_TOLERANCE;
+    use autopath_bundle::Precision;
+    let dir = tempfile::tempdir().unwrap();
+    for (name, model, cfg) in every_network() {
+        let out = dir.path().join(&name);
+        let opts = autopath::study::compile::CompileOptions { precision: Precision::Fp16, ..Default::default() };
+        let report = compile(&model.net, &cfg, None, None, &out, opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for c in &report.checks {
+            assert!(c.passed && c.max_rel <= FP16_TOLERANCE && c.limit == FP16_TOLERANCE, "{name}: {}", c.describe());
+        }
+        let stem = report.checks.iter().find(|c| c.name == "stem").unwrap();
+        assert!(stem.max_rel > TOLERANCE / 10.0, "{name}: the stem is as exact as f32: {}", stem.describe());
+        let worst = report.checks.iter().map(|c| c.max_rel).fold(0.0, f64::max);
+        eprintln!("{name}: fp16 graphs at most {worst:.2e} from the f64 model");
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(manifest["producer"]["precision"], "fp16");
+    }
 }

@@ -21,5 +21,6 @@ pub use input::{Blend, Intensity, LabelMapping, Preprocessing, WindowConfig};
 pub use load::{sha256_hex, Bundle};
 pub use manifest::{
     Activation, Architecture, BlockEntry, BlockKind, Conv3dLayout, Decoder, FileEntry, InputContract, LowLevel,
-    Manifest, PathGraph, PolicyEntry, PolicyMethod, PolicyTraining, Producer, SplitHead, StemForm, SCHEMA_VERSION,
+    Manifest, PathGraph, PolicyEntry, PolicyMethod, PolicyTraining, Precision, Producer, SplitHead, StemForm,
+    SCHEMA_VERSION,
 };

@@ -39,6 +39,29 @@ pub enum StemForm {
     SpaceToDepth,
 }
 
+/// The number format of the segmenter's graphs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// f32 weights and activations.
+    #[default]
+    Fp32,
+    /// fp16 weights and activations (BatchNorm folded into the convolutions first, then rounded), with
+    /// f32 inputs and outputs through casts at each graph's edges, so graphs of either precision chain
+    /// and the runtime's buffers stay f32. The policy graph stays f32: the path does not depend on it.
+    Fp16,
+}
+
+impl Precision {
+    /// The manifest's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Fp16 => "fp16",
+        }
+    }
+}
+
 impl Conv3dLayout {
     /// The manifest's spelling.
     pub fn name(self) -> &'static str {
@@ -121,6 +144,13 @@ pub struct Producer {
     /// How the graphs write the stem's convolution. Older bundles: as trained.
     #[serde(default, skip_serializing_if = "is_default_stem")]
     pub stem: StemForm,
+    /// The segmenter graphs' number format. Older bundles: fp32.
+    #[serde(default, skip_serializing_if = "is_default_precision")]
+    pub precision: Precision,
+}
+
+fn is_default_precision(p: &Precision) -> bool {
+    *p == Precision::Fp32
 }
 
 fn is_default_stem(s: &StemForm) -> bool {

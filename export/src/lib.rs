@@ -7,8 +7,10 @@ pub mod architecture;
 pub mod builder;
 pub mod graphs;
 pub mod pb;
+pub mod precision;
 
 pub use architecture::architecture;
+pub use precision::with_precision;
 
 use autopath_bundle::names;
 use autopath_models::deeplab::DeepLab3d;

@@ -64,7 +64,8 @@ pub struct ProviderArgs {
     /// Build TensorRT engines anew at every start (no cache).
     #[arg(long, conflicts_with = "trt_cache")]
     pub no_trt_cache: bool,
-    /// TensorRT FP16 kernels (TensorRT only: CUDA runs the fp32 graphs).
+    /// fp16 inference: TensorRT builds fp16 engines; CUDA and the CPU run an fp16 bundle's graphs
+    /// (`autopath compile --precision fp16`) and refuse this flag on an fp32 bundle.
     #[arg(long)]
     pub fp16: bool,
     /// cuDNN convolution algorithm choice under CUDA.

@@ -50,7 +50,9 @@ pub struct SessionOptions {
     /// TensorRT engine and timing caches (a sub-folder per bundle hash); None builds engines anew at
     /// every start.
     pub trt_cache: Option<PathBuf>,
-    /// TensorRT FP16 kernels (refused under CUDA, which runs the fp32 graphs as they are).
+    /// fp16 inference: TensorRT builds fp16 engines (from graphs of either precision); the other
+    /// providers run a bundle's graphs as they are, so there it asks for an fp16 bundle (`compile
+    /// --precision fp16`) and refuses an fp32 one.
     pub fp16: bool,
     /// Whether activations stay in the provider's memory between block sessions (IoBinding).
     pub io_binding: IoBindingMode,
@@ -246,12 +248,6 @@ pub fn open(
     bundle_hash: &str,
     inputs: &[GraphInput],
 ) -> Result<(Session, ExecutionProvider)> {
-    if opts.fp16 && opts.ep != ExecutionProvider::Tensorrt {
-        return Err(Error::invalid(
-            "--fp16",
-            format!("applies to TensorRT only; the {:?} provider runs the fp32 graphs as they are", opts.ep),
-        ));
-    }
     let (library, env) = crate::deploy::ort_library::load(opts.threads)?;
     let build = |ep: ExecutionProvider| -> std::result::Result<Session, String> {
         if ep != ExecutionProvider::Cpu {
@@ -345,6 +341,24 @@ pub struct SplitSessions {
     pub output: String,
 }
 
+/// `--fp16` where it can hold: always under TensorRT, elsewhere only on an fp16 bundle.
+fn check_fp16(opts: &SessionOptions, bundle: &Bundle) -> Result<()> {
+    let precision = bundle.manifest.producer.precision;
+    if opts.fp16 && opts.ep != ExecutionProvider::Tensorrt && precision != autopath_bundle::Precision::Fp16 {
+        return Err(Error::invalid(
+            "--fp16",
+            format!(
+                "the {} provider runs a bundle's graphs as they are, and {} holds {} graphs: compile one with \
+                 `autopath compile --precision fp16`, or use --ep tensorrt",
+                opts.ep.name(),
+                bundle.dir.display(),
+                precision.name()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The per-sample inputs of every graph of a bundle, for TensorRT's profiles: stem, blocks, head (two
 /// with the skip decoder), full.
 fn inputs(bundle: &Bundle) -> (GraphInput, Vec<GraphInput>, Vec<GraphInput>, GraphInput) {
@@ -364,6 +378,7 @@ impl Sessions {
     /// Opens all graphs of a verified bundle (`full.onnx` waits for its first use). The provider is
     /// settled on the stem: after a fallback every other graph opens on the provider that worked.
     pub fn open(bundle: &Bundle, opts: &SessionOptions) -> Result<Sessions> {
+        check_fp16(opts, bundle)?;
         let a = &bundle.manifest.architecture;
         let h = &bundle.hash;
         let (image, block_inputs, head_inputs, full_input) = inputs(bundle);

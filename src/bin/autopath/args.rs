@@ -303,6 +303,26 @@ pub struct CompileArgs {
     /// form GPU tensor cores take; checked like every graph against the f64 model; even tile sizes).
     #[arg(long, value_enum, default_value = "conv")]
     pub stem: StemArg,
+    /// The segmenter graphs' number format: `fp32`, or `fp16` (weights and activations in fp16 with
+    /// f32 inputs and outputs; the policy stays f32; checked against the f64 model at fp16's tolerance).
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub precision: PrecisionArg,
+}
+
+/// `compile --precision`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum PrecisionArg {
+    Fp32,
+    Fp16,
+}
+
+impl From<PrecisionArg> for autopath_bundle::Precision {
+    fn from(p: PrecisionArg) -> Self {
+        match p {
+            PrecisionArg::Fp32 => autopath_bundle::Precision::Fp32,
+            PrecisionArg::Fp16 => autopath_bundle::Precision::Fp16,
+        }
+    }
 }
 
 /// `compile --stem`.

@@ -406,6 +406,7 @@ fn compile(args: CompileArgs) -> anyhow::Result<()> {
         path_graphs,
         cost,
         stem,
+        precision,
     } = args;
     let cost = match cost {
         Some(p) => Some(
@@ -422,6 +423,7 @@ fn compile(args: CompileArgs) -> anyhow::Result<()> {
         path_graphs,
         cost,
         stem: stem.into(),
+        precision: precision.into(),
     };
     if let Some(arch) = untrained {
         let decoder = decoder.into();

@@ -69,6 +69,8 @@ pub struct CompileOptions {
     pub cost: Option<autopath_bundle::MeasuredCost>,
     /// How the graphs write the stem's convolution (`--stem`).
     pub stem: autopath_bundle::StemForm,
+    /// The segmenter graphs' number format (`--precision`).
+    pub precision: autopath_bundle::Precision,
 }
 
 /// Whole-path graphs a bundle gets by default: the demo's policy takes 2–5 distinct paths.
@@ -91,6 +93,7 @@ impl CompileOptions {
             path_graphs: 0,
             cost: None,
             stem: autopath_bundle::StemForm::Conv,
+            precision: autopath_bundle::Precision::Fp32,
         }
     }
 }
@@ -105,6 +108,7 @@ impl Default for CompileOptions {
             path_graphs: DEFAULT_PATH_GRAPHS,
             cost: None,
             stem: autopath_bundle::StemForm::Conv,
+            precision: autopath_bundle::Precision::Fp32,
         }
     }
 }
@@ -183,6 +187,7 @@ pub fn compile(
     for (keep, _) in &paths {
         graphs.push(autopath_export::path_graph(net, keep, cfg.window.patch, version, (opts.conv, opts.stem))?);
     }
+    autopath_export::with_precision(&mut graphs, opts.precision)?;
 
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
@@ -247,6 +252,7 @@ fn build(
             onnx_runtime: crate::deploy::ort_library::ORT_VERSION.into(),
             conv3d: opts.conv,
             stem: opts.stem,
+            precision: opts.precision,
         },
         architecture: architecture.clone(),
         input: input_contract(cfg, crate::study::train::infer::activation(spec.output)),
@@ -281,7 +287,7 @@ fn build(
         let bundle = Bundle::load(dir)?;
         let mut s = Sessions::open(&bundle, &SessionOptions::default())?;
         s.open_split_head(&bundle)?;
-        checks = parity::verify(net, policy.map(|p| p.net), &mut s, cfg.window.patch)?;
+        checks = parity::verify(net, policy.map(|p| p.net), &mut s, (cfg.window.patch, opts.precision))?;
         if let Some(e) = parity::failure(&checks) {
             return Err(e);
         }
