@@ -421,6 +421,48 @@ fn auto_path_outputs_equal_the_evaluation_s_autopath_predictions() {
         through_path_graphs >= 1,
         "no volume ran through a whole-path graph: the comparison above tested only the chain"
     );
+
+    // The whole-network graphs through fixed bound buffers (the form `--cuda-graph` takes on a GPU),
+    // three tiles per call so that short batches are padded: the same bytes.
+    for path in ["auto", "full"] {
+        let bound = f.root.join(format!("bound-{path}"));
+        let plain = f.root.join(format!("plain-{path}"));
+        for (o, binding) in [(&bound, "on"), (&plain, "off")] {
+            let res = run_cli(&[
+                "--bundle",
+                bundle.to_str().unwrap(),
+                "-i",
+                f.data().to_str().unwrap(),
+                "-o",
+                o.to_str().unwrap(),
+                "--quiet",
+                "--path",
+                path,
+                "--tile-batch",
+                "3",
+                "--io-binding",
+                binding,
+            ]);
+            assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+        }
+        assert_eq!(common::listing(&plain).len(), 10, "{path}: every volume and label map of the data set");
+        for name in common::listing(&plain) {
+            let (a, b) = (std::fs::read(plain.join(&name)).unwrap(), std::fs::read(bound.join(&name)).unwrap());
+            assert!(a == b, "{path} {name}: bound buffers wrote other bytes");
+        }
+    }
+    let elsewhere = f.root.join("cuda-graph");
+    let refused = run_cli(&[
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "-i",
+        f.data().to_str().unwrap(),
+        "-o",
+        elsewhere.to_str().unwrap(),
+        "--cuda-graph",
+    ]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("CUDA graphs need --ep cuda"), "{stderr}");
 }
 
 /// `compile --precision fp16`: the manifest says so, the official checker and ONNX Runtime accept

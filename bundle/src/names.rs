@@ -34,6 +34,8 @@ pub fn path_file(mask: &str) -> String {
 
 /// Input of the stem and of the whole network: tiles `[B, 1, D, H, W]`.
 pub const IMAGE: &str = "image";
+/// The symbolic batch axis of every graph's inputs and outputs.
+pub const BATCH: &str = "batch";
 /// Output of the stem.
 pub const FEATURES: &str = "features";
 /// Input of a block, a shortcut, the head and the split head's rest.

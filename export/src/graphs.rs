@@ -498,7 +498,7 @@ pub fn emit_policy(g: &mut GraphBuilder, x: &str, policy: &PolicyNet) -> Result<
 /// `[N, C, D, H, W]` with symbolic batch and spatial axes.
 pub fn symbolic(channels: usize) -> Vec<Dim> {
     vec![
-        Dim::Symbolic("batch"),
+        Dim::Symbolic(autopath_bundle::names::BATCH),
         Dim::Fixed(channels),
         Dim::Symbolic("depth"),
         Dim::Symbolic("height"),
@@ -508,7 +508,13 @@ pub fn symbolic(channels: usize) -> Vec<Dim> {
 
 /// `[N, C, D, H, W]` with a symbolic batch and fixed spatial size.
 pub fn fixed(channels: usize, size: [usize; 3]) -> Vec<Dim> {
-    vec![Dim::Symbolic("batch"), Dim::Fixed(channels), Dim::Fixed(size[0]), Dim::Fixed(size[1]), Dim::Fixed(size[2])]
+    vec![
+        Dim::Symbolic(autopath_bundle::names::BATCH),
+        Dim::Fixed(channels),
+        Dim::Fixed(size[0]),
+        Dim::Fixed(size[1]),
+        Dim::Fixed(size[2]),
+    ]
 }
 
 #[cfg(test)]

@@ -81,6 +81,10 @@ pub struct ProviderArgs {
     /// Let CUDA run convolutions in channels-last (NHWC) layout, which tensor cores prefer.
     #[arg(long)]
     pub prefer_nhwc: bool,
+    /// CUDA graphs for the whole-network graphs (full.onnx and the whole-path graphs): captured once at
+    /// a batch of --tile-batch tiles (short batches padded) in fixed device buffers, then replayed.
+    #[arg(long)]
+    pub cuda_graph: bool,
     /// Write ONNX Runtime's per-node trace of every session into this folder (Chrome-trace JSON, one
     /// per graph; `scripts/ort-trace-summary` totals them by operator and provider).
     #[arg(long)]
@@ -108,6 +112,7 @@ impl ProviderArgs {
             trace: self.ort_trace.clone(),
             tf32: self.tf32 == OnOff::On,
             prefer_nhwc: self.prefer_nhwc,
+            cuda_graph: self.cuda_graph,
         }
     }
 }

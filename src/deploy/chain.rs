@@ -83,6 +83,23 @@ fn standard(tiles: ArrayView5<f32>) -> ndarray::CowArray<f32, ndarray::Ix5> {
     }
 }
 
+/// Runs a whole-network graph on standard-layout tiles: through its bound buffers where it has them,
+/// else as a plain run on a view of the tiles.
+fn run_whole<R>(
+    g: &mut super::session::WholeGraph,
+    what: &str,
+    tiles: ArrayView5<f32>,
+    f: impl FnOnce(ArrayView5<f32>) -> R,
+) -> Result<R> {
+    match g.replay.as_mut() {
+        Some(r) => r.run(&mut g.session, what, tiles, f),
+        None => {
+            let p = run_one(&mut g.session, what, IMAGE, &*view_value(&tiles)?, PROBABILITIES)?;
+            with_view(&p, what, f)
+        }
+    }
+}
+
 /// One graph of the chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Segment {
@@ -267,10 +284,7 @@ impl Sessions {
         let tiles = standard(tiles);
         let tiles = tiles.view();
         match self.path_session(keep)? {
-            Some(s) => {
-                let p = run_one(s, "path graph", IMAGE, &*view_value(&tiles)?, PROBABILITIES)?;
-                with_view(&p, "path graph", f)
-            }
+            Some(g) => run_whole(g, "path graph", tiles, f),
             None => self.run_chain_with(tiles, keep, f),
         }
     }
@@ -284,8 +298,7 @@ impl Sessions {
     pub fn run_full_with<R>(&mut self, tiles: ArrayView5<f32>, f: impl FnOnce(ArrayView5<f32>) -> R) -> Result<R> {
         let tiles = standard(tiles);
         let tiles = tiles.view();
-        let p = run_one(self.full()?, "full", IMAGE, &*view_value(&tiles)?, PROBABILITIES)?;
-        with_view(&p, "full", f)
+        run_whole(self.full()?, "full", tiles, f)
     }
 
     /// Keep probabilities `[B, N]` for policy inputs `[B, 1, d, h, w]`.

@@ -28,12 +28,18 @@ pub fn describe(b: &Bundle, tile_batch: usize) -> String {
     );
     say!(
         out,
-        "producer: autopath {}, ONNX opset {} (IR {}), verified with ONNX Runtime {}; 3D convolutions: {}",
+        "producer: autopath {}, ONNX opset {} (IR {}), verified with ONNX Runtime {}; 3D convolutions: {}; stem: {}; \
+         precision: {}",
         m.producer.autopath,
         m.producer.onnx_opset,
         m.producer.onnx_ir_version,
         m.producer.onnx_runtime,
-        m.producer.conv3d
+        m.producer.conv3d,
+        match m.producer.stem {
+            autopath_bundle::StemForm::Conv => "conv",
+            autopath_bundle::StemForm::SpaceToDepth => "space-to-depth",
+        },
+        m.producer.precision.name()
     );
     say!(
         out,

@@ -12,6 +12,7 @@ pub mod memory;
 pub mod network;
 pub mod ort_library;
 pub mod predict;
+pub mod replay;
 #[cfg(feature = "serve")]
 pub mod serve;
 pub mod session;

@@ -6,6 +6,7 @@ use ort::ep::ExecutionProviderDispatch;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 
+use super::replay::Replay;
 use crate::error::{Error, Result};
 use autopath_bundle::{names, Bundle};
 
@@ -71,6 +72,11 @@ pub struct SessionOptions {
     pub tf32: bool,
     /// Channels-last convolutions under CUDA.
     pub prefer_nhwc: bool,
+    /// CUDA graphs for the whole-network sessions (`full.onnx`, whole-path graphs): their batch fixed
+    /// to `max_tile_batch`, their input and output in fixed device buffers
+    /// ([`crate::deploy::replay::Replay`]), captured once and replayed. The chain's sessions run as
+    /// before. CUDA and TensorRT only.
+    pub cuda_graph: bool,
 }
 
 /// cuDNN's convolution algorithm choice under the CUDA provider.
@@ -124,6 +130,7 @@ impl Default for SessionOptions {
             trace: None,
             tf32: true,
             prefer_nhwc: false,
+            cuda_graph: false,
         }
     }
 }
@@ -183,6 +190,7 @@ fn cuda_provider(opts: &SessionOptions) -> ExecutionProviderDispatch {
         .with_arena_extend_strategy(ArenaExtendStrategy::SameAsRequested)
         .with_tf32(opts.tf32)
         .with_prefer_nhwc(opts.prefer_nhwc)
+        .with_cuda_graph(opts.cuda_graph)
         .build()
         .error_on_failure()
 }
@@ -197,7 +205,10 @@ fn providers(
         ExecutionProvider::Cpu => vec![],
         ExecutionProvider::Cuda => vec![cuda_provider(opts)],
         ExecutionProvider::Tensorrt => {
-            let mut trt = ort::ep::TensorRT::default().with_device_id(opts.device_id).with_fp16(opts.fp16);
+            let mut trt = ort::ep::TensorRT::default()
+                .with_device_id(opts.device_id)
+                .with_fp16(opts.fp16)
+                .with_cuda_graph(opts.cuda_graph);
             if let Some(dir) = &opts.trt_cache {
                 let d = dir.join(&bundle_hash[..16.min(bundle_hash.len())]);
                 std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
@@ -266,6 +277,11 @@ pub fn open(
             None => b,
         };
         let b = if eps.is_empty() { b } else { b.with_execution_providers(eps).map_err(|e| e.to_string())? };
+        // A CUDA graph replays fixed shapes: the batch is fixed too, so every shape computation folds.
+        let b = match opts.cuda_graph && ep != ExecutionProvider::Cpu {
+            true => b.with_dimension_override(names::BATCH, opts.max_tile_batch as i64).map_err(|e| e.to_string())?,
+            false => b,
+        };
         let mut b = match &opts.trace {
             Some(dir) => {
                 std::fs::create_dir_all(dir).map_err(|e| format!("--ort-trace {}: {e}", dir.display()))?;
@@ -314,10 +330,10 @@ pub struct Sessions {
     pub head: Session,
     /// The whole network, opened on first use (most runs never need it; on a GPU it is the largest
     /// graph and its own arena).
-    full: Option<Session>,
+    full: Option<WholeGraph>,
     full_graph: (PathBuf, GraphInput, String),
     /// The bundle's whole-path graphs by keep mask, each opened on its first use.
-    paths: Vec<(Vec<bool>, PathBuf, Option<Session>)>,
+    paths: Vec<(Vec<bool>, PathBuf, Option<WholeGraph>)>,
     /// The policy, if the bundle has one.
     pub policy: Option<Session>,
     /// The skip decoder's low-level input (None: the head takes the backbone's output only).
@@ -329,6 +345,37 @@ pub struct Sessions {
     pub residency: Residency,
     /// The provider the sessions run on (after any fallback) and the options they were built with.
     pub options: SessionOptions,
+}
+
+/// A graph of the whole network (`full.onnx` or a whole-path graph): `image` → `probabilities` in
+/// one session, through fixed buffers where the run binds them ([`Replay`]: under `--cuda-graph`, and
+/// on the CPU with `--io-binding on`).
+pub struct WholeGraph {
+    /// The session.
+    pub session: Session,
+    /// Its bound buffers, if it runs through them.
+    pub replay: Option<Replay>,
+}
+
+impl WholeGraph {
+    fn open(
+        path: &Path,
+        opts: &SessionOptions,
+        (hash, input): (&str, &GraphInput),
+        residency: Residency,
+    ) -> Result<Self> {
+        let session = open(path, opts, hash, std::slice::from_ref(input))?.0;
+        let names = (names::IMAGE, names::PROBABILITIES);
+        let what = path.display().to_string();
+        let replay = match residency {
+            Residency::Cuda(id) if opts.cuda_graph => {
+                Some(Replay::new(&session, &what, names, opts.max_tile_batch, Some(id))?)
+            }
+            Residency::BoundHost => Some(Replay::new(&session, &what, names, opts.max_tile_batch, None)?),
+            _ => None,
+        };
+        Ok(WholeGraph { session, replay })
+    }
 }
 
 /// The head's two graphs when split at the skip decoder's low-level part.
@@ -359,6 +406,14 @@ fn check_fp16(opts: &SessionOptions, bundle: &Bundle) -> Result<()> {
     Ok(())
 }
 
+/// `--cuda-graph` only where a CUDA graph can be captured.
+fn check_cuda_graph(opts: &SessionOptions) -> Result<()> {
+    if opts.cuda_graph && opts.ep == ExecutionProvider::Cpu {
+        return Err(Error::invalid("--cuda-graph", "CUDA graphs need --ep cuda or --ep tensorrt"));
+    }
+    Ok(())
+}
+
 /// The per-sample inputs of every graph of a bundle, for TensorRT's profiles: stem, blocks, head (two
 /// with the skip decoder), full.
 fn inputs(bundle: &Bundle) -> (GraphInput, Vec<GraphInput>, Vec<GraphInput>, GraphInput) {
@@ -379,11 +434,14 @@ impl Sessions {
     /// settled on the stem: after a fallback every other graph opens on the provider that worked.
     pub fn open(bundle: &Bundle, opts: &SessionOptions) -> Result<Sessions> {
         check_fp16(opts, bundle)?;
+        check_cuda_graph(opts)?;
         let a = &bundle.manifest.architecture;
         let h = &bundle.hash;
         let (image, block_inputs, head_inputs, full_input) = inputs(bundle);
-        let (stem, used) = open(&bundle.path(&a.stem_file), opts, h, std::slice::from_ref(&image))?;
-        let settled = SessionOptions { ep: used, allow_fallback: false, ..opts.clone() };
+        // The chain's sessions take inputs of any batch and never replay a CUDA graph.
+        let chain = SessionOptions { cuda_graph: false, ..opts.clone() };
+        let (stem, used) = open(&bundle.path(&a.stem_file), &chain, h, std::slice::from_ref(&image))?;
+        let settled = SessionOptions { ep: used, allow_fallback: false, ..chain };
         let o = |f: &str, inputs: &[GraphInput]| open(&bundle.path(f), &settled, h, inputs).map(|(s, _)| s);
         let blocks = a
             .blocks
@@ -429,7 +487,7 @@ impl Sessions {
             low_level: a.low_level.clone(),
             split_head: None,
             residency,
-            options: settled,
+            options: SessionOptions { cuda_graph: opts.cuda_graph && used != ExecutionProvider::Cpu, ..settled },
         })
     }
 
@@ -458,21 +516,21 @@ impl Sessions {
 
     /// The whole-path graph's session for `keep`, opened now if this is its first use; None when the
     /// bundle has no graph for that path.
-    pub fn path_session(&mut self, keep: &[bool]) -> Result<Option<&mut Session>> {
+    pub fn path_session(&mut self, keep: &[bool]) -> Result<Option<&mut WholeGraph>> {
         let Some(i) = self.paths.iter().position(|(k, _, _)| k.as_slice() == keep) else { return Ok(None) };
         if self.paths[i].2.is_none() {
             let (_, input, hash) = &self.full_graph;
-            let session = open(&self.paths[i].1, &self.options, hash, std::slice::from_ref(input))?.0;
-            self.paths[i].2 = Some(session);
+            let graph = WholeGraph::open(&self.paths[i].1, &self.options, (hash, input), self.residency)?;
+            self.paths[i].2 = Some(graph);
         }
         Ok(self.paths[i].2.as_mut())
     }
 
     /// The whole-network session, opened now if this is its first use.
-    pub fn full(&mut self) -> Result<&mut Session> {
+    pub fn full(&mut self) -> Result<&mut WholeGraph> {
         if self.full.is_none() {
             let (path, input, hash) = &self.full_graph;
-            self.full = Some(open(path, &self.options, hash, std::slice::from_ref(input))?.0);
+            self.full = Some(WholeGraph::open(path, &self.options, (hash, input), self.residency)?);
         }
         self.full.as_mut().ok_or_else(|| Error::OnnxRuntime("full.onnx did not open".into()))
     }
