@@ -118,6 +118,7 @@ fn quick_demo_runs_every_stage_and_reuses_them() {
     let curve = manifest["policy"]["budget"].as_array().unwrap();
     assert!(curve.len() >= 2, "budget calibration {curve:?}");
     assert!(out.join("eval/fig_pareto.svg").exists() || !out.join("eval/fig3_drop_n.svg").exists());
+    eval_against_measured_time(&out);
     // The second run reuses every stage.
     let second = run();
     assert!(second.status.success());
@@ -143,4 +144,56 @@ fn manifest_guard(out: &std::path::Path) -> serde_json::Value {
     let m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("bundle/manifest.json")).unwrap()).unwrap();
     m["policy"]["guard"].clone()
+}
+
+/// `eval --cost`: with the bundle's graphs timed by `bench --calibrate`, each policy's time fraction at
+/// its threshold is the mean over the test volumes of its path's time (stem, head, kept blocks,
+/// dropped blocks' projection shortcuts) over the full network's, computed here from cost.json, and the
+/// report draws the figure against measured time.
+fn eval_against_measured_time(out: &std::path::Path) {
+    let cal = out.join("calibrate");
+    let eval = out.join("eval-timed");
+    let (bundle, cost) = (out.join("bundle"), cal.join("cost.json"));
+    common::autopath(&[
+        "bench",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--calibrate",
+        "--repeats",
+        "1",
+        "--out",
+        cal.to_str().unwrap(),
+    ]);
+    common::autopath(&[
+        "eval",
+        "--quiet",
+        "--seg",
+        out.join("seg").to_str().unwrap(),
+        "--policy",
+        out.join("policy").to_str().unwrap(),
+        "--random-repeats",
+        "5",
+        "--out",
+        eval.to_str().unwrap(),
+        "--cost",
+        cost.to_str().unwrap(),
+    ]);
+    let c: serde_json::Value = serde_json::from_slice(&std::fs::read(&cost).unwrap()).unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(eval.join("results.json")).unwrap()).unwrap();
+    let ms = |v: &serde_json::Value| v.as_f64().unwrap();
+    let blocks = c["blocks"].as_array().unwrap();
+    let time = |mask: &str| {
+        let kept =
+            mask.chars().zip(blocks).map(|(k, b)| if k == '1' { ms(&b["kept_ms"]) } else { ms(&b["shortcut_ms"]) });
+        ms(&c["stem_ms"]) + ms(&c["head_ms"]) + kept.sum::<f64>()
+    };
+    let full = time(&"1".repeat(blocks.len()));
+    let vols = r["volumes"].as_array().unwrap();
+    let want =
+        vols.iter().map(|v| time(v["autopath"][0]["mask"].as_str().unwrap()) / full).sum::<f64>() / vols.len() as f64;
+    let got = ms(&r["measured_time"]["chosen"][0]);
+    assert!((got - want).abs() < 1e-6, "time fraction {got}, from cost.json {want}");
+    assert!(eval.join("fig_pareto_time.svg").exists());
+    let report = std::fs::read_to_string(eval.join("report.md")).unwrap();
+    assert!(report.contains("of the full network's measured time"), "{report}");
 }

@@ -257,6 +257,7 @@ pub fn run(o: &DemoOptions, say: &Say) -> Result<DemoOutcome> {
             tile_batch: 4,
             workers: None,
             session: crate::deploy::SessionOptions::default(),
+            cost: None,
         };
         evaluate(&opts, &|_, _| {}).map(|_| ())
     })?;

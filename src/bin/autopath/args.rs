@@ -214,6 +214,10 @@ pub struct EvalArgs {
     pub workers: Option<usize>,
     #[command(flatten)]
     pub provider: autopath::cli::ProviderArgs,
+    /// The graphs' measured times (`cost.json` from `autopath bench --calibrate` on a bundle of this
+    /// segmenter): the report adds the Pareto figure against measured time.
+    #[arg(long)]
+    pub cost: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]

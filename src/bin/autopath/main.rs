@@ -366,8 +366,15 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A cost table from `autopath bench --calibrate` (`--cost`).
+fn read_cost(p: &std::path::Path) -> anyhow::Result<autopath_bundle::MeasuredCost> {
+    let text = std::fs::read_to_string(p).with_context(|| format!("--cost {}", p.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("--cost {}", p.display()))
+}
+
 fn eval(args: EvalArgs, quiet: bool) -> anyhow::Result<()> {
-    let EvalArgs { seg, policy, out, random_repeats, seed, tile_batch, workers, provider } = args;
+    let EvalArgs { seg, policy, out, random_repeats, seed, tile_batch, workers, provider, cost } = args;
+    let cost = cost.map(|p| read_cost(&p)).transpose()?;
     let opts = autopath::study::eval::EvalOptions {
         seg,
         policies: policy,
@@ -377,6 +384,7 @@ fn eval(args: EvalArgs, quiet: bool) -> anyhow::Result<()> {
         tile_batch,
         workers,
         session: provider.options(tile_batch),
+        cost,
     };
     let bar = progress(0, "eval", quiet);
     let r = autopath::study::eval::evaluate(&opts, &|done, total| {
@@ -408,13 +416,7 @@ fn compile(args: CompileArgs) -> anyhow::Result<()> {
         stem,
         precision,
     } = args;
-    let cost = match cost {
-        Some(p) => Some(
-            serde_json::from_str::<autopath_bundle::MeasuredCost>(&std::fs::read_to_string(&p)?)
-                .with_context(|| format!("--cost {}", p.display()))?,
-        ),
-        None => None,
-    };
+    let cost = cost.map(|p| read_cost(&p)).transpose()?;
     let opts = autopath::study::compile::CompileOptions {
         verify: !no_verify,
         force,

@@ -41,10 +41,14 @@ pub struct EvalOptions {
     pub workers: Option<usize>,
     /// How ONNX Runtime runs the segmenter's graphs (the policies run in Candle on the CPU).
     pub session: crate::deploy::SessionOptions,
+    /// The graphs' measured times (`--cost`, from `autopath bench --calibrate` on a bundle of this
+    /// segmenter): the Pareto curves are also drawn against measured time.
+    pub cost: Option<autopath_bundle::MeasuredCost>,
 }
 
 mod report;
 mod results;
+pub mod timed;
 pub mod trust;
 
 use report::{overlays, write_report};
@@ -308,6 +312,9 @@ pub fn evaluate(opts: &EvalOptions, progress: &(dyn Fn(usize, usize) + Sync)) ->
     let arch = bundle.manifest.architecture.clone();
     let workers = opts.workers.unwrap_or_else(path_eval::default_workers);
     let mut ev = PathEvaluator::with_workers(&bundle, cfg.window, opts.tile_batch, workers, &opts.session)?;
+    if let Some(c) = &opts.cost {
+        c.validate(n_blocks).map_err(|e| Error::invalid("--cost", e))?;
+    }
     let (policies, tau, delta) = load_policies(&opts.policies, n_blocks)?;
     let repeats = opts.random_repeats.unwrap_or(if n_blocks <= 8 { 100 } else { 500 });
     let random = random_masks(n_blocks, repeats, opts.seed);
@@ -358,6 +365,7 @@ pub fn evaluate(opts: &EvalOptions, progress: &(dyn Fn(usize, usize) + Sync)) ->
         &trust::case_features(&calibration, &cfg.preprocessing, input)?,
         &trust::case_features(&cases, &cfg.preprocessing, input)?,
     ));
+    results.measured_time = opts.cost.as_ref().map(|c| timed::curves(&results, c, &random));
     let overlays = overlays(&opts.out, &mut ev, &cases, &cfg.preprocessing, &results, policies.first())?;
     write_report(&opts.out, &results, &overlays)?;
     crate::study::train::checkpoint::write_json(&opts.out.join("results.json"), &results)?;

@@ -121,6 +121,35 @@ fn pareto_figure(dir: &Path, r: &Results) -> Result<()> {
     Ok(())
 }
 
+/// Dice against the fraction of the full network's measured time (`eval --cost`): the same paths as
+/// the FLOP figure, costed with the graphs' times on one provider.
+fn pareto_time_figure(dir: &Path, r: &Results, t: &super::timed::TimeCurves) -> Result<()> {
+    let colours = [RGBColor(214, 39, 40), RGBColor(148, 103, 189), RGBColor(227, 119, 194)];
+    let line = |label: String, mut points: Vec<(f64, f64)>, color: RGBColor| {
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Series { label, points, color, band: None, markers_only: false }
+    };
+    let mut series = vec![
+        line("DropRandomN (mean)".into(), t.random.clone(), RGBColor(31, 119, 180)),
+        line("DropFirstN".into(), t.first.clone(), RGBColor(255, 127, 14)),
+        line("DropLastN".into(), t.last.clone(), RGBColor(44, 160, 44)),
+    ];
+    for (i, (label, curve)) in r.policies.iter().zip(&t.policies).enumerate() {
+        series.push(line(format!("{label} (thresholds)"), curve.clone(), colours[i % colours.len()]));
+    }
+    let bottom = (r.summary.full_dice - 0.3).max(0.0);
+    line_chart(
+        dir,
+        "fig_pareto_time",
+        &format!("Dice against measured time ({}, {})", t.provider, t.device),
+        "fraction of the full network's measured time",
+        "mean Dice",
+        &series,
+        (bottom, (r.summary.full_dice + 0.05).min(1.0)),
+    )?;
+    Ok(())
+}
+
 pub(super) fn write_report(dir: &Path, r: &Results, overlays: &[(String, f64, PathBuf, PathBuf)]) -> Result<()> {
     heuristic_figures(dir, r)?;
     drop_random_figure(dir, r)?;
@@ -136,6 +165,9 @@ pub(super) fn write_report(dir: &Path, r: &Results, overlays: &[(String, f64, Pa
         )?;
     }
     pareto_figure(dir, r)?;
+    if let Some(t) = &r.measured_time {
+        pareto_time_figure(dir, r, t)?;
+    }
     let mut md = String::new();
     table1_section(&mut md, r);
     figures_section(&mut md, dir, overlays);
@@ -246,6 +278,18 @@ fn table1_section(md: &mut String, r: &Results) {
         "\nOracles: per volume, the best of the scored paths ({}): by the paper's reward with τ = {}, and the fewest FLOPs within Dice {} of the full network's on that volume. They bound what a policy could pick.",
         r.summary.oracle_search, r.summary.oracle_tau, r.summary.dice_tolerance
     );
+    if let Some(t) = &r.measured_time {
+        for ((label, time), s) in r.policies.iter().zip(&t.chosen).zip(&r.summary.autopath) {
+            let _ = writeln!(
+                md,
+                "\n{label} at its threshold spends {:.1} % of the full network's measured time ({}, {}) for {:.1} % of its FLOPs (figure: Dice against measured time).",
+                100.0 * time,
+                t.provider,
+                t.device,
+                100.0 * s.flop_fraction
+            );
+        }
+    }
     if let Some(above) = r.summary.above_random_at_every_budget {
         let _ = writeln!(
             md,
@@ -261,6 +305,7 @@ fn figures_section(md: &mut String, dir: &Path, overlays: &[(String, f64, PathBu
     let _ = writeln!(md, "\n## Figures\n");
     for (f, t) in [
         ("fig_pareto", "Dice against FLOPs: AutoPath across keep thresholds, the heuristics and the oracle"),
+        ("fig_pareto_time", "Dice against measured time: the same paths costed with the graphs' measured times"),
         ("fig3_drop_n", "Fig. 3 — block dependency (DropN)"),
         ("fig4_drop_first", "Fig. 4 — DropFirstN"),
         ("fig5_drop_last", "Fig. 5 — DropLastN"),

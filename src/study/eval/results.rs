@@ -177,6 +177,9 @@ pub struct Results {
     /// made before it was measured).
     #[serde(default)]
     pub trust: Option<super::trust::Trust>,
+    /// The Pareto curves against measured time (`eval --cost`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured_time: Option<super::timed::TimeCurves>,
 }
 
 /// The per-volume results and curves that [`assemble`] turns into Table 1 and the summary.
@@ -322,6 +325,7 @@ pub(super) fn assemble(a: Assembly) -> Results {
             above_random_at_every_budget: None,
         },
         trust: None,
+        measured_time: None,
     };
     if !results.policies.is_empty() {
         let random = results.random_curve();
