@@ -53,10 +53,11 @@ fn outputs_equal_the_candle_predictions_and_keep_the_input_geometry() {
     let (net, cfg) = load_segmenter(&f.run(), "best").unwrap();
     let out = f.root.join("out");
     let some = vec![true, false, true, true, false, true, false, true];
-    // `--io-binding on` runs the chain through IoBinding with outputs bound to host memory: the code
-    // path that keeps values on the GPU under CUDA, here checked for identical results.
-    for (path, mask, binding) in
-        [("full", vec![true; 8], "auto"), ("10110101", some.clone(), "auto"), ("10110101", some, "on")]
+    // A path without a graph in the bundle runs as one graph joined from the segments; with
+    // `--joined-paths 0` as the chain of block sessions, here through IoBinding with outputs bound to
+    // host memory (the code path that keeps values on the GPU under CUDA): the same results.
+    for (path, mask, binding, joined) in
+        [("full", vec![true; 8], "auto", "8"), ("10110101", some.clone(), "auto", "8"), ("10110101", some, "on", "0")]
     {
         let o = out.join(format!("{path}-{binding}"));
         let trace = out.join(format!("trace-{path}-{binding}"));
@@ -76,9 +77,11 @@ fn outputs_equal_the_candle_predictions_and_keep_the_input_geometry() {
             binding,
             "--ort-trace",
             trace.to_str().unwrap(),
+            "--joined-paths",
+            joined,
         ]);
         assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
-        check_traces(&trace, &mask);
+        check_traces(&trace, &mask, joined != "0");
         for k in 0..5 {
             let input = f.data().join(format!("volume-{k}.nii.gz"));
             let vol = read_volume(&input, &ReadOptions::default()).unwrap();
@@ -118,27 +121,84 @@ fn outputs_equal_the_candle_predictions_and_keep_the_input_geometry() {
     }
 }
 
+/// The first `--joined-paths` distinct paths without a graph in the bundle are joined, later ones run
+/// as the chain, and a path once joined stays joined; the joined graph writes the chain's bytes.
+#[test]
+fn joined_paths_are_capped_and_write_the_chain_s_bytes() {
+    use autopath::deploy::{Predictor, PredictorOptions, SessionOptions};
+    let f = fixture();
+    let session = SessionOptions { joined_paths: 1, ..Default::default() };
+    let p = Predictor::from_bundle(&f.bundle(), &PredictorOptions { session, ..Default::default() }).unwrap();
+    let (a, b) = ([true, false, true, true, true, true, true, true], [true, true, false, true, true, true, true, true]);
+    assert_eq!(p.graph_for(&a), "joined path_10111111.onnx");
+    assert_eq!(p.graph_for(&b), "chain");
+    assert_eq!(p.graph_for(&a), "joined path_10111111.onnx");
+    assert_eq!(p.graph_for(&[true; 8]), "full.onnx");
+    let outs = ["8", "0"].map(|joined| {
+        let o = f.root.join(format!("joined-{joined}"));
+        let res = run_cli(&[
+            "--bundle",
+            f.bundle().to_str().unwrap(),
+            "-i",
+            f.data().to_str().unwrap(),
+            "-o",
+            o.to_str().unwrap(),
+            "--path",
+            "01101011",
+            "--quiet",
+            "--joined-paths",
+            joined,
+        ]);
+        assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+        o
+    });
+    // The joined graph passes the official checker and loads in ONNX Runtime.
+    let bundle = autopath_bundle::Bundle::load(&f.bundle()).unwrap();
+    let bytes = autopath::deploy::joined::path_graph(&bundle, &b).unwrap();
+    let checked_dir = f.root.join("joined-graph");
+    std::fs::create_dir_all(&checked_dir).unwrap();
+    std::fs::write(checked_dir.join("path_11011111.onnx"), bytes).unwrap();
+    let checked = common::python_json("check_bundle.py", &[checked_dir.to_str().unwrap()]);
+    let r = &checked["path_11011111.onnx"];
+    assert_eq!((&r["checker"], &r["ort"], &r["node_names_unique"]), (&"ok".into(), &"ok".into(), &true.into()), "{r}");
+    let files = common::listing(&outs[0]);
+    assert_eq!(files.len(), 10);
+    for name in files {
+        let (x, y) = (std::fs::read(outs[0].join(&name)).unwrap(), std::fs::read(outs[1].join(&name)).unwrap());
+        assert!(x == y, "{name}: the joined graph and the chain wrote different bytes");
+    }
+}
+
 /// `--ort-trace`: one ONNX Runtime trace per session (named after its graph) with the nodes it ran and
 /// their provider. Every block kept: `full.onnx` alone (one session, the same network). Otherwise, in
 /// a bundle without a graph for the path: nodes for the stem, the head and every kept block, none for
-/// a dropped block.
-fn check_traces(dir: &Path, keep: &[bool]) {
+/// a dropped block; joined, all in the one session of the joined graph (its nodes named after their
+/// segment), else in the segments' own sessions.
+fn check_traces(dir: &Path, keep: &[bool], joined: bool) {
     let names: Vec<String> =
         std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    let graph_ran = |graph: &str| -> bool {
-        let Some(file) = names.iter().find(|n| n.starts_with(&format!("{graph}_")) && n.ends_with(".json")) else {
-            return false;
+    let nodes_of = |session: &str| -> Vec<String> {
+        let Some(file) = names.iter().find(|n| n.starts_with(&format!("{session}_")) && n.ends_with(".json")) else {
+            return Vec::new();
         };
         let events: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(file)).unwrap()).unwrap();
-        events.as_array().unwrap().iter().any(|e| {
+        let ran = |e: &&serde_json::Value| {
             e["cat"] == "Node" && e["args"]["provider"] == "CPUExecutionProvider" && e["args"]["op_name"].is_string()
-        })
+        };
+        events.as_array().unwrap().iter().filter(ran).map(|e| e["name"].as_str().unwrap_or("").to_string()).collect()
     };
     if keep.iter().all(|&k| k) {
-        assert!(graph_ran("full") && !graph_ran("stem") && !graph_ran("block_00"), "full.onnx alone: {names:?}");
+        let ran = |g: &str| !nodes_of(g).is_empty();
+        assert!(ran("full") && !ran("stem") && !ran("block_00"), "full.onnx alone: {names:?}");
         return;
     }
-    assert!(graph_ran("stem") && graph_ran("head"), "stem and head traces missing in {names:?}");
+    let joined_nodes = nodes_of(&format!("joined_path_{}", autopath::labels::mask_text(keep)));
+    let graph_ran = |segment: &str| match joined {
+        true => joined_nodes.iter().any(|n| n.starts_with(&format!("{segment}/"))),
+        false => !nodes_of(segment).is_empty(),
+    };
+    assert_eq!(joined, !joined_nodes.is_empty(), "the joined session's trace in {names:?}");
+    assert!(graph_ran("stem") && graph_ran("head"), "stem and head missing in {names:?}");
     for (n, &k) in keep.iter().enumerate() {
         assert_eq!(graph_ran(&format!("block_{n:02}")), k, "block {n} (kept: {k}) in {names:?}");
     }
@@ -409,7 +469,8 @@ fn auto_path_outputs_equal_the_evaluation_s_autopath_predictions() {
         let expected = if mask.iter().all(|&k| k) {
             "full.onnx".to_string()
         } else {
-            graphs.iter().find(|g| g.mask == text).map_or("chain".into(), |g| g.file.clone())
+            let joined = format!("joined {}", autopath_bundle::names::path_file(&text));
+            graphs.iter().find(|g| g.mask == text).map_or(joined, |g| g.file.clone())
         };
         assert_eq!(line["graph"], expected.as_str(), "{name}");
         through_path_graphs += usize::from(expected.starts_with("path_"));

@@ -6,7 +6,7 @@
 pub mod architecture;
 pub mod builder;
 pub mod graphs;
-pub mod pb;
+pub use autopath_onnx::pb;
 pub mod precision;
 
 pub use architecture::architecture;

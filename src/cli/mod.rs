@@ -85,6 +85,10 @@ pub struct ProviderArgs {
     /// a batch of --tile-batch tiles (short batches padded) in fixed device buffers, then replayed.
     #[arg(long)]
     pub cuda_graph: bool,
+    /// Paths without a whole-path graph in the bundle that get one joined from its segment graphs on
+    /// first use (one session each instead of one per block); later ones run as the chain. 0: none.
+    #[arg(long, default_value_t = crate::deploy::session::DEFAULT_JOINED_PATHS)]
+    pub joined_paths: usize,
     /// Write ONNX Runtime's per-node trace of every session into this folder (Chrome-trace JSON, one
     /// per graph; `scripts/ort-trace-summary` totals them by operator and provider).
     #[arg(long)]
@@ -113,6 +117,7 @@ impl ProviderArgs {
             tf32: self.tf32 == OnOff::On,
             prefer_nhwc: self.prefer_nhwc,
             cuda_graph: self.cuda_graph,
+            joined_paths: self.joined_paths,
         }
     }
 }

@@ -269,8 +269,9 @@ impl Sessions {
     }
 
     /// Probabilities `[B, K, tile]` on a path through the fewest sessions: `full.onnx` when every block
-    /// is kept, the bundle's whole-path graph when it has one for the path, else the chain of block
-    /// graphs ([`Sessions::run_chain_with`]). All three compute the same network; one session per call
+    /// is kept, the bundle's whole-path graph when it has one for the path, else one joined from its
+    /// segment graphs ([`Sessions::joined_session`]), else the chain of block graphs
+    /// ([`Sessions::run_chain_with`]). All three compute the same network; one session per call
     /// saves the chain's per-session overhead and layout conversions at every graph boundary.
     pub fn run_path_with<R>(
         &mut self,
@@ -283,8 +284,11 @@ impl Sessions {
         }
         let tiles = standard(tiles);
         let tiles = tiles.view();
-        match self.path_session(keep)? {
-            Some(g) => run_whole(g, "path graph", tiles, f),
+        if let Some(g) = self.path_session(keep)? {
+            return run_whole(g, "path graph", tiles, f);
+        }
+        match self.joined_session(keep)? {
+            Some(g) => run_whole(g, "joined path graph", tiles, f),
             None => self.run_chain_with(tiles, keep, f),
         }
     }

@@ -8,6 +8,7 @@ pub mod chain;
 pub mod gpu;
 pub mod heap;
 pub mod inspect;
+pub mod joined;
 pub mod memory;
 pub mod network;
 pub mod ort_library;

@@ -23,7 +23,8 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Route {
     /// A keep mask, through the fewest sessions: `full.onnx` when every block is kept, the bundle's
-    /// whole-path graph when it has one, else the chain of block graphs.
+    /// whole-path graph when it has one, else one joined from the segment graphs (unless
+    /// `--joined-paths 0`), else the chain of block graphs.
     Chain(Vec<bool>),
     /// A keep mask through the chain of block graphs, whatever else the bundle has (the benchmark's
     /// measure of the chain).

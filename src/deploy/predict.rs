@@ -322,6 +322,11 @@ pub struct Predictor {
     overlap_blend: bool,
     audit: Option<Audit>,
     guard: bool,
+    /// Paths without a graph in the bundle that run joined into one graph
+    /// ([`super::joined`]): the first [`SessionOptions::joined_paths`](super::SessionOptions) distinct
+    /// ones met; later ones run as the chain.
+    joined: std::sync::Mutex<Vec<Vec<bool>>>,
+    joined_paths: usize,
 }
 
 impl Predictor {
@@ -351,6 +356,8 @@ impl Predictor {
             window,
             read_options: opts.read,
             residency,
+            joined: std::sync::Mutex::new(Vec::new()),
+            joined_paths: opts.session.joined_paths,
         })
     }
 
@@ -517,14 +524,34 @@ impl Predictor {
     }
 
     /// The graph a keep mask runs through: `full.onnx` when every block is kept, the bundle's
-    /// whole-path graph when it has one, else `chain`.
+    /// whole-path graph when it has one, a graph joined from the segments (`joined path_….onnx`) for
+    /// the first `--joined-paths` other paths, else `chain`. Asking registers the path.
     pub fn graph_for(&self, keep: &[bool]) -> String {
         if keep.iter().all(|&k| k) {
             return self.bundle.manifest.architecture.full_file.clone();
         }
         let mask = crate::labels::mask_text(keep);
         let mut graphs = self.bundle.manifest.policy.iter().flat_map(|p| &p.path_graphs);
-        graphs.find(|g| g.mask == mask).map_or_else(|| "chain".into(), |g| g.file.clone())
+        if let Some(g) = graphs.find(|g| g.mask == mask) {
+            return g.file.clone();
+        }
+        let mut joined = self.joined.lock().unwrap_or_else(|e| e.into_inner());
+        if joined.iter().any(|k| k.as_slice() == keep) || joined.len() < self.joined_paths {
+            if !joined.iter().any(|k| k.as_slice() == keep) {
+                joined.push(keep.to_vec());
+            }
+            return format!("joined {}", autopath_bundle::names::path_file(&mask));
+        }
+        "chain".into()
+    }
+
+    /// The route of a keep mask: the fewest sessions, except that a path beyond the joined ones runs
+    /// as the chain ([`Predictor::graph_for`]).
+    fn route_for(&self, keep: &[bool]) -> Route {
+        match self.graph_for(keep).as_str() {
+            "chain" => Route::Blocks(keep.to_vec()),
+            _ => Route::Chain(keep.to_vec()),
+        }
     }
 
     /// Labels from blended probabilities.
@@ -561,7 +588,7 @@ impl Predictor {
             keep.iter_mut().for_each(|k| *k = true);
         }
         times.policy = t.elapsed().as_secs_f64();
-        let route = if *choice == PathChoice::FullGraph { Route::Full } else { Route::Chain(keep.clone()) };
+        let route = if *choice == PathChoice::FullGraph { Route::Full } else { self.route_for(&keep) };
         // A path that keeps every block is the full network: nothing to audit.
         let reduced = route != Route::Full && keep.iter().any(|k| !k);
         let audited = self.audit.filter(|a| reduced && a.selects(volume.data.as_slice().unwrap_or(&[])));

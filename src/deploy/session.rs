@@ -77,7 +77,14 @@ pub struct SessionOptions {
     /// ([`crate::deploy::replay::Replay`]), captured once and replayed. The chain's sessions run as
     /// before. CUDA and TensorRT only.
     pub cuda_graph: bool,
+    /// Paths without a whole-path graph in the bundle that get one joined from its segment graphs on
+    /// first use (each a session of its own, with its own copy of the weights); further paths run as
+    /// the chain of block sessions. 0: every such path runs as the chain.
+    pub joined_paths: usize,
 }
+
+/// Paths joined into one graph by default: the policy takes a few distinct paths (the demo's 2–5).
+pub const DEFAULT_JOINED_PATHS: usize = 8;
 
 /// cuDNN's convolution algorithm choice under the CUDA provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -131,6 +138,7 @@ impl Default for SessionOptions {
             tf32: true,
             prefer_nhwc: false,
             cuda_graph: false,
+            joined_paths: DEFAULT_JOINED_PATHS,
         }
     }
 }
@@ -259,6 +267,16 @@ pub fn open(
     bundle_hash: &str,
     inputs: &[GraphInput],
 ) -> Result<(Session, ExecutionProvider)> {
+    open_graph((path, None), opts, bundle_hash, inputs)
+}
+
+/// [`open`] for a graph named `path`, read from that file or, when given, from `bytes` in memory.
+fn open_graph(
+    (path, bytes): (&Path, Option<&[u8]>),
+    opts: &SessionOptions,
+    bundle_hash: &str,
+    inputs: &[GraphInput],
+) -> Result<(Session, ExecutionProvider)> {
     let (library, env) = crate::deploy::ort_library::load(opts.threads)?;
     let build = |ep: ExecutionProvider| -> std::result::Result<Session, String> {
         if ep != ExecutionProvider::Cpu {
@@ -290,7 +308,10 @@ pub fn open(
             }
             None => b,
         };
-        b.commit_from_file(path).map_err(|e| e.to_string())
+        match bytes {
+            Some(bytes) => b.commit_from_memory(bytes).map_err(|e| e.to_string()),
+            None => b.commit_from_file(path).map_err(|e| e.to_string()),
+        }
     };
     let tries = attempts(opts);
     let mut failures: Vec<String> = Vec::new();
@@ -334,6 +355,11 @@ pub struct Sessions {
     full_graph: (PathBuf, GraphInput, String),
     /// The bundle's whole-path graphs by keep mask, each opened on its first use.
     paths: Vec<(Vec<bool>, PathBuf, Option<WholeGraph>)>,
+    /// Paths without a graph in the bundle, joined from its segment graphs on first use
+    /// ([`super::joined`]).
+    joined: Vec<(Vec<bool>, WholeGraph)>,
+    /// The bundle, for joining.
+    bundle: Bundle,
     /// The policy, if the bundle has one.
     pub policy: Option<Session>,
     /// The skip decoder's low-level input (None: the head takes the backbone's output only).
@@ -359,12 +385,12 @@ pub struct WholeGraph {
 
 impl WholeGraph {
     fn open(
-        path: &Path,
+        (path, bytes): (&Path, Option<&[u8]>),
         opts: &SessionOptions,
         (hash, input): (&str, &GraphInput),
         residency: Residency,
     ) -> Result<Self> {
-        let session = open(path, opts, hash, std::slice::from_ref(input))?.0;
+        let session = open_graph((path, bytes), opts, hash, std::slice::from_ref(input))?.0;
         let names = (names::IMAGE, names::PROBABILITIES);
         let what = path.display().to_string();
         let replay = match residency {
@@ -484,6 +510,8 @@ impl Sessions {
                 .map(|g| (g.keep(), bundle.path(&g.file), None))
                 .collect(),
             policy,
+            joined: Vec::new(),
+            bundle: bundle.clone(),
             low_level: a.low_level.clone(),
             split_head: None,
             residency,
@@ -520,17 +548,35 @@ impl Sessions {
         let Some(i) = self.paths.iter().position(|(k, _, _)| k.as_slice() == keep) else { return Ok(None) };
         if self.paths[i].2.is_none() {
             let (_, input, hash) = &self.full_graph;
-            let graph = WholeGraph::open(&self.paths[i].1, &self.options, (hash, input), self.residency)?;
+            let graph = WholeGraph::open((&self.paths[i].1, None), &self.options, (hash, input), self.residency)?;
             self.paths[i].2 = Some(graph);
         }
         Ok(self.paths[i].2.as_mut())
+    }
+
+    /// The session of path `keep` joined from the bundle's segment graphs, made now if this is its
+    /// first use; None with `joined_paths` 0. (How many paths are joined is the caller's choice:
+    /// [`crate::deploy::Predictor`] sends later paths down the chain.)
+    pub fn joined_session(&mut self, keep: &[bool]) -> Result<Option<&mut WholeGraph>> {
+        if let Some(i) = self.joined.iter().position(|(k, _)| k.as_slice() == keep) {
+            return Ok(Some(&mut self.joined[i].1));
+        }
+        if self.options.joined_paths == 0 {
+            return Ok(None);
+        }
+        let bytes = super::joined::path_graph(&self.bundle, keep)?;
+        let name = self.bundle.dir.join(format!("joined_{}", names::path_file(&crate::labels::mask_text(keep))));
+        let (_, input, hash) = &self.full_graph;
+        let graph = WholeGraph::open((&name, Some(&bytes)), &self.options, (hash, input), self.residency)?;
+        self.joined.push((keep.to_vec(), graph));
+        Ok(self.joined.last_mut().map(|(_, g)| g))
     }
 
     /// The whole-network session, opened now if this is its first use.
     pub fn full(&mut self) -> Result<&mut WholeGraph> {
         if self.full.is_none() {
             let (path, input, hash) = &self.full_graph;
-            self.full = Some(WholeGraph::open(path, &self.options, (hash, input), self.residency)?);
+            self.full = Some(WholeGraph::open((path, None), &self.options, (hash, input), self.residency)?);
         }
         self.full.as_mut().ok_or_else(|| Error::OnnxRuntime("full.onnx did not open".into()))
     }

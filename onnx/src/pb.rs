@@ -1,4 +1,4 @@
-//! The subset of `onnx.proto` (ONNX IR) that the compiler writes, as prost messages. Field numbers
+//! The subset of `onnx.proto` (ONNX IR) that AutoPath writes and reads, as prost messages. Field numbers
 //! follow onnx/onnx.proto exactly; fields we never set are omitted (protobuf skips unknown numbers).
 #![allow(missing_docs)]
 
