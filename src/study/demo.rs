@@ -62,6 +62,8 @@ pub struct DemoOptions {
     pub family: crate::study::synth::Family,
     /// The hardest phantom's difficulty (`synth --max-difficulty`).
     pub max_difficulty: f32,
+    /// Number format of the segmenter's convolutions on CUDA (`train --precision`).
+    pub precision: autopath_models::ops::TrainPrecision,
 }
 
 impl DemoOptions {
@@ -98,6 +100,7 @@ impl DemoOptions {
             spacing: crate::study::dataset::SpacingChoice::Native,
             family: crate::study::synth::Family::Ct,
             max_difficulty: 1.0,
+            precision: autopath_models::ops::TrainPrecision::Fp32,
         }
     }
 
@@ -317,6 +320,7 @@ fn train_segmenter(o: &DemoOptions, f: &Folders, say: &Say) -> Result<()> {
         val_every: (o.epochs / 5).max(1),
         seed: o.seed,
         drop_path: o.drop_path,
+        precision: o.precision,
         preprocessing: crate::input::preprocess::Preprocessing {
             target_spacing: o.spacing.target(&train_cases)?,
             intensity: match o.family {

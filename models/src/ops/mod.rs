@@ -7,7 +7,7 @@ pub mod generic;
 pub mod params;
 pub mod residual;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 pub use params::{Conv3dParams, MaxPool3dParams};
 
@@ -20,8 +20,51 @@ pub fn conv3d(
 ) -> candle_core::Result<candle_core::Tensor> {
     if cpu_kernels(x) {
         conv3d::conv3d_kernel(x, w, params)
+    } else if precision() == TrainPrecision::Bf16 {
+        let (dtype, bf16) = (x.dtype(), candle_core::DType::BF16);
+        let (xb, wb) = (x.to_dtype(bf16)?, w.to_dtype(bf16)?);
+        if x.device().is_cpu() {
+            // Candle's CPU matrix product has no bf16: the operands rounded to bf16 and multiplied in
+            // f32 are what bf16 tensor cores compute (exact products, f32 sums), up to the sums' order.
+            generic::conv3d_taps(&xb.to_dtype(dtype)?, &wb.to_dtype(dtype)?, params)
+        } else {
+            generic::conv3d_taps(&xb, &wb, params)?.to_dtype(dtype)
+        }
     } else {
         generic::conv3d_taps(x, w, params)
+    }
+}
+
+/// The number format of training's convolutions and matrix products on the composed path (what CUDA
+/// runs); the CPU kernels compute in f32 whatever it says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainPrecision {
+    /// f32 throughout.
+    #[default]
+    Fp32,
+    /// f32 tensors, matrix products (and so convolutions, which Candle's CUDA backend runs as im2col +
+    /// matrix product) on TF32 tensor cores: 10-bit mantissas in the products, f32 sums.
+    Tf32,
+    /// Convolutions on bf16 copies of their input and weight (bf16 tensor cores, f32 sums), their
+    /// output back in f32: weights (the optimiser's master copy), BatchNorm and the loss stay f32.
+    Bf16,
+}
+
+static PRECISION: AtomicU8 = AtomicU8::new(0);
+
+/// Sets the training precision for this whole process (TF32 is Candle's process-wide CUDA setting).
+pub fn set_precision(p: TrainPrecision) {
+    PRECISION.store(p as u8, Ordering::Relaxed);
+    candle_core::cuda::set_gemm_reduced_precision_f32(p == TrainPrecision::Tf32);
+}
+
+/// The training precision in force ([`set_precision`]).
+pub fn precision() -> TrainPrecision {
+    match PRECISION.load(Ordering::Relaxed) {
+        1 => TrainPrecision::Tf32,
+        2 => TrainPrecision::Bf16,
+        _ => TrainPrecision::Fp32,
     }
 }
 

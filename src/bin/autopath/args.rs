@@ -162,6 +162,9 @@ pub struct DemoArgs {
     /// The hardest phantom's difficulty, in (0, 1]: contrast, noise and size spread evenly up to it.
     #[arg(long)]
     pub max_difficulty: Option<f32>,
+    /// Number format of the segmenter's convolutions on CUDA (as `train --precision`).
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub precision: TrainPrecisionArg,
 }
 
 #[derive(clap::Args)]
@@ -528,6 +531,28 @@ pub struct TrainArgs {
     /// Image modality for the bundle, e.g. CT or MR (default: dataset.json's, else from --intensity).
     #[arg(long)]
     pub modality: Option<String>,
+    /// Number format of the convolutions on CUDA: fp32, tf32 (TF32 tensor cores) or bf16 (bf16
+    /// convolutions; weights, BatchNorm and the loss in f32). The CPU kernels compute in f32 only.
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub precision: TrainPrecisionArg,
+}
+
+/// `train --precision`, `step-time --precision`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TrainPrecisionArg {
+    Fp32,
+    Tf32,
+    Bf16,
+}
+
+impl From<TrainPrecisionArg> for autopath_models::ops::TrainPrecision {
+    fn from(p: TrainPrecisionArg) -> Self {
+        match p {
+            TrainPrecisionArg::Fp32 => autopath_models::ops::TrainPrecision::Fp32,
+            TrainPrecisionArg::Tf32 => autopath_models::ops::TrainPrecision::Tf32,
+            TrainPrecisionArg::Bf16 => autopath_models::ops::TrainPrecision::Bf16,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -579,6 +604,9 @@ pub struct StepTimeArgs {
     /// measured on this one (`gemm` keeps its AVX-512 code; the numbers are the same).
     #[arg(long)]
     pub avx2_only: bool,
+    /// Number format of the convolutions on CUDA (as `train --precision`).
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub precision: TrainPrecisionArg,
     /// Also write the times as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,

@@ -120,6 +120,9 @@ fn print_policy_summary(out: &std::path::Path) -> anyhow::Result<()> {
 fn step_time(args: StepTimeArgs) -> anyhow::Result<()> {
     autopath_models::ops::set_avx2_only(args.avx2_only);
     let device = open_device(args.device)?;
+    let precision = args.precision.into();
+    autopath::study::train::device::check_precision(&device, precision)?;
+    autopath_models::ops::set_precision(precision);
     let mut spec = ArchSpec::preset(&args.arch, args.width, args.patch)
         .ok_or_else(|| anyhow::anyhow!("invalid --arch {}: expected r18, r34 or r50", args.arch))?;
     spec.decoder = args.decoder.into();
@@ -171,6 +174,7 @@ fn train(args: TrainArgs, quiet: bool) -> anyhow::Result<()> {
         }
     };
     let device = open_device(args.device)?;
+    autopath::study::train::device::check_precision(&device, args.precision.into())?;
     let (summary, out) = if let Some(run) = args.resume {
         (segment::resume(&run, args.epochs, &device, &on_epoch)?, run)
     } else {
@@ -210,6 +214,7 @@ fn train(args: TrainArgs, quiet: bool) -> anyhow::Result<()> {
             seed: data.seed,
             tile_batch: args.tile_batch,
             drop_path: args.drop_path,
+            precision: args.precision.into(),
             ..base
         };
         (segment::train(cfg, &out, &device, &on_epoch)?, out)
@@ -304,6 +309,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
         o.family = autopath::study::synth::Family::Mr;
     }
     o.max_difficulty = args.max_difficulty.unwrap_or(o.max_difficulty);
+    o.precision = args.precision.into();
     let t = std::time::Instant::now();
     if let Some(seeds) = args.seeds {
         return demo_seeds(o, &seeds, t);

@@ -72,3 +72,37 @@ fn cuda(ordinal: usize) -> Result<Device> {
         Error::invalid("--device", format!("cuda:{ordinal} cannot be opened: {first}"))
     })
 }
+
+/// Refuses a reduced training precision on the CPU, where the convolution kernels compute in f32
+/// whatever it says (bf16 and TF32 are for CUDA's tensor cores).
+pub fn check_precision(device: &Device, precision: autopath_models::ops::TrainPrecision) -> Result<()> {
+    if device.is_cpu() && precision != autopath_models::ops::TrainPrecision::Fp32 {
+        return Err(Error::invalid(
+            "--precision",
+            format!(
+                "{} is for CUDA (--device cuda); the CPU kernels compute in f32",
+                format!("{precision:?}").to_lowercase()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The training precision in force until this value is dropped, then fp32 again: the setting is
+/// process-wide, and what runs after a segmenter's training in the same process (the demo's policy
+/// training and evaluation) computes in f32.
+pub struct PrecisionScope;
+
+impl PrecisionScope {
+    /// Sets `precision` ([`autopath_models::ops::set_precision`]) for the scope's lifetime.
+    pub fn set(precision: autopath_models::ops::TrainPrecision) -> PrecisionScope {
+        autopath_models::ops::set_precision(precision);
+        PrecisionScope
+    }
+}
+
+impl Drop for PrecisionScope {
+    fn drop(&mut self) {
+        autopath_models::ops::set_precision(autopath_models::ops::TrainPrecision::Fp32);
+    }
+}

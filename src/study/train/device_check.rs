@@ -14,7 +14,7 @@ use std::time::Instant;
 use autopath_models::deeplab::{BlockPath, STEM_POOL};
 use autopath_models::layers::{max_pool3d, MaxPool3dParams};
 use autopath_models::loss::segmentation_loss;
-use autopath_models::ops::{conv3d, set_composed, Conv3dParams};
+use autopath_models::ops::{conv3d, set_composed, set_precision, Conv3dParams, TrainPrecision};
 use autopath_models::optim::Adam;
 use autopath_models::spec::ArchSpec;
 use candle_core::{Device, Tensor, Var};
@@ -57,6 +57,10 @@ pub struct StepCheck {
 
 /// Relative tolerance of the operator comparisons.
 pub const OP_TOLERANCE: f64 = 1e-5;
+/// The same for convolutions in bf16 (`train --precision bf16`): bf16 keeps 8 significant bits (unit
+/// roundoff 2⁻⁹ ≈ 2e-3 on each input and weight), and a sum of thousands of such products lands within
+/// about 1e-2 of the f32 result relative to the largest output (measured in docs/gpu.md).
+pub const BF16_OP_TOLERANCE: f64 = 2e-2;
 /// Relative tolerance of the first training step's loss (one forward pass: rounding only).
 pub const FIRST_STEP_TOLERANCE: f64 = 1e-4;
 /// Relative tolerance of the second step's loss (after one Adam update).
@@ -75,21 +79,31 @@ fn rel(a: &Tensor, b: &Tensor) -> Result<f64> {
     Ok(f64::from(d) / f64::from(s).max(f64::from(f32::MIN_POSITIVE)))
 }
 
-/// Output and gradients of `sum(op(x, w) · r)` for a fixed `r`, with the kernels of `device`.
-fn conv_run(x: &Tensor, w: &Tensor, p: Conv3dParams, device: &Device, composed: bool) -> Result<[Tensor; 3]> {
+/// Output and gradients of `sum(op(x, w) · r)` for a fixed `r`, with the kernels of `device` at
+/// `precision`.
+fn conv_run(
+    x: &Tensor,
+    w: &Tensor,
+    p: Conv3dParams,
+    device: &Device,
+    (composed, precision): (bool, TrainPrecision),
+) -> Result<[Tensor; 3]> {
     set_composed(composed);
+    set_precision(precision);
     let xv = Var::from_tensor(&x.to_device(device).map_err(candle)?).map_err(candle)?;
     let wv = Var::from_tensor(&w.to_device(device).map_err(candle)?).map_err(candle)?;
     let y = conv3d(xv.as_tensor(), wv.as_tensor(), p).map_err(candle)?;
     let r = random(y.dims(), &mut ChaCha8Rng::seed_from_u64(99), device)?;
     let grads = (&y * &r).and_then(|t| t.sum_all()).and_then(|t| t.backward()).map_err(candle)?;
     set_composed(false);
+    set_precision(TrainPrecision::Fp32);
     let g = |v: &Var| grads.get(v.as_tensor()).cloned().ok_or_else(|| Error::invalid("device check", "no gradient"));
     Ok([y, g(&xv)?, g(&wv)?])
 }
 
-/// Every convolution and pooling shape of the networks on `device` against the CPU kernels.
-pub fn check_ops(device: &Device) -> Result<Vec<OpCheck>> {
+/// Every convolution shape of the networks on `device` at `precision` (then, at fp32, the pooling
+/// shape) against the CPU kernels in f32.
+pub fn check_ops(device: &Device, precision: TrainPrecision) -> Result<Vec<OpCheck>> {
     let composed = device.is_cpu();
     let p = |s: [usize; 3], pad: usize, dil: usize| Conv3dParams { stride: s, padding: [pad; 3], dilation: [dil; 3] };
     let convs: [(&str, [usize; 5], [usize; 5], Conv3dParams); 10] = [
@@ -110,14 +124,17 @@ pub fn check_ops(device: &Device) -> Result<Vec<OpCheck>> {
     let mut out = Vec::new();
     for (name, xs, ws, params) in convs {
         let (x, w) = (random(&xs, &mut rng, &Device::Cpu)?, random(&ws, &mut rng, &Device::Cpu)?);
-        let reference = conv_run(&x, &w, params, &Device::Cpu, false)?;
-        let got = conv_run(&x, &w, params, device, composed)?;
+        let reference = conv_run(&x, &w, params, &Device::Cpu, (false, TrainPrecision::Fp32))?;
+        let got = conv_run(&x, &w, params, device, (composed, precision))?;
         out.push(OpCheck {
             name: name.into(),
             output: rel(&got[0], &reference[0])?,
             input_grad: rel(&got[1], &reference[1])?,
             weight_grad: rel(&got[2], &reference[2])?,
         });
+    }
+    if precision != TrainPrecision::Fp32 {
+        return Ok(out);
     }
     let pools: [(&str, [usize; 5], MaxPool3dParams); 1] = [("max pool 3³ stride 2", [2, 16, 8, 20, 20], STEM_POOL)];
     for (name, xs, params) in pools {
@@ -368,6 +385,8 @@ pub struct DeviceReport {
     pub rows: Vec<Row>,
     /// Every operator shape.
     pub ops: Vec<OpCheck>,
+    /// Every convolution shape with bf16 convolutions (`train --precision bf16`).
+    pub bf16_ops: Vec<OpCheck>,
     /// The free-running steps.
     pub steps: StepCheck,
     /// The steps from the CPU run's weights.
@@ -387,12 +406,15 @@ impl DeviceReport {
         let judged = |rows: &mut Vec<Row>, check: String, value: f64, tol: f64| {
             rows.push(Row { check, value: format!("{value:.2e}"), judged: Some((tol, value <= tol)) })
         };
-        let ops = check_ops(device)?;
-        for o in &ops {
-            judged(&mut rows, format!("{}: output", o.name), o.output, OP_TOLERANCE);
-            judged(&mut rows, format!("{}: input gradient", o.name), o.input_grad, OP_TOLERANCE);
+        let ops = check_ops(device, TrainPrecision::Fp32)?;
+        let bf16_ops = check_ops(device, TrainPrecision::Bf16)?;
+        for (o, tol, tag) in
+            ops.iter().map(|o| (o, OP_TOLERANCE, "")).chain(bf16_ops.iter().map(|o| (o, BF16_OP_TOLERANCE, " (bf16)")))
+        {
+            judged(&mut rows, format!("{}{tag}: output", o.name), o.output, tol);
+            judged(&mut rows, format!("{}{tag}: input gradient", o.name), o.input_grad, tol);
             if !o.name.starts_with("max pool") {
-                judged(&mut rows, format!("{}: weight gradient", o.name), o.weight_grad, OP_TOLERANCE);
+                judged(&mut rows, format!("{}{tag}: weight gradient", o.name), o.weight_grad, tol);
             }
         }
         let spec = preset(16, [32, 96, 96])?;
@@ -427,7 +449,7 @@ impl DeviceReport {
             rows.push(shown(check, format!("{ms:.0} ms")));
             step_ms = Some(ms);
         }
-        Ok(DeviceReport { rows, ops, steps: free, synced, step_ms })
+        Ok(DeviceReport { rows, ops, bf16_ops, steps: free, synced, step_ms })
     }
 
     /// The table as markdown: check, value, tolerance, verdict (`ok`, `FAIL`, or `measured`).

@@ -68,6 +68,9 @@ pub struct TrainConfig {
     /// training (0 = the paper's plain training). Makes small networks tolerant of dropped blocks.
     #[serde(default)]
     pub drop_path: f64,
+    /// Number format of the convolutions on CUDA (`--precision`; older runs: fp32).
+    #[serde(default)]
+    pub precision: autopath_models::ops::TrainPrecision,
     /// Names of the network's output labels, index = value, for the bundle; empty: `background`,
     /// `liver` (and `tumour` with three classes).
     #[serde(default)]
@@ -113,6 +116,7 @@ impl TrainConfig {
             seed: 0,
             tile_batch: 2,
             drop_path: 0.0,
+            precision: autopath_models::ops::TrainPrecision::Fp32,
             labels: Vec::new(),
             modality: None,
         }
@@ -141,6 +145,7 @@ impl TrainConfig {
             seed: 0,
             tile_batch: 1,
             drop_path: 0.0,
+            precision: autopath_models::ops::TrainPrecision::Fp32,
             labels: Vec::new(),
             modality: None,
         }
@@ -337,6 +342,7 @@ fn lr_at(cfg: &TrainConfig, epoch: usize) -> f64 {
 
 /// Starts a new run in `out` (created; must not already hold a run), computing on `device`.
 pub fn train(cfg: TrainConfig, out: &Path, device: &Device, on_epoch: &dyn Fn(&EpochReport)) -> Result<Summary> {
+    super::device::check_precision(device, cfg.precision)?;
     if out.join("config.json").exists() {
         return Err(Error::invalid(
             "--out",
@@ -436,6 +442,8 @@ fn run(
 ) -> Result<Summary> {
     let started = Instant::now();
     cfg.window.validate()?;
+    super::device::check_precision(device, cfg.precision)?;
+    let _precision = super::device::PrecisionScope::set(cfg.precision);
     let dataset = Dataset::open(&cfg.data, Some(cfg.layout))?;
     let prep = cfg.preprocessing;
     let load = |ids: &[String]| -> Result<Vec<_>> {
