@@ -58,6 +58,12 @@ fn runtime(c: &mut Criterion) {
     g.bench_function("a_full_onnx", |bch| bch.iter(|| s.run_full(tile.view()).expect("run")));
     g.bench_function("b_chain_all_kept", |bch| bch.iter(|| s.run_chain(tile.view(), &all).expect("run")));
     g.bench_function("c_chain_half_dropped", |bch| bch.iter(|| s.run_chain(tile.view(), &half).expect("run")));
+    // The same path as one graph joined from the segments (the bundle has no path graphs); joined on
+    // its first run, outside the timing.
+    s.run_path_with(tile.view(), &half, |a| a.sum()).expect("join");
+    g.bench_function("d_joined_half_dropped", |bch| {
+        bch.iter(|| s.run_path_with(tile.view(), &half, |a| a.sum()).expect("run"))
+    });
     let policy_in = Array5::from_elem((1, 1, 16, 48, 48), 0.1f32);
     g.bench_function("policy", |bch| bch.iter(|| s.run_policy(policy_in.view()).expect("run")));
     g.finish();

@@ -618,7 +618,6 @@ fn network_metrics(p: &Predictor) -> String {
     s
 }
 
-/// A provider's name as the command line spells it.
 /// The manifest as `/v1/bundle` gives it, with a `runtime` section saying how this service runs it.
 fn bundle_document(p: &Predictor, opts: &ServeOptions) -> Result<String> {
     let mut doc = serde_json::to_value(&p.bundle().manifest).map_err(|e| Error::invalid("manifest", e.to_string()))?;
@@ -629,6 +628,8 @@ fn bundle_document(p: &Predictor, opts: &ServeOptions) -> Result<String> {
         "host_threads": opts.host_threads.max(1),
         "tile_batch": opts.tile_batch,
         "share_tiles": opts.share_tiles,
+        "joined_paths": opts.session.joined_paths,
+        "cuda_graph": opts.session.cuda_graph,
     });
     serde_json::to_string_pretty(&doc).map_err(|e| Error::invalid("manifest", e.to_string()))
 }
