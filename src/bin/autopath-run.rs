@@ -75,7 +75,8 @@ struct Cli {
     trust: TrustArgs,
     /// Volumes in flight at once: while one is in the network the next is read and preprocessed and
     /// the previous one blended and written (default: what half the available memory holds, at most
-    /// 3; 1 runs them one after another). Outputs are the same bytes either way.
+    /// 3, or with the network on a GPU at most half the cores up to 8; 1 runs them one after
+    /// another). Outputs are the same bytes either way.
     #[arg(long)]
     prefetch: Option<usize>,
     /// Refuse volumes with more voxels than this.
@@ -253,7 +254,10 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
     let prefetch = match cli.prefetch {
         Some(0) => anyhow::bail!("--prefetch 0: at least one volume must be in flight"),
         Some(k) => k,
-        None => default_prefetch(&pairs, &opts.read, classes),
+        None => {
+            let gpu = predictor.providers().iter().any(|&e| e != autopath::deploy::ExecutionProvider::Cpu);
+            default_prefetch(&pairs, &opts.read, classes, gpu)
+        }
     };
     let bar = progress(pairs.len() as u64, "segment", cli.quiet);
     let quiet = cli.quiet || bar.is_hidden();

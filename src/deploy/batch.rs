@@ -138,11 +138,15 @@ pub fn check_outputs(pairs: &[(Source, PathBuf)], kind: OutputType) -> Result<()
 
 /// Volumes in flight by default: as many as half the available memory holds by the largest of the
 /// first inputs' headers (raw and normalised image, blended sum and weight per class, labels), at
-/// most 3 (one reading, one in the network, one writing) and at least 1.
+/// least 1 and at most 3 (one reading, one in the network, one writing) where the network runs on the
+/// CPU's cores. With the network on a GPU, at most half the cores, from 3 to 8: each volume's host
+/// work (read, blend, write) runs on one thread, and on an H200 machine it took about three times the
+/// network's time per volume (docs/gpu.md), so three volumes in flight could not keep the GPU busy.
 pub fn default_prefetch(
     pairs: &[(Source, PathBuf)],
     read: &crate::input::volume::ReadOptions,
     classes: usize,
+    network_on_gpu: bool,
 ) -> usize {
     let voxels = pairs.iter().take(16).filter_map(|(i, _)| i.voxels(read)).max().unwrap_or(0);
     let per_volume = voxels as f64 * (4.0 * (3 + classes) as f64 + 2.0);
@@ -150,7 +154,11 @@ pub fn default_prefetch(
     if per_volume <= 0.0 {
         return 2;
     }
-    ((available / 2.0 / per_volume).floor() as usize).clamp(1, 3)
+    let most = match network_on_gpu {
+        true => (std::thread::available_parallelism().map_or(1, |n| n.get()) / 2).clamp(3, 8),
+        false => 3,
+    };
+    ((available / 2.0 / per_volume).floor() as usize).clamp(1, most)
 }
 
 /// `MemAvailable` of `/proc/meminfo` in bytes (Linux), None elsewhere.

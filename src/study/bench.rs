@@ -322,7 +322,8 @@ fn folder_throughput(
         .collect();
     crate::deploy::batch::check_outputs(&pairs, OutputType::Nifti)?;
     let classes = p.bundle().manifest.input.activation.channels();
-    let prefetch = default_prefetch(&pairs, p.read_options(), classes);
+    let gpu = p.providers().iter().any(|&e| e != crate::deploy::ExecutionProvider::Cpu);
+    let prefetch = default_prefetch(&pairs, p.read_options(), classes, gpu);
     let batch = BatchOptions { skip_existing: false, prefetch };
     let runs = opts.repeats.clamp(1, 3);
     let (mut full, mut autopath, mut in_flight) = (0.0f64, 0.0f64, prefetch);
