@@ -213,3 +213,23 @@ fn blending_while_the_next_batch_runs_gives_the_same_bytes() {
         .collect();
     assert!(outputs[0] == outputs[1], "blending overlapped with the network changed the output");
 }
+
+/// Volumes in flight by default: at most 3 with the network on the CPU's cores, and with it on a GPU
+/// at least as many, at most half the cores up to 8 (memory permitting: these are small volumes).
+#[test]
+fn the_default_in_flight_bound_follows_where_the_network_runs() {
+    use autopath::input::source::Source;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    volumes(&data, &dir.path().join("scratch"), "20,48,44", 2, "volume");
+    let pairs: Vec<(Source, PathBuf)> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| (Source::Nifti(e.unwrap().path()), dir.path().join("out.nii.gz")))
+        .collect();
+    let read = autopath::input::volume::ReadOptions::default();
+    let cpu = autopath::deploy::batch::default_prefetch(&pairs, &read, 1, false);
+    let gpu = autopath::deploy::batch::default_prefetch(&pairs, &read, 1, true);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(cpu, 3, "small volumes: the CPU bound");
+    assert_eq!(gpu, (cores / 2).clamp(3, 8), "small volumes on {cores} cores: the GPU bound");
+}
