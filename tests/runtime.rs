@@ -47,6 +47,12 @@ fn run_cli(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_autopath-run")).args(args).output().unwrap()
 }
 
+/// `autopath-run --bundle BUNDLE -i INPUT -o OUT` with `extra` flags.
+fn segment(bundle: &Path, input: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let (b, i, o) = (bundle.to_str().unwrap(), input.to_str().unwrap(), out.to_str().unwrap());
+    run_cli(&[&["--bundle", b, "-i", i, "-o", o], extra].concat())
+}
+
 #[test]
 fn outputs_equal_the_candle_predictions_and_keep_the_input_geometry() {
     let f = fixture();
@@ -136,19 +142,7 @@ fn joined_paths_are_capped_and_write_the_chain_s_bytes() {
     assert_eq!(p.graph_for(&[true; 8]), "full.onnx");
     let outs = ["8", "0"].map(|joined| {
         let o = f.root.join(format!("joined-{joined}"));
-        let res = run_cli(&[
-            "--bundle",
-            f.bundle().to_str().unwrap(),
-            "-i",
-            f.data().to_str().unwrap(),
-            "-o",
-            o.to_str().unwrap(),
-            "--path",
-            "01101011",
-            "--quiet",
-            "--joined-paths",
-            joined,
-        ]);
+        let res = segment(&f.bundle(), &f.data(), &o, &["--path", "01101011", "--quiet", "--joined-paths", joined]);
         assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
         o
     });
@@ -489,21 +483,8 @@ fn auto_path_outputs_equal_the_evaluation_s_autopath_predictions() {
         let bound = f.root.join(format!("bound-{path}"));
         let plain = f.root.join(format!("plain-{path}"));
         for (o, binding) in [(&bound, "on"), (&plain, "off")] {
-            let res = run_cli(&[
-                "--bundle",
-                bundle.to_str().unwrap(),
-                "-i",
-                f.data().to_str().unwrap(),
-                "-o",
-                o.to_str().unwrap(),
-                "--quiet",
-                "--path",
-                path,
-                "--tile-batch",
-                "3",
-                "--io-binding",
-                binding,
-            ]);
+            let extra = ["--quiet", "--path", path, "--tile-batch", "3", "--io-binding", binding];
+            let res = segment(&bundle, &f.data(), o, &extra);
             assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
         }
         assert_eq!(common::listing(&plain).len(), 10, "{path}: every volume and label map of the data set");
@@ -513,15 +494,7 @@ fn auto_path_outputs_equal_the_evaluation_s_autopath_predictions() {
         }
     }
     let elsewhere = f.root.join("cuda-graph");
-    let refused = run_cli(&[
-        "--bundle",
-        bundle.to_str().unwrap(),
-        "-i",
-        f.data().to_str().unwrap(),
-        "-o",
-        elsewhere.to_str().unwrap(),
-        "--cuda-graph",
-    ]);
+    let refused = segment(&bundle, &f.data(), &elsewhere, &["--cuda-graph"]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("CUDA graphs need --ep cuda"), "{stderr}");
 }
@@ -551,26 +524,15 @@ fn fp16_bundles_label_like_fp32_bundles() {
     for (file, r) in checked.as_object().unwrap() {
         assert_eq!((&r["checker"], &r["ort"]), (&"ok".into(), &"ok".into()), "{file}");
     }
-    let refused = run_cli(&[
-        "--bundle",
-        f.bundle().to_str().unwrap(),
-        "-i",
-        f.data().to_str().unwrap(),
-        "-o",
-        f.root.join("refused").to_str().unwrap(),
-        "--fp16",
-    ]);
+    let refused = segment(&f.bundle(), &f.data(), &f.root.join("refused"), &["--fp16"]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("--precision fp16"), "{stderr}");
     assert!(!f.root.join("refused").join("volume-0.nii.gz").exists());
     for path in ["full", "10110101"] {
         let outs = [(f.bundle(), "fp32", None), (half.clone(), "fp16", Some("--fp16"))].map(|(bundle, name, flag)| {
             let o = f.root.join(format!("{name}-{path}"));
-            let data = f.data();
-            let mut args = vec!["--bundle", bundle.to_str().unwrap(), "-i", data.to_str().unwrap()];
-            args.extend(["-o", o.to_str().unwrap(), "--path", path, "--quiet"]);
-            args.extend(flag);
-            let res = run_cli(&args);
+            let extra: Vec<&str> = ["--path", path, "--quiet"].into_iter().chain(flag).collect();
+            let res = segment(&bundle, &f.data(), &o, &extra);
             assert!(res.status.success(), "{name} {path}: {}", String::from_utf8_lossy(&res.stderr));
             o
         });

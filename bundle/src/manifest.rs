@@ -39,6 +39,16 @@ pub enum StemForm {
     SpaceToDepth,
 }
 
+impl StemForm {
+    /// The manifest's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            StemForm::Conv => "conv",
+            StemForm::SpaceToDepth => "space-to-depth",
+        }
+    }
+}
+
 /// The number format of the segmenter's graphs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -3,8 +3,7 @@
 //! error or a profile line leads back to the layer.
 
 use crate::pb::{
-    attribute_type, data_type, dimension, AttributeProto, Dimension, GraphProto, NodeProto, TensorProto,
-    TensorShapeProto, TypeProto, TypeProtoTensor, ValueInfoProto,
+    attribute_type, data_type, dimension, AttributeProto, GraphProto, NodeProto, TensorProto, ValueInfoProto,
 };
 use autopath_bundle::{Conv3dLayout, StemForm};
 
@@ -103,25 +102,13 @@ impl GraphBuilder {
     }
 
     fn value_info(name: &str, dims: &[Dim]) -> ValueInfoProto {
-        let dim = dims
-            .iter()
-            .map(|d| Dimension {
-                value: Some(match d {
-                    Dim::Fixed(n) => dimension::Value::DimValue(*n as i64),
-                    Dim::Symbolic(s) => dimension::Value::DimParam((*s).to_string()),
-                }),
-            })
-            .collect();
-        ValueInfoProto {
-            name: name.into(),
-            r#type: Some(TypeProto {
-                tensor_type: Some(TypeProtoTensor {
-                    elem_type: data_type::FLOAT,
-                    shape: Some(TensorShapeProto { dim }),
-                }),
+        autopath_onnx::float_tensor(
+            name,
+            dims.iter().map(|d| match d {
+                Dim::Fixed(n) => dimension::Value::DimValue(*n as i64),
+                Dim::Symbolic(s) => dimension::Value::DimParam((*s).to_string()),
             }),
-            doc_string: String::new(),
-        }
+        )
     }
 
     /// Declares a float input.

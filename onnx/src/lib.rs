@@ -5,7 +5,8 @@
 
 pub mod pb;
 
-use pb::{GraphProto, ModelProto, ValueInfoProto};
+use pb::ValueInfoProto;
+use pb::{data_type, dimension, Dimension, GraphProto, ModelProto, TensorShapeProto, TypeProto, TypeProtoTensor};
 use prost::Message;
 use std::collections::HashMap;
 
@@ -20,6 +21,18 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+}
+
+/// A float tensor's value info: its name and its dimensions, each fixed or named.
+pub fn float_tensor(name: &str, dims: impl IntoIterator<Item = dimension::Value>) -> ValueInfoProto {
+    let dim = dims.into_iter().map(|v| Dimension { value: Some(v) }).collect();
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            tensor_type: Some(TypeProtoTensor { elem_type: data_type::FLOAT, shape: Some(TensorShapeProto { dim }) }),
+        }),
+        doc_string: String::new(),
+    }
 }
 
 /// One graph of a join: its serialised model, a label (unique in the join: it prefixes the graph's

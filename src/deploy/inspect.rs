@@ -35,10 +35,7 @@ pub fn describe(b: &Bundle, tile_batch: usize) -> String {
         m.producer.onnx_ir_version,
         m.producer.onnx_runtime,
         m.producer.conv3d,
-        match m.producer.stem {
-            autopath_bundle::StemForm::Conv => "conv",
-            autopath_bundle::StemForm::SpaceToDepth => "space-to-depth",
-        },
+        m.producer.stem.name(),
         m.producer.precision.name()
     );
     say!(

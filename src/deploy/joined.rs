@@ -6,25 +6,15 @@
 //! inputs bound.
 
 use autopath_bundle::{names, Bundle};
-use autopath_onnx::pb::{
-    data_type, dimension, Dimension, TensorShapeProto, TypeProto, TypeProtoTensor, ValueInfoProto,
-};
+use autopath_onnx::pb::{dimension, ValueInfoProto};
 use autopath_onnx::Part;
 
 use crate::error::{Error, Result};
 
+/// `[batch, channels, tile]`, as `full.onnx` declares its input and output.
 fn value_info(name: &str, channels: usize, tile: [usize; 3]) -> ValueInfoProto {
-    let dim = std::iter::once(dimension::Value::DimParam(names::BATCH.into()))
-        .chain([channels, tile[0], tile[1], tile[2]].map(|d| dimension::Value::DimValue(d as i64)))
-        .map(|v| Dimension { value: Some(v) })
-        .collect();
-    ValueInfoProto {
-        name: name.into(),
-        r#type: Some(TypeProto {
-            tensor_type: Some(TypeProtoTensor { elem_type: data_type::FLOAT, shape: Some(TensorShapeProto { dim }) }),
-        }),
-        doc_string: String::new(),
-    }
+    let fixed = [channels, tile[0], tile[1], tile[2]].map(|d| dimension::Value::DimValue(d as i64));
+    autopath_onnx::float_tensor(name, std::iter::once(dimension::Value::DimParam(names::BATCH.into())).chain(fixed))
 }
 
 /// The serialised graph of path `keep` (`image` → `probabilities`, like `full.onnx`), joined from the

@@ -536,13 +536,13 @@ impl Predictor {
             return g.file.clone();
         }
         let mut joined = self.joined.lock().unwrap_or_else(|e| e.into_inner());
-        if joined.iter().any(|k| k.as_slice() == keep) || joined.len() < self.joined_paths {
-            if !joined.iter().any(|k| k.as_slice() == keep) {
-                joined.push(keep.to_vec());
+        if !joined.iter().any(|k| k.as_slice() == keep) {
+            if joined.len() >= self.joined_paths {
+                return "chain".into();
             }
-            return format!("joined {}", autopath_bundle::names::path_file(&mask));
+            joined.push(keep.to_vec());
         }
-        "chain".into()
+        format!("joined {}", autopath_bundle::names::path_file(&mask))
     }
 
     /// The route of a keep mask: the fewest sessions, except that a path beyond the joined ones runs

@@ -51,6 +51,17 @@ pub enum TrainPrecision {
     Bf16,
 }
 
+impl TrainPrecision {
+    /// As the command line spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            TrainPrecision::Fp32 => "fp32",
+            TrainPrecision::Tf32 => "tf32",
+            TrainPrecision::Bf16 => "bf16",
+        }
+    }
+}
+
 static PRECISION: AtomicU8 = AtomicU8::new(0);
 
 /// Sets the training precision for this whole process (TF32 is Candle's process-wide CUDA setting).

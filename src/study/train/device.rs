@@ -79,10 +79,7 @@ pub fn check_precision(device: &Device, precision: autopath_models::ops::TrainPr
     if device.is_cpu() && precision != autopath_models::ops::TrainPrecision::Fp32 {
         return Err(Error::invalid(
             "--precision",
-            format!(
-                "{} is for CUDA (--device cuda); the CPU kernels compute in f32",
-                format!("{precision:?}").to_lowercase()
-            ),
+            format!("{} is for CUDA (--device cuda); the CPU kernels compute in f32", precision.name()),
         ));
     }
     Ok(())
