@@ -298,6 +298,9 @@ pub fn evaluate(opts: &EvalOptions, progress: &(dyn Fn(usize, usize) + Sync)) ->
     if n_blocks < 2 {
         return Err(err(format!("the segmenter has {n_blocks} block(s); the study needs at least 2")));
     }
+    if let Some(c) = &opts.cost {
+        c.validate(n_blocks).map_err(|e| Error::invalid("--cost", e))?;
+    }
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let seg_bundle = opts.out.join("segmenter");
     crate::study::compile::compile(
@@ -312,9 +315,6 @@ pub fn evaluate(opts: &EvalOptions, progress: &(dyn Fn(usize, usize) + Sync)) ->
     let arch = bundle.manifest.architecture.clone();
     let workers = opts.workers.unwrap_or_else(path_eval::default_workers);
     let mut ev = PathEvaluator::with_workers(&bundle, cfg.window, opts.tile_batch, workers, &opts.session)?;
-    if let Some(c) = &opts.cost {
-        c.validate(n_blocks).map_err(|e| Error::invalid("--cost", e))?;
-    }
     let (policies, tau, delta) = load_policies(&opts.policies, n_blocks)?;
     let repeats = opts.random_repeats.unwrap_or(if n_blocks <= 8 { 100 } else { 500 });
     let random = random_masks(n_blocks, repeats, opts.seed);
